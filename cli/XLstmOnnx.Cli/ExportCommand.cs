@@ -1,0 +1,44 @@
+using System.CommandLine;
+using XLstmOnnx.GraphBuilder.Export;
+
+namespace XLstmOnnx.Cli;
+
+/// <summary><c>xlstm-onnx export --checkpoint DIR --output DIR [--dtype fp32] ...</c></summary>
+internal static class ExportCommand
+{
+    public static Command Create()
+    {
+        var checkpoint = new Option<string>("--checkpoint") { Description = "HF checkpoint folder (config.json and safetensors).", Required = true };
+        var output = new Option<string>("--output") { Description = "Folder to write the exported model into (new, empty, or a previous export).", Required = true };
+        var dtype = new Option<string>("--dtype") { Description = "Weight precision.", DefaultValueFactory = _ => "fp32" };
+        dtype.AcceptOnlyFromAmong("fp32");
+        var lastOnly = new Option<bool>("--last-logits-only") { Description = "Emit logits for the last position only ([B,1,V])." };
+        var embeds = new Option<bool>("--inputs-embeds") { Description = "Take inputs_embeds [B,S,E] instead of input_ids." };
+        var hidden = new Option<bool>("--hidden-states") { Description = "Add hidden_states.{i} outputs (each block, then the final norm) for debugging." };
+        var external = new Option<ExternalDataMode>("--external-data") { Description = "Weights in model.onnx.data: auto (above 1 GiB), always or never.", DefaultValueFactory = _ => ExternalDataMode.Auto };
+        var cmd = new Command("export", "Export an HF xLSTM checkpoint to ONNX.") { checkpoint, output, dtype, lastOnly, embeds, hidden, external };
+        cmd.SetAction(r => CliErrors.Run(() =>
+        {
+            var options = new ExportOptions
+            {
+                Dtype = r.GetValue(dtype)!,
+                LastLogitsOnly = r.GetValue(lastOnly),
+                InputsEmbeds = r.GetValue(embeds),
+                HiddenStates = r.GetValue(hidden),
+                ExternalData = r.GetValue(external),
+            };
+            var result = CliErrors.WithProgress("export", report => OnnxExporter.Export(r.GetValue(checkpoint)!, r.GetValue(output)!, options,
+                new Progress(p => report(p.BytesTotal == 0 ? 1 : (double)p.BytesDone / p.BytesTotal, p.Tensor))));
+            Console.WriteLine($"exported {result.NodeCount} nodes, {result.WeightBytes / 1048576.0:F1} MiB of weights{(result.DataPath is null ? "" : " (external data)")} "
+                + $"to {result.OutputDir} in {result.Elapsed.TotalSeconds:F1} s");
+            return 0;
+        }));
+        return cmd;
+    }
+
+    /// <summary>Synchronous IProgress (System.Progress posts to the thread pool and can report after the bar ends).</summary>
+    private sealed class Progress(Action<ExportProgress> report) : IProgress<ExportProgress>
+    {
+        public void Report(ExportProgress value) => report(value);
+    }
+}

@@ -1,0 +1,48 @@
+using System.CommandLine;
+using System.Globalization;
+using Spectre.Console;
+using XLstmOnnx.Runtime;
+
+namespace XLstmOnnx.Cli;
+
+/// <summary><c>xlstm-onnx verify --model DIR --reference FILE [--atol 1e-4] [--rtol 1e-3]</c></summary>
+internal static class VerifyCommand
+{
+    public const int Mismatch = 1;
+
+    public static Command Create()
+    {
+        var model = new Option<string>("--model") { Description = "Exported model folder.", Required = true };
+        var reference = new Option<string>("--reference") { Description = "Reference safetensors file (format: tools/reference/README.md).", Required = true };
+        var atol = new Option<double>("--atol") { Description = "Absolute tolerance.", DefaultValueFactory = _ => 1e-4 };
+        var rtol = new Option<double>("--rtol") { Description = "Relative tolerance: a value fails when |actual − expected| > atol + rtol·|expected|.", DefaultValueFactory = _ => 1e-3 };
+        var threads = new Option<int>("--threads") { Description = "Intra-op threads (0: ONNX Runtime's choice)." };
+        var cmd = new Command("verify", "Run every case of a reference file and compare logits, states, step logits and greedy ids.") { model, reference, atol, rtol, threads };
+        cmd.SetAction(r => CliErrors.Run(() =>
+        {
+            double a = r.GetValue(atol), t = r.GetValue(rtol);
+            if (a < 0 || t < 0) throw new XLstmOnnxException($"options --atol and --rtol must be non-negative; found {a} and {t}.");
+            using var session = XLstmSession.Load(r.GetValue(model)!, new SessionSettings { Threads = r.GetValue(threads) });
+            var results = ReferenceVerifier.Verify(session, r.GetValue(reference)!, a, t, name => Console.Error.WriteLine($"verify: case {name}"));
+            Print(results, a, t);
+            int failed = results.Count(x => !x.Passed);
+            Console.WriteLine(failed == 0
+                ? $"PASS: {results.Count} checks within atol {a.ToString(CultureInfo.InvariantCulture)} + rtol {t.ToString(CultureInfo.InvariantCulture)}·|expected|"
+                : $"FAIL: {failed} of {results.Count} checks have values outside atol {a.ToString(CultureInfo.InvariantCulture)} + rtol {t.ToString(CultureInfo.InvariantCulture)}·|expected|");
+            return failed == 0 ? 0 : Mismatch;
+        }));
+        return cmd;
+    }
+
+    private static void Print(IReadOnlyList<CheckResult> results, double atol, double rtol)
+    {
+        var table = new Table().AddColumns("case", "check", "values", "max abs err", "max rel err", "outside tol", "");
+        foreach (var r in results)
+        {
+            table.AddRow(Markup.Escape(r.Case), Markup.Escape(r.Check), r.Values.ToString(CultureInfo.InvariantCulture),
+                r.MaxAbsError.ToString("E2", CultureInfo.InvariantCulture), r.MaxRelError.ToString("E2", CultureInfo.InvariantCulture),
+                r.Passed ? "[green]0[/]" : $"[red]{r.Violations}[/]", Markup.Escape(r.Note ?? ""));
+        }
+        AnsiConsole.Write(table);
+    }
+}

@@ -1,0 +1,16 @@
+namespace XLstmOnnx.GraphBuilder.Architecture;
+
+/// <summary>The graph contract's names, shared by the exporter, the manifest and the runtime.</summary>
+public static class StateNames
+{
+    public const string InputIds = "input_ids";
+    public const string InputsEmbeds = "inputs_embeds";
+    public const string Logits = "logits";
+
+    /// <summary>The three recurrent state tensors of a layer: C [B,NH,DQK,DV], n [B,NH,DQK], m [B,NH,1].</summary>
+    public static readonly string[] Parts = ["C", "n", "m"];
+
+    public static string Past(int layer, string part) => $"past_state.{layer}.{part}";
+    public static string Present(int layer, string part) => $"present_state.{layer}.{part}";
+    public static string Hidden(int index) => $"hidden_states.{index}";
+}

@@ -1,0 +1,215 @@
+using XLstmOnnx.GraphBuilder.Checkpoint;
+using XLstmOnnx.GraphBuilder.Config;
+using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.GraphBuilder.Graph;
+using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
+
+namespace XLstmOnnx.GraphBuilder.Architecture;
+
+/// <summary>
+/// Turns a config and bound weights into the whole <c>xLSTMForCausalLM</c> graph (reference §3):
+/// <code>
+///   input_ids ─► embeddings ─► block 0 … block N−1 ─► out_norm ─► lm_head ─► soft cap ─► logits
+///   past_state.i.{C,n,m} ─► block i ─► present_state.i.{C,n,m}
+/// </code>
+/// The residual stream is kept as [B·S, H] so that every projection is one Gemm with transB (weights stay in the
+/// checkpoint's [out, in] layout and stream straight into the file); only the cell sees [B, NH, S, D].
+/// </summary>
+public sealed class XLstmGraphBuilder
+{
+    private readonly XLstmConfig _c;
+    private readonly BoundWeights _w;
+    private readonly ExportOptions _o;
+    private readonly OnnxGraph _g = new("xlstm");
+    private readonly MLstmCellEmitter _cell;
+    private readonly Dictionary<string, string> _shapes = [];
+    private string _bs = "";
+
+    private XLstmGraphBuilder(XLstmConfig config, BoundWeights weights, ExportOptions options)
+    {
+        _c = config;
+        _w = weights;
+        _o = options;
+        _cell = new MLstmCellEmitter(_g, config);
+    }
+
+    /// <summary>Builds the graph; initializers still reference the checkpoint until the exporter streams them.</summary>
+    public static OnnxGraph Build(XLstmConfig config, BoundWeights weights, ExportOptions options)
+    {
+        var b = new XLstmGraphBuilder(config, weights, options);
+        b.BuildGraph();
+        return b._g;
+    }
+
+    private void BuildGraph()
+    {
+        string x = MakeEmbedding();                                     // [B·S, H]
+        var hidden = new List<string>();
+        for (int i = 0; i < _c.NumBlocks; i++)
+        {
+            x = MakeBlock(i, x);
+            hidden.Add(x);
+        }
+        if (_o.LastLogitsOnly) x = MakeLastPosition(x);                 // [B, H]
+        x = MakeRmsNorm("/model/out_norm", x, _w[WeightRole.OutNorm], null);
+        hidden.Add(x);
+        string logits = Gemm("/model/lm_head", x, _w[WeightRole.LmHead], null); // [B·S, V]
+        if (_c.OutputLogitSoftCap is { } cap) logits = SoftCap("/model/logits_soft_cap", logits, cap);
+        // [B·S, V] -> [B, S, V]   (last-only: [B, V] -> [B, 1, V])
+        logits = _o.LastLogitsOnly
+            ? _g.Op("/model/logits/Unsqueeze", "Unsqueeze", [logits, _g.Constant(1)])
+            : _g.Op("/model/logits/Reshape", "Reshape", [logits, ShapeBS(_c.VocabSize)]);
+        _g.Output(StateNames.Logits, logits, DataType.Float, "batch", _o.LastLogitsOnly ? 1L : "sequence", _c.VocabSize);
+        if (_o.HiddenStates)
+        {
+            for (int i = 0; i < hidden.Count; i++)
+            {
+                bool last = i == hidden.Count - 1 && _o.LastLogitsOnly;
+                string h = last ? _g.Op($"/model/hidden_states.{i}/Unsqueeze", "Unsqueeze", [hidden[i], _g.Constant(1)])
+                    : _g.Op($"/model/hidden_states.{i}/Reshape", "Reshape", [hidden[i], ShapeBS(_c.HiddenSize)]);
+                _g.Output(StateNames.Hidden(i), h, DataType.Float, "batch", last ? 1L : "sequence", _c.HiddenSize);
+            }
+        }
+    }
+
+    /// <summary>input_ids [B,S] ─► Gather ─► [B,S,E] ─► [B·S, H]; or inputs_embeds [B,S,E] ─► [B·S, H].</summary>
+    private string MakeEmbedding()
+    {
+        string x;
+        if (_o.InputsEmbeds)
+        {
+            x = _g.Input(StateNames.InputsEmbeds, DataType.Float, "batch", "sequence", _c.EmbeddingDim);
+        }
+        else
+        {
+            string ids = _g.Input(StateNames.InputIds, DataType.Int64, "batch", "sequence");
+            x = _g.Op("/model/embeddings/Gather", "Gather", [_g.Weight("model.embeddings.weight", _w[WeightRole.Embedding]), ids]);
+        }
+        _bs = _g.Op("/model/batch_and_sequence/Shape", "Shape", [x], Attr.Int("start", 0), Attr.Int("end", 2)); // [B, S]
+        return _g.Op("/model/embeddings/Reshape", "Reshape", [x, _g.Constant(-1, _c.HiddenSize)]);
+    }
+
+    /// <summary>x ─► norm_mlstm ─► mLSTM layer ─► (+x) ─► norm_ffn ─► FFN ─► (+)</summary>
+    private string MakeBlock(int i, string x)
+    {
+        string p = $"/model/blocks.{i}";
+        string h = MakeRmsNorm($"{p}/norm_mlstm", x, _w[WeightRole.NormMlstm, i], _w.Optional(WeightRole.NormMlstmBias, i));
+        x = _g.Op($"{p}/mlstm_residual/Add", "Add", [x, MakeMLstmLayer(i, h)]);
+        h = MakeRmsNorm($"{p}/norm_ffn", x, _w[WeightRole.NormFfn, i], _w.Optional(WeightRole.NormFfnBias, i));
+        return _g.Op($"{p}/ffn_residual/Add", "Add", [x, MakeFeedForward(i, h)]);
+    }
+
+    /// <summary>
+    /// q, k, v, o = split(x W_qkvoᵀ); ĩ, f̃ = cap(x W_ifᵀ + b); h = mLSTM(q, k, v, ĩ, f̃; state);
+    /// y = out_proj(σ(o) ⊙ MultiHeadLayerNorm(h)).
+    /// </summary>
+    private string MakeMLstmLayer(int i, string x)
+    {
+        string p = $"/model/blocks.{i}/mlstm";
+        long qk = _c.QkDim, dv = _c.VDim, nh = _c.NumHeads;
+        string qkvo = Gemm($"{p}/qkvo_proj", x, _w[WeightRole.QkvoProj, i], _w.Optional(WeightRole.QkvoProjBias, i)); // [B·S, 2QK+2V]
+        var (q, k, v, o) = Split4(_g.Node($"{p}/qkvo_proj/Split", "Split", [qkvo, _g.Constant(qk, qk, dv, dv)], 4, "", Attr.Int("axis", 1)));
+        string gates = Gemm($"{p}/if_gate", x, _w[WeightRole.IfGate, i], _w[WeightRole.IfGateBias, i]);            // [B·S, 2NH]
+        if (_c.GateSoftCap is { } cap) gates = SoftCap($"{p}/if_gate/soft_cap", gates, cap); // capped before the split, as HF's fused path
+        var ifs = _g.Node($"{p}/if_gate/Split", "Split", [gates, _g.Constant(nh, nh)], 2, "", Attr.Int("axis", 1));
+
+        string qh = Heads($"{p}/q_heads", q, _c.QkHeadDim), kh = Heads($"{p}/k_heads", k, _c.QkHeadDim), vh = Heads($"{p}/v_heads", v, _c.VHeadDim);
+        string ih = GateHeads($"{p}/igate_heads", ifs[0]), fh = GateHeads($"{p}/fgate_heads", ifs[1]);
+
+        string c0 = _g.Input(StateNames.Past(i, "C"), DataType.Float, "batch", nh, _c.QkHeadDim, _c.VHeadDim);
+        string n0 = _g.Input(StateNames.Past(i, "n"), DataType.Float, "batch", nh, _c.QkHeadDim);
+        string m0 = _g.Input(StateNames.Past(i, "m"), DataType.Float, "batch", nh, 1L);
+        var cell = _cell.Emit($"{p}/cell", qh, kh, vh, ih, fh, c0, n0, m0);
+        _g.Output(StateNames.Present(i, "C"), cell.C, DataType.Float, "batch", nh, _c.QkHeadDim, _c.VHeadDim);
+        _g.Output(StateNames.Present(i, "n"), cell.N, DataType.Float, "batch", nh, _c.QkHeadDim);
+        _g.Output(StateNames.Present(i, "m"), cell.M, DataType.Float, "batch", nh, 1L);
+
+        // [B,NH,S,DV] -> [B,S,NH,DV]; LayerNorm per head over DV (mean-centred), then the flat affine after it
+        string h = _g.Op($"{p}/h/Transpose", "Transpose", [cell.H], Attr.Ints("perm", 0, 2, 1, 3));
+        h = _g.Op($"{p}/multihead_norm/LayerNormalization", "LayerNormalization",
+            [h, _g.ConstantTensor($"/model/constants/FLOAT/ones_{_c.VHeadDim}", [_c.VHeadDim], Enumerable.Repeat(1f, (int)_c.VHeadDim).ToArray())],
+            Attr.Int("axis", -1), Attr.Float("epsilon", _c.NormEps));
+        h = _g.Op($"{p}/multihead_norm/Reshape", "Reshape", [h, _g.Constant(-1, dv)]);                      // [B·S, NH·DV]
+        h = _g.Op($"{p}/multihead_norm/Mul", "Mul", [h, _g.Weight($"model.blocks.{i}.mlstm.multihead_norm.weight", _w[WeightRole.MultiheadNorm, i])]);
+        if (_w.Optional(WeightRole.MultiheadNormBias, i) is { } mb)
+        {
+            h = _g.Op($"{p}/multihead_norm/Add", "Add", [h, _g.Weight($"model.blocks.{i}.mlstm.multihead_norm.bias", mb)]);
+        }
+        h = _g.Op($"{p}/ogate/Mul", "Mul", [_g.Op($"{p}/ogate/Sigmoid", "Sigmoid", [o]), h]);
+        return Gemm($"{p}/out_proj", h, _w[WeightRole.OutProj, i], _w.Optional(WeightRole.OutProjBias, i)); // [B·S, H]
+    }
+
+    /// <summary>gate, z = split(x W_upᵀ); y = (silu(gate) ⊙ z) W_downᵀ.</summary>
+    private string MakeFeedForward(int i, string x)
+    {
+        string p = $"/model/blocks.{i}/ffn";
+        string up = Gemm($"{p}/proj_up_gate_z", x, _w[WeightRole.FfnUpGateZ, i], _w.Optional(WeightRole.FfnUpGateZBias, i));
+        var gz = _g.Node($"{p}/proj_up_gate_z/Split", "Split", [up, _g.Constant(_c.FfnDim, _c.FfnDim)], 2, "", Attr.Int("axis", 1));
+        string silu = _g.Op($"{p}/silu/Mul", "Mul", [gz[0], _g.Op($"{p}/silu/Sigmoid", "Sigmoid", [gz[0]])]);
+        string z = _g.Op($"{p}/gate/Mul", "Mul", [silu, gz[1]]);
+        return Gemm($"{p}/proj_down", z, _w[WeightRole.FfnDown, i], _w.Optional(WeightRole.FfnDownBias, i));
+    }
+
+    /// <summary>RMSNorm over the last axis with fp32 statistics, eps inside the rsqrt; bias added after.</summary>
+    private string MakeRmsNorm(string p, string x, IWeightSource weight, IWeightSource? bias)
+    {
+        string w = _g.Weight(InitName(p, "weight"), weight);
+        string y = _g.Op($"{p}/RMSNormalization", "RMSNormalization", [x, w],
+            Attr.Int("axis", -1), Attr.Float("epsilon", _c.NormEps), Attr.Int("stash_type", 1));
+        return bias is null ? y : _g.Op($"{p}/Add", "Add", [y, _g.Weight(InitName(p, "bias"), bias)]);
+    }
+
+    /// <summary>y = x Wᵀ + b with W in the checkpoint's [out, in] layout.</summary>
+    private string Gemm(string p, string x, IWeightSource weight, IWeightSource? bias)
+    {
+        string w = _g.Weight(InitName(p, "weight"), weight);
+        string[] inputs = bias is null ? [x, w] : [x, w, _g.Weight(InitName(p, "bias"), bias)];
+        return _g.Op($"{p}/Gemm", "Gemm", inputs, Attr.Int("transB", 1));
+    }
+
+    /// <summary>cap · tanh(x / cap).</summary>
+    private string SoftCap(string p, string x, double cap)
+    {
+        string c = _g.Constant((float)cap);
+        return _g.Op($"{p}/Mul", "Mul", [_g.Op($"{p}/Tanh", "Tanh", [_g.Op($"{p}/Div", "Div", [x, c])]), c]);
+    }
+
+    /// <summary>[B·S, NH·D] -> [B, S, NH, D] -> [B, NH, S, D] (head h = columns [h·D, (h+1)·D)).</summary>
+    private string Heads(string p, string x, long d)
+    {
+        string r = _g.Op($"{p}/Reshape", "Reshape", [x, ShapeBS(_c.NumHeads, d)]);
+        return _g.Op($"{p}/Transpose", "Transpose", [r], Attr.Ints("perm", 0, 2, 1, 3));
+    }
+
+    /// <summary>[B·S, NH] -> [B, S, NH] -> [B, NH, S].</summary>
+    private string GateHeads(string p, string x)
+    {
+        string r = _g.Op($"{p}/Reshape", "Reshape", [x, ShapeBS(_c.NumHeads)]);
+        return _g.Op($"{p}/Transpose", "Transpose", [r], Attr.Ints("perm", 0, 2, 1));
+    }
+
+    /// <summary>[B·S, H] -> [B, S, H] -> last position [B, H].</summary>
+    private string MakeLastPosition(string x)
+    {
+        string r = _g.Op("/model/last_position/Reshape", "Reshape", [x, ShapeBS(_c.HiddenSize)]);
+        string s = _g.Op("/model/last_position/Slice", "Slice", [r, _g.Constant(-1), _g.Constant(long.MaxValue), _g.Constant(1)]); // [B,1,H]
+        return _g.Op("/model/last_position/Squeeze", "Squeeze", [s, _g.Constant(1)]);
+    }
+
+    /// <summary>The shape [B, S, tail...] as an int64 tensor, built once per tail.</summary>
+    private string ShapeBS(params long[] tail)
+    {
+        string key = string.Join(",", tail);
+        if (!_shapes.TryGetValue(key, out var s))
+        {
+            s = _g.Op($"/model/shape_B_S_{string.Join("_", tail)}/Concat", "Concat", [_bs, _g.Constant(tail)], Attr.Int("axis", 0));
+            _shapes[key] = s;
+        }
+        return s;
+    }
+
+    private static (string, string, string, string) Split4(string[] o) => (o[0], o[1], o[2], o[3]);
+
+    /// <summary>Initializer names follow the node path: /model/blocks.3/mlstm/qkvo_proj -> model.blocks.3.mlstm.qkvo_proj.weight.</summary>
+    private static string InitName(string path, string what) => $"{path.TrimStart('/').Replace('/', '.')}.{what}";
+}

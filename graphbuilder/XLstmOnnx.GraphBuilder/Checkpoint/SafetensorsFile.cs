@@ -1,0 +1,243 @@
+using System.Buffers.Binary;
+using System.IO.MemoryMappedFiles;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json;
+
+namespace XLstmOnnx.GraphBuilder.Checkpoint;
+
+/// <summary>
+/// One safetensors file: an 8-byte little-endian header length, a JSON header, then the tensor bytes. The body is
+/// memory-mapped and read in place; nothing is copied until a caller asks for a tensor's values. Owns the mapping.
+/// </summary>
+public sealed unsafe class SafetensorsFile : IDisposable
+{
+    /// <summary>Headers larger than this are refused (the safetensors reference implementation uses 100 MB).</summary>
+    private const long MaxHeaderBytes = 100_000_000;
+
+    private readonly MemoryMappedFile? _map;
+    private readonly MemoryMappedViewAccessor? _view;
+    private readonly byte* _base;
+    private readonly long _dataStart;
+    private readonly Dictionary<string, TensorSlice> _tensors = new(StringComparer.Ordinal);
+    private bool _pointerAcquired;
+
+    /// <summary>The file's path, as given.</summary>
+    public string Path { get; }
+
+    /// <summary>The header's <c>__metadata__</c> strings (may be empty).</summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    /// <summary>Tensors in header order.</summary>
+    public IReadOnlyCollection<TensorSlice> Tensors => _tensors.Values;
+
+    private SafetensorsFile(string path)
+    {
+        Path = path;
+        var info = new FileInfo(path);
+        if (!info.Exists) throw new XLstmOnnxException($"{path}: safetensors file not found.");
+        long length = info.Length;
+        if (length < 8)
+        {
+            throw new XLstmOnnxException($"{path}: truncated safetensors file: {length} bytes, expected at least 8 (the header length).");
+        }
+        if (length > 8) // an empty map of a 0-byte region is not allowed; 8-byte files have no header anyway
+        {
+            _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            _view = _map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            byte* p = null;
+            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+            _pointerAcquired = true;
+            _base = p + _view.PointerOffset;
+        }
+        try
+        {
+            ulong headerLen = length > 8 ? BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(_base, 8)) : 0;
+            if (headerLen == 0 || headerLen > MaxHeaderBytes || (long)headerLen > length - 8)
+            {
+                throw new XLstmOnnxException(
+                    $"{path}: truncated or corrupt safetensors file: the header length field says {headerLen} bytes, "
+                    + $"but the file has {length - 8} bytes after it (and headers are at most {MaxHeaderBytes}).");
+            }
+            _dataStart = 8 + (long)headerLen;
+            long dataLength = length - _dataStart;
+            var header = new ReadOnlySpan<byte>(_base + 8, (int)headerLen);
+            Metadata = ParseHeader(header, dataLength);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens and validates <paramref name="path"/>; the caller disposes the result.</summary>
+    public static SafetensorsFile Open(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        return new SafetensorsFile(path);
+    }
+
+    /// <summary>The tensor called <paramref name="name"/>, or null.</summary>
+    public TensorSlice? Find(string name) => _tensors.GetValueOrDefault(name);
+
+    /// <summary>The tensor called <paramref name="name"/>; throws naming the file when it is absent.</summary>
+    public TensorSlice Get(string name) =>
+        Find(name) ?? throw new XLstmOnnxException($"{Path}: no tensor named '{name}'.");
+
+    private Dictionary<string, string> ParseHeader(ReadOnlySpan<byte> header, long dataLength)
+    {
+        var metadata = new Dictionary<string, string>();
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(header.ToArray());
+        }
+        catch (JsonException e)
+        {
+            throw new XLstmOnnxException($"{Path}: the safetensors header is not valid JSON ({e.Message}).", e);
+        }
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                throw new XLstmOnnxException($"{Path}: the safetensors header must be a JSON object; found {doc.RootElement.ValueKind}.");
+            }
+            foreach (var prop in doc.RootElement.EnumerateObject())
+            {
+                if (prop.Name == "__metadata__")
+                {
+                    if (prop.Value.ValueKind == JsonValueKind.Object)
+                    {
+                        foreach (var m in prop.Value.EnumerateObject())
+                        {
+                            metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : m.Value.GetRawText();
+                        }
+                    }
+                    continue;
+                }
+                _tensors[prop.Name] = ParseEntry(prop.Name, prop.Value, dataLength);
+            }
+        }
+        return metadata;
+    }
+
+    private TensorSlice ParseEntry(string name, JsonElement e, long dataLength)
+    {
+        XLstmOnnxException Bad(string what) => new($"{Path}: tensor '{name}': {what}.");
+        if (e.ValueKind != JsonValueKind.Object) throw Bad($"header entry must be an object; found {e.ValueKind}");
+        if (!e.TryGetProperty("dtype", out var dt) || dt.ValueKind != JsonValueKind.String) throw Bad("header entry has no string 'dtype'");
+        string dtypeName = dt.GetString()!;
+        if (!SafetensorsDtypes.TryParse(dtypeName, out var dtype))
+        {
+            throw Bad($"unsupported dtype \"{dtypeName}\"; expected one of {string.Join(", ", Enum.GetNames<SafetensorsDtype>())}");
+        }
+        if (!e.TryGetProperty("shape", out var sh) || sh.ValueKind != JsonValueKind.Array) throw Bad("header entry has no 'shape' array");
+        var shape = new long[sh.GetArrayLength()];
+        int i = 0;
+        long count = 1;
+        foreach (var d in sh.EnumerateArray())
+        {
+            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long v) || v < 0) throw Bad($"shape entry {d.GetRawText()} is not a non-negative integer");
+            shape[i++] = v;
+            count = checked(count * v);
+        }
+        if (!e.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
+        {
+            throw Bad("header entry has no 'data_offsets' pair");
+        }
+        if (!off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
+        {
+            throw Bad($"data_offsets {off.GetRawText()} must be two integers 0 <= begin <= end");
+        }
+        if (end > dataLength)
+        {
+            throw Bad($"data_offsets [{begin}, {end}] lie outside the data section of {dataLength} bytes (file truncated?)");
+        }
+        long expected = checked(count * dtype.Size());
+        if (end - begin != expected)
+        {
+            throw Bad($"data_offsets span {end - begin} bytes, but shape [{string.Join(", ", shape)}] of {dtypeName} needs {expected}");
+        }
+        return new TensorSlice(this, name, dtype, shape, begin, end - begin);
+    }
+
+    /// <summary>The bytes of a tensor, in place (valid while this file is open).</summary>
+    internal ReadOnlySpan<byte> Bytes(long offset, int length)
+    {
+        ObjectDisposedException.ThrowIf(_view is null && length > 0, this);
+        return new ReadOnlySpan<byte>(_base + _dataStart + offset, length);
+    }
+
+    public void Dispose()
+    {
+        if (_pointerAcquired)
+        {
+            _view!.SafeMemoryMappedViewHandle.ReleasePointer();
+            _pointerAcquired = false;
+        }
+        _view?.Dispose();
+        _map?.Dispose();
+    }
+}
+
+/// <summary>Writes safetensors files (used for random checkpoints, saved states and tests).</summary>
+public static class SafetensorsWriter
+{
+    /// <summary>One tensor to write: its name, dtype, shape and raw little-endian bytes.</summary>
+    public sealed record Entry(string Name, SafetensorsDtype Dtype, long[] Shape, Action<Stream> WriteBytes, long ByteLength);
+
+    /// <summary>An entry for float32 values.</summary>
+    public static Entry F32(string name, long[] shape, float[] values) =>
+        new(name, SafetensorsDtype.F32, shape, s => s.Write(MemoryMarshal.AsBytes(values.AsSpan())), values.LongLength * 4);
+
+    /// <summary>An entry for int64 values.</summary>
+    public static Entry I64(string name, long[] shape, long[] values) =>
+        new(name, SafetensorsDtype.I64, shape, s => s.Write(MemoryMarshal.AsBytes(values.AsSpan())), values.LongLength * 8);
+
+    /// <summary>Writes <paramref name="entries"/> to <paramref name="path"/> through a temporary file and a rename.</summary>
+    public static void Write(string path, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var header = new Dictionary<string, object>();
+        if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
+        long offset = 0;
+        foreach (var e in entries)
+        {
+            header[e.Name] = new Dictionary<string, object>
+            {
+                ["dtype"] = e.Dtype.ToString(),
+                ["shape"] = e.Shape,
+                ["data_offsets"] = new[] { offset, offset + e.ByteLength },
+            };
+            offset += e.ByteLength;
+        }
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(header);
+        int padded = (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned
+        string tmp = path + $".tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
+        try
+        {
+            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+            {
+                Span<byte> len = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
+                fs.Write(len);
+                fs.Write(json);
+                for (int i = json.Length; i < padded; i++) fs.WriteByte((byte)' ');
+                foreach (var e in entries)
+                {
+                    long before = fs.Position;
+                    e.WriteBytes(fs);
+                    if (fs.Position - before != e.ByteLength)
+                    {
+                        throw new InvalidOperationException($"tensor '{e.Name}' wrote {fs.Position - before} bytes, declared {e.ByteLength}");
+                    }
+                }
+            }
+            File.Move(tmp, path, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(tmp)) File.Delete(tmp);
+        }
+    }
+}

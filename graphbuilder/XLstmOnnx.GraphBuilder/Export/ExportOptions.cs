@@ -1,0 +1,54 @@
+namespace XLstmOnnx.GraphBuilder.Export;
+
+/// <summary>Where initializer bytes go.</summary>
+public enum ExternalDataMode
+{
+    /// <summary>External when the weights exceed <see cref="ExportOptions.ExternalDataThresholdBytes"/>.</summary>
+    Auto,
+    /// <summary>Always one model.onnx.data file beside model.onnx.</summary>
+    Always,
+    /// <summary>Always inside model.onnx (fails above protobuf's 2 GB limit).</summary>
+    Never,
+}
+
+/// <summary>How the mLSTM cell is emitted.</summary>
+public enum MLstmKernels
+{
+    /// <summary>Standard ONNX ops only (Loop over chunks and tail tokens): portable, needs no custom-op library.</summary>
+    Onnx,
+}
+
+/// <summary>Options of one export. Defaults give the full-logits, input_ids, fp32 model.</summary>
+public sealed record ExportOptions
+{
+    /// <summary>Weight precision; only "fp32" so far.</summary>
+    public string Dtype { get; init; } = "fp32";
+    /// <summary>Emit logits for the last position only ([B, 1, V]); what decoding needs.</summary>
+    public bool LastLogitsOnly { get; init; }
+    /// <summary>Take <c>inputs_embeds</c> [B, S, E] instead of <c>input_ids</c>.</summary>
+    public bool InputsEmbeds { get; init; }
+    /// <summary>Add <c>hidden_states.{i}</c> outputs: each block's output, then the final normed output (HF's order).</summary>
+    public bool HiddenStates { get; init; }
+    public ExternalDataMode ExternalData { get; init; } = ExternalDataMode.Auto;
+    /// <summary>Weights above this many bytes go to external data in <see cref="ExternalDataMode.Auto"/>; well under protobuf's 2 GiB.</summary>
+    public long ExternalDataThresholdBytes { get; init; } = 1L << 30;
+    public MLstmKernels MLstmKernels { get; init; } = MLstmKernels.Onnx;
+
+    /// <summary>The ai.onnx opset we emit (23: RMSNormalization). ONNX Runtime 1.31 loads up to 26.</summary>
+    public const int Opset = 23;
+    /// <summary>IR version matching opset 23.</summary>
+    public const int IrVersion = 11;
+
+    /// <summary>Checks the options; throws naming the option.</summary>
+    public void Validate()
+    {
+        if (Dtype != "fp32")
+        {
+            throw new XLstmOnnxException($"option --dtype must be \"fp32\" (bf16/fp16 exports are not implemented yet); found \"{Dtype}\".");
+        }
+        if (ExternalDataThresholdBytes <= 0)
+        {
+            throw new XLstmOnnxException($"external-data threshold must be positive; found {ExternalDataThresholdBytes}.");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Google.Protobuf;
+using XLstmOnnx.GraphBuilder.Architecture;
+using XLstmOnnx.GraphBuilder.Checkpoint;
+using XLstmOnnx.GraphBuilder.Config;
+using XLstmOnnx.GraphBuilder.Graph;
+using XLstmOnnx.GraphBuilder.Onnx;
+using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
+
+namespace XLstmOnnx.GraphBuilder.Export;
+
+/// <summary>Progress of an export: bytes of weights written so far, of the total.</summary>
+public readonly record struct ExportProgress(long BytesDone, long BytesTotal, string Tensor);
+
+/// <summary>What an export produced.</summary>
+public sealed record ExportResult(string OutputDir, string ModelPath, string? DataPath, long WeightBytes, int NodeCount, TimeSpan Elapsed);
+
+/// <summary>
+/// The public entry point: HF checkpoint folder in, exported model folder out (model.onnx, optional model.onnx.data,
+/// xlstm_runtime.json, config.json, tokenizer files). Everything is written into a temporary sibling folder that is
+/// renamed into place at the end, so a failed export leaves nothing half-written behind.
+/// </summary>
+public static class OnnxExporter
+{
+    public const string ModelFile = "model.onnx";
+    public const string DataFile = "model.onnx.data";
+    /// <summary>External tensors start at multiples of 64 KiB so that they can be memory-mapped on every OS.</summary>
+    public const int ExternalAlignment = 64 * 1024;
+    /// <summary>Elements converted per block while streaming (4 MiB of float32).</summary>
+    private const int BlockElements = 1 << 20;
+
+    /// <summary>Tokenizer and generation files copied from the checkpoint when present.</summary>
+    public static readonly string[] SideFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
+
+    /// <summary>Exports the checkpoint in <paramref name="checkpointDir"/> to <paramref name="outputDir"/>.</summary>
+    public static ExportResult Export(string checkpointDir, string outputDir, ExportOptions options,
+        IProgress<ExportProgress>? progress = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        using var ckpt = HfCheckpoint.Open(checkpointDir);
+        var weights = new WeightTable(ckpt.Config).Bind(ckpt.Tensors, checkpointDir);
+        var side = SideFiles.Select(f => Path.Combine(checkpointDir, f)).Where(File.Exists).ToList();
+        return ExportModel(ckpt.Config, weights, outputDir, options, side, progress, cancel);
+    }
+
+    /// <summary>Exports a model given as config plus bound weights (checkpoint or generated).</summary>
+    public static ExportResult ExportModel(XLstmConfig config, BoundWeights weights, string outputDir, ExportOptions options,
+        IReadOnlyList<string> sideFiles, IProgress<ExportProgress>? progress = null, CancellationToken cancel = default)
+    {
+        var clock = Stopwatch.StartNew();
+        options.Validate();
+        var graph = XLstmGraphBuilder.Build(config, weights, options);
+        long weightBytes = graph.Weights.Sum(w => w.Source.ElementCount() * 4);
+        bool external = options.ExternalData switch
+        {
+            ExternalDataMode.Always => true,
+            ExternalDataMode.Never => false,
+            _ => weightBytes > options.ExternalDataThresholdBytes,
+        };
+        if (!external && weightBytes > int.MaxValue - (64L << 20))
+        {
+            throw new XLstmOnnxException(
+                $"option --external-data never: the weights take {weightBytes} bytes, over protobuf's 2 GiB limit for one model.onnx; use auto or always.");
+        }
+
+        string target = Path.GetFullPath(outputDir);
+        string staging = AtomicFolder.Begin(target);
+        try
+        {
+            var model = new ModelProto
+            {
+                IrVersion = ExportOptions.IrVersion,
+                ProducerName = "XLstmOnnx",
+                ProducerVersion = typeof(OnnxExporter).Assembly.GetName().Version?.ToString() ?? "0",
+                DocString = "xLSTMForCausalLM exported by XLstmOnnx from a Hugging Face checkpoint.",
+                Graph = graph.Proto,
+            };
+            model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
+            WriteWeights(graph, staging, external, weightBytes, progress, cancel);
+            using (var fs = new FileStream(Path.Combine(staging, ModelFile), FileMode.CreateNew, FileAccess.Write))
+            {
+                model.WriteTo(fs);
+            }
+            var copied = new List<string>();
+            foreach (var f in sideFiles)
+            {
+                File.Copy(f, Path.Combine(staging, Path.GetFileName(f)));
+                if (Path.GetFileName(f).StartsWith("tokenizer", StringComparison.Ordinal)) copied.Add(Path.GetFileName(f));
+            }
+            File.WriteAllText(Path.Combine(staging, "config.json"), config.ToJson());
+            File.WriteAllText(Path.Combine(staging, ModelManifest.FileName),
+                ModelManifest.For(config, options, external ? DataFile : null, copied).ToJson());
+            AtomicFolder.Commit(staging, target);
+        }
+        catch
+        {
+            AtomicFolder.Abandon(staging);
+            throw;
+        }
+        return new ExportResult(target, Path.Combine(target, ModelFile), external ? Path.Combine(target, DataFile) : null,
+            weightBytes, graph.Proto.Node.Count, clock.Elapsed);
+    }
+
+    /// <summary>Streams every weight as float32, into model.onnx.data (aligned) or into the proto's raw_data.</summary>
+    private static void WriteWeights(OnnxGraph graph, string dir, bool external, long total, IProgress<ExportProgress>? progress, CancellationToken cancel)
+    {
+        long done = 0;
+        var buffer = new float[BlockElements];
+        using var data = external ? new FileStream(Path.Combine(dir, DataFile), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 22) : null;
+        foreach (var (name, source) in graph.Weights)
+        {
+            cancel.ThrowIfCancellationRequested();
+            long count = source.ElementCount();
+            var t = new TensorProto { Name = name, DataType = (int)DataType.Float };
+            t.Dims.AddRange(source.Shape);
+            if (data is not null)
+            {
+                long pad = (ExternalAlignment - data.Position % ExternalAlignment) % ExternalAlignment;
+                if (pad > 0) data.Write(new byte[pad]);
+                long offset = data.Position;
+                for (long i = 0; i < count; i += BlockElements)
+                {
+                    int n = (int)Math.Min(BlockElements, count - i);
+                    source.ReadFloat32(i, buffer.AsSpan(0, n));
+                    data.Write(MemoryMarshal.AsBytes(buffer.AsSpan(0, n)));
+                    done += n * 4L;
+                    progress?.Report(new ExportProgress(done, total, name));
+                }
+                t.DataLocation = TensorProto.Types.DataLocation.External;
+                t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = DataFile });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString() });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = (count * 4).ToString() });
+            }
+            else
+            {
+                var all = new float[count];
+                source.ReadFloat32(0, all);
+                t.RawData = ByteString.CopyFrom(MemoryMarshal.AsBytes(all.AsSpan()));
+                done += count * 4;
+                progress?.Report(new ExportProgress(done, total, name));
+            }
+            graph.Proto.Initializer.Add(t);
+        }
+        data?.Flush(flushToDisk: true);
+    }
+}
+
+/// <summary>
+/// Writes a folder atomically: files go into a hidden sibling, which replaces the target by renames at the end.
+/// A target that exists must be empty or a previous export (it holds xlstm_runtime.json); anything else is refused.
+/// </summary>
+internal static class AtomicFolder
+{
+    public static string Begin(string target)
+    {
+        string parent = Path.GetDirectoryName(target) ?? throw new XLstmOnnxException($"{target}: output folder has no parent folder.");
+        if (File.Exists(target)) throw new XLstmOnnxException($"{target}: the output path is a file; expected a folder to write the model into.");
+        if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any()
+            && !File.Exists(Path.Combine(target, ModelManifest.FileName)))
+        {
+            throw new XLstmOnnxException($"{target}: output folder exists and is not an XLstmOnnx export ({ModelManifest.FileName} missing); choose a new or empty folder.");
+        }
+        string staging = Path.Combine(parent, $".{Path.GetFileName(target)}.partial-{Guid.NewGuid():N}");
+        try
+        {
+            Directory.CreateDirectory(parent);
+            Directory.CreateDirectory(staging);
+            File.WriteAllText(Path.Combine(staging, ".probe"), ""); // fail now, not after minutes of writing
+            File.Delete(Path.Combine(staging, ".probe"));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Abandon(staging);
+            throw new XLstmOnnxException($"{target}: cannot write the output folder ({e.Message}).", e);
+        }
+        return staging;
+    }
+
+    public static void Commit(string staging, string target)
+    {
+        string? old = null;
+        if (Directory.Exists(target))
+        {
+            old = Path.Combine(Path.GetDirectoryName(target)!, $".{Path.GetFileName(target)}.old-{Guid.NewGuid():N}");
+            Directory.Move(target, old);
+        }
+        Directory.Move(staging, target);
+        if (old is not null) Directory.Delete(old, recursive: true);
+    }
+
+    public static void Abandon(string staging)
+    {
+        try
+        {
+            if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
+        }
+        catch (IOException)
+        {
+            // best effort: the hidden .partial folder is harmless and names itself
+        }
+    }
+}

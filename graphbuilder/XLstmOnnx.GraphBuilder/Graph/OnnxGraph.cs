@@ -1,0 +1,166 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Google.Protobuf;
+using XLstmOnnx.GraphBuilder.Checkpoint;
+using XLstmOnnx.GraphBuilder.Onnx;
+using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
+
+namespace XLstmOnnx.GraphBuilder.Graph;
+
+/// <summary>An ONNX attribute value, built with the static helpers.</summary>
+public sealed class Attr
+{
+    internal AttributeProto Proto { get; }
+    private Attr(AttributeProto p) => Proto = p;
+
+    public static Attr Int(string name, long v) => new(new() { Name = name, Type = AttributeProto.Types.AttributeType.Int, I = v });
+    public static Attr Float(string name, double v) => new(new() { Name = name, Type = AttributeProto.Types.AttributeType.Float, F = (float)v });
+    public static Attr Str(string name, string v) => new(new() { Name = name, Type = AttributeProto.Types.AttributeType.String, S = ByteString.CopyFromUtf8(v) });
+    public static Attr Ints(string name, params long[] v)
+    {
+        var p = new AttributeProto { Name = name, Type = AttributeProto.Types.AttributeType.Ints };
+        p.Ints.AddRange(v);
+        return new(p);
+    }
+    public static Attr Graph(string name, OnnxGraph g) => new(new() { Name = name, Type = AttributeProto.Types.AttributeType.Graph, G = g.Proto });
+}
+
+/// <summary>
+/// A GraphProto under construction: nodes named by their path through the model, outputs named after their node,
+/// constants created once (in the root graph, visible from every subgraph), weights kept as lazy sources until the
+/// exporter writes them. Knows nothing about xLSTM.
+/// </summary>
+public sealed class OnnxGraph
+{
+    private readonly OnnxGraph? _root;
+    private readonly Dictionary<string, string> _constants = [];
+    private readonly HashSet<string> _nodeNames = [];
+
+    /// <summary>Weights by initializer name, in insertion order; written by the exporter.</summary>
+    internal List<(string Name, IWeightSource Source)> Weights { get; } = [];
+
+    public GraphProto Proto { get; }
+
+    /// <summary>A root graph.</summary>
+    public OnnxGraph(string name)
+    {
+        Proto = new GraphProto { Name = name };
+    }
+
+    private OnnxGraph(string name, OnnxGraph root) : this(name) => _root = root;
+
+    /// <summary>A subgraph (Loop/If body) whose constants live in the root graph.</summary>
+    public OnnxGraph Subgraph(string name) => new(name, _root ?? this);
+
+    private OnnxGraph Root => _root ?? this;
+
+    /// <summary>Adds a node; returns its outputs, named <c>{name}/output_{k}</c>.</summary>
+    public string[] Node(string name, string opType, IReadOnlyList<string> inputs, int outputs = 1, string domain = "", params Attr[] attrs)
+    {
+        if (!Root._nodeNames.Add(name)) throw new InvalidOperationException($"duplicate node name {name}");
+        var n = new NodeProto { Name = name, OpType = opType, Domain = domain };
+        n.Input.AddRange(inputs);
+        var outs = new string[outputs];
+        for (int i = 0; i < outputs; i++) outs[i] = $"{name}/output_{i}";
+        n.Output.AddRange(outs);
+        foreach (var a in attrs) n.Attribute.Add(a.Proto);
+        Proto.Node.Add(n);
+        return outs;
+    }
+
+    /// <summary>Adds a single-output node and returns the output's name.</summary>
+    public string Op(string name, string opType, IReadOnlyList<string> inputs, params Attr[] attrs) =>
+        Node(name, opType, inputs, 1, "", attrs)[0];
+
+    /// <summary>A float32 scalar constant, created once: <c>/model/constants/FLOAT/{value}</c>.</summary>
+    public string Constant(float value) => Root.ConstantCore(
+        $"/model/constants/FLOAT/{value.ToString("R", CultureInfo.InvariantCulture)}", DataType.Float, [],
+        MemoryMarshal.AsBytes(new[] { value }.AsSpan()).ToArray());
+
+    /// <summary>An int64 1-D constant (shapes, axes, indices), created once.</summary>
+    public string Constant(params long[] values) => Root.ConstantCore(
+        $"/model/constants/INT64/[{string.Join(",", values)}]", DataType.Int64, [values.Length],
+        MemoryMarshal.AsBytes(values.AsSpan()).ToArray());
+
+    /// <summary>An int64 scalar (0-D) constant, created once.</summary>
+    public string ScalarInt64(long value) => Root.ConstantCore(
+        $"/model/constants/INT64/{value}", DataType.Int64, [], BitConverter.GetBytes(value));
+
+    /// <summary>A bool scalar constant.</summary>
+    public string ScalarBool(bool value) => Root.ConstantCore(
+        $"/model/constants/BOOL/{value}", DataType.Bool, [], [value ? (byte)1 : (byte)0]);
+
+    /// <summary>A float32 constant of any shape under <paramref name="name"/>, created once per name.</summary>
+    public string ConstantTensor(string name, long[] shape, float[] values) => Root.ConstantCore(
+        name, DataType.Float, shape, MemoryMarshal.AsBytes(values.AsSpan()).ToArray());
+
+    /// <summary>A bool constant of any shape under <paramref name="name"/>, created once per name.</summary>
+    public string ConstantTensor(string name, long[] shape, bool[] values) => Root.ConstantCore(
+        name, DataType.Bool, shape, values.Select(b => b ? (byte)1 : (byte)0).ToArray());
+
+    private string ConstantCore(string name, DataType type, long[] shape, byte[] raw)
+    {
+        if (_constants.TryGetValue(name, out var existing)) return existing;
+        var t = new TensorProto { Name = name, DataType = (int)type, RawData = ByteString.CopyFrom(raw) };
+        t.Dims.AddRange(shape);
+        Proto.Initializer.Add(t);
+        _constants[name] = name;
+        return name;
+    }
+
+    /// <summary>A weight initializer whose float32 values the exporter streams from <paramref name="source"/>.</summary>
+    public string Weight(string name, IWeightSource source)
+    {
+        if (_root is not null) return _root.Weight(name, source);
+        // a tied weight (lm_head = embeddings) is one source: write it once, under its first name
+        foreach (var (existing, s) in Weights)
+        {
+            if (ReferenceEquals(s, source)) return existing;
+        }
+        Weights.Add((name, source));
+        return name;
+    }
+
+    /// <summary>Declares a graph input. A dim is a long (fixed), a string (symbolic) or null (unknown).</summary>
+    public string Input(string name, DataType type, params object?[]? dims)
+    {
+        Proto.Input.Add(ValueInfo(name, type, dims));
+        return name;
+    }
+
+    /// <summary>Declares a graph output produced by <paramref name="value"/> under the name <paramref name="name"/>.</summary>
+    public void Output(string name, string value, DataType type, params object?[]? dims)
+    {
+        if (name != value)
+        {
+            // Graph outputs carry contract names (logits, present_state.*), so the last node is an Identity renaming the path-named value.
+            var n = new NodeProto { Name = $"{name}/Identity", OpType = "Identity" };
+            n.Input.Add(value);
+            n.Output.Add(name);
+            Proto.Node.Add(n);
+        }
+        Proto.Output.Add(ValueInfo(name, type, dims));
+    }
+
+    /// <summary>A value with an element type and, if <paramref name="dims"/> is not null, a shape.</summary>
+    public static ValueInfoProto ValueInfo(string name, DataType type, object?[]? dims)
+    {
+        var tt = new TypeProto.Types.Tensor { ElemType = (int)type };
+        if (dims is not null)
+        {
+            tt.Shape = new TensorShapeProto();
+            foreach (var d in dims)
+            {
+                var dim = new TensorShapeProto.Types.Dimension();
+                switch (d)
+                {
+                    case long l: dim.DimValue = l; break;
+                    case int i: dim.DimValue = i; break;
+                    case string s: dim.DimParam = s; break;
+                }
+                tt.Shape.Dim.Add(dim);
+            }
+        }
+        return new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = tt } };
+    }
+}

@@ -1,0 +1,183 @@
+using Microsoft.ML.OnnxRuntime;
+using XLstmOnnx.GraphBuilder.Architecture;
+using XLstmOnnx.GraphBuilder.Export;
+
+namespace XLstmOnnx.Runtime;
+
+/// <summary>Session settings.</summary>
+public sealed record SessionSettings
+{
+    /// <summary>Intra-op threads; 0 lets ONNX Runtime choose.</summary>
+    public int Threads { get; init; }
+}
+
+/// <summary>Logits of one call: [Batch, Positions, Vocab], row-major.</summary>
+public sealed record Logits(float[] Values, int Batch, int Positions, int Vocab)
+{
+    /// <summary>The logits of row <paramref name="b"/> at position <paramref name="t"/>.</summary>
+    public ReadOnlySpan<float> At(int b, int t) => Values.AsSpan((b * Positions + t) * Vocab, Vocab);
+}
+
+/// <summary>
+/// A thin wrapper over one ONNX Runtime CPU session of an exported model: checks the model against its manifest, and
+/// runs one call that takes tokens and the past state and returns logits and the present state. Owns the session.
+/// </summary>
+public sealed class XLstmSession : IDisposable
+{
+    private readonly InferenceSession _session;
+    private readonly string[] _outputNames;
+
+    private XLstmSession(InferenceSession session, ModelManifest manifest, string dir)
+    {
+        _session = session;
+        Manifest = manifest;
+        Directory = dir;
+        _outputNames = [.. session.OutputMetadata.Keys];
+    }
+
+    public ModelManifest Manifest { get; }
+    public string Directory { get; }
+
+    /// <summary>Names of the graph's outputs (logits, present state, optional hidden states).</summary>
+    public IReadOnlyList<string> OutputNames => _outputNames;
+
+    /// <summary>Loads the exported model in <paramref name="dir"/>; the caller disposes the result.</summary>
+    public static XLstmSession Load(string dir, SessionSettings? settings = null)
+    {
+        var manifest = ModelManifest.Load(dir);
+        if (manifest.MLstmKernels != "onnx")
+        {
+            throw new XLstmOnnxException($"{dir}: the model uses mlstm_kernels \"{manifest.MLstmKernels}\"; this runtime runs \"onnx\" (standard ops) models.");
+        }
+        string path = Path.Combine(dir, manifest.ModelFile);
+        if (!File.Exists(path)) throw new XLstmOnnxException($"{dir}: {manifest.ModelFile} named by {ModelManifest.FileName} is missing.");
+        using var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (settings?.Threads is > 0) options.IntraOpNumThreads = settings.Threads;
+        InferenceSession session;
+        try
+        {
+            session = new InferenceSession(path, options); // by path, so that external data resolves beside it
+        }
+        catch (OnnxRuntimeException e)
+        {
+            throw new XLstmOnnxException($"{path}: ONNX Runtime could not load the model: {e.Message}", e);
+        }
+        try
+        {
+            Check(session, manifest, path);
+            return new XLstmSession(session, manifest, dir);
+        }
+        catch
+        {
+            session.Dispose();
+            throw;
+        }
+    }
+
+    private static void Check(InferenceSession s, ModelManifest m, string path)
+    {
+        var expected = new List<string> { m.Input };
+        for (int l = 0; l < m.NumLayers; l++) expected.AddRange(StateNames.Parts.Select(p => StateNames.Past(l, p)));
+        foreach (var name in expected)
+        {
+            if (!s.InputMetadata.ContainsKey(name))
+            {
+                throw new XLstmOnnxException($"{path}: the manifest expects input '{name}'; the model declares {string.Join(", ", s.InputMetadata.Keys)}.");
+            }
+        }
+        if (s.InputMetadata.Count != expected.Count)
+        {
+            throw new XLstmOnnxException($"{path}: the model has {s.InputMetadata.Count} inputs; the manifest implies {expected.Count}.");
+        }
+        if (!s.OutputMetadata.ContainsKey(StateNames.Logits)) throw new XLstmOnnxException($"{path}: the model has no 'logits' output.");
+    }
+
+    /// <summary>A zero state for <paramref name="batch"/> sequences.</summary>
+    public RecurrentState CreateState(int batch)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batch);
+        return new RecurrentState(Manifest, batch);
+    }
+
+    /// <summary>
+    /// Runs token ids [batch, seq] (row-major) from <paramref name="state"/>; replaces the state with the present state
+    /// and returns the logits. <paramref name="hidden"/>, when given, receives the hidden-state outputs by name.
+    /// </summary>
+    public Logits Run(ReadOnlySpan<long> ids, int seq, RecurrentState state, IDictionary<string, float[]>? hidden = null)
+    {
+        if (Manifest.Input != StateNames.InputIds) throw new XLstmOnnxException($"{Directory}: the model takes '{Manifest.Input}', not input_ids.");
+        CheckBatch(ids.Length, seq, state, 1);
+        foreach (var id in ids)
+        {
+            if (id < 0 || id >= Manifest.VocabSize) throw new XLstmOnnxException($"input_ids: token id {id} is outside [0, {Manifest.VocabSize}).");
+        }
+        using var input = OrtValue.CreateTensorValueFromMemory(ids.ToArray(), [state.Batch, seq]);
+        return RunCore(input, seq, state, hidden);
+    }
+
+    /// <summary>Runs embeddings [batch, seq, E] (row-major) from <paramref name="state"/>; as <see cref="Run"/>.</summary>
+    public Logits RunEmbeds(float[] embeds, int seq, RecurrentState state, IDictionary<string, float[]>? hidden = null)
+    {
+        if (Manifest.Input != StateNames.InputsEmbeds) throw new XLstmOnnxException($"{Directory}: the model takes '{Manifest.Input}', not inputs_embeds.");
+        CheckBatch(embeds.Length, seq, state, (int)Manifest.EmbeddingDim);
+        using var input = OrtValue.CreateTensorValueFromMemory(embeds, [state.Batch, seq, Manifest.EmbeddingDim]);
+        return RunCore(input, seq, state, hidden);
+    }
+
+    private void CheckBatch(int length, int seq, RecurrentState state, int width)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(seq);
+        if (state.Manifest != Manifest) throw new ArgumentException("the state belongs to another model", nameof(state));
+        if (length != (long)state.Batch * seq * width)
+        {
+            throw new XLstmOnnxException($"{Manifest.Input}: expected {state.Batch}×{seq}{(width > 1 ? $"×{width}" : "")} values for the state's batch; got {length}.");
+        }
+    }
+
+    private Logits RunCore(OrtValue input, int seq, RecurrentState state, IDictionary<string, float[]>? hidden)
+    {
+        var names = new List<string> { Manifest.Input };
+        var values = new List<OrtValue> { input };
+        try
+        {
+            for (int l = 0; l < Manifest.NumLayers; l++)
+            {
+                foreach (var part in StateNames.Parts)
+                {
+                    names.Add(StateNames.Past(l, part));
+                    values.Add(OrtValue.CreateTensorValueFromMemory(state[l, part], Manifest.StateShape(part, state.Batch)));
+                }
+            }
+            using var runOptions = new RunOptions();
+            using var outputs = _session.Run(runOptions, names, values, _outputNames);
+            Logits? logits = null;
+            for (int i = 0; i < _outputNames.Length; i++)
+            {
+                string name = _outputNames[i];
+                var data = outputs[i].GetTensorDataAsSpan<float>().ToArray();
+                if (name == StateNames.Logits)
+                {
+                    int positions = (int)outputs[i].GetTensorTypeAndShape().Shape[1];
+                    logits = new Logits(data, state.Batch, positions, (int)Manifest.VocabSize);
+                }
+                else if (name.StartsWith("present_state.", StringComparison.Ordinal))
+                {
+                    var parts = name.Split('.');
+                    state.Set(int.Parse(parts[1]), parts[2], data);
+                }
+                else
+                {
+                    hidden?.Add(name, data);
+                }
+            }
+            _ = seq;
+            return logits!;
+        }
+        finally
+        {
+            for (int i = 1; i < values.Count; i++) values[i].Dispose(); // the caller owns values[0]
+        }
+    }
+
+    public void Dispose() => _session.Dispose();
+}

@@ -1,0 +1,629 @@
+#!/usr/bin/env python3
+"""Write a reference file (safetensors) for any Hugging Face xLSTM checkpoint.
+
+The reference is computed with the transformers xLSTM implementation on its HF-native path
+(the pip package `xlstm` must NOT be importable), in float32, with an explicit float32
+`xLSTMCache`.  See tools/reference/README.md for the file format.
+
+Usage:
+    python tools/reference/make_reference.py --checkpoint DIR --out FILE [--cases SPEC ...]
+
+Case SPEC syntax (NAME: letters, digits, '_' only):
+    NAME=T            one row of T random token ids
+    NAME=TxB          B rows (independent random ids per row)
+    NAME=T@S          ... plus a split run: S tokens in one call, then one token per call
+    NAME=TxB@S        both
+    NAME=greedy:P+N   greedy decoding: random prompt of P tokens, N new tokens (batch 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import zlib
+
+FORMAT_VERSION = "xlstm-reference-v1"
+
+
+# --------------------------------------------------------------------------------------------
+# environment
+# --------------------------------------------------------------------------------------------
+
+
+def check_environment(log=print):
+    """Assert the HF-native path and print versions/paths. Returns a dict of facts."""
+    if importlib.util.find_spec("xlstm") is not None:
+        raise SystemExit(
+            "the pip package `xlstm` is importable: transformers would use the external (Triton) "
+            "path. Run in an environment without `xlstm`."
+        )
+    import torch
+    import transformers
+    from transformers.models.xlstm import modeling_xlstm
+
+    facts = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "modeling_file": modeling_xlstm.__file__,
+    }
+    ext = getattr(modeling_xlstm, "external_xlstm", None)
+    if ext:
+        raise SystemExit("transformers' modeling_xlstm reports external_xlstm=True")
+    facts["external_xlstm"] = ext
+    try:
+        from transformers.utils import is_xlstm_available
+
+        facts["is_xlstm_available"] = bool(is_xlstm_available())
+        if facts["is_xlstm_available"]:
+            raise SystemExit("transformers.utils.is_xlstm_available() is True")
+    except ImportError:
+        facts["is_xlstm_available"] = "n/a"
+    for k, v in facts.items():
+        log(f"[env] {k}: {v}")
+    return facts
+
+
+def setup_torch(threads: int | None = None):
+    import torch
+
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    except Exception:  # pragma: no cover
+        pass
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def disable_hf_init():
+    """HF's xLSTM `_init_weights` crashes for weight_mode='fused'. Make it a no-op.
+
+    Safe because every parameter is either set by us or loaded from the checkpoint
+    (load_model() fails on missing keys)."""
+    from transformers.models.xlstm import modeling_xlstm
+
+    def _no_init(self, module):  # noqa: ARG001
+        return None
+
+    modeling_xlstm.xLSTMPreTrainedModel._init_weights = _no_init
+
+
+# --------------------------------------------------------------------------------------------
+# model / cache helpers
+# --------------------------------------------------------------------------------------------
+
+
+def load_model(checkpoint: str, device: str = "cpu", log=print):
+    """Load an HF xLSTM checkpoint in float32 (whatever its storage dtype), eval mode."""
+    import torch
+    from transformers import xLSTMForCausalLM
+
+    disable_hf_init()
+    model, info = xLSTMForCausalLM.from_pretrained(
+        checkpoint, dtype=torch.float32, output_loading_info=True
+    )
+    missing = [k for k in info.get("missing_keys", []) if k]
+    unexpected = [k for k in info.get("unexpected_keys", []) if k]
+    mismatched = info.get("mismatched_keys", [])
+    log(f"[load] missing={missing} unexpected={unexpected} mismatched={mismatched}")
+    tied = model.lm_head.weight.data_ptr() == model.backbone.embeddings.weight.data_ptr()
+    tie_flag = bool(getattr(model.config, "tie_word_embeddings", False))
+    if "lm_head.weight" in missing and tie_flag and not tied:
+        # transformers 5.17's xLSTMForCausalLM has _tied_weights_keys=None: it never ties, so a
+        # tied checkpoint without lm_head.weight would leave lm_head uninitialised. Tie by hand,
+        # as tie_word_embeddings says.
+        model.lm_head.weight = torch.nn.Parameter(model.backbone.embeddings.weight.detach().clone())
+        tied = True
+        log("[load] lm_head.weight absent and tie_word_embeddings=True: lm_head := embeddings (tied by hand)")
+    bad_missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if bad_missing or unexpected or mismatched:
+        raise SystemExit(f"checkpoint does not match the model: missing={bad_missing} unexpected={unexpected}")
+    for n, p in model.named_parameters():
+        if p.dtype != torch.float32:
+            raise SystemExit(f"parameter {n} loaded as {p.dtype}, expected float32")
+    model.to(device)
+    model.eval()
+    return model
+
+
+def make_cache(model, batch: int):
+    """A fresh float32 xLSTMCache (HF would otherwise use the model dtype, or bf16 on the
+    long-input path)."""
+    import torch
+    from transformers.models.xlstm.modeling_xlstm import xLSTMCache
+
+    dev = model.backbone.embeddings.weight.device
+    cache = xLSTMCache(config=model.config, max_batch_size=batch, dtype=torch.float32, device=dev)
+    for layer, st in cache.rnn_state.items():
+        for t in st:
+            assert t.dtype == torch.float32, (layer, t.dtype)
+    return cache
+
+
+def cache_states(cache):
+    """[(C, n, m)] per layer, cloned, float32, CPU."""
+    out = []
+    for layer in sorted(cache.rnn_state.keys()):
+        out.append(tuple(t.detach().float().cpu().clone() for t in cache.rnn_state[layer]))
+    return out
+
+
+def run(model, ids, cache):
+    import torch
+
+    with torch.no_grad():
+        out = model(input_ids=ids, cache_params=cache, use_cache=True)
+    if out.cache_params is not cache:
+        # transformers writes the states in place into the cache we gave it; be explicit
+        raise RuntimeError("model returned a different cache object than the one passed in")
+    return out.logits.detach().float()
+
+
+def forward_full(model, ids):
+    """One forward call over the whole input with a fresh fp32 cache."""
+    cache = make_cache(model, ids.shape[0])
+    logits = run(model, ids, cache)
+    return logits.cpu(), cache_states(cache)
+
+
+def forward_split(model, ids, split: int):
+    """First `split` tokens in one call, then one token per call."""
+    import torch
+
+    B, T = ids.shape
+    assert 1 <= split < T
+    cache = make_cache(model, B)
+    prefill = run(model, ids[:, :split], cache).cpu()
+    steps = []
+    for t in range(split, T):
+        lg = run(model, ids[:, t : t + 1], cache)
+        steps.append(lg[:, -1].cpu())
+    return prefill, torch.stack(steps, dim=1), cache_states(cache)
+
+
+def greedy_manual(model, prompt, new_tokens: int):
+    """Prefill the prompt in one call, then argmax + one token per call.
+    Returns ids [1, P+N] and the per-step top1-top2 margins."""
+    import torch
+
+    cache = make_cache(model, prompt.shape[0])
+    logits = run(model, prompt, cache)[:, -1]
+    ids = prompt
+    margins = []
+    for i in range(new_tokens):
+        top2 = torch.topk(logits, 2, dim=-1).values
+        margins.append(float((top2[:, 0] - top2[:, 1]).min()))
+        nxt = torch.argmax(logits, dim=-1, keepdim=True)
+        ids = torch.cat([ids, nxt.to(ids.device)], dim=1)
+        if i + 1 < new_tokens:
+            logits = run(model, nxt.to(ids.device), cache)[:, -1]
+    return ids.cpu(), margins
+
+
+def greedy_hf(model, prompt, new_tokens: int, log=print):
+    """HF generate(do_sample=False) with EOS stopping disabled (eos_token_id=None in the
+    generation config used, model.generation_config too, in memory only)."""
+    import copy
+
+    import torch
+    from transformers import GenerationConfig
+
+    cfg = model.config
+    gc = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=new_tokens,
+        min_new_tokens=None,
+        eos_token_id=None,
+        pad_token_id=cfg.pad_token_id,
+        bos_token_id=cfg.bos_token_id,
+        use_cache=True,
+    )
+    saved = copy.deepcopy(model.generation_config)
+    model.generation_config.eos_token_id = None
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                generation_config=gc,
+            )
+    finally:
+        model.generation_config = saved
+    if not torch.is_tensor(out):
+        out = out.sequences
+    return out.cpu()
+
+
+# --------------------------------------------------------------------------------------------
+# cases
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    length: int = 0
+    batch: int = 1
+    split: int | None = None
+    greedy: bool = False
+    prompt_len: int = 0
+    new_tokens: int = 0
+
+    def spec(self) -> str:
+        if self.greedy:
+            return f"{self.name}=greedy:{self.prompt_len}+{self.new_tokens}"
+        s = f"{self.name}={self.length}"
+        if self.batch != 1:
+            s += f"x{self.batch}"
+        if self.split is not None:
+            s += f"@{self.split}"
+        return s
+
+
+_CASE_RE = re.compile(r"^([A-Za-z0-9_]+)=(?:(\d+)(?:x(\d+))?(?:@(\d+))?|greedy:(\d+)\+(\d+))$")
+
+
+def parse_case(spec: str) -> Case:
+    m = _CASE_RE.match(spec.strip())
+    if not m:
+        raise ValueError(f"bad case spec {spec!r} (see --help)")
+    name = m.group(1)
+    if m.group(5) is not None:
+        c = Case(name, greedy=True, prompt_len=int(m.group(5)), new_tokens=int(m.group(6)))
+        if c.prompt_len < 1 or c.new_tokens < 1:
+            raise ValueError(spec)
+        return c
+    c = Case(name, length=int(m.group(2)), batch=int(m.group(3) or 1))
+    if m.group(4) is not None:
+        c.split = int(m.group(4))
+        if not (1 <= c.split < c.length):
+            raise ValueError(f"{spec}: split must satisfy 1 <= split < T")
+    if c.length < 1 or c.batch < 1:
+        raise ValueError(spec)
+    return c
+
+
+def default_cases(config) -> list[Case]:
+    """Lengths 1, < one chunk, one chunk, two chunks, several chunks + remainder, a batch-2
+    case, split cases inside / at chunk boundaries, a greedy case.  When
+    max_inference_chunksize is small, lengths are stretched beyond it."""
+    L = int(config.chunk_size)
+    mic = int(config.max_inference_chunksize)
+    cases = [
+        Case("len1", 1),
+        Case("short", max(2, min(L - 1, 7))),
+        Case("onechunk", L),
+        Case("twochunks", 2 * L),
+        Case("multichunk", (3 if L <= 16 else 2) * L + 5),
+        # long chunks: keep the batch-2 cases shorter (file size)
+        Case("batch2", (2 if L <= 16 else 1) * L + 5, batch=2),
+        Case("split_mid", 2 * L + 6, split=L + 3),  # split inside chunk 2, steps cross 2L
+        Case("split_edge", (2 if L <= 16 else 1) * L + 5, batch=2,
+             split=(2 if L <= 16 else 1) * L),  # prefill = pure chunkwise
+        Case("greedy", greedy=True, prompt_len=min(20, max(5, L + 3)), new_tokens=16),
+    ]
+    if mic < 4 * L + 8:
+        # model-level segmentation: prompts longer than max_inference_chunksize
+        cases = [
+            Case("len1", 1),
+            Case("short", max(2, min(L - 1, 5))),
+            Case("onechunk", L),
+            Case("seg_exact", 2 * mic),  # exactly two segments
+            Case("seg_plus1", mic + 1),  # last segment has S=1 (step kernel)
+            Case("seg_multi", 3 * mic + 1),
+            Case("batch2", 2 * mic + L + 3, batch=2),
+            Case("split_mid", 2 * mic + 4, split=mic + 3),  # segmented prefill, steps cross a segment edge
+            Case("split_edge", mic + L + 2, batch=2, split=mic),
+            Case("greedy", greedy=True, prompt_len=mic + L + 2, new_tokens=16),
+        ]
+    return cases
+
+
+def case_seed(base_seed: int, name: str, attempt: int = 0) -> int:
+    return (base_seed * 1000003 + zlib.crc32(name.encode()) + 7919 * attempt) % (2**31 - 1)
+
+
+def random_ids(vocab: int, shape, seed: int):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, shape, generator=g, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# statistics hooks (fraction of pre-cap values beyond the soft caps)
+# --------------------------------------------------------------------------------------------
+
+
+class CapStats:
+    def __init__(self, model):
+        self.model = model
+        cfg = model.config
+        self.nh = int(cfg.num_heads)
+        self.gate_cap = cfg.gate_soft_cap
+        self.out_cap = cfg.output_logit_soft_cap
+        self.counts = {k: [0, 0] for k in ("igate", "fgate", "logits")}
+        self.maxabs = {k: 0.0 for k in self.counts}
+        self.enabled = False
+        self.handles = []
+        for name, mod in model.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("igate_preact", "fgate_preact", "ifgate_preact", "lm_head"):
+                self.handles.append(mod.register_forward_hook(self._hook(leaf)))
+
+    def _add(self, key, x, cap):
+        x = x.detach().float()
+        self.maxabs[key] = max(self.maxabs[key], float(x.abs().max()))
+        if cap is None:
+            return
+        self.counts[key][0] += int((x.abs() > cap).sum())
+        self.counts[key][1] += x.numel()
+
+    def _hook(self, leaf):
+        def fn(mod, inp, out):
+            if not self.enabled:
+                return
+            if leaf == "lm_head":
+                self._add("logits", out, self.out_cap)
+            elif leaf == "igate_preact":
+                self._add("igate", out, self.gate_cap)
+            elif leaf == "fgate_preact":
+                self._add("fgate", out, self.gate_cap)
+            else:
+                self._add("igate", out[..., : self.nh], self.gate_cap)
+                self._add("fgate", out[..., self.nh :], self.gate_cap)
+
+        return fn
+
+    def fractions(self):
+        res = {}
+        for k, (a, n) in self.counts.items():
+            res[k] = {"frac_beyond_cap": (a / n if n else None), "count": a, "total": n, "max_abs_precap": self.maxabs[k]}
+        return res
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+# --------------------------------------------------------------------------------------------
+# comparisons
+# --------------------------------------------------------------------------------------------
+
+
+class Checks:
+    def __init__(self, log=print):
+        self.items = []
+        self.log = log
+
+    def close(self, what, a, b, rel=1e-4):
+        a = a.double()
+        b = b.double()
+        if a.shape != b.shape:
+            self.items.append({"check": what, "ok": False, "detail": f"shape {tuple(a.shape)} vs {tuple(b.shape)}"})
+            self.log(f"[check] FAIL {what}: shape {tuple(a.shape)} vs {tuple(b.shape)}")
+            return
+        diff = float((a - b).abs().max()) if a.numel() else 0.0
+        scale = max(1.0, float(a.abs().max()) if a.numel() else 0.0)
+        ok = diff <= rel * scale
+        self.items.append({"check": what, "ok": ok, "max_abs_diff": diff, "scale": scale})
+        self.log(f"[check] {'ok  ' if ok else 'FAIL'} {what}: max|diff|={diff:.3e} (scale {scale:.3g})")
+
+    def equal(self, what, a, b):
+        ok = a.shape == b.shape and bool((a == b).all())
+        self.items.append({"check": what, "ok": ok})
+        self.log(f"[check] {'ok  ' if ok else 'FAIL'} {what}")
+        if not ok:
+            self.log(f"        a={a.tolist()}\n        b={b.tolist()}")
+
+    def note(self, what, ok, detail=""):
+        self.items.append({"check": what, "ok": bool(ok), "detail": detail})
+        self.log(f"[check] {'ok  ' if ok else 'FAIL'} {what} {detail}")
+
+    def info(self, what, value):
+        self.items.append({"check": what, "ok": True, "info": value})
+        self.log(f"[info] {what}: {value}")
+
+    @property
+    def failed(self):
+        return [c for c in self.items if not c["ok"]]
+
+
+def _states_close(checks, tag, s1, s2):
+    for li, (a, b) in enumerate(zip(s1, s2)):
+        for nm, x, y in zip("Cnm", a, b):
+            checks.close(f"{tag} state.{li}.{nm}", x, y)
+
+
+# --------------------------------------------------------------------------------------------
+# reference construction
+# --------------------------------------------------------------------------------------------
+
+
+def build_reference(model, cases, seed: int = 1234, log=print, greedy_min_margin: float = 1e-2,
+                    fp64_check: bool = True):
+    """Returns (tensors: dict[str, torch.Tensor], meta: dict, checks: Checks, stats: dict)."""
+    import torch
+
+    cfg = model.config
+    V = int(cfg.vocab_size)
+    dev = model.backbone.embeddings.weight.device
+    checks = Checks(log)
+    stats = CapStats(model)
+    tensors = {}
+    case_meta = []
+    names = set()
+    for c in cases:
+        if "." in c.name or c.name in names:
+            raise ValueError(f"bad or duplicate case name {c.name}")
+        names.add(c.name)
+        if c.greedy:
+            best = None
+            for attempt in range(64):
+                prompt = random_ids(V, (1, c.prompt_len), case_seed(seed, c.name, attempt))
+                ids, margins = greedy_manual(model, prompt.to(dev), c.new_tokens)
+                if best is None or min(margins) > min(best[2]):
+                    best = (prompt, ids, margins, attempt)
+                if min(margins) >= greedy_min_margin:
+                    break
+            prompt, ids, margins, attempt = best
+            log(f"[case] {c.spec()}: prompt attempt {attempt}, min top1-top2 margin {min(margins):.4f}")
+            if min(margins) < greedy_min_margin:
+                log(f"[warn] greedy case {c.name}: small argmax margin {min(margins)}")
+            # HF generate
+            hf_ok = None
+            try:
+                hf = greedy_hf(model, prompt.to(dev), c.new_tokens, log=log)
+                checks.note(f"{c.name} generate length == P+N", hf.shape == ids.shape, f"{tuple(hf.shape)}")
+                if hf.shape == ids.shape:
+                    checks.equal(f"{c.name} HF generate == manual argmax loop", hf, ids)
+                    hf_ok = bool((hf == ids).all())
+            except Exception as e:  # noqa: BLE001
+                checks.note(f"{c.name} HF generate ran", False, f"{type(e).__name__}: {e}")
+                hf_ok = False
+            # one-call forward over the generated sequence predicts the same tokens
+            full, _ = forward_full(model, ids[:, :-1].to(dev))
+            pred = torch.argmax(full[:, c.prompt_len - 1 :], dim=-1)
+            checks.equal(f"{c.name} one-call argmax == generated tokens", pred, ids[:, c.prompt_len :])
+            tensors[f"{c.name}.prompt_ids"] = prompt.contiguous()
+            tensors[f"{c.name}.greedy_ids"] = ids.contiguous()
+            case_meta.append({"name": c.name, "kind": "greedy", "prompt_len": c.prompt_len,
+                              "new_tokens": c.new_tokens, "min_margin": min(margins),
+                              "hf_generate_matches": hf_ok})
+            continue
+
+        rows = [random_ids(V, (1, c.length), case_seed(seed, f"{c.name}#row{r}")) for r in range(c.batch)]
+        ids = torch.cat(rows, dim=0)
+        stats.enabled = True
+        logits, states = forward_full(model, ids.to(dev))
+        stats.enabled = False
+        tensors[f"{c.name}.input_ids"] = ids.contiguous()
+        tensors[f"{c.name}.logits"] = logits.contiguous()
+        for li, (C, n, m) in enumerate(states):
+            tensors[f"{c.name}.state.{li}.C"] = C.contiguous()
+            tensors[f"{c.name}.state.{li}.n"] = n.contiguous()
+            tensors[f"{c.name}.state.{li}.m"] = m.contiguous()
+        meta = {"name": c.name, "kind": "forward", "batch": c.batch, "length": c.length}
+        if c.batch > 1:
+            for r in range(c.batch):
+                lr, sr = forward_full(model, ids[r : r + 1].to(dev))
+                checks.close(f"{c.name} row{r} alone == batched logits", logits[r : r + 1], lr)
+                _states_close(checks, f"{c.name} row{r} alone", [tuple(t[r : r + 1] for t in s) for s in states], sr)
+        if c.split is not None:
+            prefill, steps, st2 = forward_split(model, ids.to(dev), c.split)
+            tensors[f"{c.name}.split"] = torch.tensor([c.split], dtype=torch.int64)
+            tensors[f"{c.name}.step_logits"] = steps.contiguous()
+            checks.close(f"{c.name} prefill logits == one-call logits[:, :split]", logits[:, : c.split], prefill)
+            checks.close(f"{c.name} step_logits == one-call logits[:, split:]", logits[:, c.split :], steps)
+            _states_close(checks, f"{c.name} stepped vs one-call", states, st2)
+            meta["split"] = c.split
+        if fp64_check:
+            try:
+                lg64 = _forward_fp64(model, ids.to(dev))
+                d = float((lg64 - logits.double()).abs().max())
+                checks.info(f"{c.name} max|logits_fp32 - logits_fp64weights|", f"{d:.3e}")
+                meta["max_abs_diff_vs_fp64"] = d
+            except Exception as e:  # noqa: BLE001
+                checks.info(f"{c.name} fp64 comparison skipped", f"{type(e).__name__}: {e}")
+        case_meta.append(meta)
+        log(f"[case] {c.spec()}: logits {tuple(logits.shape)}")
+    cap = stats.fractions()
+    stats.close()
+    meta = {
+        "format": FORMAT_VERSION,
+        "cases": case_meta,
+        "seed": seed,
+        "cap_stats": cap,
+        "checks_failed": len(checks.failed),
+    }
+    return tensors, meta, checks, cap
+
+
+def _forward_fp64(model, ids):
+    """Informational: the same model in float64 (weights up-cast; HF's sequence/step kernels
+    still keep their state in inference_state_dtype=float32).  Measures the sensitivity of
+    the fixture to rounding."""
+    import copy
+
+    import torch
+
+    m64 = copy.deepcopy(model).double()
+    from transformers.models.xlstm.modeling_xlstm import xLSTMCache
+
+    cache = xLSTMCache(config=m64.config, max_batch_size=ids.shape[0], dtype=torch.float64,
+                       device=ids.device)
+    with torch.no_grad():
+        out = m64(input_ids=ids, cache_params=cache, use_cache=True)
+    return out.logits.double().cpu()
+
+
+def save_reference(path: str, tensors: dict, meta: dict, extra_meta: dict | None = None):
+    from safetensors.torch import save_file
+
+    md = {"format": FORMAT_VERSION, "cases": json.dumps(meta["cases"]),
+          "cap_stats": json.dumps(meta["cap_stats"]), "seed": str(meta["seed"])}
+    for k, v in (extra_meta or {}).items():
+        md[k] = v if isinstance(v, str) else json.dumps(v)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=md)
+
+
+def describe_hf(log=print):
+    """Print the bits of the transformers xLSTM API the C# side cares about."""
+    from transformers import xLSTMForCausalLM
+    from transformers.models.xlstm import modeling_xlstm
+
+    log(f"[hf] xLSTMCache.__init__{inspect.signature(modeling_xlstm.xLSTMCache.__init__)}")
+    log(f"[hf] xLSTMForCausalLM.forward{inspect.signature(xLSTMForCausalLM.forward)}")
+    log(f"[hf] xLSTMForCausalLM overrides prepare_inputs_for_generation: "
+        f"{'prepare_inputs_for_generation' in xLSTMForCausalLM.__dict__}")
+    log(f"[hf] _tied_weights_keys: {getattr(xLSTMForCausalLM, '_tied_weights_keys', None)!r}")
+    log(f"[hf] _is_stateful: {getattr(xLSTMForCausalLM, '_is_stateful', None)!r}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="HF xLSTM checkpoint folder")
+    ap.add_argument("--out", required=True, help="reference .safetensors to write")
+    ap.add_argument("--cases", nargs="*", default=None, help="case specs (default: derived from chunk_size)")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-fp64", action="store_true", help="skip the informational float64 comparison")
+    ap.add_argument("--allow-failed-checks", action="store_true")
+    args = ap.parse_args(argv)
+
+    facts = check_environment()
+    setup_torch(args.threads)
+    describe_hf()
+    model = load_model(args.checkpoint, device=args.device)
+    cases = [parse_case(s) for s in args.cases] if args.cases else default_cases(model.config)
+    print("[cases] " + " ".join(c.spec() for c in cases))
+    tensors, meta, checks, cap = build_reference(model, cases, seed=args.seed, fp64_check=not args.no_fp64)
+    print(f"[stats] {json.dumps(cap)}")
+    save_reference(args.out, tensors, meta, {"transformers_version": facts["transformers"],
+                                             "torch_version": facts["torch"],
+                                             "checkpoint": os.path.basename(os.path.abspath(args.checkpoint))})
+    print(f"[out] {args.out}: {os.path.getsize(args.out)} bytes, {len(tensors)} tensors")
+    if checks.failed:
+        print(f"[FAILED] {len(checks.failed)} checks failed")
+        for c in checks.failed:
+            print("   ", c)
+        if not args.allow_failed_checks:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
