@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using Spectre.Console;
 using XLstmOnnx.Runtime;
 
 namespace XLstmOnnx.Cli;
@@ -34,15 +33,14 @@ internal static class VerifyCommand
         return cmd;
     }
 
+    /// <summary>Plain aligned text: readable in a terminal and in CI logs alike (no wrapping).</summary>
     private static void Print(IReadOnlyList<CheckResult> results, double atol, double rtol)
     {
-        var table = new Table().AddColumns("case", "check", "values", "max abs err", "max rel err", "outside tol", "");
+        int w1 = Math.Max(4, results.Max(r => r.Case.Length)), w2 = Math.Max(5, results.Max(r => r.Check.Length));
+        Console.WriteLine($"{"case".PadRight(w1)}  {"check".PadRight(w2)}  {"values",8}  {"max abs err",11}  {"max rel err",11}  {"outside",7}  note");
         foreach (var r in results)
         {
-            table.AddRow(Markup.Escape(r.Case), Markup.Escape(r.Check), r.Values.ToString(CultureInfo.InvariantCulture),
-                r.MaxAbsError.ToString("E2", CultureInfo.InvariantCulture), r.MaxRelError.ToString("E2", CultureInfo.InvariantCulture),
-                r.Passed ? "[green]0[/]" : $"[red]{r.Violations}[/]", Markup.Escape(r.Note ?? ""));
+            Console.WriteLine($"{r.Case.PadRight(w1)}  {r.Check.PadRight(w2)}  {r.Values,8}  {r.MaxAbsError,11:E2}  {r.MaxRelError,11:E2}  {r.Violations,7}  {(r.Passed ? "" : "FAIL ")}{r.Note}");
         }
-        AnsiConsole.Write(table);
     }
 }

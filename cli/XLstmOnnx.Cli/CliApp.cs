@@ -1,0 +1,18 @@
+using System.CommandLine;
+
+namespace XLstmOnnx.Cli;
+
+/// <summary>The command tree of <c>xlstm-onnx</c>; tests run it in-process.</summary>
+public static class CliApp
+{
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("xlstm-onnx: export Hugging Face xLSTM checkpoints to ONNX and run them with ONNX Runtime.");
+        root.Subcommands.Add(ExportCommand.Create());
+        root.Subcommands.Add(VerifyCommand.Create());
+        root.Subcommands.Add(MakeCheckpointCommand.Create());
+        return root;
+    }
+
+    public static int Run(string[] args) => Build().Parse(args).Invoke();
+}
