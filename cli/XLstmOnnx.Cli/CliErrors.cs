@@ -15,7 +15,7 @@ internal static class CliErrors
         }
         catch (XLstmOnnxException e)
         {
-            AnsiConsole.Console.MarkupLine($"[red]error:[/] {Markup.Escape(e.Message)}");
+            Console.Error.WriteLine($"error: {e.Message}");
             return BadInput;
         }
     }

@@ -50,6 +50,7 @@ public sealed class WeightTable
         {
             new(WeightRole.Embedding, -1, [new("backbone.embeddings.weight", [V, E])], true),
             new(WeightRole.OutNorm, -1, [new("backbone.out_norm.weight", [H])], true), // never a bias in HF
+            // tied: used when present (as transformers 5.17 does), else the embedding stands in
             new(WeightRole.LmHead, -1, [new("lm_head.weight", [V, H])], true, _c.TieWordEmbeddings ? WeightRole.Embedding : null),
         };
         for (int i = 0; i < _c.NumBlocks; i++)
@@ -122,10 +123,12 @@ public sealed class WeightTable
                 used.Add(part.Name);
                 parts.Add(new CheckpointWeight(slice, part.Shape));
             }
-            if (row.TiedTo is not null || tiedAndAbsent) continue; // resolved below from the row it is tied to
+            if (tiedAndAbsent) continue; // resolved below from the row it is tied to
             bound[(row.Role, row.Block)] = parts.Count == 1 ? parts[0] : new ConcatWeight(parts);
         }
-        foreach (var row in Rows.Where(r => r.TiedTo is not null))
+        // Tied lm_head: transformers 5.17 declares no tied keys, so a lm_head.weight in the file is what it uses;
+        // only a file without one falls back to the embedding (what tie_word_embeddings means).
+        foreach (var row in Rows.Where(r => r.TiedTo is not null && !bound.ContainsKey((r.Role, r.Block))))
         {
             bound[(row.Role, row.Block)] = bound[(row.TiedTo!.Value, row.Block)];
         }

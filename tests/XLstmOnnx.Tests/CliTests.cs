@@ -1,0 +1,62 @@
+using XLstmOnnx.Cli;
+
+namespace XLstmOnnx.Tests;
+
+/// <summary>The CLI's exit codes and output, run in-process.</summary>
+[TestFixture]
+[NonParallelizable] // redirects Console
+public class CliTests
+{
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var (o, e) = (Console.Out, Console.Error);
+        using var outWriter = new StringWriter();
+        using var errWriter = new StringWriter();
+        Console.SetOut(outWriter);
+        Console.SetError(errWriter);
+        try
+        {
+            return (CliApp.Run(args), outWriter.ToString(), errWriter.ToString());
+        }
+        finally
+        {
+            Console.SetOut(o);
+            Console.SetError(e);
+        }
+    }
+
+    [Test]
+    public void ExportThenVerifyPassesAndTightToleranceFails()
+    {
+        using var tmp = TestPaths.Temp();
+        string ckpt = Path.Combine(TestPaths.Fixtures, "segmented");
+        var export = Run("export", "--checkpoint", ckpt, "--output", tmp.Sub("m"));
+        Assert.That(export.Code, Is.Zero, export.Out + export.Err);
+        Assert.That(export.Err, Does.Contain("export: 100 %"), "progress is shown");
+
+        var ok = Run("verify", "--model", tmp.Sub("m"), "--reference", Path.Combine(ckpt, "reference.safetensors"));
+        Assert.That(ok.Code, Is.Zero, ok.Out);
+        Assert.That(ok.Out, Does.Contain("PASS").And.Contain("seg_multi").And.Contain("greedy_ids"));
+
+        // float rounding alone exceeds 1e-9: verify must notice and exit 1
+        var strict = Run("verify", "--model", tmp.Sub("m"), "--reference", Path.Combine(ckpt, "reference.safetensors"), "--atol", "1e-9", "--rtol", "0");
+        Assert.That(strict.Code, Is.EqualTo(1), strict.Out);
+        Assert.That(strict.Out, Does.Contain("FAIL"));
+    }
+
+    [Test]
+    public void BadInputIsOneLineWithExitCode2()
+    {
+        var r = Run("verify", "--model", "/nonexistent/model", "--reference", "x.safetensors");
+        Assert.That(r.Code, Is.EqualTo(2));
+        Assert.That(r.Out + r.Err, Does.Contain("xlstm_runtime.json is missing"));
+    }
+
+    [Test]
+    public void UnknownDtypeIsRefusedByTheParser()
+    {
+        var r = Run("export", "--checkpoint", "a", "--output", "b", "--dtype", "int3");
+        Assert.That(r.Code, Is.Not.Zero);
+        Assert.That(r.Out + r.Err, Does.Contain("int3"));
+    }
+}

@@ -1,0 +1,67 @@
+using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Runtime;
+
+namespace XLstmOnnx.Tests;
+
+/// <summary>
+/// Every committed fixture (an HF checkpoint plus a reference file written by transformers, tools/reference/) exports
+/// and verifies: logits, final states, split/step continuation and greedy ids, in every export variant that changes
+/// the graph or the file layout.
+/// </summary>
+[TestFixture]
+public class FixtureTests
+{
+    // The bar for fp32 on CPU. Observed worst errors are ~3e-4 absolute on logits of up to ±30 (≈1e-5 relative).
+    private const double Atol = 1e-4, Rtol = 1e-3;
+
+    public static IEnumerable<TestCaseData> Fixtures() =>
+        Directory.EnumerateDirectories(TestPaths.Fixtures)
+            .Where(d => File.Exists(Path.Combine(d, "reference.safetensors")))
+            .Order(StringComparer.Ordinal)
+            .Select(d => new TestCaseData(Path.GetFileName(d)).SetName($"fixture {Path.GetFileName(d)}"));
+
+    [Test]
+    public void FixturesExist() =>
+        Assert.That(Fixtures().Count(), Is.GreaterThanOrEqualTo(4), $"reference fixtures under {TestPaths.Fixtures}");
+
+    [TestCaseSource(nameof(Fixtures))]
+    public void ExportsAndVerifies(string fixture) => ExportAndVerify(fixture, new ExportOptions(), expectExternal: false);
+
+    [TestCaseSource(nameof(Fixtures))]
+    public void ExportsWithExternalDataAndVerifies(string fixture) =>
+        ExportAndVerify(fixture, new ExportOptions { ExternalData = ExternalDataMode.Always }, expectExternal: true);
+
+    [TestCaseSource(nameof(Fixtures))]
+    public void LastLogitsOnlyExportVerifies(string fixture) =>
+        ExportAndVerify(fixture, new ExportOptions { LastLogitsOnly = true }, expectExternal: false);
+
+    [Test]
+    public void AutoSwitchesToExternalDataAboveTheThreshold() =>
+        ExportAndVerify("single_basic", new ExportOptions { ExternalDataThresholdBytes = 1000 }, expectExternal: true);
+
+    private static void ExportAndVerify(string fixture, ExportOptions options, bool expectExternal)
+    {
+        string dir = Path.Combine(TestPaths.Fixtures, fixture);
+        using var tmp = TestPaths.Temp();
+        var result = OnnxExporter.Export(dir, tmp.Sub("model"), options);
+        Assert.That(result.DataPath is not null, Is.EqualTo(expectExternal), "external data file");
+        if (expectExternal)
+        {
+            Assert.That(new FileInfo(result.ModelPath).Length, Is.LessThan(200_000), "model.onnx holds no weights when they are external");
+        }
+        using var session = XLstmSession.Load(tmp.Sub("model"));
+        var results = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), Atol, Rtol);
+        var checks = results.Select(r => r.Check).ToHashSet();
+        Assert.Multiple(() =>
+        {
+            Assert.That(checks, Does.Contain("logits"));
+            Assert.That(checks, Does.Contain("step_logits"), "the fixture has a split/step case");
+            Assert.That(checks, Does.Contain("greedy_ids"), "the fixture has a greedy case");
+            Assert.That(checks.Any(c => c.StartsWith("state.", StringComparison.Ordinal)), "the fixture has final states");
+            foreach (var r in results)
+            {
+                Assert.That(r.Violations, Is.Zero, $"{r.Case} {r.Check}: max abs {r.MaxAbsError:E2}, max rel {r.MaxRelError:E2} {r.Note}");
+            }
+        });
+    }
+}
