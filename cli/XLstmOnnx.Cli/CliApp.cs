@@ -11,6 +11,7 @@ public static class CliApp
         root.Subcommands.Add(ExportCommand.Create());
         root.Subcommands.Add(VerifyCommand.Create());
         root.Subcommands.Add(MakeCheckpointCommand.Create());
+        root.Subcommands.Add(InspectCommand.Create());
         return root;
     }
 

@@ -27,10 +27,20 @@ internal static class ExportCommand
                 HiddenStates = r.GetValue(hidden),
                 ExternalData = r.GetValue(external),
             };
+            long peakAnon = 0;
             var result = CliErrors.WithProgress("export", report => OnnxExporter.Export(r.GetValue(checkpoint)!, r.GetValue(output)!, options,
-                new Progress(p => report(p.BytesTotal == 0 ? 1 : (double)p.BytesDone / p.BytesTotal, p.Tensor))));
+                new Progress(p =>
+                {
+                    peakAnon = Math.Max(peakAnon, MemoryStats.AnonymousBytes());
+                    report(p.BytesTotal == 0 ? 1 : (double)p.BytesDone / p.BytesTotal, p.Tensor);
+                })));
             Console.WriteLine($"exported {result.NodeCount} nodes, {result.WeightBytes / 1048576.0:F1} MiB of weights{(result.DataPath is null ? "" : " (external data)")} "
                 + $"to {result.OutputDir} in {result.Elapsed.TotalSeconds:F1} s");
+            if (peakAnon > 0)
+            {
+                // RSS also counts the memory-mapped checkpoint pages, which the kernel can drop at will; anonymous memory is what the export holds.
+                Console.WriteLine($"memory: peak RSS {MemoryStats.PeakRssBytes() / 1048576.0:F0} MiB (includes mapped checkpoint pages), peak anonymous {peakAnon / 1048576.0:F0} MiB");
+            }
             return 0;
         }));
         return cmd;
