@@ -45,14 +45,16 @@ public sealed class XLstmSession : IDisposable
     public static XLstmSession Load(string dir, SessionSettings? settings = null)
     {
         var manifest = ModelManifest.Load(dir);
-        if (manifest.MLstmKernels != "onnx")
-        {
-            throw new XLstmOnnxException($"{dir}: the model uses mlstm_kernels \"{manifest.MLstmKernels}\"; this runtime runs \"onnx\" (standard ops) models.");
-        }
         string path = Path.Combine(dir, manifest.ModelFile);
         if (!File.Exists(path)) throw new XLstmOnnxException($"{dir}: {manifest.ModelFile} named by {ModelManifest.FileName} is missing.");
         using var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
         if (settings?.Threads is > 0) options.IntraOpNumThreads = settings.Threads;
+        switch (manifest.MLstmKernels)
+        {
+            case "onnx": break;
+            case "custom": CustomOpLibrary.Register(options, dir); break;
+            default: throw new XLstmOnnxException($"{dir}: field 'mlstm_kernels' of {ModelManifest.FileName} is \"{manifest.MLstmKernels}\"; expected \"onnx\" or \"custom\".");
+        }
         InferenceSession session;
         try
         {
