@@ -79,6 +79,7 @@ public sealed class XLstmSession : IDisposable
     private static void Check(InferenceSession s, ModelManifest m, string path)
     {
         var expected = new List<string> { m.Input };
+        if (m.AttentionMask) expected.Add(StateNames.AttentionMask);
         for (int l = 0; l < m.NumLayers; l++) expected.AddRange(StateNames.Parts.Select(p => StateNames.Past(l, p)));
         foreach (var name in expected)
         {
@@ -142,6 +143,11 @@ public sealed class XLstmSession : IDisposable
         var values = new List<OrtValue> { input };
         try
         {
+            if (Manifest.AttentionMask)
+            {
+                names.Add(StateNames.AttentionMask);
+                values.Add(OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat(1L, state.Batch * seq).ToArray(), [state.Batch, seq]));
+            }
             for (int l = 0; l < Manifest.NumLayers; l++)
             {
                 foreach (var part in StateNames.Parts)
@@ -172,7 +178,6 @@ public sealed class XLstmSession : IDisposable
                     hidden?.Add(name, data);
                 }
             }
-            _ = seq;
             return logits!;
         }
         finally

@@ -6,6 +6,8 @@ public static class StateNames
     public const string InputIds = "input_ids";
     public const string InputsEmbeds = "inputs_embeds";
     public const string Logits = "logits";
+    /// <summary>int64 [B, S]: 1 for a real token, 0 for padding, which leaves the recurrent state untouched.</summary>
+    public const string AttentionMask = "attention_mask";
 
     /// <summary>The three recurrent state tensors of a layer: C [B,NH,DQK,DV], n [B,NH,DQK], m [B,NH,1].</summary>
     public static readonly string[] Parts = ["C", "n", "m"];

@@ -24,6 +24,7 @@ public sealed class XLstmGraphBuilder
     private readonly MLstmCellEmitter _cell;
     private readonly Dictionary<string, string> _shapes = [];
     private string _bs = "";
+    private string? _mask; // [B,1,S] bool, true for real tokens; null when exported without attention_mask
 
     private XLstmGraphBuilder(XLstmConfig config, BoundWeights weights, ExportOptions options)
     {
@@ -86,6 +87,12 @@ public sealed class XLstmGraphBuilder
             x = _g.Op("/model/embeddings/Gather", "Gather", [_g.Weight("model.embeddings.weight", _w[WeightRole.Embedding]), ids]);
         }
         _bs = _g.Op("/model/batch_and_sequence/Shape", "Shape", [x], Attr.Int("start", 0), Attr.Int("end", 2)); // [B, S]
+        if (_o.AttentionMask)
+        {
+            string mask = _g.Input(StateNames.AttentionMask, DataType.Int64, "batch", "sequence");
+            string b = _g.Op("/model/attention_mask/Cast", "Cast", [mask], Attr.Int("to", (long)DataType.Bool));
+            _mask = _g.Op("/model/attention_mask/Unsqueeze", "Unsqueeze", [b, _g.Constant(1)]); // [B,S] -> [B,1,S], broadcasts over heads
+        }
         return _g.Op("/model/embeddings/Reshape", "Reshape", [x, _g.Constant(-1, _c.HiddenSize)]);
     }
 
@@ -115,6 +122,13 @@ public sealed class XLstmGraphBuilder
 
         string qh = Heads($"{p}/q_heads", q, _c.QkHeadDim), kh = Heads($"{p}/k_heads", k, _c.QkHeadDim), vh = Heads($"{p}/v_heads", v, _c.VHeadDim);
         string ih = GateHeads($"{p}/igate_heads", ifs[0]), fh = GateHeads($"{p}/fgate_heads", ifs[1]);
+        if (_mask is not null)
+        {
+            // A masked position (padding) must leave the state exactly as it was: ĩ = −inf gives a zero input gate
+            // (exp(−inf − m) = 0), f̃ = +inf a forget gate of one (logsigmoid(+inf) = 0), and m' = max(lf + m, ĩ) = m.
+            ih = _g.Op($"{p}/igate_heads/mask/Where", "Where", [_mask, ih, _g.Constant(float.NegativeInfinity)]);
+            fh = _g.Op($"{p}/fgate_heads/mask/Where", "Where", [_mask, fh, _g.Constant(float.PositiveInfinity)]);
+        }
 
         string c0 = _g.Input(StateNames.Past(i, "C"), DataType.Float, "batch", nh, _c.QkHeadDim, _c.VHeadDim);
         string n0 = _g.Input(StateNames.Past(i, "n"), DataType.Float, "batch", nh, _c.QkHeadDim);

@@ -27,6 +27,11 @@ public sealed record ExportOptions
     public bool LastLogitsOnly { get; init; }
     /// <summary>Take <c>inputs_embeds</c> [B, S, E] instead of <c>input_ids</c>.</summary>
     public bool InputsEmbeds { get; init; }
+    /// <summary>
+    /// Add an <c>attention_mask</c> input [B, S] (1 real, 0 padding). Padded positions leave the state untouched, so
+    /// left-padded prompts of different lengths batch exactly. HF has no such input (its pads advance the state).
+    /// </summary>
+    public bool AttentionMask { get; init; } = true;
     /// <summary>Add <c>hidden_states.{i}</c> outputs: each block's output, then the final normed output (HF's order).</summary>
     public bool HiddenStates { get; init; }
     public ExternalDataMode ExternalData { get; init; } = ExternalDataMode.Auto;

@@ -27,6 +27,8 @@ public sealed record ModelManifest
     public string MLstmKernels { get; init; } = "onnx";
     /// <summary>"input_ids" or "inputs_embeds".</summary>
     public string Input { get; init; } = StateNames.InputIds;
+    /// <summary>Whether the model takes <c>attention_mask</c> [B,S] int64.</summary>
+    public bool AttentionMask { get; init; }
     /// <summary>"all" ([B,S,V]) or "last" ([B,1,V]).</summary>
     public string Logits { get; init; } = "all";
     public bool HiddenStates { get; init; }
@@ -60,6 +62,7 @@ public sealed record ModelManifest
         Dtype = o.Dtype,
         MLstmKernels = o.MLstmKernels.ToString().ToLowerInvariant(),
         Input = o.InputsEmbeds ? StateNames.InputsEmbeds : StateNames.InputIds,
+        AttentionMask = o.AttentionMask,
         Logits = o.LastLogitsOnly ? "last" : "all",
         HiddenStates = o.HiddenStates,
         NumLayers = checked((int)c.NumBlocks),
