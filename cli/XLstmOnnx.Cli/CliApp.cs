@@ -12,6 +12,9 @@ public static class CliApp
         root.Subcommands.Add(VerifyCommand.Create());
         root.Subcommands.Add(MakeCheckpointCommand.Create());
         root.Subcommands.Add(InspectCommand.Create());
+        root.Subcommands.Add(GenerateCommand.Create());
+        root.Subcommands.Add(ChatCommand.Create());
+        root.Subcommands.Add(ScoreCommand.Create());
         return root;
     }
 

@@ -21,7 +21,7 @@ internal static class VerifyCommand
         {
             double a = r.GetValue(atol), t = r.GetValue(rtol);
             if (a < 0 || t < 0) throw new XLstmOnnxException($"options --atol and --rtol must be non-negative; found {a} and {t}.");
-            using var session = XLstmSession.Load(r.GetValue(model)!, new SessionSettings { Threads = r.GetValue(threads) });
+            using var session = XLstmSession.Load(r.GetValue(model)!, new RuntimeOptions { Threads = r.GetValue(threads) });
             var results = ReferenceVerifier.Verify(session, r.GetValue(reference)!, a, t, name => Console.Error.WriteLine($"verify: case {name}"));
             Print(results, a, t);
             int failed = results.Count(x => !x.Passed);

@@ -4,13 +4,6 @@ using XLstmOnnx.GraphBuilder.Export;
 
 namespace XLstmOnnx.Runtime;
 
-/// <summary>Session settings.</summary>
-public sealed record SessionSettings
-{
-    /// <summary>Intra-op threads; 0 lets ONNX Runtime choose.</summary>
-    public int Threads { get; init; }
-}
-
 /// <summary>Logits of one call: [Batch, Positions, Vocab], row-major.</summary>
 public sealed record Logits(float[] Values, int Batch, int Positions, int Vocab)
 {
@@ -27,12 +20,41 @@ public sealed class XLstmSession : IDisposable
     private readonly InferenceSession _session;
     private readonly string[] _outputNames;
 
-    private XLstmSession(InferenceSession session, ModelManifest manifest, string dir)
+    private XLstmSession(InferenceSession session, ModelManifest manifest, string dir, RuntimeOptions options)
     {
         _session = session;
         Manifest = manifest;
         Directory = dir;
+        Options = options;
         _outputNames = [.. session.OutputMetadata.Keys];
+        StateMemory = options.Device == ExecutionDevice.Cuda
+            ? new OrtMemoryInfo(OrtMemoryInfo.allocatorCUDA, OrtAllocatorType.DeviceAllocator, options.DeviceId, OrtMemType.Default)
+            : OrtMemoryInfo.DefaultInstance;
+    }
+
+    public RuntimeOptions Options { get; }
+
+    /// <summary>Where recurrent state lives between calls: the execution provider's device memory.</summary>
+    internal OrtMemoryInfo StateMemory { get; }
+
+    internal InferenceSession Session => _session;
+
+    private Tokenization.HfTokenizer? _tokenizer;
+    private bool _tokenizerLoaded;
+
+    /// <summary>The model's tokenizer.json (copied by the exporter), or null when the checkpoint had none.</summary>
+    public Tokenization.HfTokenizer? Tokenizer
+    {
+        get
+        {
+            if (!_tokenizerLoaded)
+            {
+                string path = Path.Combine(Directory, "tokenizer.json");
+                _tokenizer = File.Exists(path) ? Tokenization.HfTokenizer.Load(path) : null;
+                _tokenizerLoaded = true;
+            }
+            return _tokenizer;
+        }
     }
 
     public ModelManifest Manifest { get; }
@@ -42,23 +64,36 @@ public sealed class XLstmSession : IDisposable
     public IReadOnlyList<string> OutputNames => _outputNames;
 
     /// <summary>Loads the exported model in <paramref name="dir"/>; the caller disposes the result.</summary>
-    public static XLstmSession Load(string dir, SessionSettings? settings = null)
+    public static XLstmSession Load(string dir, RuntimeOptions? options = null)
     {
+        options ??= new RuntimeOptions();
         var manifest = ModelManifest.Load(dir);
         string path = Path.Combine(dir, manifest.ModelFile);
         if (!File.Exists(path)) throw new XLstmOnnxException($"{dir}: {manifest.ModelFile} named by {ModelManifest.FileName} is missing.");
-        using var options = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
-        if (settings?.Threads is > 0) options.IntraOpNumThreads = settings.Threads;
+        using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (options.Threads > 0) sessionOptions.IntraOpNumThreads = options.Threads;
+        if (options.Device == ExecutionDevice.Cuda)
+        {
+            try
+            {
+                sessionOptions.AppendExecutionProvider_CUDA(options.DeviceId);
+            }
+            catch (OnnxRuntimeException e)
+            {
+                throw new XLstmOnnxException($"option --device cuda: ONNX Runtime's CUDA execution provider could not start on device {options.DeviceId} "
+                    + $"(needs an NVIDIA GPU and the CUDA 13 libraries on LD_LIBRARY_PATH): {e.Message}", e);
+            }
+        }
         switch (manifest.MLstmKernels)
         {
             case "onnx": break;
-            case "custom": CustomOpLibrary.Register(options, dir); break;
+            case "custom": CustomOpLibrary.Register(sessionOptions, dir); break;
             default: throw new XLstmOnnxException($"{dir}: field 'mlstm_kernels' of {ModelManifest.FileName} is \"{manifest.MLstmKernels}\"; expected \"onnx\" or \"custom\".");
         }
         InferenceSession session;
         try
         {
-            session = new InferenceSession(path, options); // by path, so that external data resolves beside it
+            session = new InferenceSession(path, sessionOptions); // by path, so that external data resolves beside it
         }
         catch (OnnxRuntimeException e)
         {
@@ -67,7 +102,7 @@ public sealed class XLstmSession : IDisposable
         try
         {
             Check(session, manifest, path);
-            return new XLstmSession(session, manifest, dir);
+            return new XLstmSession(session, manifest, dir, options);
         }
         catch
         {

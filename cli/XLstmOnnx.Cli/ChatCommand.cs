@@ -1,0 +1,74 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using XLstmOnnx.Runtime.Generation;
+
+namespace XLstmOnnx.Cli;
+
+/// <summary>
+/// <c>xlstm-onnx chat --model DIR</c>: interactive and multi-turn. Each turn is appended to the live recurrent state
+/// (nothing is re-read); the transcript format is plain text with configurable prefixes, since base xLSTM models have
+/// no chat template. Commands: /reset, /save FILE, /load FILE, /exit.
+/// </summary>
+internal static class ChatCommand
+{
+    public static Command Create()
+    {
+        var model = new ModelOptions();
+        var sampling = new SamplingOptions();
+        var system = new Option<string?>("--system") { Description = "Text read once before the first turn (e.g. instructions)." };
+        var user = new Option<string>("--user-prefix") { Description = "Text before each user turn.", DefaultValueFactory = _ => "\nUser: " };
+        var assistant = new Option<string>("--assistant-prefix") { Description = "Text before each reply.", DefaultValueFactory = _ => "\nAssistant:" };
+        var cmd = new Command("chat", "Chat with a model on its live state (multi-turn). /reset, /save FILE, /load FILE, /exit.") { system, user, assistant };
+        model.AddTo(cmd);
+        sampling.AddTo(cmd);
+        cmd.SetAction(r => CliErrors.Run(() =>
+        {
+            using var session = model.Load(r);
+            var tokenizer = session.Tokenizer ?? throw new XLstmOnnxException($"chat needs {session.Directory}/tokenizer.json.");
+            string userPrefix = r.GetValue(user)!, assistantPrefix = r.GetValue(assistant)!;
+            // a reply ends where the model starts the next user turn
+            var options = sampling.Build(r, [userPrefix.TrimEnd()]);
+            using var generator = new Generator(session, 1);
+            bool started = false;
+            if (r.GetValue(system) is { Length: > 0 } sys)
+            {
+                generator.Append(tokenizer.Encode(sys));
+                started = true;
+            }
+            Console.Error.WriteLine("chat: type a message; /reset, /save FILE, /load FILE, /exit");
+            while (true)
+            {
+                Console.Write("> ");
+                string? line = Console.ReadLine();
+                if (line is null || line.Trim() == "/exit") break;
+                if (line.Trim() == "/reset") { generator.Reset(); started = false; Console.Error.WriteLine("state reset"); continue; }
+                if (line.StartsWith("/save ", StringComparison.Ordinal)) { generator.Snapshot().Save(line[6..].Trim()); Console.Error.WriteLine("state saved"); continue; }
+                if (line.StartsWith("/load ", StringComparison.Ordinal))
+                {
+                    generator.Restore(StateSnapshot.Load(line[6..].Trim(), session.Manifest));
+                    started = true;
+                    Console.Error.WriteLine("state loaded");
+                    continue;
+                }
+                string prefix = started ? userPrefix : userPrefix.TrimStart('\n'); // no blank line before the first turn
+                var turn = tokenizer.Encode(prefix + line + assistantPrefix);
+                started = true;
+                var stream = tokenizer.CreateStream();
+                var reply = new System.Text.StringBuilder();
+                var clock = Stopwatch.StartNew();
+                var result = generator.Generate([turn], options, (_, token) =>
+                {
+                    string piece = stream.Next(token);
+                    reply.Append(piece);
+                    Console.Write(piece);
+                });
+                Console.WriteLine(stream.Flush());
+                Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"[{result.Tokens[0].Length} tokens, first after {result.TimeToFirstToken.TotalMilliseconds:F0} ms, {result.DecodeTokensPerSecond:F1} tokens/s]"));
+            }
+            return 0;
+        }));
+        return cmd;
+    }
+}

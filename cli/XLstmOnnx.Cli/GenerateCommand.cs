@@ -1,0 +1,55 @@
+using System.CommandLine;
+using System.Globalization;
+using XLstmOnnx.Runtime.Generation;
+
+namespace XLstmOnnx.Cli;
+
+/// <summary><c>xlstm-onnx generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [sampling] [--print-ids]</c></summary>
+internal static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = new ModelOptions();
+        var sampling = new SamplingOptions();
+        var prompt = new Option<string?>("--prompt") { Description = "Prompt text (needs the model's tokenizer.json)." };
+        var promptIds = new Option<string?>("--prompt-ids") { Description = "Prompt as comma-separated token ids." };
+        var printIds = new Option<bool>("--print-ids") { Description = "Print the generated ids (space-separated) as the last line." };
+        var saveState = new Option<string?>("--save-state") { Description = "Save the state after generation to this file (safetensors)." };
+        var loadState = new Option<string?>("--load-state") { Description = "Start from a saved state; the prompt (may be empty) is appended to it." };
+        var cmd = new Command("generate", "Generate a continuation of a prompt, streaming it as it is produced.") { prompt, promptIds, printIds, saveState, loadState };
+        model.AddTo(cmd);
+        sampling.AddTo(cmd);
+        cmd.SetAction(r => CliErrors.Run(() =>
+        {
+            using var session = model.Load(r);
+            var tokenizer = session.Tokenizer;
+            string? text = r.GetValue(prompt);
+            int[] ids = r.GetValue(promptIds) is { } list ? SamplingOptions.ParseIds(list, "--prompt-ids")
+                : text is not null ? (tokenizer ?? throw new XLstmOnnxException($"option --prompt needs {session.Directory}/tokenizer.json; give --prompt-ids instead.")).Encode(text)
+                : r.GetValue(loadState) is not null ? []
+                : throw new XLstmOnnxException("give --prompt TEXT or --prompt-ids 1,2,3.");
+            var options = sampling.Build(r);
+            using var generator = new Generator(session, 1);
+            if (r.GetValue(loadState) is { } load) generator.Restore(StateSnapshot.Load(load, session.Manifest));
+            else if (ids.Length == 0) throw new XLstmOnnxException("the prompt has no tokens; give at least one (or --load-state).");
+            var stream = tokenizer?.CreateStream();
+            var stdout = Console.Out;
+            if (text is not null && !r.GetValue(printIds)) stdout.Write(text);
+            var result = generator.Generate([ids], options, (_, token) =>
+            {
+                if (stream is not null && !r.GetValue(printIds))
+                {
+                    stdout.Write(stream.Next(token));
+                    stdout.Flush();
+                }
+            });
+            if (stream is not null && !r.GetValue(printIds)) stdout.WriteLine(stream.Flush());
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"prompt {ids.Length} tokens, generated {result.Tokens[0].Length} ({result.Reasons[0]}); time to first token {result.TimeToFirstToken.TotalMilliseconds:F0} ms, decode {result.DecodeTokensPerSecond:F1} tokens/s on {session.Options.Device.ToString().ToLowerInvariant()}"));
+            if (r.GetValue(saveState) is { } save) generator.Snapshot().Save(save);
+            if (r.GetValue(printIds)) stdout.WriteLine(string.Join(' ', result.Tokens[0]));
+            return 0;
+        }));
+        return cmd;
+    }
+}

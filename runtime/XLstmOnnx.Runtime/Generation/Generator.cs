@@ -1,0 +1,356 @@
+using System.Diagnostics;
+using System.Text;
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+using XLstmOnnx.GraphBuilder.Architecture;
+using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Runtime.Tokenization;
+
+namespace XLstmOnnx.Runtime.Generation;
+
+/// <summary>What one <see cref="Generator.Generate"/> call produced.</summary>
+public sealed record GenerationResult(int[][] Tokens, StopReason[] Reasons, TimeSpan TimeToFirstToken, TimeSpan DecodeTime, int DecodeSteps)
+{
+    /// <summary>Tokens per second of the decode phase (all rows), 0 when there was none.</summary>
+    public double DecodeTokensPerSecond => DecodeTime.TotalSeconds > 0 ? Tokens.Sum(t => Math.Max(0, t.Length - 1)) / DecodeTime.TotalSeconds : 0;
+}
+
+/// <summary>
+/// Stateful generation for a fixed batch of sequences. The recurrent state lives in the execution provider's memory
+/// (GPU memory on CUDA) in two buffer sets, one read as past_state and the other written as present_state, swapped
+/// after every call; a buffer is never input and output of the same call. Prompts of different lengths are
+/// left-padded and masked, and masked positions leave a row's state untouched, so a batch gives each row the tokens
+/// it gets alone. Only the last position's logits come back to the host. A decode step allocates nothing.
+/// Owns every native object it creates.
+/// </summary>
+public sealed class Generator : IDisposable
+{
+    private readonly XLstmSession _model;
+    private readonly ModelManifest _m;
+    private readonly InferenceSession _session;
+    private readonly int _vocab;
+    private readonly string[] _past, _present;
+    private readonly OrtValue[][] _state = new OrtValue[2][];
+    private int _cur;
+    private OrtValue[]? _pastOverride;                 // host tensors read as the past on the next call (zeros, a snapshot)
+    private readonly List<OrtValue> _owned = [];
+    private readonly OrtValue[] _zeros;
+    private readonly long[] _stepIds, _stepMask;
+    private readonly OrtValue _stepIdsValue, _stepMaskValue;
+    private readonly float[] _stepLogits;
+    private readonly OrtValue _stepLogitsValue;        // [B,1,V] host
+    private readonly OrtIoBinding[] _stepBinding = new OrtIoBinding[2];
+    private readonly float[] _last;                    // [B,V] the last logits of each row
+    private readonly int?[] _pending;                  // a sampled token not yet fed, per row
+    private readonly RunOptions _run = new();
+    private readonly long _padId;
+    private TensorCopier? _copier;
+
+    public Generator(XLstmSession model, int batch = 1)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batch);
+        _model = model;
+        _m = model.Manifest;
+        if (_m.Input != StateNames.InputIds) throw new XLstmOnnxException($"{model.Directory}: generation needs an input_ids model; this one takes {_m.Input}.");
+        _session = model.Session;
+        Batch = batch;
+        _vocab = (int)_m.VocabSize;
+        _padId = _m.PadTokenId ?? 0;
+        int n = _m.NumLayers * 3;
+        _past = new string[n];
+        _present = new string[n];
+        for (int l = 0; l < _m.NumLayers; l++)
+        {
+            for (int p = 0; p < 3; p++)
+            {
+                _past[l * 3 + p] = StateNames.Past(l, StateNames.Parts[p]);
+                _present[l * 3 + p] = StateNames.Present(l, StateNames.Parts[p]);
+            }
+        }
+        try
+        {
+            var allocator = model.Options.Device == ExecutionDevice.Cuda ? new OrtAllocator(_session, model.StateMemory) : OrtAllocator.DefaultInstance;
+            for (int set = 0; set < 2; set++)
+            {
+                _state[set] = new OrtValue[n];
+                for (int i = 0; i < n; i++) _state[set][i] = Own(OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Float, Shape(i)));
+            }
+            _zeros = new OrtValue[n];
+            for (int i = 0; i < n; i++) _zeros[i] = Own(OrtValue.CreateTensorValueFromMemory(new float[Count(Shape(i))], Shape(i)));
+            _stepIds = new long[batch];
+            _stepMask = new long[batch];
+            _stepIdsValue = Own(OrtValue.CreateTensorValueFromMemory(_stepIds, [batch, 1]));
+            _stepMaskValue = Own(OrtValue.CreateTensorValueFromMemory(_stepMask, [batch, 1]));
+            _stepLogits = new float[batch * _vocab];
+            _stepLogitsValue = Own(OrtValue.CreateTensorValueFromMemory(_stepLogits, [batch, 1, _vocab]));
+            for (int parity = 0; parity < 2; parity++) _stepBinding[parity] = Bind(_stepIdsValue, _stepMaskValue, _state[parity], _state[1 - parity], _stepLogitsValue);
+            _last = new float[batch * _vocab];
+            _pending = new int?[batch];
+            Reset();
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public int Batch { get; }
+    public ModelManifest Manifest => _m;
+    public HfTokenizer? Tokenizer => _model.Tokenizer;
+
+    /// <summary>The logits after the last token each row has read (valid after a prompt was fed).</summary>
+    public ReadOnlySpan<float> LastLogits(int row) => _last.AsSpan(row * _vocab, _vocab);
+
+    /// <summary>Back to the zero state ("start"), forgetting pending tokens.</summary>
+    public void Reset()
+    {
+        _pastOverride = _zeros;
+        Array.Clear(_pending);
+        Array.Clear(_last);
+    }
+
+    /// <summary>
+    /// Feeds tokens to each row (a row may get none: its state and logits stay as they are). A sampled token that was not
+    /// yet fed goes first. Long inputs are fed in segments of max_inference_chunksize, as HF does.
+    /// </summary>
+    public void Append(IReadOnlyList<IReadOnlyList<int>> tokens)
+    {
+        if (tokens.Count != Batch) throw new ArgumentException($"expected {Batch} rows, got {tokens.Count}", nameof(tokens));
+        var rows = new int[Batch][];
+        for (int r = 0; r < Batch; r++)
+        {
+            foreach (int t in tokens[r]) CheckId(t);
+            rows[r] = _pending[r] is { } p ? [p, .. tokens[r]] : [.. tokens[r]];
+            _pending[r] = null;
+        }
+        Feed(rows);
+    }
+
+    /// <summary>Feeds one row's tokens for a batch of one (multi-turn chat on the live state).</summary>
+    public void Append(ReadOnlySpan<int> tokens) => Append([tokens.ToArray()]);
+
+    private void Feed(int[][] rows)
+    {
+        int s = rows.Max(r => r.Length);
+        if (s == 0) return;
+        if (s == 1 && _pastOverride is null)
+        {
+            for (int r = 0; r < Batch; r++)
+            {
+                bool real = rows[r].Length == 1;
+                _stepIds[r] = real ? rows[r][0] : _padId;
+                _stepMask[r] = real ? 1 : 0;
+            }
+            RunStep();
+            return;
+        }
+        long seg = Math.Max(1, _m.MaxInferenceChunksize);
+        for (long a = 0; a < s; a += seg)
+        {
+            int w = (int)Math.Min(seg, s - a);
+            var ids = new long[Batch * w];
+            var mask = new long[Batch * w];
+            for (int r = 0; r < Batch; r++)
+            {
+                int pad = s - rows[r].Length; // left padding: a row's tokens end in the last column
+                for (int j = 0; j < w; j++)
+                {
+                    long col = a + j;
+                    bool real = col >= pad;
+                    ids[r * w + j] = real ? rows[r][col - pad] : _padId;
+                    mask[r * w + j] = real ? 1 : 0;
+                }
+            }
+            bool all = _m.Logits == "all";
+            float[] logits = all ? new float[Batch * w * _vocab] : _stepLogits;
+            using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [Batch, w]);
+            using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [Batch, w]);
+            using var logitsValue = all ? OrtValue.CreateTensorValueFromMemory(logits, [Batch, w, _vocab]) : null;
+            using var binding = Bind(idsValue, maskValue, _pastOverride ?? _state[_cur], _state[1 - _cur], logitsValue ?? _stepLogitsValue);
+            _session.RunWithBinding(_run, binding);
+            binding.SynchronizeBoundOutputs();
+            _pastOverride = null;
+            _cur = 1 - _cur;
+            int positions = all ? w : 1;
+            for (int r = 0; r < Batch; r++)
+            {
+                if (mask[r * w + w - 1] == 1) logits.AsSpan((r * positions + positions - 1) * _vocab, _vocab).CopyTo(_last.AsSpan(r * _vocab, _vocab));
+            }
+        }
+    }
+
+    /// <summary>One token per row from <see cref="_stepIds"/> and <see cref="_stepMask"/>, on the prebuilt bindings.</summary>
+    private void RunStep()
+    {
+        _session.RunWithBinding(_run, _stepBinding[_cur]);
+        _stepBinding[_cur].SynchronizeBoundOutputs();
+        _cur = 1 - _cur;
+        for (int r = 0; r < Batch; r++)
+        {
+            if (_stepMask[r] == 1) _stepLogits.AsSpan(r * _vocab, _vocab).CopyTo(_last.AsSpan(r * _vocab, _vocab));
+        }
+    }
+
+    /// <summary>
+    /// Feeds <paramref name="prompts"/> (one per row; use empty ones to continue from the live state) and generates until
+    /// every row stops. <paramref name="onToken"/> sees each (row, token) as it is chosen. The last chosen token of each row
+    /// stays pending: it is fed at the start of the next <see cref="Append(IReadOnlyList{IReadOnlyList{int}})"/> or Generate.
+    /// </summary>
+    public GenerationResult Generate(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, Action<int, int>? onToken = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        if (options.StopStrings.Count > 0 && Tokenizer is null)
+        {
+            throw new XLstmOnnxException($"option --stop needs the model's tokenizer.json, which {_model.Directory} does not have.");
+        }
+        int sampleVocab = Math.Min(_vocab, Tokenizer?.Count ?? _vocab); // embeddings are often padded past the tokenizer
+        var samplers = new Sampler[Batch];
+        var stops = new HashSet<int>(options.StopTokenIds);
+        if (!options.IgnoreEos && _m.EosTokenId is { } eos) stops.Add((int)eos);
+        var outputs = new List<int>[Batch];
+        var reasons = new StopReason[Batch];
+        var streams = options.StopStrings.Count > 0 ? new TokenStream[Batch] : null;
+        var texts = options.StopStrings.Count > 0 ? new StringBuilder[Batch] : null;
+        for (int r = 0; r < Batch; r++)
+        {
+            samplers[r] = new Sampler(options, sampleVocab);
+            if (_pending[r] is { } p) samplers[r].Observe(p);
+            foreach (int t in prompts[r]) samplers[r].Observe(t);
+            outputs[r] = new List<int>(options.MaxNewTokens);
+            if (streams is not null) { streams[r] = Tokenizer!.CreateStream(); texts![r] = new StringBuilder(); }
+        }
+        var clock = Stopwatch.StartNew();
+        Append(prompts);
+        bool anyInput = Enumerable.Range(0, Batch).Any(r => prompts[r].Count > 0);
+        if (!anyInput && _pastOverride is not null) throw new XLstmOnnxException("Generate needs a prompt: the state is empty (after Reset) and no tokens were given.");
+        TimeSpan ttft = TimeSpan.Zero, decodeStart = TimeSpan.Zero;
+        int steps = 0;
+        for (int step = 0; step < options.MaxNewTokens; step++)
+        {
+            bool active = false;
+            for (int r = 0; r < Batch; r++)
+            {
+                if (reasons[r] != StopReason.None) continue;
+                int token = samplers[r].Next(LastLogits(r));
+                samplers[r].Observe(token);
+                outputs[r].Add(token);
+                onToken?.Invoke(r, token);
+                if (stops.Contains(token)) reasons[r] = StopReason.StopToken;
+                else if (texts is not null && StopStringHit(texts[r].Append(streams![r].Next(token)), options.StopStrings)) reasons[r] = StopReason.StopString;
+                else if (outputs[r].Count >= options.MaxNewTokens) reasons[r] = StopReason.MaxNewTokens;
+                _stepIds[r] = token;
+                _stepMask[r] = 1;
+                if (reasons[r] != StopReason.None) _pending[r] = token;
+                else active = true;
+            }
+            if (step == 0)
+            {
+                ttft = clock.Elapsed;
+                decodeStart = clock.Elapsed;
+            }
+            if (!active) break;
+            for (int r = 0; r < Batch; r++)
+            {
+                // a stopped row reads nothing more: its last token stays pending and its state untouched
+                if (reasons[r] != StopReason.None) { _stepIds[r] = _padId; _stepMask[r] = 0; }
+            }
+            RunStep();
+            steps++;
+        }
+        var decode = clock.Elapsed - decodeStart;
+        return new GenerationResult(outputs.Select(o => o.ToArray()).ToArray(), reasons, ttft, decode, steps);
+    }
+
+    private static bool StopStringHit(StringBuilder text, IReadOnlyList<string> stops)
+    {
+        string s = text.ToString();
+        foreach (var stop in stops)
+        {
+            int i = s.IndexOf(stop, StringComparison.Ordinal);
+            if (i >= 0)
+            {
+                text.Length = i; // cut the text before the stop string
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /// <summary>A host copy of the current state and pending tokens (restore it later, or save it to a file).</summary>
+    public StateSnapshot Snapshot()
+    {
+        var source = _pastOverride ?? _state[_cur];
+        var tensors = new float[source.Length][];
+        for (int i = 0; i < source.Length; i++)
+        {
+            tensors[i] = new float[Count(Shape(i))];
+            if (_model.Options.Device == ExecutionDevice.Cpu || ReferenceEquals(source, _pastOverride))
+            {
+                source[i].GetTensorDataAsSpan<float>().CopyTo(tensors[i]);
+            }
+            else
+            {
+                _copier ??= new TensorCopier(_model.Options);
+                using var host = OrtValue.CreateTensorValueFromMemory(tensors[i], Shape(i));
+                _copier.Copy(source[i], host);
+            }
+        }
+        return new StateSnapshot(_m, Batch, tensors, _pending.Select(p => p is { } v ? new[] { v } : null).ToArray());
+    }
+
+    /// <summary>Continues from <paramref name="snapshot"/> (taken from this model with the same batch) on the next call.</summary>
+    public void Restore(StateSnapshot snapshot)
+    {
+        ArgumentNullException.ThrowIfNull(snapshot);
+        if (snapshot.Batch != Batch) throw new XLstmOnnxException($"state snapshot has batch {snapshot.Batch}; this generator has batch {Batch}.");
+        if (snapshot.Manifest.NumLayers != _m.NumLayers || snapshot.Manifest.QkHeadDim != _m.QkHeadDim || snapshot.Manifest.VHeadDim != _m.VHeadDim || snapshot.Manifest.NumHeads != _m.NumHeads)
+        {
+            throw new XLstmOnnxException("state snapshot belongs to a model with other state dims.");
+        }
+        var values = new OrtValue[snapshot.Tensors.Length];
+        for (int i = 0; i < values.Length; i++) values[i] = Own(OrtValue.CreateTensorValueFromMemory((float[])snapshot.Tensors[i].Clone(), Shape(i)));
+        _pastOverride = values;
+        for (int r = 0; r < Batch; r++) _pending[r] = snapshot.Pending[r] is { Length: > 0 } p ? p[0] : null;
+        Array.Clear(_last);
+    }
+
+    private OrtIoBinding Bind(OrtValue ids, OrtValue mask, OrtValue[] past, OrtValue[] present, OrtValue logits)
+    {
+        var b = _session.CreateIoBinding();
+        b.BindInput(StateNames.InputIds, ids);
+        if (_m.AttentionMask) b.BindInput(StateNames.AttentionMask, mask);
+        for (int i = 0; i < past.Length; i++)
+        {
+            b.BindInput(_past[i], past[i]);
+            b.BindOutput(_present[i], present[i]);
+        }
+        b.BindOutput(StateNames.Logits, logits);
+        return b;
+    }
+
+    private void CheckId(int t)
+    {
+        if (t < 0 || t >= _vocab) throw new XLstmOnnxException($"token id {t} is outside the model's vocabulary [0, {_vocab}).");
+    }
+
+    private long[] Shape(int i) => _m.StateShape(StateNames.Parts[i % 3], Batch);
+
+    private static long Count(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
+
+    private OrtValue Own(OrtValue v)
+    {
+        _owned.Add(v);
+        return v;
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in _stepBinding) b?.Dispose();
+        foreach (var v in _owned) v.Dispose();
+        _owned.Clear();
+        _copier?.Dispose();
+        _run.Dispose();
+    }
+}

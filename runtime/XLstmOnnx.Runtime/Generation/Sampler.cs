@@ -1,0 +1,115 @@
+namespace XLstmOnnx.Runtime.Generation;
+
+/// <summary>
+/// Chooses the next token of one sequence from its logits. All scratch buffers are allocated once, so choosing a
+/// token allocates nothing. The random generator (SplitMix64) is ours, so a seed means the same draws everywhere.
+/// </summary>
+public sealed class Sampler
+{
+    private readonly GenerationOptions _o;
+    private readonly int _vocab;
+    private readonly float[] _scores;
+    private readonly int[] _order;
+    private readonly float[] _keys;
+    private readonly bool[] _seen;
+    private ulong _rng;
+
+    /// <param name="options">Sampling settings.</param>
+    /// <param name="vocab">Ids at or above this are never chosen (the embedding may be padded past the tokenizer).</param>
+    public Sampler(GenerationOptions options, int vocab)
+    {
+        _o = options;
+        _vocab = vocab;
+        _scores = new float[vocab];
+        _order = new int[vocab];
+        _keys = new float[vocab];
+        _seen = new bool[vocab];
+        _rng = options.Seed;
+    }
+
+    /// <summary>Marks a token as part of the sequence (prompt or generated) for the repetition penalty.</summary>
+    public void Observe(int token)
+    {
+        if ((uint)token < (uint)_vocab) _seen[token] = true;
+    }
+
+    /// <summary>The next token given the last position's logits.</summary>
+    public int Next(ReadOnlySpan<float> logits)
+    {
+        var s = _scores.AsSpan();
+        logits[.._vocab].CopyTo(s);
+        if (_o.RepetitionPenalty != 1.0)
+        {
+            float p = (float)_o.RepetitionPenalty;
+            for (int i = 0; i < s.Length; i++)
+            {
+                if (_seen[i]) s[i] = s[i] > 0 ? s[i] / p : s[i] * p; // transformers' RepetitionPenaltyLogitsProcessor
+            }
+        }
+        if (_o.Greedy) return ArgMax(s);
+
+        float invT = (float)(1.0 / _o.Temperature);
+        for (int i = 0; i < s.Length; i++) s[i] *= invT;
+        // sort ids by score, descending (stable on ties by id, like a stable argsort)
+        int n = s.Length;
+        for (int i = 0; i < n; i++)
+        {
+            _order[i] = i;
+            _keys[i] = -s[i];
+        }
+        _keys.AsSpan(0, n).Sort(_order.AsSpan(0, n));
+        int keep = _o.TopK > 0 ? Math.Min(_o.TopK, n) : n;
+        // probabilities of the kept candidates
+        float max = s[_order[0]];
+        double total = 0;
+        for (int r = 0; r < keep; r++) total += _keys[r] = (float)Math.Exp(s[_order[r]] - max);
+        if (_o.TopP < 1.0)
+        {
+            double cum = 0;
+            int r = 0;
+            while (r < keep)
+            {
+                cum += _keys[r] / total;
+                r++;
+                if (cum >= _o.TopP) break;
+            }
+            keep = Math.Max(r, 1);
+        }
+        if (_o.MinP > 0)
+        {
+            double threshold = _o.MinP * _keys[0]; // relative to the most likely token
+            int r = 1;
+            while (r < keep && _keys[r] >= threshold) r++;
+            keep = r;
+        }
+        total = 0;
+        for (int r = 0; r < keep; r++) total += _keys[r];
+        double u = NextDouble() * total;
+        for (int r = 0; r < keep; r++)
+        {
+            u -= _keys[r];
+            if (u < 0) return _order[r];
+        }
+        return _order[keep - 1];
+    }
+
+    private double NextDouble()
+    {
+        ulong z = _rng += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        z ^= z >> 31;
+        return (z >> 11) * (1.0 / (1UL << 53));
+    }
+
+    /// <summary>The first index of the largest value (torch.argmax's choice on ties).</summary>
+    public static int ArgMax(ReadOnlySpan<float> values)
+    {
+        int best = 0;
+        for (int i = 1; i < values.Length; i++)
+        {
+            if (values[i] > values[best]) best = i;
+        }
+        return best;
+    }
+}

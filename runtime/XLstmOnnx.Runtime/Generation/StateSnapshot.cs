@@ -1,0 +1,91 @@
+using XLstmOnnx.GraphBuilder.Architecture;
+using XLstmOnnx.GraphBuilder.Checkpoint;
+using XLstmOnnx.GraphBuilder.Export;
+
+namespace XLstmOnnx.Runtime.Generation;
+
+/// <summary>
+/// A copy of a generator's recurrent state (every layer's C, n, m) in host memory, plus the tokens it has read but
+/// not yet fed (the last sampled token of each row). Saved as safetensors with a format version and the model's
+/// state dims, so that a state is only ever loaded into a model it fits.
+/// </summary>
+public sealed class StateSnapshot
+{
+    public const string Format = "xlstm-onnx-state";
+    public const int FormatVersion = 1;
+
+    internal StateSnapshot(ModelManifest manifest, int batch, float[][] tensors, int[]?[] pending)
+    {
+        Manifest = manifest;
+        Batch = batch;
+        Tensors = tensors;
+        Pending = pending;
+    }
+
+    internal ModelManifest Manifest { get; }
+    public int Batch { get; }
+    /// <summary>Layer-major: [layer * 3 + part] with parts C, n, m.</summary>
+    internal float[][] Tensors { get; }
+    /// <summary>Per row: a sampled token not yet fed to the state, or null.</summary>
+    internal int[]?[] Pending { get; }
+
+    /// <summary>Writes the snapshot to <paramref name="path"/> (temporary file, then rename).</summary>
+    public void Save(string path)
+    {
+        var entries = new List<SafetensorsWriter.Entry>();
+        for (int l = 0; l < Manifest.NumLayers; l++)
+        {
+            for (int p = 0; p < 3; p++)
+            {
+                string part = StateNames.Parts[p];
+                entries.Add(SafetensorsWriter.F32($"state.{l}.{part}", Manifest.StateShape(part, Batch), Tensors[l * 3 + p]));
+            }
+        }
+        long[] pending = Pending.Select(p => p is { Length: > 0 } ? (long)p[0] : -1L).ToArray();
+        entries.Add(SafetensorsWriter.I64("pending", [Batch], pending));
+        SafetensorsWriter.Write(path, entries, new Dictionary<string, string>
+        {
+            ["format"] = Format,
+            ["format_version"] = FormatVersion.ToString(),
+            ["signature"] = Signature(Manifest),
+        });
+    }
+
+    /// <summary>Reads a snapshot for <paramref name="manifest"/>'s model; throws naming the file and both values on any mismatch.</summary>
+    public static StateSnapshot Load(string path, ModelManifest manifest)
+    {
+        using var f = SafetensorsFile.Open(path);
+        string Meta(string key) => f.Metadata.TryGetValue(key, out var v) ? v : "(missing)";
+        if (Meta("format") != Format) throw new XLstmOnnxException($"{path}: metadata 'format' is {Meta("format")}; expected {Format}.");
+        if (Meta("format_version") != FormatVersion.ToString())
+        {
+            throw new XLstmOnnxException($"{path}: metadata 'format_version' is {Meta("format_version")}; this version reads {FormatVersion}.");
+        }
+        if (Meta("signature") != Signature(manifest))
+        {
+            throw new XLstmOnnxException($"{path}: the state is for a model with {Meta("signature")}; this model has {Signature(manifest)}.");
+        }
+        var pendingSlice = f.Get("pending");
+        int batch = (int)pendingSlice.Shape[0];
+        var tensors = new float[manifest.NumLayers * 3][];
+        for (int l = 0; l < manifest.NumLayers; l++)
+        {
+            for (int p = 0; p < 3; p++)
+            {
+                string part = StateNames.Parts[p];
+                var t = f.Get($"state.{l}.{part}");
+                var expected = manifest.StateShape(part, batch);
+                if (!t.Shape.SequenceEqual(expected) || t.Dtype != SafetensorsDtype.F32)
+                {
+                    throw new XLstmOnnxException($"{path}: tensor 'state.{l}.{part}' is {t.Dtype}{WeightSource.FormatShape(t.Shape)}; expected F32{WeightSource.FormatShape(expected)}.");
+                }
+                tensors[l * 3 + p] = t.ToFloat32();
+            }
+        }
+        var pending = pendingSlice.ToInt64().Select(v => v >= 0 ? new[] { (int)v } : null).ToArray();
+        return new StateSnapshot(manifest, batch, tensors, pending);
+    }
+
+    private static string Signature(ModelManifest m) =>
+        $"layers={m.NumLayers} heads={m.NumHeads} dqk={m.QkHeadDim} dv={m.VHeadDim} hidden={m.HiddenSize} vocab={m.VocabSize}";
+}

@@ -1,0 +1,26 @@
+namespace XLstmOnnx.Runtime;
+
+/// <summary>Where a model runs.</summary>
+public enum ExecutionDevice
+{
+    Cpu,
+    Cuda,
+}
+
+/// <summary>How a model is loaded: execution provider, device and threads.</summary>
+public sealed record RuntimeOptions
+{
+    public ExecutionDevice Device { get; init; } = ExecutionDevice.Cpu;
+    /// <summary>CUDA device ordinal.</summary>
+    public int DeviceId { get; init; }
+    /// <summary>Intra-op threads; 0 lets ONNX Runtime choose.</summary>
+    public int Threads { get; init; }
+
+    /// <summary>Parses "cpu" or "cuda" (the CLI's --device); throws listing the valid names.</summary>
+    public static ExecutionDevice ParseDevice(string name) => name.ToLowerInvariant() switch
+    {
+        "cpu" => ExecutionDevice.Cpu,
+        "cuda" => ExecutionDevice.Cuda,
+        _ => throw new XLstmOnnxException($"option --device must be cpu or cuda; found \"{name}\"."),
+    };
+}
