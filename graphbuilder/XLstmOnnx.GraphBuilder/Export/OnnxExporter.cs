@@ -89,6 +89,11 @@ public static class OnnxExporter
                 File.Copy(f, Path.Combine(staging, Path.GetFileName(f)));
                 if (Path.GetFileName(f).StartsWith("tokenizer", StringComparison.Ordinal)) copied.Add(Path.GetFileName(f));
             }
+            if (sideFiles.FirstOrDefault(f => Path.GetFileName(f) == "tokenizer.json") is { } tokenizerJson)
+            {
+                string? tokenizerConfig = sideFiles.FirstOrDefault(f => Path.GetFileName(f) == "tokenizer_config.json");
+                File.WriteAllBytes(Path.Combine(staging, TokenizerModel.FileName), TokenizerModel.Build(tokenizerJson, tokenizerConfig));
+            }
             File.WriteAllText(Path.Combine(staging, "config.json"), config.ToJson());
             File.WriteAllText(Path.Combine(staging, ModelManifest.FileName),
                 ModelManifest.For(config, options, external ? DataFile : null, copied).ToJson());
