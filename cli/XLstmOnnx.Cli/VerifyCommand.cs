@@ -11,17 +11,17 @@ internal static class VerifyCommand
 
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "Exported model folder.", Required = true };
+        var model = new ModelOptions();
         var reference = new Option<string>("--reference") { Description = "Reference safetensors file (format: tools/reference/README.md).", Required = true };
         var atol = new Option<double>("--atol") { Description = "Absolute tolerance.", DefaultValueFactory = _ => 1e-4 };
         var rtol = new Option<double>("--rtol") { Description = "Relative tolerance: a value fails when |actual − expected| > atol + rtol·|expected|.", DefaultValueFactory = _ => 1e-3 };
-        var threads = new Option<int>("--threads") { Description = "Intra-op threads (0: ONNX Runtime's choice)." };
-        var cmd = new Command("verify", "Run every case of a reference file and compare logits, states, step logits and greedy ids.") { model, reference, atol, rtol, threads };
+        var cmd = new Command("verify", "Run every case of a reference file and compare logits, states, step logits and greedy ids.") { reference, atol, rtol };
+        model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             double a = r.GetValue(atol), t = r.GetValue(rtol);
             if (a < 0 || t < 0) throw new XLstmOnnxException($"options --atol and --rtol must be non-negative; found {a} and {t}.");
-            using var session = XLstmSession.Load(r.GetValue(model)!, new RuntimeOptions { Threads = r.GetValue(threads) });
+            using var session = model.Load(r);
             var results = ReferenceVerifier.Verify(session, r.GetValue(reference)!, a, t, name => Console.Error.WriteLine($"verify: case {name}"));
             Print(results, a, t);
             int failed = results.Count(x => !x.Passed);
