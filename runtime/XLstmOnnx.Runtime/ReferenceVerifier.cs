@@ -130,7 +130,9 @@ public static class ReferenceVerifier
             if (got.Count < expected.Length) logits = s.Run([next], 1, state);
         }
         int first = Enumerable.Range(0, expected.Length).FirstOrDefault(i => got[i] != expected[i], -1);
-        return new CheckResult(c.Name, "greedy_ids", expected.Length - p, first < 0 ? 0 : 0, 0, first < 0 ? 0 : 1,
+        long different = Enumerable.Range(p, expected.Length - p).Count(i => got[i] != expected[i]);
+        // ids are compared exactly: errors are 0, "outside" counts the differing ids
+        return new CheckResult(c.Name, "greedy_ids", expected.Length - p, 0, 0, different,
             first < 0 ? $"{expected.Length - p} new tokens equal" : $"first difference at position {first}: expected {expected[first]}, got {got[first]}");
     }
 
