@@ -45,6 +45,7 @@ public sealed class Generator : IDisposable
     private readonly RunOptions _run = new();
     private readonly long _padId;
     private TensorCopier? _copier;
+    private readonly OrtAllocator? _deviceAllocator;
 
     public Generator(XLstmSession model, int batch = 1)
     {
@@ -69,7 +70,9 @@ public sealed class Generator : IDisposable
         }
         try
         {
-            var allocator = model.Options.Device == ExecutionDevice.Cuda ? new OrtAllocator(_session, model.StateMemory) : OrtAllocator.DefaultInstance;
+            // the device allocator must outlive every tensor it allocated: owned here, released last in Dispose
+            _deviceAllocator = model.Options.Device == ExecutionDevice.Cuda ? new OrtAllocator(_session, model.StateMemory) : null;
+            var allocator = _deviceAllocator ?? OrtAllocator.DefaultInstance;
             for (int set = 0; set < 2; set++)
             {
                 _state[set] = new OrtValue[n];
@@ -352,5 +355,6 @@ public sealed class Generator : IDisposable
         _owned.Clear();
         _copier?.Dispose();
         _run.Dispose();
+        _deviceAllocator?.Dispose();
     }
 }
