@@ -20,6 +20,7 @@ public sealed class HfTokenizer
     private readonly string[] _idToToken;
     private readonly bool[] _isSpecial;
     private readonly Dictionary<char, byte> _byteDecoder;
+    private readonly Normalizer? _normalizer;
     private readonly int[] _prefixIds;
     private readonly int[] _suffixIds;
 
@@ -29,9 +30,10 @@ public sealed class HfTokenizer
     /// <summary>Added tokens that are special (e.g. &lt;|endoftext|&gt;), by content.</summary>
     public IReadOnlyDictionary<string, int> SpecialTokens { get; }
 
-    private HfTokenizer(string path, BpeTokenizer bpe, string[] idToToken, bool[] isSpecial,
+    private HfTokenizer(string path, BpeTokenizer bpe, Normalizer? normalizer, string[] idToToken, bool[] isSpecial,
         Dictionary<string, int> special, int[] prefix, int[] suffix)
     {
+        _normalizer = normalizer;
         Path = path;
         _bpe = bpe;
         _idToToken = idToToken;
@@ -83,7 +85,6 @@ public sealed class HfTokenizer
             ByteLevel = true,
             SpecialTokens = addedMap.Count > 0 ? addedMap : null,
             PreTokenizer = new RegexPreTokenizer(new Regex(Gpt2Pattern, RegexOptions.Compiled), addedMap.Count > 0 ? addedMap : null),
-            Normalizer = normalizer,
         });
 
         int count = Math.Max(vocab.Count == 0 ? 0 : vocab.Max(v => v.Value) + 1, added.Count == 0 ? 0 : added.Max(a => a.Id) + 1);
@@ -96,7 +97,7 @@ public sealed class HfTokenizer
             isSpecial[a.Id] = a.Special;
         }
         var (prefix, suffix) = ReadTemplate(root, path);
-        return new HfTokenizer(path, bpe, idToToken, isSpecial,
+        return new HfTokenizer(path, bpe, normalizer, idToToken, isSpecial,
             added.Where(a => a.Special).ToDictionary(a => a.Content, a => a.Id), prefix, suffix);
     }
 
@@ -154,7 +155,9 @@ public sealed class HfTokenizer
     /// <summary>Token ids of <paramref name="text"/>; with <paramref name="addSpecialTokens"/>, the post-processor's template is applied (as HF's default).</summary>
     public int[] Encode(string text, bool addSpecialTokens = false)
     {
-        var ids = _bpe.EncodeToIds(text);
+        // the normalizer runs here, on the whole text, as HF's does (BpeOptions.Normalizer was not applied by EncodeToIds)
+        string normalized = _normalizer?.Normalize(text) ?? text;
+        var ids = _bpe.EncodeToIds(normalized, considerPreTokenization: true, considerNormalization: false);
         if (!addSpecialTokens || (_prefixIds.Length == 0 && _suffixIds.Length == 0)) return [.. ids];
         return [.. _prefixIds, .. ids, .. _suffixIds];
     }
