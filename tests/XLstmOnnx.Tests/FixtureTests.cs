@@ -14,15 +14,17 @@ public class FixtureTests
     // The bar for fp32 on CPU. Observed worst errors are ~3e-4 absolute on logits of up to ±30 (≈1e-5 relative).
     private const double Atol = 1e-4, Rtol = 1e-3;
 
+    /// <summary>The transformers fixtures (tests/fixtures/*) and the shipped model (models/*), each with a reference file.</summary>
     public static IEnumerable<TestCaseData> Fixtures() =>
         Directory.EnumerateDirectories(TestPaths.Fixtures)
+            .Concat(Directory.EnumerateDirectories(Path.Combine(TestPaths.RepoRoot, "models")))
             .Where(d => File.Exists(Path.Combine(d, "reference.safetensors")))
             .Order(StringComparer.Ordinal)
-            .Select(d => new TestCaseData(Path.GetFileName(d)).SetName($"fixture {Path.GetFileName(d)}"));
+            .Select(d => new TestCaseData(d).SetName($"fixture {Path.GetFileName(d)}"));
 
     [Test]
     public void FixturesExist() =>
-        Assert.That(Fixtures().Count(), Is.GreaterThanOrEqualTo(4), $"reference fixtures under {TestPaths.Fixtures}");
+        Assert.That(Fixtures().Count(), Is.GreaterThanOrEqualTo(5), $"reference fixtures under {TestPaths.Fixtures} and models/");
 
     [TestCaseSource(nameof(Fixtures))]
     public void ExportsAndVerifies(string fixture) => ExportAndVerify(fixture, new ExportOptions(), expectExternal: false);
@@ -37,11 +39,10 @@ public class FixtureTests
 
     [Test]
     public void AutoSwitchesToExternalDataAboveTheThreshold() =>
-        ExportAndVerify("single_basic", new ExportOptions { ExternalDataThresholdBytes = 1000 }, expectExternal: true);
+        ExportAndVerify(Path.Combine(TestPaths.Fixtures, "single_basic"), new ExportOptions { ExternalDataThresholdBytes = 1000 }, expectExternal: true);
 
-    private static void ExportAndVerify(string fixture, ExportOptions options, bool expectExternal)
+    private static void ExportAndVerify(string dir, ExportOptions options, bool expectExternal)
     {
-        string dir = Path.Combine(TestPaths.Fixtures, fixture);
         using var tmp = TestPaths.Temp();
         var result = OnnxExporter.Export(dir, tmp.Sub("model"), options);
         Assert.That(result.DataPath is not null, Is.EqualTo(expectExternal), "external data file");
