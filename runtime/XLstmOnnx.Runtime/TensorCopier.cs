@@ -24,7 +24,7 @@ internal sealed class TensorCopier : IDisposable
         var model = new ModelProto { IrVersion = 11, Graph = g.Proto, ProducerName = "XLstmOnnx" };
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = 23 });
         using var so = new SessionOptions();
-        if (options.Device == ExecutionDevice.Cuda) so.AppendExecutionProvider_CUDA(options.DeviceId);
+        if (options.Device == ExecutionDevice.Cuda) XLstmSession.AppendCuda(so, options.DeviceId);
         _session = new InferenceSession(model.ToByteArray(), so);
     }
 

@@ -6,7 +6,7 @@ set -uo pipefail
 out=${1:?output folder}
 cli=/tmp/xlstm/.gpu/cli/xlstm-onnx
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/summary.txt" 2>&1
 status=0
 kernels=(onnx)
 [ -n "${XLSTM_CUSTOMOPS_PATH:-}" ] && kernels+=(custom)
@@ -16,9 +16,9 @@ for k in "${kernels[@]}"; do
     [ -f "$d/reference.safetensors" ] || continue
     extra=(); [ "$k" = custom ] && extra=(--mlstm-kernels custom)
     rm -rf "/tmp/x/$k/$m"
-    "$cli" export --checkpoint "$d" --output "/tmp/x/$k/$m" "${extra[@]}" > "$out/export-$k-$m.log" 2>&1 || status=1
+    "$cli" export --checkpoint "$d" --output "/tmp/x/$k/$m" "${extra[@]}" >> "$out/export.log" 2>&1 || status=1
     echo "== verify $k $m (cuda)" >> "$out/verify.log"
-    "$cli" verify --model "/tmp/x/$k/$m" --reference "$d/reference.safetensors" --device cuda >> "$out/verify.log" 2>&1 || { status=1; echo "FAILED verify $k $m" >> "$out/summary.txt"; }
+    "$cli" verify --model "/tmp/x/$k/$m" --reference "$d/reference.safetensors" --device cuda 2>/dev/null >> "$out/verify.log" || { status=1; echo "FAILED verify $k $m" >> "$out/summary.txt"; }
     tail -1 "$out/verify.log" | sed "s/^/$k $m: /" >> "$out/summary.txt"
   done
 done
@@ -40,6 +40,7 @@ with open(os.path.join(out, 'greedy_cuda.txt'), 'w') as log:
             cmd = [cli, 'generate', '--model', f'/tmp/x/onnx/{m}', '--prompt-ids', ','.join(map(str, prompt)), '--greedy',
                    '--max-new-tokens', str(len(want)), '--print-ids', '--device', 'cuda']
             r = subprocess.run(cmd, capture_output=True, text=True)
+            r.stderr = '\n'.join(l for l in r.stderr.splitlines() if 'onnxruntime' not in l)  # drop ORT's placement warnings
             got = tuple(int(x) for x in r.stdout.strip().splitlines()[-1].split()) if r.returncode == 0 else ()
             same = got == tuple(want); ok &= same
             log.write(f"$ {' '.join(cmd)}\n{r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ''}\n{r.stderr.strip()}\n"

@@ -8,4 +8,6 @@ dotnet publish cli/XLstmOnnx.Cli -c Release -r linux-x64 --self-contained -o .gp
 # The Gpu meta-package also drops the Windows natives into a linux-x64 publish, and we never use TensorRT: prune them.
 rm -f .gpu/cli/onnxruntime*.dll .gpu/cli/libonnxruntime_providers_tensorrt.so
 du -sh .gpu/cli
-../shared/device/stage.sh --ort .gpu/cli
+# (no --ort: the publish already carries libonnxruntime*.so, and stage.sh --ort stops early when a NuGet package lacks build/native/include)
+# 50 MiB parts: a part plus the ~8 MiB tree must stay under 64 MiB
+../shared/device/stage.sh --part-mib 50 .gpu/cli

@@ -46,6 +46,7 @@ public sealed class Generator : IDisposable
     private readonly long _padId;
     private TensorCopier? _copier;
     private readonly OrtAllocator? _deviceAllocator;
+    private readonly bool _rebindInputs;
 
     public Generator(XLstmSession model, int batch = 1)
     {
@@ -57,6 +58,7 @@ public sealed class Generator : IDisposable
         Batch = batch;
         _vocab = (int)_m.VocabSize;
         _padId = _m.PadTokenId ?? 0;
+        _rebindInputs = model.Options.Device != ExecutionDevice.Cpu;
         int n = _m.NumLayers * 3;
         _past = new string[n];
         _present = new string[n];
@@ -186,6 +188,13 @@ public sealed class Generator : IDisposable
     /// <summary>One token per row from <see cref="_stepIds"/> and <see cref="_stepMask"/>, on the prebuilt bindings.</summary>
     private void RunStep()
     {
+        if (_rebindInputs)
+        {
+            // ORT copies a host input to the device when it is bound, not when it runs: rebind the ids and mask each step
+            // (two small name strings are the only allocation of a CUDA step)
+            _stepBinding[_cur].BindInput(StateNames.InputIds, _stepIdsValue);
+            if (_m.AttentionMask) _stepBinding[_cur].BindInput(StateNames.AttentionMask, _stepMaskValue);
+        }
         _session.RunWithBinding(_run, _stepBinding[_cur]);
         _stepBinding[_cur].SynchronizeBoundOutputs();
         _cur = 1 - _cur;
