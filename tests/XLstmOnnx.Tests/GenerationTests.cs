@@ -95,6 +95,15 @@ public class GenerationTests
             Assert.That(b.Tensors[i].AsSpan(0, rowSize).ToArray(), Is.EqualTo(a.Tensors[i]).Within(1e-5), $"state tensor {i}");
         }
         Assert.That(padded.LastLogits(0).ToArray(), Is.EqualTo(alone.LastLogits(0).ToArray()).Within(1e-4));
+
+        // the control: without the mask input, the same pads do move the state (as in HF), so the check above has teeth
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "fused_bias"), tmp.Sub("nomask"), new ExportOptions { AttentionMask = false });
+        using var unmasked = XLstmSession.Load(tmp.Sub("nomask"));
+        using var leaky = new Generator(unmasked, 2);
+        leaky.Append([prompt, [.. Enumerable.Range(20, 40)]]);
+        var diff = leaky.LastLogits(0).ToArray().Zip(alone.LastLogits(0).ToArray(), (x, y) => Math.Abs(x - y)).Max();
+        Assert.That(diff, Is.GreaterThan(1e-2), "pads fed into the state change the logits");
     }
 
     [Test]
