@@ -54,7 +54,7 @@ internal static class ChatCommand
                 string prefix = started ? userPrefix : userPrefix.TrimStart('\n'); // no blank line before the first turn
                 var turn = tokenizer.Encode(prefix + line + assistantPrefix);
                 started = true;
-                var stream = tokenizer.CreateStream();
+                var stream = tokenizer.CreateStream(skipSpecialTokens: true);
                 var reply = new System.Text.StringBuilder();
                 var clock = Stopwatch.StartNew();
                 var result = generator.Generate([turn], options, (_, token) =>

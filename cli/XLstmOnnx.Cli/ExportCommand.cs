@@ -3,7 +3,7 @@ using XLstmOnnx.GraphBuilder.Export;
 
 namespace XLstmOnnx.Cli;
 
-/// <summary><c>xlstm-onnx export --checkpoint DIR --output DIR [--dtype fp32] ...</c></summary>
+/// <summary><c>xlstm-onnx export --checkpoint DIR --output DIR [--dtype fp32] [--mlstm-kernels onnx|custom] ...</c></summary>
 internal static class ExportCommand
 {
     public static Command Create()
@@ -16,7 +16,12 @@ internal static class ExportCommand
         var embeds = new Option<bool>("--inputs-embeds") { Description = "Take inputs_embeds [B,S,E] instead of input_ids." };
         var hidden = new Option<bool>("--hidden-states") { Description = "Add hidden_states.{i} outputs (each block, then the final norm) for debugging." };
         var external = new Option<ExternalDataMode>("--external-data") { Description = "Weights in model.onnx.data: auto (above 1 GiB), always or never.", DefaultValueFactory = _ => ExternalDataMode.Auto };
-        var cmd = new Command("export", "Export an HF xLSTM checkpoint to ONNX.") { checkpoint, output, dtype, lastOnly, embeds, hidden, external };
+        var kernels = new Option<MLstmKernels>("--mlstm-kernels")
+        {
+            Description = "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).",
+            DefaultValueFactory = _ => MLstmKernels.Onnx,
+        };
+        var cmd = new Command("export", "Export an HF xLSTM checkpoint to ONNX.") { checkpoint, output, dtype, lastOnly, embeds, hidden, external, kernels };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new ExportOptions
@@ -26,6 +31,7 @@ internal static class ExportCommand
                 InputsEmbeds = r.GetValue(embeds),
                 HiddenStates = r.GetValue(hidden),
                 ExternalData = r.GetValue(external),
+                MLstmKernels = r.GetValue(kernels),
             };
             long peakAnon = 0;
             var result = CliErrors.WithProgress("export", report => OnnxExporter.Export(r.GetValue(checkpoint)!, r.GetValue(output)!, options,

@@ -32,7 +32,7 @@ internal static class GenerateCommand
             using var generator = new Generator(session, 1);
             if (r.GetValue(loadState) is { } load) generator.Restore(StateSnapshot.Load(load, session.Manifest));
             else if (ids.Length == 0) throw new XLstmOnnxException("the prompt has no tokens; give at least one (or --load-state).");
-            var stream = tokenizer?.CreateStream();
+            var stream = tokenizer?.CreateStream(skipSpecialTokens: true);
             var stdout = Console.Out;
             if (text is not null && !r.GetValue(printIds)) stdout.Write(text);
             var result = generator.Generate([ids], options, (_, token) =>

@@ -304,9 +304,8 @@ public sealed class Generator : IDisposable
             }
             else
             {
-                _copier ??= new TensorCopier(_model.Options);
                 using var host = OrtValue.CreateTensorValueFromMemory(tensors[i], Shape(i));
-                _copier.Copy(source[i], host);
+                Copier.Copy(source[i], host);
             }
         }
         return new StateSnapshot(_m, Batch, tensors, _pending.Select(p => p is { } v ? new[] { v } : null).ToArray());
@@ -326,6 +325,99 @@ public sealed class Generator : IDisposable
         _pastOverride = values;
         for (int r = 0; r < Batch; r++) _pending[r] = snapshot.Pending[r] is { Length: > 0 } p ? p[0] : null;
         Array.Clear(_last);
+    }
+
+    /// <summary>One row's state (every layer's C, n, m) and its last logits, in host memory.</summary>
+    public sealed record RowState(float[][] Tensors, float[] LastLogits)
+    {
+        /// <summary>Bytes held (for cache budgets).</summary>
+        public long Bytes => Tensors.Sum(t => (long)t.Length * 4) + LastLogits.Length * 4L;
+    }
+
+    /// <summary>Sets row <paramref name="row"/> to the zero state (a fresh sequence); other rows are untouched.</summary>
+    public void ResetRow(int row) => WriteRowCore(row, null, null);
+
+    /// <summary>Copies row <paramref name="row"/>'s state and last logits to the host.</summary>
+    public RowState ReadRow(int row)
+    {
+        Materialize();
+        var tensors = new float[_state[_cur].Length][];
+        for (int i = 0; i < tensors.Length; i++)
+        {
+            long n = RowElements(i);
+            tensors[i] = new float[n];
+            if (_model.Options.Device == ExecutionDevice.Cpu)
+            {
+                _state[_cur][i].GetTensorDataAsSpan<float>().Slice((int)(row * n), (int)n).CopyTo(tensors[i]);
+            }
+            else
+            {
+                using var view = RowView(_state[_cur][i], i, row);
+                using var host = OrtValue.CreateTensorValueFromMemory(tensors[i], RowShape(i));
+                Copier.Copy(view, host);
+            }
+        }
+        return new RowState(tensors, LastLogits(row).ToArray());
+    }
+
+    /// <summary>Puts <paramref name="state"/> (from <see cref="ReadRow"/>, any row, this model) into row <paramref name="row"/>.</summary>
+    public void WriteRow(int row, RowState state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        WriteRowCore(row, state.Tensors, state.LastLogits);
+    }
+
+    private void WriteRowCore(int row, float[][]? tensors, float[]? logits)
+    {
+        if ((uint)row >= (uint)Batch) throw new ArgumentOutOfRangeException(nameof(row));
+        Materialize();
+        for (int i = 0; i < _state[_cur].Length; i++)
+        {
+            long n = RowElements(i);
+            var source = tensors?[i] ?? new float[n];
+            if (source.Length != n) throw new ArgumentException($"state tensor {i} has {source.Length} values; a row has {n}", nameof(tensors));
+            if (_model.Options.Device == ExecutionDevice.Cpu)
+            {
+                source.CopyTo(_state[_cur][i].GetTensorMutableDataAsSpan<float>().Slice((int)(row * n), (int)n));
+            }
+            else
+            {
+                using var host = OrtValue.CreateTensorValueFromMemory(source, RowShape(i));
+                using var view = RowView(_state[_cur][i], i, row);
+                Copier.Copy(host, view);
+            }
+        }
+        var last = _last.AsSpan(row * _vocab, _vocab);
+        if (logits is null) last.Clear();
+        else logits.CopyTo(last);
+        _pending[row] = null;
+    }
+
+    /// <summary>Turns a pending host override (zeros after Reset, a restored snapshot) into the device state, so rows can be edited.</summary>
+    private void Materialize()
+    {
+        if (_pastOverride is null) return;
+        for (int i = 0; i < _pastOverride.Length; i++)
+        {
+            if (_model.Options.Device == ExecutionDevice.Cpu) _pastOverride[i].GetTensorDataAsSpan<float>().CopyTo(_state[_cur][i].GetTensorMutableDataAsSpan<float>());
+            else Copier.Copy(_pastOverride[i], _state[_cur][i]);
+        }
+        _pastOverride = null;
+    }
+
+    private TensorCopier Copier => _copier ??= new TensorCopier(_model.Options);
+
+    private long RowElements(int i) => Count(Shape(i)) / Batch;
+
+    private long[] RowShape(int i) => [1, .. Shape(i)[1..]];
+
+    /// <summary>A tensor over row <paramref name="row"/> of a device state tensor (no copy; valid while the tensor lives).</summary>
+    private unsafe OrtValue RowView(OrtValue tensor, int i, int row)
+    {
+        long bytes = RowElements(i) * sizeof(float);
+        // the span is only used for its address: device memory is never read from the host
+        byte* basePtr = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(tensor.GetTensorMutableRawData()));
+        return OrtValue.CreateTensorValueWithData(_model.StateMemory, TensorElementType.Float, RowShape(i), (IntPtr)(basePtr + row * bytes), bytes);
     }
 
     private OrtIoBinding Bind(OrtValue ids, OrtValue mask, OrtValue[] past, OrtValue[] present, OrtValue logits)

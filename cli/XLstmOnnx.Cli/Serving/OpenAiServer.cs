@@ -1,0 +1,310 @@
+using System.Text;
+using System.Text.Json;
+using System.Threading.Channels;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using XLstmOnnx.Runtime.Generation;
+using XLstmOnnx.Runtime.Serving;
+
+namespace XLstmOnnx.Cli.Serving;
+
+/// <summary>Limits of the HTTP API.</summary>
+public sealed record ServerOptions
+{
+    public string Host { get; init; } = "127.0.0.1";
+    /// <summary>0 picks a free port (tests).</summary>
+    public int Port { get; init; } = 8000;
+    public string ModelId { get; init; } = "xlstm";
+    public int MaxTokensLimit { get; init; } = 2048;
+    public int MaxPromptTokens { get; init; } = 8192;
+    public int MaxN { get; init; } = 8;
+}
+
+/// <summary>An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.</summary>
+public sealed class ApiError(int status, string message, string? param = null, string type = "invalid_request_error", string? code = null) : Exception(message)
+{
+    public int Status => status;
+    public object Body => new { error = new { message = Message, type, param, code } };
+}
+
+/// <summary>
+/// OpenAI-compatible HTTP API over a <see cref="ServingEngine"/>: /v1/completions and /v1/chat/completions (JSON or
+/// server-sent events), /v1/models, /health and /metrics (Prometheus). Bad requests get 4xx answers with OpenAI-style
+/// bodies; the engine keeps serving everyone else.
+/// </summary>
+public static class OpenAiServer
+{
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping, // API JSON, not HTML: keep ' and non-ASCII readable
+    };
+
+    /// <summary>Largest request body accepted (a prompt of MaxPromptTokens fits easily).</summary>
+    private const int MaxBodyBytes = 4 << 20;
+
+    /// <summary>Starts the server; returns the app (dispose it to stop) and its base address.</summary>
+    public static async Task<(WebApplication App, string Url)> StartAsync(ServingEngine engine, ServerOptions options)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        builder.WebHost.UseUrls($"http://{options.Host}:{options.Port}");
+        var app = builder.Build();
+        var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+        app.MapGet("/health", () => Results.Json(new { status = "ok" }));
+        app.MapGet("/metrics", () => Results.Text(engine.Metrics.ToPrometheus(engine.Options.MaxBatch), "text/plain; version=0.0.4"));
+        app.MapGet("/v1/models", () => Results.Json(new
+        {
+            @object = "list",
+            data = new[] { new { id = options.ModelId, @object = "model", created, owned_by = "xlstm-onnx" } },
+        }));
+        app.MapPost("/v1/completions", ctx => Handle(ctx, engine, options, chat: false));
+        app.MapPost("/v1/chat/completions", ctx => Handle(ctx, engine, options, chat: true));
+        await app.StartAsync().ConfigureAwait(false);
+        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        return (app, url);
+    }
+
+    private static async Task Handle(HttpContext ctx, ServingEngine engine, ServerOptions options, bool chat)
+    {
+        try
+        {
+            JsonElement body;
+            using (var buffer = new MemoryStream())
+            {
+                await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
+                if (buffer.Length > MaxBodyBytes) throw new ApiError(413, $"The request body has {buffer.Length} bytes; at most {MaxBodyBytes} are accepted.");
+                // JsonDocument only checks string contents when they are read: check the whole body first
+                if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length))) throw new ApiError(400, "The request body is not valid UTF-8.");
+                try
+                {
+                    using var doc = JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length));
+                    body = doc.RootElement.Clone();
+                }
+                catch (JsonException e)
+                {
+                    throw new ApiError(400, $"The request body is not valid JSON: {e.Message}");
+                }
+            }
+            if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "The request body must be a JSON object.");
+            var req = Parse(body, engine, options, chat);
+            await (req.Stream ? Stream(ctx, engine, req, chat) : Respond(ctx, engine, req, chat)).ConfigureAwait(false);
+        }
+        catch (ApiError e)
+        {
+            ctx.Response.StatusCode = e.Status;
+            await ctx.Response.WriteAsJsonAsync(e.Body, Json).ConfigureAwait(false);
+        }
+        catch (XLstmOnnxException e)
+        {
+            ctx.Response.StatusCode = 400;
+            await ctx.Response.WriteAsJsonAsync(new ApiError(400, e.Message).Body, Json).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OperationCanceledException && !ctx.Response.HasStarted)
+        {
+            ctx.Response.StatusCode = 500;
+            await ctx.Response.WriteAsJsonAsync(new ApiError(500, $"internal error: {e.Message}", type: "server_error").Body, Json).ConfigureAwait(false);
+        }
+    }
+
+    private sealed record Request(int[] Prompt, GenerationOptions Options, int N, bool Stream, string Model);
+
+    private static Request Parse(JsonElement b, ServingEngine engine, ServerOptions o, bool chat)
+    {
+        var tokenizer = engine.Session.Tokenizer;
+        string model = Str(b, "model") ?? throw new ApiError(400, "you must provide a model parameter", "model");
+        if (model != o.ModelId) throw new ApiError(404, $"The model '{model}' does not exist; this server serves '{o.ModelId}'.", "model", "invalid_request_error", "model_not_found");
+        int[] prompt;
+        var stops = new List<string>();
+        if (chat)
+        {
+            if (!b.TryGetProperty("messages", out var ms) || ms.ValueKind != JsonValueKind.Array || ms.GetArrayLength() == 0)
+            {
+                throw new ApiError(400, "'messages' must be a non-empty array of {role, content}.", "messages");
+            }
+            var list = new List<(string, string)>();
+            foreach (var m in ms.EnumerateArray())
+            {
+                string role = m.ValueKind == JsonValueKind.Object ? Str(m, "role") ?? "" : "";
+                if (!ChatTemplate.Roles.Contains(role)) throw new ApiError(400, $"message role must be system, user or assistant; found \"{role}\".", "messages");
+                string content = Str(m, "content") ?? throw new ApiError(400, "every message needs a string 'content'.", "messages");
+                list.Add((role, content));
+            }
+            prompt = (tokenizer ?? throw new ApiError(400, "this model has no tokenizer; use /v1/completions with token ids.")).Encode(ChatTemplate.Render(list));
+            stops.Add(ChatTemplate.StopString);
+        }
+        else
+        {
+            if (!b.TryGetProperty("prompt", out var p)) throw new ApiError(400, "you must provide a prompt", "prompt");
+            if (p.ValueKind == JsonValueKind.String)
+            {
+                prompt = (tokenizer ?? throw new ApiError(400, "this model has no tokenizer; give the prompt as token ids.", "prompt")).Encode(p.GetString()!);
+            }
+            else if (p.ValueKind == JsonValueKind.Array && p.EnumerateArray().All(x => x.ValueKind == JsonValueKind.Number))
+            {
+                long vocab = engine.Session.Manifest.VocabSize;
+                prompt = p.EnumerateArray().Select(x => x.TryGetInt32(out int id) && id >= 0 && id < vocab ? id
+                    : throw new ApiError(400, $"token id {x.GetRawText()} is not in [0, {vocab}).", "prompt")).ToArray();
+            }
+            else throw new ApiError(400, "'prompt' must be a string or an array of token ids.", "prompt");
+        }
+        if (prompt.Length == 0) throw new ApiError(400, "the prompt is empty.", chat ? "messages" : "prompt");
+        if (prompt.Length > o.MaxPromptTokens)
+        {
+            throw new ApiError(400, $"The prompt has {prompt.Length} tokens; this server takes at most {o.MaxPromptTokens}.", chat ? "messages" : "prompt", code: "context_length_exceeded");
+        }
+        int maxTokens = Int(b, "max_tokens") ?? Int(b, "max_completion_tokens") ?? (chat ? 256 : 16);
+        if (maxTokens < 1 || maxTokens > o.MaxTokensLimit) throw new ApiError(400, $"'max_tokens' must be between 1 and {o.MaxTokensLimit}; found {maxTokens}.", "max_tokens");
+        double temperature = Num(b, "temperature") ?? 1.0;
+        if (temperature < 0 || temperature > 2) throw new ApiError(400, $"'temperature' must be between 0 and 2; found {temperature}.", "temperature");
+        double topP = Num(b, "top_p") ?? 1.0;
+        if (!(topP > 0 && topP <= 1)) throw new ApiError(400, $"'top_p' must be in (0, 1]; found {topP}.", "top_p");
+        int n = Int(b, "n") ?? 1;
+        if (n < 1 || n > o.MaxN) throw new ApiError(400, $"'n' must be between 1 and {o.MaxN}; found {n}.", "n");
+        if (b.TryGetProperty("stop", out var st) && st.ValueKind != JsonValueKind.Null)
+        {
+            if (st.ValueKind == JsonValueKind.String) stops.Add(st.GetString()!);
+            else if (st.ValueKind == JsonValueKind.Array && st.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String) && st.GetArrayLength() <= 4) stops.AddRange(st.EnumerateArray().Select(x => x.GetString()!));
+            else throw new ApiError(400, "'stop' must be a string or an array of at most 4 strings.", "stop");
+            if (stops.Any(string.IsNullOrEmpty)) throw new ApiError(400, "'stop' strings must not be empty.", "stop");
+        }
+        long? seed = b.TryGetProperty("seed", out var sd) && sd.ValueKind != JsonValueKind.Null
+            ? (sd.TryGetInt64(out long v) ? v : throw new ApiError(400, "'seed' must be an integer.", "seed")) : null;
+        bool stream = b.TryGetProperty("stream", out var sm) && sm.ValueKind == JsonValueKind.True;
+        var options = new GenerationOptions
+        {
+            MaxNewTokens = maxTokens,
+            Greedy = temperature == 0,
+            Temperature = temperature == 0 ? 1.0 : temperature,
+            TopP = topP,
+            Seed = seed is { } s ? unchecked((ulong)s) : (ulong)Random.Shared.NextInt64(),
+            StopStrings = stops,
+        };
+        return new Request(prompt, options, n, stream, model);
+    }
+
+    /// <summary>Submits the n choices; choice i samples with seed + i.</summary>
+    private static ChannelReader<(int Index, CompletionEvent Event)> Submit(ServingEngine engine, Request r, CancellationToken cancel)
+    {
+        if (engine.Options.QueueCapacity - engine.Metrics.QueueDepth < r.N && r.N > 1)
+        {
+            throw new ApiError(429, "The server is busy: too many requests are waiting; retry later.", type: "rate_limit_error", code: "rate_limit_exceeded");
+        }
+        var readers = new List<ChannelReader<CompletionEvent>>();
+        try
+        {
+            for (int i = 0; i < r.N; i++) readers.Add(engine.Submit(r.Prompt, r.Options with { Seed = r.Options.Seed + (ulong)i }, cancel));
+        }
+        catch (QueueFullException e)
+        {
+            throw new ApiError(429, $"The server is busy: {e.Message}.", type: "rate_limit_error", code: "rate_limit_exceeded");
+        }
+        var merged = Channel.CreateUnbounded<(int, CompletionEvent)>();
+        int open = readers.Count;
+        for (int i = 0; i < readers.Count; i++)
+        {
+            int index = i;
+            _ = Task.Run(async () =>
+            {
+                Exception? error = null;
+                try
+                {
+                    await foreach (var e in readers[index].ReadAllAsync(CancellationToken.None).ConfigureAwait(false)) await merged.Writer.WriteAsync((index, e)).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    error = e;
+                }
+                if (error is not null) merged.Writer.TryComplete(error);
+                else if (Interlocked.Decrement(ref open) == 0) merged.Writer.TryComplete();
+            });
+        }
+        return merged.Reader;
+    }
+
+    private static string Finish(StopReason r) => r == StopReason.MaxNewTokens ? "length" : "stop";
+
+    private static async Task Respond(HttpContext ctx, ServingEngine engine, Request r, bool chat)
+    {
+        var texts = Enumerable.Range(0, r.N).Select(_ => new StringBuilder()).ToArray();
+        var finish = new string?[r.N];
+        int completion = 0;
+        await foreach (var (i, e) in Submit(engine, r, ctx.RequestAborted).ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
+        {
+            texts[i].Append(e.Text);
+            completion++;
+            if (e.Finish != StopReason.None) finish[i] = Finish(e.Finish);
+        }
+        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        var usage = new { prompt_tokens = r.Prompt.Length * r.N, completion_tokens = completion, total_tokens = r.Prompt.Length * r.N + completion };
+        object body = chat
+            ? new
+            {
+                id, @object = "chat.completion", created, model = r.Model, usage,
+                choices = Enumerable.Range(0, r.N).Select(i => new { index = i, message = new { role = "assistant", content = texts[i].ToString() }, finish_reason = finish[i] }),
+            }
+            : new
+            {
+                id, @object = "text_completion", created, model = r.Model, usage,
+                choices = Enumerable.Range(0, r.N).Select(i => new { index = i, text = texts[i].ToString(), logprobs = (object?)null, finish_reason = finish[i] }),
+            };
+        await ctx.Response.WriteAsJsonAsync(body, Json).ConfigureAwait(false);
+    }
+
+    private static async Task Stream(HttpContext ctx, ServingEngine engine, Request r, bool chat)
+    {
+        var events = Submit(engine, r, ctx.RequestAborted); // 429 is still answered as JSON
+        ctx.Response.ContentType = "text/event-stream";
+        ctx.Response.Headers.CacheControl = "no-cache";
+        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        var started = new bool[r.N];
+        try
+        {
+            await foreach (var (i, e) in events.ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
+            {
+                string? reason = e.Finish == StopReason.None ? null : Finish(e.Finish);
+                object chunk = chat
+                    ? new
+                    {
+                        id, @object = "chat.completion.chunk", created, model = r.Model,
+                        choices = new[] { new { index = i, delta = started[i] ? new { role = (string?)null, content = e.Text } : new { role = (string?)"assistant", content = e.Text }, finish_reason = reason } },
+                    }
+                    : new { id, @object = "text_completion", created, model = r.Model, choices = new[] { new { index = i, text = e.Text, logprobs = (object?)null, finish_reason = reason } } };
+                started[i] = true;
+                await ctx.Response.WriteAsync("data: " + JsonSerializer.Serialize(chunk, Json) + "\n\n", ctx.RequestAborted).ConfigureAwait(false);
+                await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+            }
+            await ctx.Response.WriteAsync("data: [DONE]\n\n", ctx.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            // the client went away; the engine frees its slot at the next step
+        }
+    }
+
+    private static string? Str(JsonElement e, string name) =>
+        e.TryGetProperty(name, out var v) ? v.ValueKind == JsonValueKind.String ? v.GetString() : v.ValueKind == JsonValueKind.Null ? null
+            : throw new ApiError(400, $"'{name}' must be a string; found {v.ValueKind}.", name) : null;
+
+    private static int? Int(JsonElement e, string name)
+    {
+        if (!e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long l)) return l > int.MaxValue ? int.MaxValue : l < int.MinValue ? int.MinValue : (int)l;
+        throw new ApiError(400, $"'{name}' must be an integer; found {v.GetRawText()}.", name);
+    }
+
+    private static double? Num(JsonElement e, string name)
+    {
+        if (!e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
+        if (v.ValueKind == JsonValueKind.Number) return v.GetDouble();
+        throw new ApiError(400, $"'{name}' must be a number; found {v.GetRawText()}.", name);
+    }
+}
