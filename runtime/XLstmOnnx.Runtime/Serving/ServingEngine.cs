@@ -58,6 +58,7 @@ public sealed class ServingEngine : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly object _metricsLock = new();
     private int _queued;
+    private volatile Exception? _failure;
 
     public ServingEngine(XLstmSession session, ServingOptions? options = null)
     {
@@ -87,6 +88,7 @@ public sealed class ServingEngine : IDisposable
         ArgumentNullException.ThrowIfNull(prompt);
         options.Validate();
         if (prompt.Length == 0) throw new XLstmOnnxException("prompt: at least one token is needed.");
+        if (_failure is not null) throw new XLstmOnnxException($"the serving engine stopped after an error: {_failure.Message}", _failure);
         if (options.StopStrings.Count > 0 && _tokenizer is null) throw new XLstmOnnxException("stop strings need the model's tokenizer.json.");
         var events = Channel.CreateUnbounded<CompletionEvent>(new UnboundedChannelOptions { SingleWriter = true });
         var request = new Request(prompt, options, events, cancel, Stopwatch.GetTimestamp());
@@ -126,7 +128,8 @@ public sealed class ServingEngine : IDisposable
         }
         catch (Exception e)
         {
-            // a failure of the model is fatal for every live request: say so to each of them
+            // a failure of the model is fatal for every live request: say so to each of them, and refuse new ones
+            _failure = e;
             foreach (var s in _slots) s?.Request.Events.Writer.TryComplete(e);
             while (_queue.Reader.TryRead(out var r)) r.Events.Writer.TryComplete(e);
         }
@@ -282,6 +285,7 @@ public sealed class ServingEngine : IDisposable
         _slots[r]!.Request.Events.Writer.TryComplete();
         _slots[r] = null;
         Metrics.Finished(cancelled);
+        Metrics.Occupancy = _slots.Count(x => x is not null);
     }
 
     public void Dispose()

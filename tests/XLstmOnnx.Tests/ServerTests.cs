@@ -1,0 +1,278 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.AI;
+using XLstmOnnx.Cli.Serving;
+using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Runtime;
+using XLstmOnnx.Runtime.Serving;
+
+namespace XLstmOnnx.Tests;
+
+/// <summary>The OpenAI-compatible server on a free loopback port, with the shipped model.</summary>
+[TestFixture]
+[NonParallelizable]
+public class ServerTests
+{
+    private TempDir _tmp = null!;
+    private string _model = "";
+    private XLstmSession _session = null!;
+    private ServingEngine _engine = null!;
+    private WebApplication _app = null!;
+    private HttpClient _http = null!;
+    private const string Prompt = "And Moses said unto the LORD";
+
+    [OneTimeSetUp]
+    public async Task Start()
+    {
+        _tmp = TestPaths.Temp();
+        _model = _tmp.Sub("kjv");
+        OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), _model, new ExportOptions());
+        _session = XLstmSession.Load(_model);
+        _engine = new ServingEngine(_session, new ServingOptions { MaxBatch = 8, QueueCapacity = 64 });
+        (_app, string url) = await OpenAiServer.StartAsync(_engine, new ServerOptions { Port = 0, ModelId = "kjv", MaxPromptTokens = 512 });
+        _http = new HttpClient { BaseAddress = new Uri(url) };
+    }
+
+    [OneTimeTearDown]
+    public async Task Stop()
+    {
+        _http.Dispose();
+        await _app.DisposeAsync();
+        _engine.Dispose();
+        _session.Dispose();
+        _tmp.Dispose();
+    }
+
+    private async Task<JsonElement> Post(string path, object body, HttpStatusCode expected = HttpStatusCode.OK)
+    {
+        using var r = await _http.PostAsJsonAsync(path, body);
+        string text = await r.Content.ReadAsStringAsync();
+        Assert.That(r.StatusCode, Is.EqualTo(expected), text);
+        return JsonDocument.Parse(text).RootElement.Clone();
+    }
+
+    /// <summary>Streams a request; returns the concatenated text of choice 0 and its finish reason.</summary>
+    private async Task<(string Text, string? Finish)> PostStream(string path, object body, bool chat)
+    {
+        using var req = new HttpRequestMessage(HttpMethod.Post, path) { Content = JsonContent.Create(body) };
+        using var r = await _http.SendAsync(req, HttpCompletionOption.ResponseHeadersRead);
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK));
+        Assert.That(r.Content.Headers.ContentType?.MediaType, Is.EqualTo("text/event-stream"));
+        var sb = new StringBuilder();
+        string? finish = null;
+        bool done = false;
+        using var reader = new StreamReader(await r.Content.ReadAsStreamAsync());
+        while (await reader.ReadLineAsync() is { } line)
+        {
+            if (!line.StartsWith("data: ", StringComparison.Ordinal)) continue;
+            string data = line[6..];
+            if (data == "[DONE]") { done = true; break; }
+            var c = JsonDocument.Parse(data).RootElement.GetProperty("choices")[0];
+            sb.Append(chat ? c.GetProperty("delta").GetProperty("content").GetString() : c.GetProperty("text").GetString());
+            if (c.GetProperty("finish_reason").ValueKind == JsonValueKind.String) finish = c.GetProperty("finish_reason").GetString();
+        }
+        Assert.That(done, "the stream ends with data: [DONE]");
+        return (sb.ToString(), finish);
+    }
+
+    private string CliGreedy(string prompt, int maxTokens, params string[] extra)
+    {
+        var (code, output) = GenerationTests.RunCli(["generate", "--model", _model, "--prompt", prompt, "--greedy", "--max-new-tokens", maxTokens.ToString(), .. extra]);
+        Assert.That(code, Is.Zero, output);
+        Assert.That(output, Does.EndWith("\n"));
+        string text = output[..^1]; // the newline the CLI writes after the text
+        Assert.That(text, Does.StartWith(prompt));
+        return text[prompt.Length..];
+    }
+
+    [Test]
+    public async Task CompletionsEqualTheCliGreedyOutput()
+    {
+        string expected = CliGreedy(Prompt, 30);
+        var json = await Post("/v1/completions", new { model = "kjv", prompt = Prompt, max_tokens = 30, temperature = 0 });
+        Assert.That(json.GetProperty("object").GetString(), Is.EqualTo("text_completion"));
+        var choice = json.GetProperty("choices")[0];
+        Assert.That(choice.GetProperty("text").GetString(), Is.EqualTo(expected));
+        Assert.That(choice.GetProperty("finish_reason").GetString(), Is.EqualTo("length"));
+        Assert.That(json.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(30));
+        var (streamed, finish) = await PostStream("/v1/completions", new { model = "kjv", prompt = Prompt, max_tokens = 30, temperature = 0, stream = true }, chat: false);
+        Assert.That(streamed, Is.EqualTo(expected), "streaming gives the same text");
+        Assert.That(finish, Is.EqualTo("length"));
+    }
+
+    [Test]
+    public async Task PromptAsTokenIdsEqualsPromptAsText()
+    {
+        var ids = _session.Tokenizer!.Encode(Prompt);
+        var a = await Post("/v1/completions", new { model = "kjv", prompt = ids, max_tokens = 12, temperature = 0 });
+        var b = await Post("/v1/completions", new { model = "kjv", prompt = Prompt, max_tokens = 12, temperature = 0 });
+        Assert.That(a.GetProperty("choices")[0].GetProperty("text").GetString(), Is.EqualTo(b.GetProperty("choices")[0].GetProperty("text").GetString()));
+    }
+
+    [Test]
+    public async Task ChatCompletionsEqualTheCliOnTheSameTranscript()
+    {
+        var messages = new[] { new { role = "system", content = "Answer in the words of the King James Bible." }, new { role = "user", content = "Who led Israel out of Egypt?" } };
+        string transcript = ChatTemplate.Render(messages.Select(m => (m.role, m.content)));
+        string expected = CliGreedy(transcript, 40, "--stop", ChatTemplate.StopString);
+        var json = await Post("/v1/chat/completions", new { model = "kjv", messages, max_tokens = 40, temperature = 0 });
+        var message = json.GetProperty("choices")[0].GetProperty("message");
+        Assert.That(message.GetProperty("role").GetString(), Is.EqualTo("assistant"));
+        Assert.That(message.GetProperty("content").GetString(), Is.EqualTo(expected));
+        var (streamed, _) = await PostStream("/v1/chat/completions", new { model = "kjv", messages, max_tokens = 40, temperature = 0, stream = true }, chat: true);
+        Assert.That(streamed, Is.EqualTo(expected));
+    }
+
+    [Test]
+    public async Task ConcurrentIdenticalGreedyRequestsAllGetTheSingleRequestText()
+    {
+        var body = new { model = "kjv", prompt = "And the LORD said unto Abram", max_tokens = 24, temperature = 0 };
+        string single = (await Post("/v1/completions", body)).GetProperty("choices")[0].GetProperty("text").GetString()!;
+        var all = await Task.WhenAll(Enumerable.Range(0, 32).Select(async _ => (await Post("/v1/completions", body)).GetProperty("choices")[0].GetProperty("text").GetString()));
+        Assert.That(all, Is.All.EqualTo(single), "32 concurrent requests, batched 8 at a time, each equal to the request alone");
+    }
+
+    [Test]
+    public async Task SeededSamplingAndNChoices()
+    {
+        var body = new { model = "kjv", prompt = Prompt, max_tokens = 16, temperature = 0.9, top_p = 0.95, seed = 7, n = 3 };
+        var a = await Post("/v1/completions", body);
+        var b = await Post("/v1/completions", body);
+        string[] A = [.. a.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("text").GetString()!)];
+        string[] B = [.. b.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("text").GetString()!)];
+        Assert.That(A, Has.Length.EqualTo(3));
+        Assert.That(B, Is.EqualTo(A), "same seed, same choices");
+        Assert.That(A.Distinct().Count(), Is.GreaterThan(1), "the choices use different seeds");
+    }
+
+    [Test]
+    public async Task PrefixCacheHitGivesTheSameTextAsAColdStart()
+    {
+        string system = "System: The words of the book of Genesis, the first book of Moses.\n";
+        string before = Metric("xlstm_prefix_cache_hits_total");
+        await Post("/v1/completions", new { model = "kjv", prompt = system, max_tokens = 1, temperature = 0 });
+        string warm = (await Post("/v1/completions", new { model = "kjv", prompt = system + "User: In the beginning", max_tokens = 20, temperature = 0 }))
+            .GetProperty("choices")[0].GetProperty("text").GetString()!;
+        Assert.That(double.Parse(Metric("xlstm_prefix_cache_hits_total")), Is.GreaterThan(double.Parse(before)), "the second prompt starts from the first one's state");
+        Assert.That(warm, Is.EqualTo(CliGreedy(system + "User: In the beginning", 20)), "starting from the cached state changes nothing");
+    }
+
+    [TestCase("""{"model": "kjv", "prompt": """, 400, "not valid JSON", TestName = "invalid JSON")]
+    [TestCase("""{"model": "gpt-4", "prompt": "x"}""", 404, "model_not_found", TestName = "unknown model")]
+    [TestCase("""{"model": "kjv", "prompt": "x", "max_tokens": -1}""", 400, "max_tokens", TestName = "negative max_tokens")]
+    [TestCase("""{"model": "kjv", "prompt": "x", "max_tokens": 100000000}""", 400, "max_tokens", TestName = "huge max_tokens")]
+    [TestCase("""{"model": "kjv", "prompt": [1, 2, 99999]}""", 400, "99999", TestName = "invalid token id")]
+    [TestCase("""{"model": "kjv", "prompt": {"a": 1}}""", 400, "prompt", TestName = "prompt of the wrong type")]
+    [TestCase("""{"model": "kjv", "messages": [{"role": "wizard", "content": "hi"}]}""", 400, "role", TestName = "unknown chat role", Category = "chat")]
+    [TestCase("""{"model": "kjv", "prompt": "x", "temperature": 7}""", 400, "temperature", TestName = "temperature out of range")]
+    public async Task BadRequestsGetOpenAiErrors(string body, int status, string mention)
+    {
+        string path = body.Contains("messages") ? "/v1/chat/completions" : "/v1/completions";
+        using var r = await _http.PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"));
+        string text = await r.Content.ReadAsStringAsync();
+        Assert.That((int)r.StatusCode, Is.EqualTo(status), text);
+        var error = JsonDocument.Parse(text).RootElement.GetProperty("error");
+        Assert.That(error.GetProperty("message").GetString() + error.GetProperty("code").ToString() + error.GetProperty("param").ToString(), Does.Contain(mention));
+        Assert.That(error.GetProperty("type").GetString(), Is.Not.Empty);
+        await Post("/v1/completions", new { model = "kjv", prompt = "And", max_tokens = 2 }); // still serving
+    }
+
+    [Test]
+    public async Task NonUtf8AndOverlongPromptsAreRefused()
+    {
+        using var bad = new ByteArrayContent([.. "{\"model\":\"kjv\",\"prompt\":\""u8.ToArray(), 0xFF, 0xFE, .. "\"}"u8.ToArray()]);
+        using var r = await _http.PostAsync("/v1/completions", bad);
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+        Assert.That(await r.Content.ReadAsStringAsync(), Does.Contain("UTF-8"));
+        var e = await Post("/v1/completions", new { model = "kjv", prompt = Enumerable.Repeat(5, 600).ToArray() }, HttpStatusCode.BadRequest);
+        Assert.That(e.GetProperty("error").GetProperty("code").GetString(), Is.EqualTo("context_length_exceeded"));
+    }
+
+    [Test]
+    public async Task ModelsHealthAndMetricsMove()
+    {
+        var models = JsonDocument.Parse(await _http.GetStringAsync("/v1/models")).RootElement;
+        Assert.That(models.GetProperty("data")[0].GetProperty("id").GetString(), Is.EqualTo("kjv"));
+        Assert.That(await _http.GetStringAsync("/health"), Does.Contain("ok"));
+        double before = double.Parse(Metric("xlstm_completion_tokens_total"));
+        double finished = double.Parse(Metric("xlstm_requests_total{status=\"finished\"}"));
+        await Post("/v1/completions", new { model = "kjv", prompt = "And", max_tokens = 5, temperature = 0 });
+        Assert.That(double.Parse(Metric("xlstm_completion_tokens_total")), Is.EqualTo(before + 5));
+        Assert.That(double.Parse(Metric("xlstm_requests_total{status=\"finished\"}")), Is.EqualTo(finished + 1));
+        Assert.That(Metric("xlstm_time_to_first_token_seconds_count"), Is.Not.EqualTo("0"));
+    }
+
+    [Test]
+    public async Task ADisconnectedClientFreesItsSlot()
+    {
+        double cancelled = double.Parse(Metric("xlstm_requests_total{status=\"cancelled\"}"));
+        var uri = _http.BaseAddress!;
+        using (var tcp = new System.Net.Sockets.TcpClient())
+        {
+            await tcp.ConnectAsync(uri.Host, uri.Port);
+            var stream = tcp.GetStream();
+            string json = JsonSerializer.Serialize(new { model = "kjv", prompt = Prompt, max_tokens = 2048, stream = true });
+            string request = $"POST /v1/completions HTTP/1.1\r\nHost: {uri.Host}\r\nContent-Type: application/json\r\nContent-Length: {Encoding.UTF8.GetByteCount(json)}\r\n\r\n{json}";
+            await stream.WriteAsync(Encoding.UTF8.GetBytes(request));
+            var buffer = new byte[256];
+            Assert.That(await stream.ReadAsync(buffer), Is.GreaterThan(0), "the stream started");
+            tcp.Client.LingerState = new System.Net.Sockets.LingerOption(true, 0); // close with a reset, as a killed client does
+        }
+        for (int i = 0; i < 100 && double.Parse(Metric("xlstm_requests_total{status=\"cancelled\"}")) == cancelled; i++) await Task.Delay(50);
+        Assert.That(double.Parse(Metric("xlstm_requests_total{status=\"cancelled\"}")), Is.EqualTo(cancelled + 1), "the engine dropped the sequence");
+        Assert.That(Metric("xlstm_batch_occupancy"), Is.EqualTo("0"), "its slot is free");
+    }
+
+    [Test]
+    public async Task ACancelledRequestLeavesTheEngineAtTheNextStep()
+    {
+        using var cts = new CancellationTokenSource();
+        var reader = _engine.Submit(_session.Tokenizer!.Encode(Prompt), new Runtime.Generation.GenerationOptions { MaxNewTokens = 2000, Greedy = true, IgnoreEos = true }, cts.Token);
+        await reader.ReadAsync(); // the first token
+        cts.Cancel();
+        int more = 0;
+        await foreach (var _ in reader.ReadAllAsync()) more++;
+        Assert.That(more, Is.LessThan(50), "the stream ends within a few steps of the cancellation, not after 2000 tokens");
+    }
+
+    [Test]
+    public async Task AFullQueueAnswers429()
+    {
+        using var session = XLstmSession.Load(_model);
+        using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 1, QueueCapacity = 1 });
+        var (app, url) = await OpenAiServer.StartAsync(engine, new ServerOptions { Port = 0, ModelId = "kjv" });
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = new Uri(url) };
+        var responses = await Task.WhenAll(Enumerable.Range(0, 12).Select(_ =>
+            http.PostAsJsonAsync("/v1/completions", new { model = "kjv", prompt = Prompt, max_tokens = 200, temperature = 0 })));
+        var codes = responses.Select(r => (int)r.StatusCode).ToList();
+        Assert.That(codes, Does.Contain(429), "one running, one waiting: the rest are refused");
+        Assert.That(codes, Does.Contain(200));
+        var body = JsonDocument.Parse(await responses.First(r => (int)r.StatusCode == 429).Content.ReadAsStringAsync()).RootElement;
+        Assert.That(body.GetProperty("error").GetProperty("code").GetString(), Is.EqualTo("rate_limit_exceeded"));
+    }
+
+    [Test]
+    public async Task ChatClientEqualsTheHttpApi()
+    {
+        IChatClient client = new XLstmChatClient(_engine, "kjv");
+        var messages = new List<ChatMessage> { new(ChatRole.User, "Who was the son of Abraham?") };
+        var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 30 };
+        var response = await client.GetResponseAsync(messages, options);
+        var json = await Post("/v1/chat/completions", new { model = "kjv", messages = new[] { new { role = "user", content = "Who was the son of Abraham?" } }, max_tokens = 30, temperature = 0 });
+        Assert.That(response.Text, Is.EqualTo(json.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!.TrimStart()));
+        var streamed = new StringBuilder();
+        await foreach (var u in client.GetStreamingResponseAsync(messages, options)) streamed.Append(u.Text);
+        Assert.That(streamed.ToString().TrimStart(), Is.EqualTo(response.Text));
+        Assert.That(client.GetService(typeof(ChatClientMetadata)), Is.InstanceOf<ChatClientMetadata>());
+    }
+
+    private string Metric(string name)
+    {
+        string text = _http.GetStringAsync("/metrics").GetAwaiter().GetResult();
+        return text.Split('\n').First(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..];
+    }
+}
