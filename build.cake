@@ -22,6 +22,9 @@ var shippedCheckpoint = Directory("./models/kjv-xlstm");
 var shippedModel = artifacts + Directory("models/kjv-xlstm");
 var prompt = Argument<string>("prompt", "And God said");
 var msbuild = new DotNetMSBuildSettings { TreatAllWarningsAs = MSBuildTreatAllWarningsAs.Error };
+var customOps = Directory("./customops");
+var customOpsBuild = customOps + Directory("build");
+var customOpsLibrary = customOpsBuild + File("libxlstm_customops.so");
 
 ///////////////////////////////////////////////////////////////////////////////
 // PRIVATE TASKS
@@ -61,6 +64,29 @@ Task("__RunTests")
     if (failure != null) throw new Exception("Tests failed; see the failures above and artifacts/test-results/tests.trx.", failure);
 });
 
+Task("__BuildCustomOps")
+    .Description("Configures, builds and tests customops/ (CMake + CTest): libxlstm_customops.so, CPU kernels (and CUDA kernels where a toolkit is found).")
+    .Does(() =>
+{
+    // the ONNX Runtime headers come from the restored NuGet package (__Build restores it)
+    Run("cmake", $"-S {customOps} -B {customOpsBuild} -DCMAKE_BUILD_TYPE=Release \"-DORT_INCLUDE_DIR={OrtIncludeDir()}\"");
+    Run("cmake", $"--build {customOpsBuild} --parallel {System.Environment.ProcessorCount}");
+    Run("ctest", $"--test-dir {customOpsBuild} --output-on-failure -LE gpu"); // CUDA tests need a GPU: tools/bench/run_gpu.sh
+});
+
+Task("__StageCustomOps")
+    .Description("Copies libxlstm_customops.so beside the runtime, CLI and test outputs, where CustomOpLibrary looks for it.")
+    .Does(() =>
+{
+    foreach (var pattern in new[] { "runtime", "cli", "tests" })
+    {
+        foreach (var dir in GetDirectories($"./{pattern}/*/bin/{configuration}/net*"))
+        {
+            CopyFileToDirectory(customOpsLibrary, dir);
+        }
+    }
+});
+
 Task("__Quickstart")
     .Does(() =>
 {
@@ -86,8 +112,10 @@ Task("__Quickstart")
 ///////////////////////////////////////////////////////////////////////////////
 
 Task("Clean").Description("Removes build output and artifacts.").IsDependentOn("__Clean");
-Task("Build").Description("Builds the solution (warnings are errors).").IsDependentOn("__Build");
-Task("Test").Description("Builds and runs every test; prints 'N passed, N failed, N skipped'.").IsDependentOn("__Build").IsDependentOn("__RunTests");
+Task("Build").Description("Builds the solution (warnings are errors) and the custom-op library (customops/).")
+    .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps");
+Task("Test").Description("Builds and runs every test; prints 'N passed, N failed, N skipped'.")
+    .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps").IsDependentOn("__RunTests");
 Task("Quickstart").Description("Exports the shipped model once and generates a continuation on the CPU.").IsDependentOn("__Build").IsDependentOn("__Quickstart");
 Task("Default").IsDependentOn("Test");
 
@@ -128,4 +156,21 @@ void PrintTotals(ConvertableDirectoryPath dir)
     System.IO.File.WriteAllText(dir.Path.CombineWithFilePath("totals.txt").FullPath, line + "\n");
     Console.WriteLine();
     Console.WriteLine(line);
+}
+
+// The C/C++ headers of the ONNX Runtime package the solution references (Directory.Packages.props), from the NuGet
+// cache (NUGET_PACKAGES or ~/.nuget/packages): customops/ compiles against exactly the runtime the .NET side loads.
+string OrtIncludeDir()
+{
+    var props = System.Xml.Linq.XDocument.Load("Directory.Packages.props");
+    var version = props.Descendants("PackageVersion")
+        .First(e => (string)e.Attribute("Include") == "Microsoft.ML.OnnxRuntime.Gpu").Attribute("Version").Value;
+    var nuget = EnvironmentVariable("NUGET_PACKAGES")
+        ?? System.IO.Path.Combine(EnvironmentVariable("HOME") ?? "", ".nuget", "packages");
+    var dir = System.IO.Path.Combine(nuget, "microsoft.ml.onnxruntime.gpu.linux", version, "buildTransitive", "native", "include");
+    if (!System.IO.File.Exists(System.IO.Path.Combine(dir, "onnxruntime_lite_custom_op.h")))
+    {
+        throw new Exception($"ONNX Runtime {version} headers not found in {dir}; restore the solution first (dotnet restore XLstmOnnx.sln).");
+    }
+    return dir;
 }

@@ -21,7 +21,7 @@ public sealed class XLstmGraphBuilder
     private readonly BoundWeights _w;
     private readonly ExportOptions _o;
     private readonly OnnxGraph _g = new("xlstm");
-    private readonly MLstmCellEmitter _cell;
+    private readonly MLstmCellEmit _cell;
     private readonly Dictionary<string, string> _shapes = [];
     private string _bs = "";
     private string? _mask; // [B,1,S] bool, true for real tokens; null when exported without attention_mask
@@ -31,7 +31,8 @@ public sealed class XLstmGraphBuilder
         _c = config;
         _w = weights;
         _o = options;
-        _cell = new MLstmCellEmitter(_g, config);
+        // the cell: standard ops (portable) or our custom op (customops/), by --mlstm-kernels
+        _cell = options.MLstmKernels == MLstmKernels.Custom ? new MLstmCustomOpEmitter(_g, config).Emit : new MLstmCellEmitter(_g, config).Emit;
     }
 
     /// <summary>Builds the graph; initializers still reference the checkpoint until the exporter streams them.</summary>
@@ -133,7 +134,7 @@ public sealed class XLstmGraphBuilder
         string c0 = _g.Input(StateNames.Past(i, "C"), DataType.Float, "batch", nh, _c.QkHeadDim, _c.VHeadDim);
         string n0 = _g.Input(StateNames.Past(i, "n"), DataType.Float, "batch", nh, _c.QkHeadDim);
         string m0 = _g.Input(StateNames.Past(i, "m"), DataType.Float, "batch", nh, 1L);
-        var cell = _cell.Emit($"{p}/cell", qh, kh, vh, ih, fh, c0, n0, m0);
+        var cell = _cell($"{p}/cell", qh, kh, vh, ih, fh, c0, n0, m0);
         _g.Output(StateNames.Present(i, "C"), cell.C, DataType.Float, "batch", nh, _c.QkHeadDim, _c.VHeadDim);
         _g.Output(StateNames.Present(i, "n"), cell.N, DataType.Float, "batch", nh, _c.QkHeadDim);
         _g.Output(StateNames.Present(i, "m"), cell.M, DataType.Float, "batch", nh, 1L);

@@ -16,6 +16,11 @@ public enum MLstmKernels
 {
     /// <summary>Standard ONNX ops only (Loop over chunks and tail tokens): portable, needs no custom-op library.</summary>
     Onnx,
+    /// <summary>
+    /// One <c>ai.xlstm::MLstmChunkwise</c> node per layer (CPU and CUDA kernels in libxlstm_customops.so, customops/):
+    /// no control flow in the graph, so CUDA-graph capture works; the runtime must register the library.
+    /// </summary>
+    Custom,
 }
 
 /// <summary>Options of one export. Defaults give the full-logits, input_ids, fp32 model.</summary>

@@ -25,6 +25,8 @@ public sealed record ModelManifest
     /// <summary>"onnx" (standard ops) or "custom" (needs the custom-op library).</summary>
     [JsonPropertyName("mlstm_kernels")]
     public string MLstmKernels { get; init; } = "onnx";
+    /// <summary>The custom-op domain and version the model imports ("ai.xlstm:1") when <see cref="MLstmKernels"/> is "custom".</summary>
+    public string? CustomOpDomain { get; init; }
     /// <summary>"input_ids" or "inputs_embeds".</summary>
     public string Input { get; init; } = StateNames.InputIds;
     /// <summary>Whether the model takes <c>attention_mask</c> [B,S] int64.</summary>
@@ -61,6 +63,7 @@ public sealed record ModelManifest
         ExternalDataFile = externalDataFile,
         Dtype = o.Dtype,
         MLstmKernels = o.MLstmKernels.ToString().ToLowerInvariant(),
+        CustomOpDomain = o.MLstmKernels == Export.MLstmKernels.Custom ? $"{MLstmCustomOpEmitter.Domain}:{MLstmCustomOpEmitter.DomainVersion}" : null,
         Input = o.InputsEmbeds ? StateNames.InputsEmbeds : StateNames.InputIds,
         AttentionMask = o.AttentionMask,
         Logits = o.LastLogitsOnly ? "last" : "all",

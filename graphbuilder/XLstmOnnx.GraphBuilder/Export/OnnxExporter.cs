@@ -78,6 +78,10 @@ public static class OnnxExporter
                 Graph = graph.Proto,
             };
             model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
+            if (options.MLstmKernels == MLstmKernels.Custom)
+            {
+                model.OpsetImport.Add(new OperatorSetIdProto { Domain = MLstmCustomOpEmitter.Domain, Version = MLstmCustomOpEmitter.DomainVersion });
+            }
             WriteWeights(graph, staging, external, weightBytes, progress, cancel);
             using (var fs = new FileStream(Path.Combine(staging, ModelFile), FileMode.CreateNew, FileAccess.Write))
             {

@@ -1,0 +1,238 @@
+// Kernel benchmark of one mLSTM layer at xLSTM-7b shapes (NH 8, DQK 256, DV 512, chunk 64): the chunkwise kernels
+// at B 1 and 8 × S 1024, 4096, 16384 and the decode step at B 1, 8, 64. Each case is captured as a CUDA graph of
+// `reps` back-to-back launches (which also shows the launchers are capture-safe) and the replay is timed with
+// events: the figure is GPU time per launch. Prints one JSON document on stdout (tools/bench/bench_kernels.py
+// merges it with transformers' native kernels timed in the same run).
+//
+//   xlstm_kernel_bench [--quick]
+//
+// TFLOP/s counts B·NH·S·(4·DQK·DV + L·(DQK+DV)) (performance-anchors §1a). GB/s counts the minimum traffic: q, k, v
+// in and h out in the input type, the gates, and the state read once and written once in float32.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/mlstm_cuda_common.cuh"
+#include "kernels/mlstm_fw.cuh"
+
+namespace xlstm {
+namespace {
+
+#define CHECK_CUDA(expr)                                                                             \
+  do {                                                                                               \
+    cudaError_t err_ = (expr);                                                                       \
+    if (err_ != cudaSuccess) {                                                                       \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
+      std::exit(2);                                                                                  \
+    }                                                                                                \
+  } while (0)
+
+__device__ __forceinline__ float HashUniform(uint64_t i, uint32_t seed) {
+  uint64_t x = i * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull;
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  x ^= x >> 33;
+  return (static_cast<float>(x >> 40) + 0.5f) * (1.0f / 16777216.0f);  // (0, 1)
+}
+
+/// dst[i] = cap(mean + std·z), z ≈ N(0, 1) (sum of four uniforms), cap = 15·tanh(x/15) when soft_cap.
+template <typename T>
+__global__ void FillKernel(T* dst, int64_t n, uint32_t seed, float mean, float std, bool soft_cap) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float z = HashUniform(4 * i, seed) + HashUniform(4 * i + 1, seed) + HashUniform(4 * i + 2, seed) +
+              HashUniform(4 * i + 3, seed) - 2.0f;
+    float x = mean + std * z * 1.7320508f;
+    if (soft_cap) x = 15.0f * tanhf(x / 15.0f);
+    dst[i] = FromF<T>(x);
+  }
+}
+
+template <typename T>
+void Fill(void* dst, int64_t n, uint32_t seed, float mean, float std, bool soft_cap = false) {
+  FillKernel<T><<<1024, 256>>>(static_cast<T*>(dst), n, seed, mean, std, soft_cap);
+  CHECK_CUDA(cudaGetLastError());
+}
+
+void FillTyped(Dtype dtype, void* dst, int64_t n, uint32_t seed) {
+  XLSTM_DTYPE_SWITCH(dtype, [&] { Fill<T>(dst, n, seed, 0.0f, 1.0f); });
+}
+
+size_t ElementSize(Dtype d) { return d == Dtype::kFloat32 ? 4 : 2; }
+
+struct Buffers {
+  std::vector<void*> owned;
+  void* Alloc(size_t bytes) {
+    void* p = nullptr;
+    CHECK_CUDA(cudaMalloc(&p, bytes));
+    owned.push_back(p);
+    return p;
+  }
+  ~Buffers() {
+    for (void* p : owned) cudaFree(p);
+  }
+};
+
+struct Row {
+  std::string kernel, impl, dtype;
+  int64_t B, S;
+  double ms, tflops, gbps;
+  int reps;
+};
+
+constexpr int64_t NH = 8, DQK = 256, DV = 512, L = 64;
+
+double Flops(int64_t B, int64_t S) { return double(B) * NH * S * (4.0 * DQK * DV + double(L) * (DQK + DV)); }
+
+/// GPU time per launch of `launch(rep)`: `reps` launches captured in one graph, replayed (after one warm replay).
+template <typename Launch>
+double TimeGraph(cudaStream_t stream, int reps, Launch launch) {
+  CHECK_CUDA(launch(0));  // uncaptured first launch (as ONNX Runtime does before capturing)
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int r = 0; r < reps; ++r) CHECK_CUDA(launch(r));
+  CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  CHECK_CUDA(cudaGraphLaunch(exec, stream));
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  CHECK_CUDA(cudaEventRecord(start, stream));
+  CHECK_CUDA(cudaGraphLaunch(exec, stream));
+  CHECK_CUDA(cudaEventRecord(stop, stream));
+  CHECK_CUDA(cudaEventSynchronize(stop));
+  float ms = 0.0f;
+  CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+  CHECK_CUDA(cudaEventDestroy(start));
+  CHECK_CUDA(cudaEventDestroy(stop));
+  CHECK_CUDA(cudaGraphExecDestroy(exec));
+  CHECK_CUDA(cudaGraphDestroy(graph));
+  return ms / reps;
+}
+
+Row BenchChunkwise(cudaStream_t stream, Dtype dtype, CudaPath path, int64_t B, int64_t S, int reps) {
+  Buffers buf;
+  const int64_t H = B * NH;
+  const size_t es = ElementSize(dtype);
+  MLstmParams p;
+  p.dtype = dtype, p.batch = B, p.heads = NH, p.seq = S, p.dqk = DQK, p.dv = DV, p.chunk_size = L;
+  p.max_inference_chunksize = 16384, p.eps = 1e-6f, p.qk_scale = QkScale(DQK), p.cuda_path = path;
+  void* q = buf.Alloc(H * S * DQK * es);
+  void* k = buf.Alloc(H * S * DQK * es);
+  void* v = buf.Alloc(H * S * DV * es);
+  auto* i = static_cast<float*>(buf.Alloc(H * S * 4));
+  auto* f = static_cast<float*>(buf.Alloc(H * S * 4));
+  FillTyped(dtype, q, H * S * DQK, 1), FillTyped(dtype, k, H * S * DQK, 2), FillTyped(dtype, v, H * S * DV, 3);
+  Fill<float>(i, H * S, 4, -5.0f, 2.0f, true), Fill<float>(f, H * S, 5, 4.0f, 2.0f, true);
+  auto* c0 = static_cast<float*>(buf.Alloc(H * DQK * DV * 4));
+  auto* n0 = static_cast<float*>(buf.Alloc(H * DQK * 4));
+  auto* m0 = static_cast<float*>(buf.Alloc(H * 4));
+  CHECK_CUDA(cudaMemset(c0, 0, H * DQK * DV * 4));
+  CHECK_CUDA(cudaMemset(n0, 0, H * DQK * 4));
+  CHECK_CUDA(cudaMemset(m0, 0, H * 4));
+  p.matQ = q, p.matK = k, p.matV = v, p.vecI = i, p.vecF = f, p.matC0 = c0, p.vecN0 = n0, p.scaM0 = m0;
+  p.matH = buf.Alloc(H * S * DV * es);
+  p.matC = static_cast<float*>(buf.Alloc(H * DQK * DV * 4));
+  p.vecN = static_cast<float*>(buf.Alloc(H * DQK * 4));
+  p.scaM = static_cast<float*>(buf.Alloc(H * 4));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  const double ms = TimeGraph(stream, reps, [&](int) { return LaunchMLstmChunkwiseFw(p, stream); });
+  const double bytes = double(H) * (S * (2.0 * DQK + 2.0 * DV) * es + S * 8.0 + 2.0 * (DQK * DV + DQK + 1) * 4.0);
+  return {"chunkwise", std::string("ours_") + MLstmChunkwiseKernelName(p), DtypeName(dtype), B, S, ms,
+          Flops(B, S) / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, reps};
+}
+
+Row BenchStep(cudaStream_t stream, Dtype dtype, int64_t B, int reps) {
+  Buffers buf;
+  const int64_t H = B * NH;
+  const size_t es = ElementSize(dtype);
+  const size_t state_bytes = H * DQK * DV * 4;
+  // rotate through enough state sets that they do not fit in the L2 (50 MiB): every step reads C from HBM
+  const int sets = static_cast<int>(std::clamp<size_t>((256u << 20) / state_bytes + 1, 2, 64));
+  std::vector<float*> states, norms, stabs;
+  for (int s = 0; s < sets; ++s) {
+    states.push_back(static_cast<float*>(buf.Alloc(state_bytes)));
+    norms.push_back(static_cast<float*>(buf.Alloc(H * DQK * 4)));
+    stabs.push_back(static_cast<float*>(buf.Alloc(H * 4)));
+    Fill<float>(states.back(), H * DQK * DV, 10 + s, 0.0f, 0.5f);
+    Fill<float>(norms.back(), H * DQK, 100 + s, 0.0f, 0.5f);
+    Fill<float>(stabs.back(), H, 200 + s, -1.0f, 1.0f);
+  }
+  MLstmParams p;
+  p.dtype = dtype, p.batch = B, p.heads = NH, p.seq = 1, p.dqk = DQK, p.dv = DV, p.chunk_size = L;
+  p.max_inference_chunksize = 16384, p.eps = 1e-6f, p.qk_scale = QkScale(DQK);
+  void* q = buf.Alloc(H * DQK * es);
+  void* k = buf.Alloc(H * DQK * es);
+  void* v = buf.Alloc(H * DV * es);
+  auto* i = static_cast<float*>(buf.Alloc(H * 4));
+  auto* f = static_cast<float*>(buf.Alloc(H * 4));
+  FillTyped(dtype, q, H * DQK, 1), FillTyped(dtype, k, H * DQK, 2), FillTyped(dtype, v, H * DV, 3);
+  Fill<float>(i, H, 4, -5.0f, 2.0f, true), Fill<float>(f, H, 5, 4.0f, 2.0f, true);
+  p.matQ = q, p.matK = k, p.matV = v, p.vecI = i, p.vecF = f;
+  p.matH = buf.Alloc(H * DV * es);
+  CHECK_CUDA(cudaDeviceSynchronize());
+  const double ms = TimeGraph(stream, reps, [&](int r) {
+    MLstmParams s = p;  // past = set r, present = set r+1 (double-buffered, as under CUDA graphs in the runtime)
+    s.matC0 = states[r % sets], s.vecN0 = norms[r % sets], s.scaM0 = stabs[r % sets];
+    s.matC = states[(r + 1) % sets], s.vecN = norms[(r + 1) % sets], s.scaM = stabs[(r + 1) % sets];
+    return LaunchMLstmStepFw(s, stream);
+  });
+  const double bytes = double(H) * (2.0 * DQK * DV * 4 + 2.0 * DQK * 4 + 2.0 * 4 + (2.0 * DQK + 2.0 * DV) * es + 8.0);
+  return {"step", "ours_step", DtypeName(dtype), B, 1, ms, Flops(B, 1) / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, reps};
+}
+
+}  // namespace
+}  // namespace xlstm
+
+int main(int argc, char** argv) {
+  using namespace xlstm;
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+
+  std::vector<Row> rows;
+  const std::vector<int64_t> seqs = quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 4096, 16384};
+  for (int64_t B : {1, 8}) {
+    for (int64_t S : seqs) {
+      const int reps = S * B >= 65536 ? 5 : 20;
+      rows.push_back(BenchChunkwise(stream, Dtype::kBFloat16, CudaPath::kTensorCore, B, S, reps));
+      rows.push_back(BenchChunkwise(stream, Dtype::kFloat16, CudaPath::kTensorCore, B, S, reps));
+      rows.push_back(BenchChunkwise(stream, Dtype::kFloat32, CudaPath::kSimt, B, S, std::max(2, reps / 4)));
+      std::fprintf(stderr, "chunkwise B%lld S%lld done\n", static_cast<long long>(B), static_cast<long long>(S));
+    }
+  }
+  for (int64_t B : {1, 8, 64}) {
+    rows.push_back(BenchStep(stream, Dtype::kFloat32, B, 200));
+    rows.push_back(BenchStep(stream, Dtype::kBFloat16, B, 200));
+  }
+
+  std::printf("{\n  \"device\": \"%s\",\n  \"sm\": \"%d%d\",\n  \"sms\": %d,\n  \"cuda_driver\": %d,\n  \"cuda_runtime\": %d,\n",
+              prop.name, prop.major, prop.minor, prop.multiProcessorCount, driver, runtime);
+  std::printf("  \"shape\": {\"NH\": %lld, \"DQK\": %lld, \"DV\": %lld, \"L\": %lld},\n  \"results\": [\n",
+              static_cast<long long>(NH), static_cast<long long>(DQK), static_cast<long long>(DV), static_cast<long long>(L));
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const Row& x = rows[r];
+    std::printf("    {\"kernel\": \"%s\", \"impl\": \"%s\", \"dtype\": \"%s\", \"B\": %lld, \"S\": %lld, \"ms\": %.6f, "
+                "\"tflops\": %.3f, \"gbps\": %.1f, \"reps\": %d, \"timing\": \"cuda graph of reps launches\"}%s\n",
+                x.kernel.c_str(), x.impl.c_str(), x.dtype.c_str(), static_cast<long long>(x.B), static_cast<long long>(x.S),
+                x.ms, x.tflops, x.gbps, x.reps, r + 1 < rows.size() ? "," : "");
+  }
+  std::printf("  ]\n}\n");
+  CHECK_CUDA(cudaStreamDestroy(stream));
+  return 0;
+}

@@ -1,0 +1,92 @@
+// Parameters of one mLSTM cell call, shared by the CPU kernels, the CUDA launchers and the ORT op wrappers.
+// Plain C++ (no ONNX Runtime, no CUDA types) so that tests and benchmarks can use the kernels without either.
+//
+// Shapes use mlstm_kernels' letters: B batch, NH heads, S tokens, DQK q/k head dim, DV v head dim, L chunk size.
+//   q, k  [B, NH, S, DQK]   v, h [B, NH, S, DV]    (element type: dtype)
+//   igate, fgate [B, NH, S] (pre-activations, already soft-capped; float32)
+//   C [B, NH, DQK, DV]   n [B, NH, DQK]   m [B, NH, 1] (float32, in and out)
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define XLSTM_HOST_DEVICE __host__ __device__
+#else
+#define XLSTM_HOST_DEVICE
+#endif
+
+namespace xlstm {
+
+/// Element type of q, k, v and h. Gates, stabilizer and states are always float32.
+enum class Dtype { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+inline const char* DtypeName(Dtype t) {
+  switch (t) {
+    case Dtype::kFloat32: return "float32";
+    case Dtype::kFloat16: return "float16";
+    case Dtype::kBFloat16: return "bfloat16";
+  }
+  return "?";
+}
+
+/// Which CUDA chunkwise kernel runs (tests and benchmarks pin one; the op uses kAuto).
+enum class CudaPath { kAuto = 0, kSimt = 1, kTensorCore = 2 };
+
+struct MLstmParams {
+  Dtype dtype = Dtype::kFloat32;   // element type of matQ, matK, matV, matH
+  const void* matQ = nullptr;      // [B, NH, S, DQK]
+  const void* matK = nullptr;      // [B, NH, S, DQK]
+  const void* matV = nullptr;      // [B, NH, S, DV]
+  const float* vecI = nullptr;     // [B, NH, S] input-gate pre-activations ĩ
+  const float* vecF = nullptr;     // [B, NH, S] forget-gate pre-activations f̃
+  const float* matC0 = nullptr;    // [B, NH, DQK, DV] initial matrix memory
+  const float* vecN0 = nullptr;    // [B, NH, DQK] initial normalizer
+  const float* scaM0 = nullptr;    // [B, NH, 1] initial stabilizer (0 means "start", as HF's cache)
+  void* matH = nullptr;            // [B, NH, S, DV] output, element type dtype
+  float* matC = nullptr;           // [B, NH, DQK, DV] final matrix memory
+  float* vecN = nullptr;           // [B, NH, DQK] final normalizer
+  float* scaM = nullptr;           // [B, NH, 1] final stabilizer
+
+  int64_t batch = 0;               // B
+  int64_t heads = 0;               // NH
+  int64_t seq = 0;                 // S (≥ 1)
+  int64_t dqk = 0;                 // DQK
+  int64_t dv = 0;                  // DV
+  int64_t chunk_size = 64;         // L: HF's chunk_size
+  int64_t max_inference_chunksize = 16384;  // HF's segment length (model-level segmentation)
+  float eps = 1e-6f;               // added to the denominator after the max (reference trap 2)
+  float qk_scale = 0.0f;           // DQK^-0.5, applied to q only (trap 4)
+  CudaPath cuda_path = CudaPath::kAuto;
+};
+
+/// DQK^-0.5 as HF computes it (a Python float, rounded to float32 when it meets a float32 tensor).
+inline float QkScale(int64_t dqk) { return static_cast<float>(std::pow(static_cast<double>(dqk), -0.5)); }
+
+/// HF's native schedule, token by token: the sequence is cut into segments of max_inference_chunksize; in each
+/// segment of T tokens the first ⌊T/L⌋·L run in the chunkwise form, chunk by chunk, and the rest one token at a time
+/// in the recurrent form (a segment of one token is HF's step kernel: the same math). Returns the length of the
+/// piece that starts at token t: a chunk of L tokens (cut to at most max_piece when L is larger: the chunkwise form
+/// is exact over any split), or 1 for a recurrent token.
+XLSTM_HOST_DEVICE inline int64_t SchedulePiece(int64_t t, int64_t seq, int64_t chunk, int64_t segment, int64_t max_piece) {
+  const int64_t seg0 = (t / segment) * segment;
+  const int64_t seg_len = (seq - seg0 < segment) ? seq - seg0 : segment;
+  const int64_t pos = t - seg0;
+  if (seg_len == 1) return 1;
+  const int64_t chunked = (seg_len / chunk) * chunk;
+  if (pos < chunked) {
+    const int64_t left = chunk - pos % chunk;
+    return left < max_piece ? left : max_piece;
+  }
+  return 1;
+}
+
+/// Whether the piece of length len at token t is a chunk (chunkwise form) rather than a recurrent token.
+XLSTM_HOST_DEVICE inline bool ScheduleIsChunk(int64_t t, int64_t seq, int64_t chunk, int64_t segment) {
+  const int64_t seg0 = (t / segment) * segment;
+  const int64_t seg_len = (seq - seg0 < segment) ? seq - seg0 : segment;
+  if (seg_len == 1) return false;
+  return t - seg0 < (seg_len / chunk) * chunk;
+}
+
+}  // namespace xlstm

@@ -1,0 +1,199 @@
+// CUDA kernels against the CPU kernels (the oracle) on the same inputs. Needs a GPU: CTest label "gpu"; CI has
+// none and does not build it (no CUDA toolkit there). Prints one line per case and exits 1 on any failure.
+//
+// Stated tolerances (GPU vs CPU on identical inputs; "scaled max" = max |Δ| / max(1, max |CPU|)):
+//   float32 (SIMT, step): scaled max ≤ 5e-5 on h, C, n, m (float32 sums in another order; observed ~1e-6).
+//   float16/bfloat16 on the SIMT kernel and the step: float32 math as on the CPU, so only h's rounding differs:
+//     h rel-L2 ≤ 2e-3 (float16) / 1e-2 (bfloat16); C, n, m scaled max ≤ 5e-5.
+//   tensor cores: Q̄, M, K̄ and C are rounded to the input type as matmul operands (as in TFLA's kernels):
+//     h and C rel-L2 ≤ 5e-3 (float16) / 2e-2 (bfloat16); n scaled max ≤ 1e-4 (float32 from exact k); m ≤ 1e-5.
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/mlstm_fw.cuh"
+#include "mlstm_test_util.h"
+
+namespace xlstm::test {
+namespace {
+
+#define CHECK_CUDA(expr)                                                                             \
+  do {                                                                                               \
+    cudaError_t err_ = (expr);                                                                       \
+    if (err_ != cudaSuccess) {                                                                       \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
+      std::exit(2);                                                                                  \
+    }                                                                                                \
+  } while (0)
+
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) { CHECK_CUDA(cudaMalloc(&ptr_, bytes ? bytes : 1)); }
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <typename T>
+  T* As() const { return static_cast<T*>(ptr_); }
+  template <typename T>
+  static DeviceBuffer* From(const std::vector<T>& host) {
+    auto* b = new DeviceBuffer(host.size() * sizeof(T));
+    CHECK_CUDA(cudaMemcpy(b->ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return b;
+  }
+  template <typename T>
+  std::vector<T> To(size_t count) const {
+    std::vector<T> host(count);
+    CHECK_CUDA(cudaMemcpy(host.data(), ptr_, count * sizeof(T), cudaMemcpyDeviceToHost));
+    return host;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_;
+};
+
+template <typename H>
+Result RunCudaTyped(const Problem& p, Dtype dtype, CudaPath path, bool step_op) {
+  std::unique_ptr<DeviceBuffer> q(DeviceBuffer::From(Encode<H>(p.q))), k(DeviceBuffer::From(Encode<H>(p.k))),
+      v(DeviceBuffer::From(Encode<H>(p.v))), i(DeviceBuffer::From(p.i)), f(DeviceBuffer::From(p.f)),
+      c0(DeviceBuffer::From(p.c0)), n0(DeviceBuffer::From(p.n0)), m0(DeviceBuffer::From(p.m0));
+  const size_t nh = p.Heads() * p.S * p.DV;
+  DeviceBuffer h(nh * sizeof(H)), c(p.c0.size() * 4), n(p.n0.size() * 4), m(p.m0.size() * 4);
+  MLstmParams prm = ParamsFor(p, dtype);
+  prm.cuda_path = path;
+  prm.matQ = q->As<void>(), prm.matK = k->As<void>(), prm.matV = v->As<void>();
+  prm.vecI = i->As<float>(), prm.vecF = f->As<float>();
+  prm.matC0 = c0->As<float>(), prm.vecN0 = n0->As<float>(), prm.scaM0 = m0->As<float>();
+  prm.matH = h.As<void>(), prm.matC = c.As<float>(), prm.vecN = n.As<float>(), prm.scaM = m.As<float>();
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CHECK_CUDA(step_op ? LaunchMLstmStepFw(prm, stream) : LaunchMLstmChunkwiseFw(prm, stream));
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  CHECK_CUDA(cudaGetLastError());
+  CHECK_CUDA(cudaStreamDestroy(stream));
+  Result r;
+  r.h = Decode(h.To<H>(nh));
+  r.c = c.To<float>(p.c0.size()), r.n = n.To<float>(p.n0.size()), r.m = m.To<float>(p.m0.size());
+  return r;
+}
+
+Result RunCuda(const Problem& p, Dtype dtype, CudaPath path, bool step_op) {
+  switch (dtype) {
+    case Dtype::kFloat16: return RunCudaTyped<Fp16>(p, dtype, path, step_op);
+    case Dtype::kBFloat16: return RunCudaTyped<Bf16>(p, dtype, path, step_op);
+    default: return RunCudaTyped<float>(p, dtype, path, step_op);
+  }
+}
+
+struct Case {
+  std::string name;
+  Problem p;
+  Dtype dtype;
+  CudaPath path;
+  bool step_op = false;
+};
+
+int failures = 0;
+
+void Run(const Case& cs) {
+  const Problem p = RoundedTo(cs.p, cs.dtype);  // both sides see exactly the stored values
+  MLstmParams prm = ParamsFor(p, cs.dtype);
+  prm.cuda_path = cs.path;
+  const std::string kernel = cs.step_op ? "step" : MLstmChunkwiseKernelName(prm);
+  const Result gpu = RunCuda(p, cs.dtype, cs.path, cs.step_op);
+  const Result cpu = RunCpu(p, cs.dtype, ThreadedFor());
+  const Error eh = Compare(gpu.h, cpu.h), ec = Compare(gpu.c, cpu.c), en = Compare(gpu.n, cpu.n), em = Compare(gpu.m, cpu.m);
+  const bool half = cs.dtype != Dtype::kFloat32, f16 = cs.dtype == Dtype::kFloat16;
+  bool ok = eh.finite && ec.finite && en.finite && em.finite;
+  if (kernel == "tensor_core") {
+    const double tol = f16 ? 5e-3 : 2e-2;
+    ok = ok && eh.rel_l2 <= tol && ec.rel_l2 <= tol && en.scaled_max <= 1e-4 && em.scaled_max <= 1e-5;
+  } else if (half) {
+    ok = ok && eh.rel_l2 <= (f16 ? 2e-3 : 1e-2) && ec.scaled_max <= 5e-5 && en.scaled_max <= 5e-5 && em.scaled_max <= 5e-5;
+  } else {
+    ok = ok && eh.scaled_max <= 5e-5 && ec.scaled_max <= 5e-5 && en.scaled_max <= 5e-5 && em.scaled_max <= 5e-5;
+  }
+  std::printf("%-4s %-34s %-9s %-12s B%-3lld NH%-2lld S%-5lld DQK%-4lld DV%-4lld L%-4lld | h max %.2e l2 %.2e | C max %.2e l2 %.2e | n %.2e | m %.2e\n",
+              ok ? "PASS" : "FAIL", cs.name.c_str(), DtypeName(cs.dtype), kernel.c_str(), static_cast<long long>(p.B),
+              static_cast<long long>(p.NH), static_cast<long long>(p.S), static_cast<long long>(p.DK),
+              static_cast<long long>(p.DV), static_cast<long long>(p.L), eh.scaled_max, eh.rel_l2, ec.scaled_max, ec.rel_l2,
+              en.scaled_max, em.scaled_max);
+  std::fflush(stdout);
+  if (!ok) ++failures;
+}
+
+}  // namespace
+}  // namespace xlstm::test
+
+int main() {
+  using namespace xlstm;
+  using namespace xlstm::test;
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("no CUDA device: skipped\n");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+
+  const Dtype F32 = Dtype::kFloat32, F16 = Dtype::kFloat16, BF16 = Dtype::kBFloat16;
+  const CudaPath AUTO = CudaPath::kAuto, SIMT = CudaPath::kSimt, TC = CudaPath::kTensorCore;
+  std::vector<Case> cases;
+  // the committed fixtures' cell shapes (what the C# tests export), float32 as exported
+  cases.push_back({"fixture single_basic", MakeProblem(1, 4, 53, 16, 32, 16, 1u), F32, AUTO});
+  cases.push_back({"fixture fused_bias", MakeProblem(2, 2, 29, 32, 32, 8, 2u), F32, AUTO});
+  cases.push_back({"fixture segmented (MIC 20)", MakeProblem(2, 4, 61, 32, 16, 8, 3u, true, 20), F32, AUTO});
+  cases.push_back({"fixture tied_dims", MakeProblem(1, 4, 45, 16, 32, 32, 4u), F32, AUTO});
+  for (Dtype d : {F32, F16, BF16}) cases.push_back({"one token (step path)", MakeProblem(2, 3, 1, 16, 24, 16, 5u), d, AUTO});
+  // odd head dims: only the SIMT kernel takes them
+  for (Dtype d : {F32, BF16}) cases.push_back({"odd dims", MakeProblem(2, 3, 70, 20, 36, 16, 6u), d, AUTO});
+  // lengths around the tile: below, exactly, one to three chunks plus remainders
+  for (int64_t S : {5, 64, 65, 130, 200}) {
+    for (Dtype d : {F32, BF16, F16}) {
+      cases.push_back({"DQK 64 S " + std::to_string(S), MakeProblem(2, 2, S, 64, 64, 64, 10u + S), d, AUTO});
+    }
+  }
+  cases.push_back({"DQK 128 segmented (MIC 100)", MakeProblem(1, 2, 200, 128, 128, 64, 20u, true, 100), BF16, TC});
+  cases.push_back({"DQK 128 segmented (MIC 100)", MakeProblem(1, 2, 200, 128, 128, 64, 20u, true, 100), F32, SIMT});
+  // xLSTM-7b head dims
+  const Problem big = MakeProblem(1, 2, 300, 256, 512, 64, 30u);
+  cases.push_back({"7b dims", big, F32, SIMT});
+  cases.push_back({"7b dims", big, BF16, TC});
+  cases.push_back({"7b dims", big, F16, TC});
+  cases.push_back({"7b dims", big, BF16, SIMT});
+  cases.push_back({"7b dims zero state", MakeProblem(2, 1, 256, 256, 512, 64, 31u, false), BF16, TC});
+  cases.push_back({"7b dims chunk 128 (split in 64s)", MakeProblem(2, 1, 300, 256, 512, 128, 32u), BF16, TC});
+  cases.push_back({"7b dims chunk 128", MakeProblem(1, 1, 300, 256, 512, 128, 32u), F32, SIMT});
+  // attention-mask padding: ĩ = −inf, f̃ = +inf leave the state untouched (the graph masks gates this way)
+  {
+    Problem masked = MakeProblem(2, 2, 150, 64, 64, 64, 60u);
+    for (int64_t h = 0; h < masked.Heads(); ++h) {
+      for (int64_t t = 0; t < masked.S; ++t) {
+        if (t < 20 + 7 * h || t % 13 == 5) {
+          masked.i[h * masked.S + t] = -INFINITY;
+          masked.f[h * masked.S + t] = INFINITY;
+        }
+      }
+    }
+    for (Dtype d : {F32, BF16}) cases.push_back({"masked positions", masked, d, AUTO});
+    Problem one = MakeProblem(2, 2, 1, 64, 64, 64, 61u);
+    one.i[0] = -INFINITY, one.f[0] = INFINITY;
+    cases.push_back({"masked positions (step)", one, F32, AUTO, true});
+  }
+  // decode steps at the benchmark's batch sizes (wide and narrow tiles), and DV not a multiple of 4
+  for (int64_t B : {1, 8, 64}) {
+    for (Dtype d : {F32, BF16}) cases.push_back({"step 7b dims", MakeProblem(B, 8, 1, 256, 512, 64, 40u + B), d, AUTO, true});
+  }
+  cases.push_back({"step DV 22", MakeProblem(3, 2, 1, 16, 22, 16, 50u), F32, AUTO, true});
+  cases.push_back({"step DV 22", MakeProblem(3, 2, 1, 16, 22, 16, 50u), F16, AUTO, true});
+
+  for (const auto& c : cases) Run(c);
+  std::printf("%zu cases, %d failed\n", cases.size(), failures);
+  return failures == 0 ? 0 : 1;
+}

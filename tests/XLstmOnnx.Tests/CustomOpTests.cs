@@ -1,0 +1,244 @@
+using Google.Protobuf;
+using Microsoft.ML.OnnxRuntime;
+using XLstmOnnx.GraphBuilder.Architecture;
+using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.GraphBuilder.Graph;
+using XLstmOnnx.GraphBuilder.Onnx;
+using XLstmOnnx.Runtime;
+using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
+
+namespace XLstmOnnx.Tests;
+
+/// <summary>
+/// Exports with <c>--mlstm-kernels custom</c> (one ai.xlstm::MLstmChunkwise node per layer, CPU kernels of
+/// libxlstm_customops.so, which build.cake builds from customops/ and copies beside these tests) verify against
+/// transformers like the standard-op exports; the op checks its inputs; a missing library says what to build.
+/// </summary>
+[TestFixture]
+public class CustomOpTests
+{
+    // The same bar as the standard-op exports (FixtureTests): fp32 on CPU.
+    private const double Atol = 1e-4, Rtol = 1e-3;
+
+    private static string Library => CustomOpLibrary.Find() ?? throw new AssertionException(
+        $"{CustomOpLibrary.FileName} is not beside the tests: run them through ./build.sh --target=Test (it builds customops/ and copies the library).");
+
+    [TestCaseSource(typeof(FixtureTests), nameof(FixtureTests.Fixtures))]
+    public void CustomOpExportVerifies(string dir)
+    {
+        _ = Library;
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(dir, tmp.Sub("model"), new ExportOptions { MLstmKernels = MLstmKernels.Custom });
+        using var session = XLstmSession.Load(tmp.Sub("model"));
+        Assert.That(session.Manifest.MLstmKernels, Is.EqualTo("custom"));
+        Assert.That(session.Manifest.CustomOpDomain, Is.EqualTo("ai.xlstm:1"));
+        var results = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), Atol, Rtol);
+        Assert.Multiple(() =>
+        {
+            Assert.That(results.Select(r => r.Check), Does.Contain("step_logits").And.Contain("greedy_ids"));
+            foreach (var r in results)
+            {
+                Assert.That(r.Violations, Is.Zero, $"{r.Case} {r.Check}: max abs {r.MaxAbsError:E2}, max rel {r.MaxRelError:E2} {r.Note}");
+            }
+        });
+    }
+
+    [Test]
+    public void CustomOpGraphHasOneNodePerLayerAndNoControlFlow()
+    {
+        using var tmp = TestPaths.Temp();
+        var result = OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "segmented"), tmp.Sub("model"),
+            new ExportOptions { MLstmKernels = MLstmKernels.Custom });
+        var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(result.ModelPath));
+        var cells = model.Graph.Node.Where(n => n.OpType == MLstmCustomOpEmitter.ChunkwiseOp).ToList();
+        Assert.Multiple(() =>
+        {
+            Assert.That(cells, Has.Count.EqualTo(2), "one cell per block");
+            Assert.That(cells.Select(n => n.Domain), Is.All.EqualTo("ai.xlstm"));
+            Assert.That(cells[0].Name, Is.EqualTo("/model/blocks.0/mlstm/cell/MLstmChunkwise"));
+            Assert.That(cells[0].Attribute.Single(a => a.Name == "chunk_size").I, Is.EqualTo(8));
+            Assert.That(cells[0].Attribute.Single(a => a.Name == "max_inference_chunksize").I, Is.EqualTo(20));
+            Assert.That(model.Graph.Node.Select(n => n.OpType), Has.None.AnyOf("Loop", "If", "Scan"), "CUDA graphs need a graph without control flow");
+            Assert.That(model.OpsetImport.Any(o => o.Domain == "ai.xlstm" && o.Version == 1), "opset import of ai.xlstm v1");
+        });
+    }
+
+    [Test]
+    public void CustomOpsMatchTheStandardOpCellStepByStep()
+    {
+        _ = Library;
+        string dir = Path.Combine(TestPaths.Fixtures, "fused_bias");
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(dir, tmp.Sub("onnx"), new ExportOptions());
+        OnnxExporter.Export(dir, tmp.Sub("custom"), new ExportOptions { MLstmKernels = MLstmKernels.Custom });
+        using var a = XLstmSession.Load(tmp.Sub("onnx"));
+        using var b = XLstmSession.Load(tmp.Sub("custom"));
+        var sa = a.CreateState(2);
+        var sb = b.CreateState(2);
+        long[] prompt = [5, 17, 99, 3, 3, 42, 7, 8, 120, 1, 0, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82];
+        var la = a.Run(prompt, prompt.Length / 2, sa);
+        var lb = b.Run(prompt, prompt.Length / 2, sb);
+        // the same float32 math in another order (Loop of standard ops vs one C++ kernel)
+        Assert.That(lb.Values, Is.EqualTo(la.Values).Within(2e-5), "prompt logits");
+        for (int t = 0; t < 5; t++)
+        {
+            long[] step = [(t * 7 + 3) % 128, (t * 11 + 5) % 128];
+            la = a.Run(step, 1, sa);
+            lb = b.Run(step, 1, sb);
+            Assert.That(lb.Values, Is.EqualTo(la.Values).Within(2e-5), $"step {t} logits");
+        }
+    }
+
+    [Test]
+    public void MissingLibraryFailsSayingWhatToBuild()
+    {
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "single_basic"), tmp.Sub("model"), new ExportOptions { MLstmKernels = MLstmKernels.Custom });
+        string? saved = Environment.GetEnvironmentVariable(CustomOpLibrary.EnvironmentVariable);
+        try
+        {
+            Environment.SetEnvironmentVariable(CustomOpLibrary.EnvironmentVariable, tmp.Sub("nowhere/libxlstm_customops.so"));
+            var e = Assert.Throws<XLstmOnnxException>(() => XLstmSession.Load(tmp.Sub("model")).Dispose())!;
+            Assert.That(e.Message, Does.Contain(tmp.Sub("model")).And.Contain("mLSTM custom ops")
+                .And.Contain(CustomOpLibrary.EnvironmentVariable).And.Contain("customops/").And.Contain("--mlstm-kernels onnx"));
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(CustomOpLibrary.EnvironmentVariable, saved);
+        }
+        // nothing set and nothing beside the application: not found (Register then throws with BuildHint)
+        Assert.That(CustomOpLibrary.Find(null, [tmp.Path]), Is.Null);
+        Assert.That(CustomOpLibrary.BuildHint, Does.Contain("./build.sh --target=Build").And.Contain("cmake -S customops"));
+    }
+
+    // ---- the op on its own: one node, inputs given by hand ----------------------------------------------------
+
+    /// <summary>A model of one ai.xlstm node with free dims; q, k, v and h in <paramref name="qkv"/>.</summary>
+    private static InferenceSession OneNode(string op, DataType qkv, SessionOptions options, long chunk = 4)
+    {
+        var g = new OnnxGraph("mlstm");
+        string[] names = ["q", "k", "v", "igate", "fgate", "C", "n", "m"];
+        for (int i = 0; i < names.Length; i++) g.Input(names[i], i < 3 ? qkv : DataType.Float, null);
+        var outs = g.Node($"/{op}", op, names, 4, MLstmCustomOpEmitter.Domain,
+            Attr.Int("chunk_size", chunk), Attr.Int("max_inference_chunksize", 16384), Attr.Float("eps", 1e-6));
+        string[] outNames = ["h", "C_out", "n_out", "m_out"];
+        for (int i = 0; i < 4; i++) g.Output(outNames[i], outs[i], i == 0 ? qkv : DataType.Float, null);
+        var model = new ModelProto { IrVersion = ExportOptions.IrVersion, Graph = g.Proto };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = MLstmCustomOpEmitter.Domain, Version = MLstmCustomOpEmitter.DomainVersion });
+        return new InferenceSession(model.ToByteArray(), options);
+    }
+
+    private static SessionOptions OptionsWithLibrary()
+    {
+        var options = new SessionOptions();
+        options.RegisterCustomOpLibrary(Library);
+        return options;
+    }
+
+    /// <summary>Inputs for [B, NH, S, DQK] / DV, deterministic; states zero.</summary>
+    private static Dictionary<string, (float[] Data, long[] Shape)> Inputs(long b, long nh, long s, long dqk, long dv, long kDqk = -1)
+    {
+        var rng = new Random(7);
+        float[] R(long n, double scale = 1.0, double shift = 0.0) => Enumerable.Range(0, (int)n).Select(_ => (float)(shift + scale * (rng.NextDouble() * 2 - 1))).ToArray();
+        long kd = kDqk < 0 ? dqk : kDqk;
+        return new()
+        {
+            ["q"] = (R(b * nh * s * dqk), [b, nh, s, dqk]),
+            ["k"] = (R(b * nh * s * kd), [b, nh, s, kd]),
+            ["v"] = (R(b * nh * s * dv), [b, nh, s, dv]),
+            ["igate"] = (R(b * nh * s, 2, -3), [b, nh, s]),
+            ["fgate"] = (R(b * nh * s, 2, 4), [b, nh, s]),
+            ["C"] = (new float[b * nh * dqk * dv], [b, nh, dqk, dv]),
+            ["n"] = (new float[b * nh * dqk], [b, nh, dqk]),
+            ["m"] = (new float[b * nh], [b, nh, 1]),
+        };
+    }
+
+    private static float[][] RunFloat(InferenceSession session, Dictionary<string, (float[] Data, long[] Shape)> inputs)
+    {
+        var values = inputs.Select(kv => OrtValue.CreateTensorValueFromMemory(kv.Value.Data, kv.Value.Shape)).ToList();
+        try
+        {
+            using var outputs = session.Run(new RunOptions(), inputs.Keys.ToList(), values, ["h", "C_out", "n_out", "m_out"]);
+            return outputs.Select(o => o.GetTensorDataAsSpan<float>().ToArray()).ToArray();
+        }
+        finally
+        {
+            foreach (var v in values) v.Dispose();
+        }
+    }
+
+    [Test]
+    public void ShapeErrorsNameTheOpTheInputAndBothShapes()
+    {
+        using var options = OptionsWithLibrary();
+        using var session = OneNode("MLstmChunkwise", DataType.Float, options);
+        var e = Assert.Throws<OnnxRuntimeException>(() => RunFloat(session, Inputs(1, 2, 5, 4, 6, kDqk: 8)))!;
+        Assert.That(e.Message, Does.Contain("MLstmChunkwise").And.Contain("input 'k'").And.Contain("[1,2,5,8]").And.Contain("[1,2,5,4]"));
+
+        var bad = Inputs(1, 2, 5, 4, 6);
+        bad["m"] = (new float[2], [1, 2]);
+        e = Assert.Throws<OnnxRuntimeException>(() => RunFloat(session, bad))!;
+        Assert.That(e.Message, Does.Contain("MLstmChunkwise").And.Contain("input 'm'").And.Contain("[1,2]").And.Contain("[1,2,1]"));
+
+        using var step = OneNode("MLstmStep", DataType.Float, options);
+        e = Assert.Throws<OnnxRuntimeException>(() => RunFloat(step, Inputs(1, 2, 3, 4, 6)))!;
+        Assert.That(e.Message, Does.Contain("MLstmStep").And.Contain("input 'q'").And.Contain("[1,2,3,4]").And.Contain("S = 1"));
+    }
+
+    [Test]
+    public void StepOpEqualsTheChunkwiseOpOnOneToken()
+    {
+        using var options = OptionsWithLibrary();
+        using var chunkwise = OneNode("MLstmChunkwise", DataType.Float, options);
+        using var step = OneNode("MLstmStep", DataType.Float, options);
+        var inputs = Inputs(2, 3, 1, 8, 12);
+        var a = RunFloat(chunkwise, inputs);
+        var b = RunFloat(step, inputs);
+        for (int i = 0; i < 4; i++) Assert.That(b[i], Is.EqualTo(a[i]), $"output {i}");
+    }
+
+    [TestCase(DataType.Float16)]
+    [TestCase(DataType.Bfloat16)]
+    public void HalfPrecisionInputsMatchFloat32OnTheSameValues(DataType type)
+    {
+        using var options = OptionsWithLibrary();
+        using var f32 = OneNode("MLstmChunkwise", DataType.Float, options);
+        using var half = OneNode("MLstmChunkwise", type, options);
+        var inputs = Inputs(1, 2, 11, 8, 12);
+        // round q, k, v to the half type, so both models see the same values
+        foreach (var name in new[] { "q", "k", "v" })
+        {
+            var d = inputs[name].Data;
+            for (int i = 0; i < d.Length; i++) d[i] = type == DataType.Float16 ? (float)(Float16)d[i] : (float)(BFloat16)d[i];
+        }
+        var expected = RunFloat(f32, inputs);
+        var values = new List<OrtValue>();
+        try
+        {
+            foreach (var (name, (data, shape)) in inputs)
+            {
+                values.Add(name is "q" or "k" or "v"
+                    ? (type == DataType.Float16
+                        ? OrtValue.CreateTensorValueFromMemory(data.Select(x => (Float16)x).ToArray(), shape)
+                        : OrtValue.CreateTensorValueFromMemory(data.Select(x => (BFloat16)x).ToArray(), shape))
+                    : OrtValue.CreateTensorValueFromMemory(data, shape));
+            }
+            using var outputs = half.Run(new RunOptions(), inputs.Keys.ToList(), values, ["h", "C_out", "n_out", "m_out"]);
+            var h = type == DataType.Float16
+                ? outputs[0].GetTensorDataAsSpan<Float16>().ToArray().Select(x => (float)x).ToArray()
+                : outputs[0].GetTensorDataAsSpan<BFloat16>().ToArray().Select(x => (float)x).ToArray();
+            // float32 math on identical values: the state is bit-identical, h differs by its own rounding to the type
+            double hRound = type == DataType.Float16 ? 1.0 / 2048 : 1.0 / 256;
+            for (int i = 0; i < h.Length; i++) Assert.That(h[i], Is.EqualTo(expected[0][i]).Within(hRound * Math.Abs(expected[0][i]) + 1e-7), $"h[{i}]");
+            Assert.That(outputs[1].GetTensorDataAsSpan<float>().ToArray(), Is.EqualTo(expected[1]), "C");
+            Assert.That(outputs[2].GetTensorDataAsSpan<float>().ToArray(), Is.EqualTo(expected[2]), "n");
+            Assert.That(outputs[3].GetTensorDataAsSpan<float>().ToArray(), Is.EqualTo(expected[3]), "m");
+        }
+        finally
+        {
+            foreach (var v in values) v.Dispose();
+        }
+    }
+}
