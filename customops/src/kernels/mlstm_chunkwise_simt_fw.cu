@@ -1,4 +1,5 @@
-// The chunkwise mLSTM forward on CUDA cores, float32 math throughout: the float32 path and the fallback for shapes
+// The chunkwise mLSTM forward on CUDA cores, float32 values with every dot product and sum accumulated in double
+// (as the CPU oracle does): the float32 path, where we verify against transformers to 1e-4, and the fallback for shapes
 // the tensor-core kernel does not take (DQK > 256, DQK or DV not a multiple of 8). Reference §4.4 on HF's schedule.
 //
 // Grid: one CTA per (b·NH + head, DV tile of 32 columns), 256 threads. The CTA keeps its C tile [DQK × 32], n and
@@ -112,34 +113,34 @@ __global__ void __launch_bounds__(kSimtThreads) MLstmChunkwiseSimtKernel(const M
       const int64_t j = x / len, s = x % len;
       float mval = 0.0f;
       if (s <= j) {
-        float qk = 0.0f;
-        for (int64_t d = 0; d < DK; ++d) qk += matQ[j * ldq + d] * matK[s * ldq + d];
-        mval = (qk * p.qk_scale) * expf(((vecB[j] - vecB[s]) + vecI[s]) - vecMc[j]);
+        double qk = 0.0;
+        for (int64_t d = 0; d < DK; ++d) qk += static_cast<double>(matQ[j * ldq + d]) * matK[s * ldq + d];
+        mval = static_cast<float>((qk * p.qk_scale) * expf(((vecB[j] - vecB[s]) + vecI[s]) - vecMc[j]));
       }
       matM[j * ldm + s] = mval;
     }
     for (int j = tid; j < len; j += kSimtThreads) {
-      float qn = 0.0f;
-      for (int64_t d = 0; d < DK; ++d) qn += matQ[j * ldq + d] * vecN[d];
-      vecQn[j] = qn;
+      double qn = 0.0;
+      for (int64_t d = 0; d < DK; ++d) qn += static_cast<double>(matQ[j * ldq + d]) * vecN[d];
+      vecQn[j] = static_cast<float>(qn);
     }
     __syncthreads();
     for (int j = tid; j < len; j += kSimtThreads) {
-      float rs = 0.0f;
+      double rs = 0.0;
       for (int s = 0; s <= j; ++s) rs += matM[j * ldm + s];
-      vecQn[j] = vecQn[j] * vecSc[j] * p.qk_scale + rs;
+      vecQn[j] = static_cast<float>(static_cast<double>(vecQn[j]) * vecSc[j] * p.qk_scale + rs);
     }
     __syncthreads();
 
     // h_j = (q̄_j·C + Σ_s M_js v_s) / (max(|q̄_j·n + Σ_s M_js|, exp(−m_j)) + eps)
     for (int64_t x = tid; x < static_cast<int64_t>(len) * kSimtDvt; x += kSimtThreads) {
       const int64_t j = x / kSimtDvt, e = x % kSimtDvt;
-      float inter = 0.0f, intra = 0.0f;
-      for (int64_t d = 0; d < DK; ++d) inter += matQ[j * ldq + d] * matC[d * kSimtDvt + e];
-      for (int64_t s = 0; s <= j; ++s) intra += matM[j * ldm + s] * matV[s * kSimtDvt + e];
-      const float num = inter * vecSc[j] * p.qk_scale + intra;
-      const float den = fmaxf(fabsf(vecQn[j]), expf(-vecMc[j])) + p.eps;
-      if (e < nE) Hg[(t0 + j) * DV + e0 + e] = FromF<T>(num / den);
+      double inter = 0.0, intra = 0.0;
+      for (int64_t d = 0; d < DK; ++d) inter += static_cast<double>(matQ[j * ldq + d]) * matC[d * kSimtDvt + e];
+      for (int64_t s = 0; s <= j; ++s) intra += static_cast<double>(matM[j * ldm + s]) * matV[s * kSimtDvt + e];
+      const double num = inter * vecSc[j] * p.qk_scale + intra;
+      const double den = fmax(fabs(static_cast<double>(vecQn[j])), static_cast<double>(expf(-vecMc[j]))) + p.eps;
+      if (e < nE) Hg[(t0 + j) * DV + e0 + e] = FromF<T>(static_cast<float>(num / den));
     }
     __syncthreads();
 
@@ -148,14 +149,14 @@ __global__ void __launch_bounds__(kSimtThreads) MLstmChunkwiseSimtKernel(const M
     __syncthreads();
     for (int64_t x = tid; x < DK * kSimtDvt; x += kSimtThreads) {
       const int64_t d = x / kSimtDvt, e = x % kSimtDvt;
-      float c = matC[x] * scaG_bar;
-      for (int j = 0; j < len; ++j) c += (matK[j * ldq + d] * vecLf[j]) * matV[j * kSimtDvt + e];
-      matC[x] = c;
+      double c = static_cast<double>(matC[x]) * scaG_bar;
+      for (int j = 0; j < len; ++j) c += static_cast<double>(matK[j * ldq + d] * vecLf[j]) * matV[j * kSimtDvt + e];
+      matC[x] = static_cast<float>(c);
     }
     for (int64_t d = tid; d < DK; d += kSimtThreads) {
-      float n = vecN[d] * scaG_bar;
-      for (int j = 0; j < len; ++j) n += matK[j * ldq + d] * vecLf[j];
-      vecN[d] = n;
+      double n = static_cast<double>(vecN[d]) * scaG_bar;
+      for (int j = 0; j < len; ++j) n += static_cast<double>(matK[j * ldq + d]) * vecLf[j];
+      vecN[d] = static_cast<float>(n);
     }
     scaM = scaM_next;
     t0 += len;

@@ -51,6 +51,12 @@ __device__ __forceinline__ float WarpSum(float v) {
   return v;
 }
 
+__device__ __forceinline__ double WarpSum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 /// Runs the lambda with `using T = <CUDA element type of dtype>`.
 #define XLSTM_DTYPE_SWITCH(DTYPE, ...)                   \
   [&] {                                                  \

@@ -2,7 +2,8 @@
 //
 // Grid: one CTA per (b·NH + head, DV tile of DVT columns); 256 threads = TX column groups of 4 × TY rows of DQK.
 // Each thread streams its rows of C with 16-byte loads (U rows in flight), writes C' = f'·C + i'·k vᵀ, and
-// accumulates (q·s)ᵀC' for its 4 columns; the TY partial sums are reduced in shared memory. n', m' and q·n' are
+// accumulates (q·s)ᵀC' for its 4 columns in double; the TY partial sums are reduced in shared memory. (Double sums cost
+// nothing here, the kernel is bound by reading C, and keep float32 models within 1e-4 of transformers.) n', m' and q·n' are
 // recomputed by every CTA of the head (DQK-long, negligible); the tile-0 CTA writes n' and m'.
 #include "kernels/mlstm_cuda_common.cuh"
 #include "kernels/mlstm_fw.cuh"
@@ -18,8 +19,8 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
   constexpr int TY = kStepThreads / TX;     // rows of C handled in parallel
   constexpr int U = 4;                      // rows in flight per thread
   extern __shared__ float smem_step[];      // vecQ_scaled [DQK], vecK [DQK]
-  __shared__ float partial[TY][DVT];
-  __shared__ float qn_warp[kStepThreads / 32];
+  __shared__ double partial[TY][DVT];
+  __shared__ double qn_warp[kStepThreads / 32];
 
   const int64_t DK = p.dqk, DV = p.dv;
   const int64_t bh = blockIdx.x / num_tiles;
@@ -39,7 +40,7 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
   const T* q = static_cast<const T*>(p.matQ) + bh * DK;
   const T* k = static_cast<const T*>(p.matK) + bh * DK;
   const T* v = static_cast<const T*>(p.matV) + bh * DV;
-  float qn = 0.0f;
+  double qn = 0.0;
   for (int64_t d = tid; d < DK; d += kStepThreads) {
     const float qs = ToF(q[d]) * p.qk_scale;
     const float kd = ToF(k[d]);
@@ -47,12 +48,12 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
     vecK[d] = kd;
     const float n_new = scaF_act * p.vecN0[bh * DK + d] + scaI_act * kd;
     if (tile == 0) p.vecN[bh * DK + d] = n_new;
-    qn += qs * n_new;
+    qn += static_cast<double>(qs) * n_new;
   }
   qn = WarpSum(qn);
   if (tid % 32 == 0) qn_warp[tid / 32] = qn;
   __syncthreads();
-  float qn_all = 0.0f;
+  double qn_all = 0.0;
 #pragma unroll
   for (int w = 0; w < kStepThreads / 32; ++w) qn_all += qn_warp[w];
 
@@ -64,7 +65,7 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
   const float* matC0 = p.matC0 + bh * DK * DV;
   float* matC1 = p.matC + bh * DK * DV;
 
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  double acc[4] = {0.0, 0.0, 0.0, 0.0};
   for (int64_t d0 = ty; d0 < DK; d0 += static_cast<int64_t>(TY) * U) {
     float4 c[U];
 #pragma unroll
@@ -93,10 +94,10 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
         o.y = scaF_act * c[u].y + scaI_act * (kd * vv[1]);
         o.z = scaF_act * c[u].z + scaI_act * (kd * vv[2]);
         o.w = scaF_act * c[u].w + scaI_act * (kd * vv[3]);
-        acc[0] += qs * o.x;
-        acc[1] += qs * o.y;
-        acc[2] += qs * o.z;
-        acc[3] += qs * o.w;
+        acc[0] += static_cast<double>(qs) * o.x;
+        acc[1] += static_cast<double>(qs) * o.y;
+        acc[2] += static_cast<double>(qs) * o.z;
+        acc[3] += static_cast<double>(qs) * o.w;
         float* dst = matC1 + d * DV + col0;
         if (vec4) {
           __stcs(reinterpret_cast<float4*>(dst), o);
@@ -115,10 +116,10 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
   if (tid < DVT) {
     const int64_t col = static_cast<int64_t>(tile) * DVT + tid;
     if (col < DV) {
-      float num = 0.0f;
+      double num = 0.0;
       for (int r = 0; r < TY; ++r) num += partial[r][tid];
-      const float den = fmaxf(fabsf(qn_all), expf(-scaM_new)) + p.eps;
-      static_cast<T*>(p.matH)[bh * DV + col] = FromF<T>(num / den);
+      const double den = fmax(fabs(qn_all), static_cast<double>(expf(-scaM_new))) + p.eps;
+      static_cast<T*>(p.matH)[bh * DV + col] = FromF<T>(static_cast<float>(num / den));
     }
   }
   if (tile == 0 && tid == 0) p.scaM[bh] = scaM_new;
