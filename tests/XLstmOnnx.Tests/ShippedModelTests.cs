@@ -37,6 +37,17 @@ public class ShippedModelTests
     }
 
     [Test]
+    public void ExportWritesATokenizerModelThatAgrees()
+    {
+        string path = Path.Combine(_model, TokenizerModel.FileName);
+        Assert.That(File.Exists(path), "tokenizer.onnx beside the model");
+        using var onnx = new Runtime.Tokenization.OnnxTokenizer(path);
+        var csharp = Runtime.Tokenization.HfTokenizer.Load(Path.Combine(_model, "tokenizer.json"));
+        const string text = "And God said, Let there be light: and there was light.";
+        Assert.That(onnx.Encode(text), Is.EqualTo(csharp.Encode(text)));
+    }
+
+    [Test]
     public void ChatRunsTurnsOnTheLiveState()
     {
         string state = _tmp.Sub("chat-state.safetensors");
