@@ -32,7 +32,7 @@ public class ServerTests
         OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), _model, new ExportOptions());
         _session = XLstmSession.Load(_model);
         _engine = new ServingEngine(_session, new ServingOptions { MaxBatch = 8, QueueCapacity = 64 });
-        (_app, string url) = await OpenAiServer.StartAsync(_engine, new ServerOptions { Port = 0, ModelId = "kjv", MaxPromptTokens = 512 });
+        (_app, string url) = await OpenAiServer.StartAsync(_engine, new ServerOptions { Port = 0, ModelId = "kjv", MaxPromptTokens = 512, MaxTokensLimit = 100_000 });
         _http = new HttpClient { BaseAddress = new Uri(url) };
     }
 
@@ -163,7 +163,7 @@ public class ServerTests
     [TestCase("""{"model": "kjv", "prompt": """, 400, "not valid JSON", TestName = "invalid JSON")]
     [TestCase("""{"model": "gpt-4", "prompt": "x"}""", 404, "model_not_found", TestName = "unknown model")]
     [TestCase("""{"model": "kjv", "prompt": "x", "max_tokens": -1}""", 400, "max_tokens", TestName = "negative max_tokens")]
-    [TestCase("""{"model": "kjv", "prompt": "x", "max_tokens": 100000000}""", 400, "max_tokens", TestName = "huge max_tokens")]
+    [TestCase("""{"model": "kjv", "prompt": "x", "max_tokens": 100000000000}""", 400, "max_tokens", TestName = "huge max_tokens")]
     [TestCase("""{"model": "kjv", "prompt": [1, 2, 99999]}""", 400, "99999", TestName = "invalid token id")]
     [TestCase("""{"model": "kjv", "prompt": {"a": 1}}""", 400, "prompt", TestName = "prompt of the wrong type")]
     [TestCase("""{"model": "kjv", "messages": [{"role": "wizard", "content": "hi"}]}""", 400, "role", TestName = "unknown chat role", Category = "chat")]
@@ -214,7 +214,8 @@ public class ServerTests
         {
             await tcp.ConnectAsync(uri.Host, uri.Port);
             var stream = tcp.GetStream();
-            string json = JsonSerializer.Serialize(new { model = "kjv", prompt = Prompt, max_tokens = 2048, stream = true });
+            // ~a minute of generation if it were not dropped: the check below cannot pass by the request simply finishing
+            string json = JsonSerializer.Serialize(new { model = "kjv", prompt = Prompt, max_tokens = 100_000, ignore_eos = true, stream = true });
             string request = $"POST /v1/completions HTTP/1.1\r\nHost: {uri.Host}\r\nContent-Type: application/json\r\nContent-Length: {Encoding.UTF8.GetByteCount(json)}\r\n\r\n{json}";
             await stream.WriteAsync(Encoding.UTF8.GetBytes(request));
             var buffer = new byte[256];

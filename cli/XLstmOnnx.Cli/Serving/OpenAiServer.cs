@@ -177,6 +177,8 @@ public static class OpenAiServer
         long? seed = b.TryGetProperty("seed", out var sd) && sd.ValueKind != JsonValueKind.Null
             ? (sd.TryGetInt64(out long v) ? v : throw new ApiError(400, "'seed' must be an integer.", "seed")) : null;
         bool stream = b.TryGetProperty("stream", out var sm) && sm.ValueKind == JsonValueKind.True;
+        // vLLM's extension: keep generating past the end-of-text token (benchmarks, tests)
+        bool ignoreEos = b.TryGetProperty("ignore_eos", out var ie) && ie.ValueKind == JsonValueKind.True;
         var options = new GenerationOptions
         {
             MaxNewTokens = maxTokens,
@@ -185,6 +187,7 @@ public static class OpenAiServer
             TopP = topP,
             Seed = seed is { } s ? unchecked((ulong)s) : (ulong)Random.Shared.NextInt64(),
             StopStrings = stops,
+            IgnoreEos = ignoreEos,
         };
         return new Request(prompt, options, n, stream, model);
     }
