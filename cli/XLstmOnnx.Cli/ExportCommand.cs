@@ -1,14 +1,24 @@
 using System.CommandLine;
+using XLstmOnnx.GraphBuilder.Checkpoint;
+using XLstmOnnx.GraphBuilder.Config;
 using XLstmOnnx.GraphBuilder.Export;
 
 namespace XLstmOnnx.Cli;
 
-/// <summary><c>xlstm-onnx export --checkpoint DIR --output DIR [--dtype fp32] [--mlstm-kernels onnx|custom] ...</c></summary>
+/// <summary>
+/// <c>xlstm-onnx export (--checkpoint DIR | --random-weights (--preset NAME | --config FILE) [--num-blocks N] [--seed S])
+/// --output DIR [--dtype fp32] [--mlstm-kernels onnx|custom] ...</c>
+/// </summary>
 internal static class ExportCommand
 {
     public static Command Create()
     {
-        var checkpoint = new Option<string>("--checkpoint") { Description = "HF checkpoint folder (config.json and safetensors).", Required = true };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "HF checkpoint folder (config.json and safetensors)." };
+        var random = new Option<bool>("--random-weights") { Description = "No checkpoint: seeded random weights for --preset or --config (benchmarks, tests)." };
+        var preset = new Option<string?>("--preset") { Description = $"With --random-weights: a config from models/presets ({string.Join(", ", Presets.Names)})." };
+        var config = new Option<string?>("--config") { Description = "With --random-weights: an HF config.json." };
+        var blocks = new Option<int?>("--num-blocks") { Description = "With --random-weights: override num_blocks (e.g. 2 for a 7B-width test)." };
+        var seed = new Option<int>("--seed") { Description = "With --random-weights: the seed." };
         var output = new Option<string>("--output") { Description = "Folder to write the exported model into (new, empty, or a previous export).", Required = true };
         var dtype = new Option<string>("--dtype") { Description = "Weight precision.", DefaultValueFactory = _ => "fp32" };
         dtype.AcceptOnlyFromAmong("fp32");
@@ -21,7 +31,8 @@ internal static class ExportCommand
             Description = "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).",
             DefaultValueFactory = _ => MLstmKernels.Onnx,
         };
-        var cmd = new Command("export", "Export an HF xLSTM checkpoint to ONNX.") { checkpoint, output, dtype, lastOnly, embeds, hidden, external, kernels };
+        var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
+            { checkpoint, random, preset, config, blocks, seed, output, dtype, lastOnly, embeds, hidden, external, kernels };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new ExportOptions
@@ -34,12 +45,33 @@ internal static class ExportCommand
                 MLstmKernels = r.GetValue(kernels),
             };
             long peakAnon = 0;
-            var result = CliErrors.WithProgress("export", report => OnnxExporter.Export(r.GetValue(checkpoint)!, r.GetValue(output)!, options,
-                new Progress(p =>
+            var progress = (Action<double, string> report) => new Progress(p =>
+            {
+                peakAnon = Math.Max(peakAnon, MemoryStats.AnonymousBytes());
+                report(p.BytesTotal == 0 ? 1 : (double)p.BytesDone / p.BytesTotal, p.Tensor);
+            });
+            ExportResult result;
+            if (r.GetValue(random))
+            {
+                if (r.GetValue(checkpoint) is not null) throw new XLstmOnnxException("options --checkpoint and --random-weights exclude each other; give one.");
+                var c = (r.GetValue(preset), r.GetValue(config)) switch
                 {
-                    peakAnon = Math.Max(peakAnon, MemoryStats.AnonymousBytes());
-                    report(p.BytesTotal == 0 ? 1 : (double)p.BytesDone / p.BytesTotal, p.Tensor);
-                })));
+                    ({ } name, null) => Presets.Load(name),
+                    (null, { } file) => XLstmConfig.Load(file),
+                    _ => throw new XLstmOnnxException("option --random-weights needs exactly one of --preset NAME or --config FILE."),
+                };
+                if (r.GetValue(blocks) is { } n)
+                {
+                    c = c with { NumBlocks = n, NumHiddenLayers = Math.Max(n, 1) };
+                    c.Validate("--num-blocks");
+                }
+                result = CliErrors.WithProgress("export", report => OnnxExporter.ExportModel(c, RandomCheckpoint.Bind(c, r.GetValue(seed)), r.GetValue(output)!, options, [], progress(report)));
+            }
+            else
+            {
+                string dir = r.GetValue(checkpoint) ?? throw new XLstmOnnxException("give --checkpoint DIR (an HF checkpoint folder) or --random-weights.");
+                result = CliErrors.WithProgress("export", report => OnnxExporter.Export(dir, r.GetValue(output)!, options, progress(report)));
+            }
             Console.WriteLine($"exported {result.NodeCount} nodes, {result.WeightBytes / 1048576.0:F1} MiB of weights{(result.DataPath is null ? "" : " (external data)")} "
                 + $"to {result.OutputDir} in {result.Elapsed.TotalSeconds:F1} s");
             if (peakAnon > 0)

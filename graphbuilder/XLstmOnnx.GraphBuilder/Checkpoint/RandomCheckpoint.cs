@@ -4,12 +4,18 @@ using XLstmOnnx.GraphBuilder.Config;
 namespace XLstmOnnx.GraphBuilder.Checkpoint;
 
 /// <summary>
-/// Writes an HF-format checkpoint (config.json + model.safetensors) with seeded random weights, streaming: each
-/// tensor is generated a block at a time, so a 7B-width checkpoint needs no more memory than a block. Names and shapes
-/// come from <see cref="WeightTable"/>. Values are scaled so that gates, caps and norms are all exercised.
+/// Seeded random weights for a config, with names and shapes from <see cref="WeightTable"/>: as an HF-format
+/// checkpoint on disk (<see cref="Write"/>) or bound directly for an export with no checkpoint (<see cref="Bind"/>).
+/// Values are a counter-based function of (seed, tensor, index), so any block of any tensor is produced on its own
+/// and a 7B-sized model streams through bounded memory. They are scaled so that gates, caps and norms all matter.
 /// </summary>
 public static class RandomCheckpoint
 {
+    /// <summary>Random weights for <paramref name="config"/>, ready for <c>OnnxExporter.ExportModel</c>.</summary>
+    public static BoundWeights Bind(XLstmConfig config, int seed) =>
+        new WeightTable(config).Bind((row, part) => Source(row, part, seed));
+
+    /// <summary>Writes config.json and model.safetensors (one file) into <paramref name="dir"/>.</summary>
     public static void Write(XLstmConfig config, string dir, SafetensorsDtype dtype, int seed, IProgress<(long Done, long Total)>? progress = null)
     {
         if (!dtype.IsWeightType()) throw new XLstmOnnxException($"option --dtype must be F32, F16 or BF16; found {dtype}.");
@@ -20,14 +26,12 @@ public static class RandomCheckpoint
         {
             foreach (var part in row.Parts)
             {
-                long count = part.Shape.Aggregate(1L, (a, b) => a * b);
-                var (mean, std) = Distribution(row.Role, part, config);
-                int partSeed = HashCode.Combine(seed, StableHash(part.Name));
-                long bytes = count * dtype.Size();
+                var source = Source(row, part, seed);
+                long bytes = source.ElementCount() * dtype.Size();
                 total += bytes;
                 entries.Add(new SafetensorsWriter.Entry(part.Name, dtype, part.Shape, s =>
                 {
-                    WriteValues(s, count, dtype, partSeed, mean, std);
+                    WriteValues(s, source, dtype);
                     done += bytes;
                     progress?.Report((done, total));
                 }, bytes));
@@ -37,10 +41,10 @@ public static class RandomCheckpoint
         File.WriteAllText(Path.Combine(dir, HfCheckpoint.ConfigFile), config.ToJson());
     }
 
-    private static (double Mean, double Std) Distribution(WeightRole role, WeightTable.Part part, XLstmConfig c)
+    private static RandomWeight Source(WeightTable.Row row, WeightTable.Part part, int seed)
     {
         double fanIn = part.Shape.Length == 2 ? part.Shape[1] : 1;
-        return role switch
+        var (mean, std) = row.Role switch
         {
             WeightRole.NormMlstm or WeightRole.NormFfn or WeightRole.OutNorm or WeightRole.MultiheadNorm => (1.0, 0.1),
             WeightRole.IfGateBias => part.Name.Contains("fgate", StringComparison.Ordinal) ? (3.0, 1.5) : (0.0, 2.0),
@@ -49,23 +53,19 @@ public static class RandomCheckpoint
             _ when part.Shape.Length == 1 => (0.0, 0.05),
             _ => (0.0, 1.0 / Math.Sqrt(fanIn)),
         };
+        return new RandomWeight(part.Name, part.Shape, (ulong)(uint)seed << 32 ^ StableHash(part.Name), mean, std);
     }
 
-    private static void WriteValues(Stream s, long count, SafetensorsDtype dtype, int seed, double mean, double std)
+    private static void WriteValues(Stream s, IWeightSource source, SafetensorsDtype dtype)
     {
-        var rng = new Random(seed);
         const int block = 1 << 16;
         var f = new float[block];
         var bytes = new byte[block * dtype.Size()];
+        long count = source.ElementCount();
         for (long i = 0; i < count; i += block)
         {
             int n = (int)Math.Min(block, count - i);
-            for (int j = 0; j < n; j++)
-            {
-                // Box-Muller; one normal per pair is enough here
-                double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
-                f[j] = (float)(mean + std * Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
-            }
+            source.ReadFloat32(i, f.AsSpan(0, n));
             switch (dtype)
             {
                 case SafetensorsDtype.F32:
@@ -94,13 +94,37 @@ public static class RandomCheckpoint
         return (ushort)((bits + rounding) >> 16);
     }
 
-    private static int StableHash(string s)
+    private static uint StableHash(string s)
     {
         unchecked
         {
-            int h = (int)2166136261;
+            uint h = 2166136261;
             foreach (char ch in s) h = (h ^ ch) * 16777619;
             return h;
         }
+    }
+}
+
+/// <summary>Normal(mean, std) values, a pure function of (key, index): any block can be read in any order.</summary>
+public sealed class RandomWeight(string name, long[] shape, ulong key, double mean, double std) : IWeightSource
+{
+    public long[] Shape { get; } = shape;
+    public string Description => $"random {name}";
+
+    public void ReadFloat32(long start, Span<float> dest)
+    {
+        for (int i = 0; i < dest.Length; i++)
+        {
+            ulong z = Mix(key + (ulong)(start + i) * 0x9E3779B97F4A7C15UL);
+            double u1 = ((z >> 11) + 1) * (1.0 / (1UL << 53)), u2 = (Mix(z) >> 11) * (1.0 / (1UL << 53));
+            dest[i] = (float)(mean + std * Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2)); // Box-Muller
+        }
+    }
+
+    private static ulong Mix(ulong z)
+    {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
     }
 }

@@ -90,6 +90,22 @@ public sealed class WeightTable
     }
 
     /// <summary>
+    /// Binds every present row to sources made by <paramref name="make"/> (one per checkpoint part; random weights,
+    /// tests). A tied lm_head is the embedding.
+    /// </summary>
+    public BoundWeights Bind(Func<Row, Part, IWeightSource> make)
+    {
+        var bound = new Dictionary<(WeightRole, int), IWeightSource>();
+        foreach (var row in Rows.Where(r => r.Present && r.TiedTo is null))
+        {
+            var parts = row.Parts.Select(part => make(row, part)).ToList();
+            bound[(row.Role, row.Block)] = parts.Count == 1 ? parts[0] : new ConcatWeight(parts);
+        }
+        foreach (var row in Rows.Where(r => r.Present && r.TiedTo is not null)) bound[(row.Role, row.Block)] = bound[(row.TiedTo!.Value, row.Block)];
+        return new BoundWeights(bound);
+    }
+
+    /// <summary>
     /// Finds every row's tensors in <paramref name="tensors"/>, checks shapes and dtypes, and refuses leftovers.
     /// <paramref name="source"/> names the checkpoint in errors.
     /// </summary>
