@@ -45,6 +45,32 @@ public class CliTests
     }
 
     [Test]
+    public void RandomWeightExportNeedsNoCheckpointAndRuns()
+    {
+        using var tmp = TestPaths.Temp();
+        var export = Run("export", "--random-weights", "--preset", "xlstm-tiny", "--num-blocks", "1", "--output", tmp.Sub("m"));
+        Assert.That(export.Code, Is.Zero, export.Out + export.Err);
+        var inspect = Run("inspect", "--model", tmp.Sub("m"), "--run", "20");
+        Assert.That(inspect.Code, Is.Zero, inspect.Out + inspect.Err);
+        Assert.That(inspect.Out, Does.Contain("layers 1").And.Contain("ran 20 tokens"));
+        var unknown = Run("export", "--random-weights", "--preset", "xlstm-huge", "--output", tmp.Sub("x"));
+        Assert.That(unknown.Err, Does.Contain("xlstm-huge").And.Contain("xlstm-7b"), "lists the known presets");
+    }
+
+    [Test]
+    public void RandomWeightsAreAFunctionOfTheIndex()
+    {
+        var w = new GraphBuilder.Checkpoint.RandomWeight("t", [1000], 42, 0, 1);
+        var whole = new float[1000];
+        w.ReadFloat32(0, whole);
+        var part = new float[300];
+        w.ReadFloat32(500, part);
+        Assert.That(part, Is.EqualTo(whole[500..800]), "any block, read in any order, gives the same values");
+        Assert.That(whole.Average(), Is.InRange(-0.15, 0.15));
+        Assert.That(Math.Sqrt(whole.Select(x => x * x).Average()), Is.InRange(0.9, 1.1), "unit variance");
+    }
+
+    [Test]
     public void BadInputIsOneLineWithExitCode2()
     {
         var r = Run("verify", "--model", "/nonexistent/model", "--reference", "x.safetensors");
