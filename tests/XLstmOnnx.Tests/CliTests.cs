@@ -58,6 +58,21 @@ public class CliTests
     }
 
     [Test]
+    public void BenchPrintsATableAndWritesJson()
+    {
+        using var tmp = TestPaths.Temp();
+        Assert.That(Run("export", "--random-weights", "--preset", "xlstm-tiny", "--output", tmp.Sub("m"), "--last-logits-only").Code, Is.Zero);
+        var r = Run("bench", "--model", tmp.Sub("m"), "--batch", "1,3", "--prompt", "40", "--new", "8", "--out", tmp.Sub("b.json"));
+        Assert.That(r.Code, Is.Zero, r.Out + r.Err);
+        Assert.That(r.Out, Does.Contain("prefill tok/s").And.Contain("decode tok/s"));
+        var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(tmp.Sub("b.json"))).RootElement;
+        var rows = json.GetProperty("results").EnumerateArray().ToList();
+        Assert.That(rows.Select(x => x.GetProperty("batch").GetInt32()), Is.EqualTo(new[] { 1, 3 }));
+        Assert.That(rows.All(x => x.GetProperty("decode_tokens_per_s").GetDouble() > 0 && x.GetProperty("ttft_ms").GetDouble() > 0));
+        Assert.That(json.GetProperty("model").GetProperty("num_layers").GetInt32(), Is.EqualTo(2));
+    }
+
+    [Test]
     public void RandomWeightsAreAFunctionOfTheIndex()
     {
         var w = new GraphBuilder.Checkpoint.RandomWeight("t", [1000], 42, 0, 1);
