@@ -26,7 +26,7 @@ internal static class InspectCommand
                 var ids = Enumerable.Range(0, n).Select(i => (long)(i * 7919 % m.VocabSize)).ToArray();
                 clock.Restart();
                 var logits = session.Run(ids, n, session.CreateState(1));
-                Console.WriteLine($"ran {n} tokens in {clock.Elapsed.TotalMilliseconds:F0} ms; last-position argmax {ReferenceVerifier.ArgMax(logits.At(0, logits.Positions - 1))}");
+                Console.WriteLine($"ran {n} tokens in {clock.Elapsed.TotalMilliseconds:F0} ms; last-position argmax {Runtime.Generation.Sampler.ArgMax(logits.At(0, logits.Positions - 1))}");
             }
             return 0;
         }));

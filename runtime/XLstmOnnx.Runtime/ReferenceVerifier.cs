@@ -125,7 +125,7 @@ public static class ReferenceVerifier
         var logits = s.Run(prompt, p, state);
         while (got.Count < expected.Length)
         {
-            long next = ArgMax(logits.At(0, logits.Positions - 1));
+            long next = Generation.Sampler.ArgMax(logits.At(0, logits.Positions - 1));
             got.Add(next);
             if (got.Count < expected.Length) logits = s.Run([next], 1, state);
         }
@@ -134,17 +134,6 @@ public static class ReferenceVerifier
         // ids are compared exactly: errors are 0, "outside" counts the differing ids
         return new CheckResult(c.Name, "greedy_ids", expected.Length - p, 0, 0, different,
             first < 0 ? $"{expected.Length - p} new tokens equal" : $"first difference at position {first}: expected {expected[first]}, got {got[first]}");
-    }
-
-    /// <summary>Index of the largest value; the first on ties, as torch.argmax.</summary>
-    public static int ArgMax(ReadOnlySpan<float> values)
-    {
-        int best = 0;
-        for (int i = 1; i < values.Length; i++)
-        {
-            if (values[i] > values[best]) best = i;
-        }
-        return best;
     }
 
     private static void ExpectShape(TensorSlice t, long[] shape)
