@@ -54,16 +54,8 @@ internal static class ChatCommand
                 string prefix = started ? userPrefix : userPrefix.TrimStart('\n'); // no blank line before the first turn
                 var turn = tokenizer.Encode(prefix + line + assistantPrefix);
                 started = true;
-                var stream = tokenizer.CreateStream(skipSpecialTokens: true);
-                var reply = new System.Text.StringBuilder();
-                var clock = Stopwatch.StartNew();
-                var result = generator.Generate([turn], options, (_, token) =>
-                {
-                    string piece = stream.Next(token);
-                    reply.Append(piece);
-                    Console.Write(piece);
-                });
-                Console.WriteLine(stream.Flush());
+                var result = generator.Generate([turn], options, (_, _, piece) => Console.Write(piece));
+                Console.WriteLine();
                 Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"[{result.Tokens[0].Length} tokens, first after {result.TimeToFirstToken.TotalMilliseconds:F0} ms, {result.DecodeTokensPerSecond:F1} tokens/s]"));
             }

@@ -32,18 +32,16 @@ internal static class GenerateCommand
             using var generator = new Generator(session, 1);
             if (r.GetValue(loadState) is { } load) generator.Restore(StateSnapshot.Load(load, session.Manifest));
             else if (ids.Length == 0) throw new XLstmOnnxException("the prompt has no tokens; give at least one (or --load-state).");
-            var stream = tokenizer?.CreateStream(skipSpecialTokens: true);
             var stdout = Console.Out;
-            if (text is not null && !r.GetValue(printIds)) stdout.Write(text);
-            var result = generator.Generate([ids], options, (_, token) =>
+            bool printText = tokenizer is not null && !r.GetValue(printIds);
+            if (text is not null && printText) stdout.Write(text);
+            var result = generator.Generate([ids], options, (_, _, piece) =>
             {
-                if (stream is not null && !r.GetValue(printIds))
-                {
-                    stdout.Write(stream.Next(token));
-                    stdout.Flush();
-                }
+                if (!printText) return;
+                stdout.Write(piece);
+                stdout.Flush();
             });
-            if (stream is not null && !r.GetValue(printIds)) stdout.WriteLine(stream.Flush());
+            if (printText) stdout.WriteLine();
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"prompt {ids.Length} tokens, generated {result.Tokens[0].Length} ({result.Reasons[0]}); time to first token {result.TimeToFirstToken.TotalMilliseconds:F0} ms, decode {result.DecodeTokensPerSecond:F1} tokens/s on {session.Options.Device.ToString().ToLowerInvariant()}"));
             if (r.GetValue(saveState) is { } save) generator.Snapshot().Save(save);

@@ -206,10 +206,12 @@ public sealed class Generator : IDisposable
 
     /// <summary>
     /// Feeds <paramref name="prompts"/> (one per row; use empty ones to continue from the live state) and generates until
-    /// every row stops. <paramref name="onToken"/> sees each (row, token) as it is chosen. The last chosen token of each row
-    /// stays pending: it is fed at the start of the next <see cref="Append(IReadOnlyList{IReadOnlyList{int}})"/> or Generate.
+    /// every row stops. <paramref name="onToken"/> sees each (row, token, text) as the token is chosen: the text is what
+    /// the token makes safe to show (nothing of a stop string; the row's last token also carries what was held back),
+    /// empty without a tokenizer. The last chosen token of each row stays pending: it is fed at the start of the next
+    /// <see cref="Append(IReadOnlyList{IReadOnlyList{int}})"/> or Generate.
     /// </summary>
-    public GenerationResult Generate(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, Action<int, int>? onToken = null)
+    public GenerationResult Generate(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, Action<int, int, string>? onToken = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
@@ -223,15 +225,15 @@ public sealed class Generator : IDisposable
         if (!options.IgnoreEos && _m.EosTokenId is { } eos) stops.Add((int)eos);
         var outputs = new List<int>[Batch];
         var reasons = new StopReason[Batch];
-        var streams = options.StopStrings.Count > 0 ? new TokenStream[Batch] : null;
-        var texts = options.StopStrings.Count > 0 ? new StringBuilder[Batch] : null;
+        // text only when someone reads it or stop strings need it: a plain token loop allocates nothing per token
+        var texts = Tokenizer is not null && (onToken is not null || options.StopStrings.Count > 0) ? new TextStopper[Batch] : null;
         for (int r = 0; r < Batch; r++)
         {
             samplers[r] = new Sampler(options, sampleVocab);
             if (_pending[r] is { } p) samplers[r].Observe(p);
             foreach (int t in prompts[r]) samplers[r].Observe(t);
             outputs[r] = new List<int>(options.MaxNewTokens);
-            if (streams is not null) { streams[r] = Tokenizer!.CreateStream(); texts![r] = new StringBuilder(); }
+            if (texts is not null) texts[r] = new TextStopper(Tokenizer!, options.StopStrings);
         }
         var clock = Stopwatch.StartNew();
         Append(prompts);
@@ -248,10 +250,12 @@ public sealed class Generator : IDisposable
                 int token = samplers[r].Next(LastLogits(r));
                 samplers[r].Observe(token);
                 outputs[r].Add(token);
-                onToken?.Invoke(r, token);
+                string text = texts?[r].Push(token) ?? "";
                 if (stops.Contains(token)) reasons[r] = StopReason.StopToken;
-                else if (texts is not null && StopStringHit(texts[r].Append(streams![r].Next(token)), options.StopStrings)) reasons[r] = StopReason.StopString;
+                else if (texts?[r].Stopped == true) reasons[r] = StopReason.StopString;
                 else if (outputs[r].Count >= options.MaxNewTokens) reasons[r] = StopReason.MaxNewTokens;
+                if (reasons[r] != StopReason.None && texts is not null) text += texts[r].Finish();
+                onToken?.Invoke(r, token, text);
                 _stepIds[r] = token;
                 _stepMask[r] = 1;
                 if (reasons[r] != StopReason.None) _pending[r] = token;
@@ -273,21 +277,6 @@ public sealed class Generator : IDisposable
         }
         var decode = clock.Elapsed - decodeStart;
         return new GenerationResult(outputs.Select(o => o.ToArray()).ToArray(), reasons, ttft, decode, steps);
-    }
-
-    private static bool StopStringHit(StringBuilder text, IReadOnlyList<string> stops)
-    {
-        string s = text.ToString();
-        foreach (var stop in stops)
-        {
-            int i = s.IndexOf(stop, StringComparison.Ordinal);
-            if (i >= 0)
-            {
-                text.Length = i; // cut the text before the stop string
-                return true;
-            }
-        }
-        return false;
     }
 
     /// <summary>A host copy of the current state and pending tokens (restore it later, or save it to a file).</summary>

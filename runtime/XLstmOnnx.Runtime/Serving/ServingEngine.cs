@@ -37,9 +37,7 @@ public sealed class ServingEngine : IDisposable
     {
         public required Request Request;
         public required Sampler Sampler;
-        public TokenStream? Stream;
-        public StringBuilder? Text;
-        public int Emitted;     // chars of Text already streamed
+        public TextStopper? Text;
         public int Generated;
         public int LastToken;
         public HashSet<int> Stops = [];
@@ -195,11 +193,7 @@ public sealed class ServingEngine : IDisposable
         foreach (int t in req.Prompt) slot.Sampler.Observe(t);
         foreach (int t in req.Options.StopTokenIds) slot.Stops.Add(t);
         if (!req.Options.IgnoreEos && _session.Manifest.EosTokenId is { } eos) slot.Stops.Add((int)eos);
-        if (_tokenizer is not null)
-        {
-            slot.Stream = _tokenizer.CreateStream(skipSpecialTokens: true); // the text of a completion has no <|endoftext|>
-            slot.Text = new StringBuilder();
-        }
+        if (_tokenizer is not null) slot.Text = new TextStopper(_tokenizer, req.Options.StopStrings); // no <|endoftext|> in the text
         return slot;
     }
 
@@ -232,44 +226,14 @@ public sealed class ServingEngine : IDisposable
         s.LastToken = token;
         if (firstToken) Metrics.FirstToken(Stopwatch.GetElapsedTime(s.Request.Enqueued));
         Metrics.CompletionTokens(1);
-        var finish = s.Stops.Contains(token) ? StopReason.StopToken : StopReason.None;
-        string piece = "";
-        if (s.Text is not null)
-        {
-            s.Text.Append(s.Stream!.Next(token));
-            piece = Release(s, ref finish);
-        }
-        if (finish == StopReason.None && s.Generated >= s.Request.Options.MaxNewTokens) finish = StopReason.MaxNewTokens;
-        if (finish != StopReason.None && s.Text is not null && finish != StopReason.StopString)
-        {
-            s.Text.Append(s.Stream!.Flush());
-            piece += s.Text.ToString(s.Emitted, s.Text.Length - s.Emitted);
-        }
+        string piece = s.Text?.Push(token) ?? "";
+        var finish = s.Stops.Contains(token) ? StopReason.StopToken
+            : s.Text?.Stopped == true ? StopReason.StopString
+            : s.Generated >= s.Request.Options.MaxNewTokens ? StopReason.MaxNewTokens
+            : StopReason.None;
+        if (finish != StopReason.None && s.Text is not null) piece += s.Text.Finish();
         s.Request.Events.Writer.TryWrite(new CompletionEvent(token, piece, finish));
         if (finish != StopReason.None) Free(r, cancelled: false);
-    }
-
-    /// <summary>Text safe to stream: everything before a stop string, or all but what could still become one.</summary>
-    private static string Release(Slot s, ref StopReason finish)
-    {
-        var stops = s.Request.Options.StopStrings;
-        string text = s.Text!.ToString();
-        foreach (var stop in stops)
-        {
-            int i = text.IndexOf(stop, StringComparison.Ordinal);
-            if (i >= 0)
-            {
-                finish = StopReason.StopString;
-                string piece = text[s.Emitted..Math.Max(s.Emitted, i)];
-                s.Emitted = Math.Max(s.Emitted, i);
-                return piece;
-            }
-        }
-        int hold = stops.Count == 0 ? 0 : stops.Max(x => x.Length) - 1;
-        int safe = Math.Max(s.Emitted, text.Length - hold);
-        string released = text[s.Emitted..safe];
-        s.Emitted = safe;
-        return released;
     }
 
     private void DropCancelled()

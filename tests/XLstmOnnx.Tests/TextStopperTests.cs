@@ -1,0 +1,54 @@
+using XLstmOnnx.Runtime.Generation;
+using XLstmOnnx.Runtime.Tokenization;
+
+namespace XLstmOnnx.Tests;
+
+/// <summary>Streamed text never shows any part of a stop string, whatever the token boundaries.</summary>
+[TestFixture]
+public class TextStopperTests
+{
+    private static readonly HfTokenizer Tokenizer = HfTokenizer.Load(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm", "tokenizer.json"));
+
+    private static (string Text, bool Stopped) Stream(string text, params string[] stops)
+    {
+        var s = new TextStopper(Tokenizer, stops);
+        var sb = new System.Text.StringBuilder();
+        foreach (int id in Tokenizer.Encode(text))
+        {
+            string piece = s.Push(id);
+            sb.Append(piece);
+            if (s.Stopped) break;
+        }
+        sb.Append(s.Finish());
+        return (sb.ToString(), s.Stopped);
+    }
+
+    [TestCase("And God said unto Moses\nUser: hello", "\nUser:", "And God said unto Moses", true)]
+    [TestCase("And God said unto Moses", "\nUser:", "And God said unto Moses", false)]
+    [TestCase("In the beginning God created", "God", "In the beginning ", true)]
+    [TestCase("no stop here at all", "", "no stop here at all", false)]
+    public void CutsBeforeTheStopString(string text, string stop, string expected, bool stopped)
+    {
+        var (got, hit) = stop.Length == 0 ? Stream(text) : Stream(text, stop);
+        Assert.That(got, Is.EqualTo(expected));
+        Assert.That(hit, Is.EqualTo(stopped));
+    }
+
+    [Test]
+    public void EndOfTextHasNoText() =>
+        Assert.That(Stream("Amen.<|endoftext|>").Text, Is.EqualTo("Amen."));
+
+    [Test]
+    public void HeldBackTextNeverContainsAPrefixOfTheStopAfterItIsReleased()
+    {
+        var s = new TextStopper(Tokenizer, ["\nUser:"]);
+        var released = new System.Text.StringBuilder();
+        foreach (int id in Tokenizer.Encode("And he said\nUs\nUser: x"))
+        {
+            released.Append(s.Push(id));
+            Assert.That(released.ToString(), Does.Not.Contain("\nUser"), "no part of the stop string is ever released");
+            if (s.Stopped) break;
+        }
+        Assert.That(released.ToString() + s.Finish(), Is.EqualTo("And he said\nUs"));
+    }
+}
