@@ -20,8 +20,8 @@ internal static class ExportCommand
         var blocks = new Option<int?>("--num-blocks") { Description = "With --random-weights: override num_blocks (e.g. 2 for a 7B-width test)." };
         var seed = new Option<int>("--seed") { Description = "With --random-weights: the seed." };
         var output = new Option<string>("--output") { Description = "Folder to write the exported model into (new, empty, or a previous export).", Required = true };
-        var dtype = new Option<string>("--dtype") { Description = "Weight precision.", DefaultValueFactory = _ => "fp32" };
-        dtype.AcceptOnlyFromAmong("fp32");
+        var dtype = new Option<string>("--dtype") { Description = "Weights and activations (gates, state and logits stay float32).", DefaultValueFactory = _ => "fp32" };
+        dtype.AcceptOnlyFromAmong("fp32", "fp16", "bf16");
         var lastOnly = new Option<bool>("--last-logits-only") { Description = "Emit logits for the last position only ([B,1,V])." };
         var embeds = new Option<bool>("--inputs-embeds") { Description = "Take inputs_embeds [B,S,E] instead of input_ids." };
         var hidden = new Option<bool>("--hidden-states") { Description = "Add hidden_states.{i} outputs (each block, then the final norm) for debugging." };

@@ -49,6 +49,16 @@ public class CudaTests
         Assert.That(results.Where(r => !r.Passed).Select(r => $"{r.Case} {r.Check} {r.MaxAbsError:E2}"), Is.Empty);
     }
 
+    [TestCaseSource(typeof(FixtureTests), nameof(FixtureTests.Fixtures))]
+    public void Bf16GreedyTokensEqualTransformersOnCuda(string dir)
+    {
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = "bf16" });
+        using var session = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = ExecutionDevice.Cuda });
+        var greedy = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), double.PositiveInfinity, 0).Where(r => r.Check == "greedy_ids");
+        Assert.That(greedy.Select(r => r.Violations), Is.All.Zero);
+    }
+
     [Test]
     public void BatchedGreedyOnCudaEqualsCpu()
     {

@@ -25,12 +25,14 @@ public sealed class XLstmGraphBuilder
     private readonly Dictionary<string, string> _shapes = [];
     private string _bs = "";
     private string? _mask; // [B,1,S] bool, true for real tokens; null when exported without attention_mask
+    private readonly DataType _t;  // weights and activations: float32, float16 or bfloat16; gates and state stay float32
 
     private XLstmGraphBuilder(XLstmConfig config, BoundWeights weights, ExportOptions options)
     {
         _c = config;
         _w = weights;
         _o = options;
+        _t = options.Dtype switch { "fp16" => DataType.Float16, "bf16" => DataType.Bfloat16, _ => DataType.Float };
         // the cell: standard ops (portable) or our custom op (customops/), by --mlstm-kernels
         _cell = options.MLstmKernels == MLstmKernels.Custom ? new MLstmCustomOpEmitter(_g, config).Emit : new MLstmCellEmitter(_g, config).Emit;
     }
@@ -55,7 +57,7 @@ public sealed class XLstmGraphBuilder
         if (_o.LastLogitsOnly) x = MakeLastPosition(x);                 // [B, H]
         x = MakeRmsNorm("/model/out_norm", x, _w[WeightRole.OutNorm], null);
         hidden.Add(x);
-        string logits = Gemm("/model/lm_head", x, _w[WeightRole.LmHead], null); // [B·S, V]
+        string logits = ToFloat("/model/lm_head", Gemm("/model/lm_head", x, _w[WeightRole.LmHead], null)); // [B·S, V], matmul in T, then fp32 (as HF)
         if (_c.OutputLogitSoftCap is { } cap) logits = SoftCap("/model/logits_soft_cap", logits, cap);
         // [B·S, V] -> [B, S, V]   (last-only: [B, V] -> [B, 1, V])
         logits = _o.LastLogitsOnly
@@ -67,8 +69,9 @@ public sealed class XLstmGraphBuilder
             for (int i = 0; i < hidden.Count; i++)
             {
                 bool last = i == hidden.Count - 1 && _o.LastLogitsOnly;
-                string h = last ? _g.Op($"/model/hidden_states.{i}/Unsqueeze", "Unsqueeze", [hidden[i], _g.Constant(1)])
-                    : _g.Op($"/model/hidden_states.{i}/Reshape", "Reshape", [hidden[i], ShapeBS(_c.HiddenSize)]);
+                string hs = ToFloat($"/model/hidden_states.{i}", hidden[i]);
+                string h = last ? _g.Op($"/model/hidden_states.{i}/Unsqueeze", "Unsqueeze", [hs, _g.Constant(1)])
+                    : _g.Op($"/model/hidden_states.{i}/Reshape", "Reshape", [hs, ShapeBS(_c.HiddenSize)]);
                 _g.Output(StateNames.Hidden(i), h, DataType.Float, "batch", last ? 1L : "sequence", _c.HiddenSize);
             }
         }
@@ -81,11 +84,12 @@ public sealed class XLstmGraphBuilder
         if (_o.InputsEmbeds)
         {
             x = _g.Input(StateNames.InputsEmbeds, DataType.Float, "batch", "sequence", _c.EmbeddingDim);
+            if (_t != DataType.Float) x = _g.Op("/model/inputs_embeds/Cast", "Cast", [x], Attr.Int("to", (long)_t));
         }
         else
         {
             string ids = _g.Input(StateNames.InputIds, DataType.Int64, "batch", "sequence");
-            x = _g.Op("/model/embeddings/Gather", "Gather", [_g.Weight("model.embeddings.weight", _w[WeightRole.Embedding]), ids]);
+            x = _g.Op("/model/embeddings/Gather", "Gather", [_g.Weight("model.embeddings.weight", _w[WeightRole.Embedding], _t), ids]);
         }
         _bs = _g.Op("/model/batch_and_sequence/Shape", "Shape", [x], Attr.Int("start", 0), Attr.Int("end", 2)); // [B, S]
         if (_o.AttentionMask)
@@ -117,7 +121,8 @@ public sealed class XLstmGraphBuilder
         long qk = _c.QkDim, dv = _c.VDim, nh = _c.NumHeads;
         string qkvo = Gemm($"{p}/qkvo_proj", x, _w[WeightRole.QkvoProj, i], _w.Optional(WeightRole.QkvoProjBias, i)); // [B·S, 2QK+2V]
         var (q, k, v, o) = Split4(_g.Node($"{p}/qkvo_proj/Split", "Split", [qkvo, _g.Constant(qk, qk, dv, dv)], 4, "", Attr.Int("axis", 1)));
-        string gates = Gemm($"{p}/if_gate", x, _w[WeightRole.IfGate, i], _w[WeightRole.IfGateBias, i]);            // [B·S, 2NH]
+        // gate pre-activations in float32 (x cast once; the i/f weights are 2·NH rows, stored float32)
+        string gates = Gemm($"{p}/if_gate", ToFloat($"{p}/if_gate/input", x), _w[WeightRole.IfGate, i], _w[WeightRole.IfGateBias, i], DataType.Float); // [B·S, 2NH]
         if (_c.GateSoftCap is { } cap) gates = SoftCap($"{p}/if_gate/soft_cap", gates, cap); // capped before the split, as HF's fused path
         var ifs = _g.Node($"{p}/if_gate/Split", "Split", [gates, _g.Constant(nh, nh)], 2, "", Attr.Int("axis", 1));
 
@@ -134,21 +139,30 @@ public sealed class XLstmGraphBuilder
         string c0 = _g.Input(StateNames.Past(i, "C"), DataType.Float, "batch", nh, _c.QkHeadDim, _c.VHeadDim);
         string n0 = _g.Input(StateNames.Past(i, "n"), DataType.Float, "batch", nh, _c.QkHeadDim);
         string m0 = _g.Input(StateNames.Past(i, "m"), DataType.Float, "batch", nh, 1L);
+        // our custom op takes q/k/v in T (gate math and state float32 inside); the standard-op cell computes in float32
+        bool castCell = _t != DataType.Float && _o.MLstmKernels != MLstmKernels.Custom;
+        if (castCell)
+        {
+            qh = ToFloat($"{p}/q_heads", qh);
+            kh = ToFloat($"{p}/k_heads", kh);
+            vh = ToFloat($"{p}/v_heads", vh);
+        }
         var cell = _cell($"{p}/cell", qh, kh, vh, ih, fh, c0, n0, m0);
         _g.Output(StateNames.Present(i, "C"), cell.C, DataType.Float, "batch", nh, _c.QkHeadDim, _c.VHeadDim);
         _g.Output(StateNames.Present(i, "n"), cell.N, DataType.Float, "batch", nh, _c.QkHeadDim);
         _g.Output(StateNames.Present(i, "m"), cell.M, DataType.Float, "batch", nh, 1L);
 
         // [B,NH,S,DV] -> [B,S,NH,DV]; LayerNorm per head over DV (mean-centred), then the flat affine after it
-        string h = _g.Op($"{p}/h/Transpose", "Transpose", [cell.H], Attr.Ints("perm", 0, 2, 1, 3));
+        string cellH = castCell ? _g.Op($"{p}/h/Cast", "Cast", [cell.H], Attr.Int("to", (long)_t)) : cell.H;
+        string h = _g.Op($"{p}/h/Transpose", "Transpose", [cellH], Attr.Ints("perm", 0, 2, 1, 3));
         h = _g.Op($"{p}/multihead_norm/LayerNormalization", "LayerNormalization",
-            [h, _g.ConstantTensor($"/model/constants/FLOAT/ones_{_c.VHeadDim}", [_c.VHeadDim], Enumerable.Repeat(1f, (int)_c.VHeadDim).ToArray())],
+            [h, _g.ConstantTensor($"/model/constants/{_t.ToString().ToUpperInvariant()}/ones_{_c.VHeadDim}", [_c.VHeadDim], Enumerable.Repeat(1f, (int)_c.VHeadDim).ToArray(), _t)],
             Attr.Int("axis", -1), Attr.Float("epsilon", _c.NormEps));
         h = _g.Op($"{p}/multihead_norm/Reshape", "Reshape", [h, _g.Constant(-1, dv)]);                      // [B·S, NH·DV]
-        h = _g.Op($"{p}/multihead_norm/Mul", "Mul", [h, _g.Weight($"model.blocks.{i}.mlstm.multihead_norm.weight", _w[WeightRole.MultiheadNorm, i])]);
+        h = _g.Op($"{p}/multihead_norm/Mul", "Mul", [h, _g.Weight($"model.blocks.{i}.mlstm.multihead_norm.weight", _w[WeightRole.MultiheadNorm, i], _t)]);
         if (_w.Optional(WeightRole.MultiheadNormBias, i) is { } mb)
         {
-            h = _g.Op($"{p}/multihead_norm/Add", "Add", [h, _g.Weight($"model.blocks.{i}.mlstm.multihead_norm.bias", mb)]);
+            h = _g.Op($"{p}/multihead_norm/Add", "Add", [h, _g.Weight($"model.blocks.{i}.mlstm.multihead_norm.bias", mb, _t)]);
         }
         h = _g.Op($"{p}/ogate/Mul", "Mul", [_g.Op($"{p}/ogate/Sigmoid", "Sigmoid", [o]), h]);
         return Gemm($"{p}/out_proj", h, _w[WeightRole.OutProj, i], _w.Optional(WeightRole.OutProjBias, i)); // [B·S, H]
@@ -168,19 +182,23 @@ public sealed class XLstmGraphBuilder
     /// <summary>RMSNorm over the last axis with fp32 statistics, eps inside the rsqrt; bias added after.</summary>
     private string MakeRmsNorm(string p, string x, IWeightSource weight, IWeightSource? bias)
     {
-        string w = _g.Weight(InitName(p, "weight"), weight);
+        string w = _g.Weight(InitName(p, "weight"), weight, _t);
         string y = _g.Op($"{p}/RMSNormalization", "RMSNormalization", [x, w],
             Attr.Int("axis", -1), Attr.Float("epsilon", _c.NormEps), Attr.Int("stash_type", 1));
-        return bias is null ? y : _g.Op($"{p}/Add", "Add", [y, _g.Weight(InitName(p, "bias"), bias)]);
+        return bias is null ? y : _g.Op($"{p}/Add", "Add", [y, _g.Weight(InitName(p, "bias"), bias, _t)]);
     }
 
-    /// <summary>y = x Wᵀ + b with W in the checkpoint's [out, in] layout.</summary>
-    private string Gemm(string p, string x, IWeightSource weight, IWeightSource? bias)
+    /// <summary>y = x Wᵀ + b with W in the checkpoint's [out, in] layout, stored in <paramref name="type"/> (default: the model's).</summary>
+    private string Gemm(string p, string x, IWeightSource weight, IWeightSource? bias, DataType? type = null)
     {
-        string w = _g.Weight(InitName(p, "weight"), weight);
-        string[] inputs = bias is null ? [x, w] : [x, w, _g.Weight(InitName(p, "bias"), bias)];
+        string w = _g.Weight(InitName(p, "weight"), weight, type ?? _t);
+        string[] inputs = bias is null ? [x, w] : [x, w, _g.Weight(InitName(p, "bias"), bias, type ?? _t)];
         return _g.Op($"{p}/Gemm", "Gemm", inputs, Attr.Int("transB", 1));
     }
+
+    /// <summary>x as float32 (a Cast when the model is float16 or bfloat16).</summary>
+    private string ToFloat(string p, string x) =>
+        _t == DataType.Float ? x : _g.Op($"{p}/CastToFloat", "Cast", [x], Attr.Int("to", (long)DataType.Float));
 
     /// <summary>cap · tanh(x / cap).</summary>
     private string SoftCap(string p, string x, double cap)

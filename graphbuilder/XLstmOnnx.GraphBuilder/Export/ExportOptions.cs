@@ -26,7 +26,10 @@ public enum MLstmKernels
 /// <summary>Options of one export. Defaults give the full-logits, input_ids, fp32 model.</summary>
 public sealed record ExportOptions
 {
-    /// <summary>Weight precision; only "fp32" so far.</summary>
+    /// <summary>
+    /// Weights and activations: "fp32", "fp16" or "bf16". Gate pre-activations, the mLSTM state and stabilizer, norm
+    /// statistics and logits are float32 whatever this is (HF computes gates in the model dtype; we keep them exact).
+    /// </summary>
     public string Dtype { get; init; } = "fp32";
     /// <summary>Emit logits for the last position only ([B, 1, V]); what decoding needs.</summary>
     public bool LastLogitsOnly { get; init; }
@@ -52,9 +55,9 @@ public sealed record ExportOptions
     /// <summary>Checks the options; throws naming the option.</summary>
     public void Validate()
     {
-        if (Dtype != "fp32")
+        if (Dtype is not ("fp32" or "fp16" or "bf16"))
         {
-            throw new XLstmOnnxException($"option --dtype must be \"fp32\" (bf16/fp16 exports are not implemented yet); found \"{Dtype}\".");
+            throw new XLstmOnnxException($"option --dtype must be fp32, fp16 or bf16; found \"{Dtype}\".");
         }
         if (ExternalDataThresholdBytes <= 0)
         {

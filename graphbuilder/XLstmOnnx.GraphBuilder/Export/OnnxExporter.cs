@@ -52,7 +52,7 @@ public static class OnnxExporter
         var clock = Stopwatch.StartNew();
         options.Validate();
         var graph = XLstmGraphBuilder.Build(config, weights, options);
-        long weightBytes = graph.Weights.Sum(w => w.Source.ElementCount() * 4);
+        long weightBytes = graph.Weights.Sum(w => w.Source.ElementCount() * WeightBytes.Size(w.Type));
         bool external = options.ExternalData switch
         {
             ExternalDataMode.Always => true,
@@ -118,11 +118,13 @@ public static class OnnxExporter
         long done = 0;
         var buffer = new float[BlockElements];
         using var data = external ? new FileStream(Path.Combine(dir, DataFile), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 22) : null;
-        foreach (var (name, source) in graph.Weights)
+        var encoded = new byte[BlockElements * 4];
+        foreach (var (name, source, type) in graph.Weights)
         {
             cancel.ThrowIfCancellationRequested();
             long count = source.ElementCount();
-            var t = new TensorProto { Name = name, DataType = (int)DataType.Float };
+            int size = WeightBytes.Size(type);
+            var t = new TensorProto { Name = name, DataType = (int)type };
             t.Dims.AddRange(source.Shape);
             if (data is not null)
             {
@@ -133,21 +135,21 @@ public static class OnnxExporter
                 {
                     int n = (int)Math.Min(BlockElements, count - i);
                     source.ReadFloat32(i, buffer.AsSpan(0, n));
-                    data.Write(MemoryMarshal.AsBytes(buffer.AsSpan(0, n)));
-                    done += n * 4L;
+                    data.Write(WeightBytes.Encode(buffer.AsSpan(0, n), type, encoded));
+                    done += (long)n * size;
                     progress?.Report(new ExportProgress(done, total, name));
                 }
                 t.DataLocation = TensorProto.Types.DataLocation.External;
                 t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = DataFile });
                 t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString() });
-                t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = (count * 4).ToString() });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = (count * size).ToString() });
             }
             else
             {
                 var all = new float[count];
                 source.ReadFloat32(0, all);
-                t.RawData = ByteString.CopyFrom(MemoryMarshal.AsBytes(all.AsSpan()));
-                done += count * 4;
+                t.RawData = ByteString.CopyFrom(WeightBytes.Encode(all, type));
+                done += count * size;
                 progress?.Report(new ExportProgress(done, total, name));
             }
             graph.Proto.Initializer.Add(t);

@@ -36,8 +36,8 @@ public sealed class OnnxGraph
     private readonly Dictionary<string, string> _constants = [];
     private readonly HashSet<string> _nodeNames = [];
 
-    /// <summary>Weights by initializer name, in insertion order; written by the exporter.</summary>
-    internal List<(string Name, IWeightSource Source)> Weights { get; } = [];
+    /// <summary>Weights by initializer name, in insertion order, with the element type they are stored in; written by the exporter.</summary>
+    internal List<(string Name, IWeightSource Source, DataType Type)> Weights { get; } = [];
 
     public GraphProto Proto { get; }
 
@@ -108,18 +108,27 @@ public sealed class OnnxGraph
         return name;
     }
 
-    /// <summary>A weight initializer whose float32 values the exporter streams from <paramref name="source"/>.</summary>
-    public string Weight(string name, IWeightSource source)
+    /// <summary>
+    /// A weight initializer whose values the exporter streams from <paramref name="source"/>, stored as
+    /// <paramref name="type"/> (float32, float16 or bfloat16; rounded to nearest even).
+    /// </summary>
+    public string Weight(string name, IWeightSource source, DataType type = DataType.Float)
     {
-        if (_root is not null) return _root.Weight(name, source);
+        if (_root is not null) return _root.Weight(name, source, type);
+        if (type is not (DataType.Float or DataType.Float16 or DataType.Bfloat16)) throw new ArgumentOutOfRangeException(nameof(type), type, "weights are float32, float16 or bfloat16");
         // a tied weight (lm_head = embeddings) is one source: write it once, under its first name
-        foreach (var (existing, s) in Weights)
+        foreach (var (existing, s, t) in Weights)
         {
-            if (ReferenceEquals(s, source)) return existing;
+            if (ReferenceEquals(s, source) && t == type) return existing;
         }
-        Weights.Add((name, source));
+        Weights.Add((name, source, type));
         return name;
     }
+
+    /// <summary>A constant of any shape in float32, float16 or bfloat16 under <paramref name="name"/>, created once per name.</summary>
+    public string ConstantTensor(string name, long[] shape, float[] values, DataType type) => type == DataType.Float
+        ? ConstantTensor(name, shape, values)
+        : Root.ConstantCore(name, type, shape, WeightBytes.Encode(values, type));
 
     /// <summary>Declares a graph input. A dim is a long (fixed), a string (symbolic) or null (unknown).</summary>
     public string Input(string name, DataType type, params object?[]? dims)
