@@ -49,14 +49,37 @@ public class CudaTests
         Assert.That(results.Where(r => !r.Passed).Select(r => $"{r.Case} {r.Check} {r.MaxAbsError:E2}"), Is.Empty);
     }
 
-    [TestCaseSource(typeof(FixtureTests), nameof(FixtureTests.Fixtures))]
-    public void Bf16GreedyTokensEqualTransformersOnCuda(string dir)
+    /// <summary>
+    /// bf16 (8-bit significand) against transformers' fp32 references, as measured on the H200 (tools/gpu/results/cuda-bf16.txt):
+    /// the random fixtures' greedy tokens stay equal (their logits move by up to 12: they are built to stress gates and caps);
+    /// the shipped model's logits move by 0.20 (onnx cell) / 0.30 (custom ops), so its greedy tokens are only equal with
+    /// the custom ops (with the standard-op cell 23 of the 40 greedy tokens differ: the reference's top-2 gaps are below bf16's error).
+    /// </summary>
+    [TestCase("single_basic", MLstmKernels.Onnx)]
+    [TestCase("fused_bias", MLstmKernels.Onnx)]
+    [TestCase("tied_dims", MLstmKernels.Onnx)]
+    [TestCase("segmented", MLstmKernels.Onnx)]
+    [TestCase("segmented", MLstmKernels.Custom)]
+    public void Bf16GreedyTokensEqualTransformersOnCuda(string fixture, MLstmKernels kernels)
     {
+        string dir = Path.Combine(TestPaths.Fixtures, fixture);
         using var tmp = TestPaths.Temp();
-        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = "bf16" });
+        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = "bf16", MLstmKernels = kernels });
         using var session = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = ExecutionDevice.Cuda });
         var greedy = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), double.PositiveInfinity, 0).Where(r => r.Check == "greedy_ids");
         Assert.That(greedy.Select(r => r.Violations), Is.All.Zero);
+    }
+
+    [Test]
+    public void Bf16ShippedModelLogitsOnCuda()
+    {
+        string dir = Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm");
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = "bf16" });
+        using var session = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = ExecutionDevice.Cuda });
+        // measured 0.20; 0.5 leaves room for another kernel choice, and is far below what a wrong graph gives (several units)
+        var logits = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), 0.5, 0).Where(r => r.Check.Contains("logits", StringComparison.Ordinal));
+        Assert.That(logits.Select(r => r.Violations), Is.All.Zero);
     }
 
     [Test]
