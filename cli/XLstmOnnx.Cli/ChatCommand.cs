@@ -30,7 +30,7 @@ internal static class ChatCommand
             // a reply ends where the model starts the next user turn
             var options = sampling.Build(r, [userPrefix.TrimEnd()]);
             using var generator = new Generator(session, 1);
-            bool started = false;
+            bool started = false, userPrefixWritten = false;
             if (r.GetValue(system) is { Length: > 0 } sys)
             {
                 generator.Append(tokenizer.Encode(sys));
@@ -42,19 +42,25 @@ internal static class ChatCommand
                 Console.Write("> ");
                 string? line = Console.ReadLine();
                 if (line is null || line.Trim() == "/exit") break;
-                if (line.Trim() == "/reset") { generator.Reset(); started = false; Console.Error.WriteLine("state reset"); continue; }
+                if (line.Trim() == "/reset") { generator.Reset(); started = userPrefixWritten = false; Console.Error.WriteLine("state reset"); continue; }
                 if (line.StartsWith("/save ", StringComparison.Ordinal)) { generator.Snapshot().Save(line[6..].Trim()); Console.Error.WriteLine("state saved"); continue; }
                 if (line.StartsWith("/load ", StringComparison.Ordinal))
                 {
                     generator.Restore(StateSnapshot.Load(line[6..].Trim(), session.Manifest));
                     started = true;
+                    userPrefixWritten = false;
                     Console.Error.WriteLine("state loaded");
                     continue;
                 }
-                string prefix = started ? userPrefix : userPrefix.TrimStart('\n'); // no blank line before the first turn
+                // No blank line before the first turn. A reply that ended at the stop string has already written the user
+                // prefix into the state (all its tokens are read), so the turn goes on from there instead of repeating it.
+                string prefix = !started ? userPrefix.TrimStart('\n')
+                    : userPrefixWritten ? userPrefix[userPrefix.TrimEnd().Length..]
+                    : userPrefix;
                 var turn = tokenizer.Encode(prefix + line + assistantPrefix);
                 started = true;
                 var result = generator.Generate([turn], options, (_, _, piece) => Console.Write(piece));
+                userPrefixWritten = result.Reasons[0] == StopReason.StopString;
                 Console.WriteLine();
                 Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"[{result.Tokens[0].Length} tokens, first after {result.TimeToFirstToken.TotalMilliseconds:F0} ms, {result.DecodeTokensPerSecond:F1} tokens/s]"));
