@@ -45,6 +45,17 @@ public class TokenizerTests
 
     private static int[] Ids(JsonElement e, string key) => [.. e.GetProperty(key).EnumerateArray().Select(x => x.GetInt32())];
 
+    [TestCase("WordPiece", "ByteLevel", "model.type", TestName = "not a BPE tokenizer")]
+    [TestCase("BPE", "Metaspace", "pre_tokenizer.type", TestName = "a pre-tokenizer we do not read")]
+    public void UnsupportedTokenizersNameTheField(string model, string preTokenizer, string field)
+    {
+        using var tmp = TestPaths.Temp();
+        string path = tmp.Sub("tokenizer.json");
+        File.WriteAllText(path, $$"""{"model": {"type": "{{model}}", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "{{preTokenizer}}"}, "added_tokens": []}""");
+        var e = Assert.Throws<XLstmOnnxException>(() => HfTokenizer.Load(path));
+        Assert.That(e!.Message, Does.Contain(path).And.Contain($"'{field}'"));
+    }
+
     [Test]
     public void GoldenFilesExist() => Assert.That(GoldenFiles().Count(), Is.GreaterThanOrEqualTo(1), $"golden ids under {Golden}");
 
