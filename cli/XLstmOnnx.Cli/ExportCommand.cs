@@ -19,6 +19,9 @@ internal static class ExportCommand
         var config = new Option<string?>("--config") { Description = "With --random-weights: an HF config.json." };
         var blocks = new Option<int?>("--num-blocks") { Description = "With --random-weights: override num_blocks (e.g. 2 for a 7B-width test)." };
         var seed = new Option<int>("--seed") { Description = "With --random-weights: the seed." };
+        var quantize = new Option<string?>("--quantize") { Description = "int4: the large projections as 4-bit blocks (com.microsoft::MatMulNBits)." };
+        quantize.AcceptOnlyFromAmong("int4");
+        var blockSize = new Option<int>("--block-size") { Description = "With --quantize: inputs per 4-bit block.", DefaultValueFactory = _ => 32 };
         var output = new Option<string>("--output") { Description = "Folder to write the exported model into (new, empty, or a previous export).", Required = true };
         var dtype = new Option<string>("--dtype") { Description = "Weights and activations (gates, state and logits stay float32).", DefaultValueFactory = _ => "fp32" };
         dtype.AcceptOnlyFromAmong("fp32", "fp16", "bf16");
@@ -32,7 +35,7 @@ internal static class ExportCommand
             DefaultValueFactory = _ => MLstmKernels.Onnx,
         };
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
-            { checkpoint, random, preset, config, blocks, seed, output, dtype, lastOnly, embeds, hidden, external, kernels };
+            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, embeds, hidden, external, kernels };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new ExportOptions
@@ -43,6 +46,8 @@ internal static class ExportCommand
                 HiddenStates = r.GetValue(hidden),
                 ExternalData = r.GetValue(external),
                 MLstmKernels = r.GetValue(kernels),
+                QuantizeBits = r.GetValue(quantize) is null ? null : 4,
+                QuantizeBlockSize = r.GetValue(blockSize),
             };
             long peakAnon = 0;
             var progress = (Action<double, string> report) => new Progress(p =>

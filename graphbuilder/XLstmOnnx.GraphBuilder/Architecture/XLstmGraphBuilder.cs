@@ -57,7 +57,7 @@ public sealed class XLstmGraphBuilder
         if (_o.LastLogitsOnly) x = MakeLastPosition(x);                 // [B, H]
         x = MakeRmsNorm("/model/out_norm", x, _w[WeightRole.OutNorm], null);
         hidden.Add(x);
-        string logits = ToFloat("/model/lm_head", Gemm("/model/lm_head", x, _w[WeightRole.LmHead], null)); // [B·S, V], matmul in T, then fp32 (as HF)
+        string logits = ToFloat("/model/lm_head", Gemm("/model/lm_head", x, _w[WeightRole.LmHead], null, quantize: true)); // [B·S, V], matmul in T, then fp32 (as HF)
         if (_c.OutputLogitSoftCap is { } cap) logits = SoftCap("/model/logits_soft_cap", logits, cap);
         // [B·S, V] -> [B, S, V]   (last-only: [B, V] -> [B, 1, V])
         logits = _o.LastLogitsOnly
@@ -119,7 +119,7 @@ public sealed class XLstmGraphBuilder
     {
         string p = $"/model/blocks.{i}/mlstm";
         long qk = _c.QkDim, dv = _c.VDim, nh = _c.NumHeads;
-        string qkvo = Gemm($"{p}/qkvo_proj", x, _w[WeightRole.QkvoProj, i], _w.Optional(WeightRole.QkvoProjBias, i)); // [B·S, 2QK+2V]
+        string qkvo = Gemm($"{p}/qkvo_proj", x, _w[WeightRole.QkvoProj, i], _w.Optional(WeightRole.QkvoProjBias, i), quantize: true); // [B·S, 2QK+2V]
         var (q, k, v, o) = Split4(_g.Node($"{p}/qkvo_proj/Split", "Split", [qkvo, _g.Constant(qk, qk, dv, dv)], 4, "", Attr.Int("axis", 1)));
         // gate pre-activations in float32 (x cast once; the i/f weights are 2·NH rows, stored float32)
         string gates = Gemm($"{p}/if_gate", ToFloat($"{p}/if_gate/input", x), _w[WeightRole.IfGate, i], _w[WeightRole.IfGateBias, i], DataType.Float); // [B·S, 2NH]
@@ -165,18 +165,18 @@ public sealed class XLstmGraphBuilder
             h = _g.Op($"{p}/multihead_norm/Add", "Add", [h, _g.Weight($"model.blocks.{i}.mlstm.multihead_norm.bias", mb, _t)]);
         }
         h = _g.Op($"{p}/ogate/Mul", "Mul", [_g.Op($"{p}/ogate/Sigmoid", "Sigmoid", [o]), h]);
-        return Gemm($"{p}/out_proj", h, _w[WeightRole.OutProj, i], _w.Optional(WeightRole.OutProjBias, i)); // [B·S, H]
+        return Gemm($"{p}/out_proj", h, _w[WeightRole.OutProj, i], _w.Optional(WeightRole.OutProjBias, i), quantize: true); // [B·S, H]
     }
 
     /// <summary>gate, z = split(x W_upᵀ); y = (silu(gate) ⊙ z) W_downᵀ.</summary>
     private string MakeFeedForward(int i, string x)
     {
         string p = $"/model/blocks.{i}/ffn";
-        string up = Gemm($"{p}/proj_up_gate_z", x, _w[WeightRole.FfnUpGateZ, i], _w.Optional(WeightRole.FfnUpGateZBias, i));
+        string up = Gemm($"{p}/proj_up_gate_z", x, _w[WeightRole.FfnUpGateZ, i], _w.Optional(WeightRole.FfnUpGateZBias, i), quantize: true);
         var gz = _g.Node($"{p}/proj_up_gate_z/Split", "Split", [up, _g.Constant(_c.FfnDim, _c.FfnDim)], 2, "", Attr.Int("axis", 1));
         string silu = _g.Op($"{p}/silu/Mul", "Mul", [gz[0], _g.Op($"{p}/silu/Sigmoid", "Sigmoid", [gz[0]])]);
         string z = _g.Op($"{p}/gate/Mul", "Mul", [silu, gz[1]]);
-        return Gemm($"{p}/proj_down", z, _w[WeightRole.FfnDown, i], _w.Optional(WeightRole.FfnDownBias, i));
+        return Gemm($"{p}/proj_down", z, _w[WeightRole.FfnDown, i], _w.Optional(WeightRole.FfnDownBias, i), quantize: true);
     }
 
     /// <summary>RMSNorm over the last axis with fp32 statistics, eps inside the rsqrt; bias added after.</summary>
@@ -189,11 +189,25 @@ public sealed class XLstmGraphBuilder
     }
 
     /// <summary>y = x Wᵀ + b with W in the checkpoint's [out, in] layout, stored in <paramref name="type"/> (default: the model's).</summary>
-    private string Gemm(string p, string x, IWeightSource weight, IWeightSource? bias, DataType? type = null)
+    private string Gemm(string p, string x, IWeightSource weight, IWeightSource? bias, DataType? type = null, bool quantize = false)
     {
+        if (quantize && _o.QuantizeBits == 4) return MatMulNBits(p, x, weight, bias);
         string w = _g.Weight(InitName(p, "weight"), weight, type ?? _t);
         string[] inputs = bias is null ? [x, w] : [x, w, _g.Weight(InitName(p, "bias"), bias, type ?? _t)];
         return _g.Op($"{p}/Gemm", "Gemm", inputs, Attr.Int("transB", 1));
+    }
+
+    /// <summary>y = x Wᵀ + b with W as 4-bit blocks (com.microsoft::MatMulNBits; W stays [N, K], as the checkpoint has it).</summary>
+    private string MatMulNBits(string p, string x, IWeightSource weight, IWeightSource? bias)
+    {
+        var q = new Int4Quantizer(weight, _o.QuantizeBlockSize, _t);
+        string name = InitName(p, "weight");
+        string b = _g.RawWeight($"{name}.q4", DataType.Uint8, q.BShape, q.BBytes, q.B);
+        string scales = _g.RawWeight($"{name}.scales", _t, q.ScalesShape, q.ScalesBytes, q.Scales);
+        string zeros = _g.RawWeight($"{name}.zero_points", DataType.Uint8, q.ZerosShape, q.ZerosBytes, q.ZeroPoints);
+        string[] inputs = bias is null ? [x, b, scales, zeros] : [x, b, scales, zeros, "", _g.Weight(InitName(p, "bias"), bias, _t)];
+        return _g.Node($"{p}/MatMulNBits", "MatMulNBits", inputs, 1, "com.microsoft",
+            Attr.Int("K", q.K), Attr.Int("N", q.N), Attr.Int("bits", 4), Attr.Int("block_size", q.BlockSize))[0];
     }
 
     /// <summary>x as float32 (a Cast when the model is float16 or bfloat16).</summary>

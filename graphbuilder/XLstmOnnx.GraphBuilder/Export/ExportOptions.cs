@@ -31,6 +31,13 @@ public sealed record ExportOptions
     /// statistics and logits are float32 whatever this is (HF computes gates in the model dtype; we keep them exact).
     /// </summary>
     public string Dtype { get; init; } = "fp32";
+    /// <summary>
+    /// 4 to store the large projections (q/k/v/o, out_proj, FFN, lm_head) as 4-bit blocks for com.microsoft::MatMulNBits;
+    /// null keeps them in <see cref="Dtype"/>. Embeddings, gates and norms are never quantized.
+    /// </summary>
+    public int? QuantizeBits { get; init; }
+    /// <summary>Inputs per 4-bit block (one scale and zero point each): a power of two, at least 16.</summary>
+    public int QuantizeBlockSize { get; init; } = 32;
     /// <summary>Emit logits for the last position only ([B, 1, V]); what decoding needs.</summary>
     public bool LastLogitsOnly { get; init; }
     /// <summary>Take <c>inputs_embeds</c> [B, S, E] instead of <c>input_ids</c>.</summary>
@@ -58,6 +65,11 @@ public sealed record ExportOptions
         if (Dtype is not ("fp32" or "fp16" or "bf16"))
         {
             throw new XLstmOnnxException($"option --dtype must be fp32, fp16 or bf16; found \"{Dtype}\".");
+        }
+        if (QuantizeBits is { } bits && bits != 4) throw new XLstmOnnxException($"option --quantize must be int4; found int{bits}.");
+        if (QuantizeBlockSize < 16 || (QuantizeBlockSize & (QuantizeBlockSize - 1)) != 0)
+        {
+            throw new XLstmOnnxException($"option --block-size must be a power of two of at least 16; found {QuantizeBlockSize}.");
         }
         if (ExternalDataThresholdBytes <= 0)
         {

@@ -20,6 +20,8 @@ public sealed record ModelManifest
     public string? ExternalDataFile { get; init; }
     /// <summary>Weight precision ("fp32").</summary>
     public string Dtype { get; init; } = "fp32";
+    /// <summary>Quantized projections, e.g. "int4-block32", or null.</summary>
+    public string? Quantization { get; init; }
     /// <summary>State precision; always "float32".</summary>
     public string StateDtype { get; init; } = "float32";
     /// <summary>"onnx" (standard ops) or "custom" (needs the custom-op library).</summary>
@@ -62,6 +64,7 @@ public sealed record ModelManifest
         Producer = $"XLstmOnnx {typeof(ModelManifest).Assembly.GetName().Version}",
         ExternalDataFile = externalDataFile,
         Dtype = o.Dtype,
+        Quantization = o.QuantizeBits is { } bits ? $"int{bits}-block{o.QuantizeBlockSize}" : null,
         MLstmKernels = o.MLstmKernels.ToString().ToLowerInvariant(),
         CustomOpDomain = o.MLstmKernels == Export.MLstmKernels.Custom ? $"{MLstmCustomOpEmitter.Domain}:{MLstmCustomOpEmitter.DomainVersion}" : null,
         Input = o.InputsEmbeds ? StateNames.InputsEmbeds : StateNames.InputIds,

@@ -52,7 +52,7 @@ public static class OnnxExporter
         var clock = Stopwatch.StartNew();
         options.Validate();
         var graph = XLstmGraphBuilder.Build(config, weights, options);
-        long weightBytes = graph.Weights.Sum(w => w.Source.ElementCount() * WeightBytes.Size(w.Type));
+        long weightBytes = graph.Weights.Sum(w => w.Source.ElementCount() * WeightBytes.Size(w.Type)) + graph.RawWeights.Sum(w => w.Bytes);
         bool external = options.ExternalData switch
         {
             ExternalDataMode.Always => true,
@@ -78,6 +78,7 @@ public static class OnnxExporter
                 Graph = graph.Proto,
             };
             model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
+            if (options.QuantizeBits is not null) model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.microsoft", Version = 1 });
             if (options.MLstmKernels == MLstmKernels.Custom)
             {
                 model.OpsetImport.Add(new OperatorSetIdProto { Domain = MLstmCustomOpEmitter.Domain, Version = MLstmCustomOpEmitter.DomainVersion });
@@ -152,6 +153,32 @@ public static class OnnxExporter
                 done += count * size;
                 progress?.Report(new ExportProgress(done, total, name));
             }
+            graph.Proto.Initializer.Add(t);
+        }
+        foreach (var (name, type, shape, bytes, make) in graph.RawWeights)
+        {
+            cancel.ThrowIfCancellationRequested();
+            byte[] raw = make();
+            if (raw.LongLength != bytes) throw new InvalidOperationException($"initializer {name}: {raw.LongLength} bytes made, {bytes} declared");
+            var t = new TensorProto { Name = name, DataType = (int)type };
+            t.Dims.AddRange(shape);
+            if (data is not null)
+            {
+                long pad = (ExternalAlignment - data.Position % ExternalAlignment) % ExternalAlignment;
+                if (pad > 0) data.Write(new byte[pad]);
+                long offset = data.Position;
+                data.Write(raw);
+                t.DataLocation = TensorProto.Types.DataLocation.External;
+                t.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = DataFile });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString() });
+                t.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = bytes.ToString() });
+            }
+            else
+            {
+                t.RawData = ByteString.CopyFrom(raw);
+            }
+            done += bytes;
+            progress?.Report(new ExportProgress(done, total, name));
             graph.Proto.Initializer.Add(t);
         }
         data?.Flush(flushToDisk: true);

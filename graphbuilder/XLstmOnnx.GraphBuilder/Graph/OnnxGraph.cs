@@ -125,6 +125,17 @@ public sealed class OnnxGraph
         return name;
     }
 
+    /// <summary>Initializers given as bytes made on demand (quantized weights), written after <see cref="Weights"/>.</summary>
+    internal List<(string Name, DataType Type, long[] Shape, long Bytes, Func<byte[]> Make)> RawWeights { get; } = [];
+
+    /// <summary>An initializer whose raw little-endian bytes <paramref name="make"/> produces when the exporter writes it.</summary>
+    public string RawWeight(string name, DataType type, long[] shape, long bytes, Func<byte[]> make)
+    {
+        if (_root is not null) return _root.RawWeight(name, type, shape, bytes, make);
+        RawWeights.Add((name, type, shape, bytes, make));
+        return name;
+    }
+
     /// <summary>A constant of any shape in float32, float16 or bfloat16 under <paramref name="name"/>, created once per name.</summary>
     public string ConstantTensor(string name, long[] shape, float[] values, DataType type) => type == DataType.Float
         ? ConstantTensor(name, shape, values)
