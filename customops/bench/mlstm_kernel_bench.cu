@@ -18,19 +18,11 @@
 #include <vector>
 
 #include "kernels/mlstm_cuda_common.cuh"
+#include "kernels/cuda_check.h"
 #include "kernels/mlstm_fw.cuh"
 
 namespace xlstm {
 namespace {
-
-#define CHECK_CUDA(expr)                                                                             \
-  do {                                                                                               \
-    cudaError_t err_ = (expr);                                                                       \
-    if (err_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
-      std::exit(2);                                                                                  \
-    }                                                                                                \
-  } while (0)
 
 __device__ __forceinline__ float HashUniform(uint64_t i, uint32_t seed) {
   uint64_t x = i * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull;

@@ -16,20 +16,12 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda_check.h"
 #include "kernels/mlstm_fw.cuh"
 #include "mlstm_test_util.h"
 
 namespace xlstm::test {
 namespace {
-
-#define CHECK_CUDA(expr)                                                                             \
-  do {                                                                                               \
-    cudaError_t err_ = (expr);                                                                       \
-    if (err_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
-      std::exit(2);                                                                                  \
-    }                                                                                                \
-  } while (0)
 
 class DeviceBuffer {
  public:

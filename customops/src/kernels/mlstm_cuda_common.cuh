@@ -45,13 +45,9 @@ __device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float x) {
 /// torch's logsigmoid: min(x, 0) − log1p(exp(−|x|)) (accurate expf/log1pf: no fast-math in this library).
 __device__ __forceinline__ float LogSigmoidF(float x) { return fminf(x, 0.0f) - log1pf(expf(-fabsf(x))); }
 
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ double WarpSum(double v) {
+/// Sum over the 32 lanes of a warp (float sums, or double where float32 models need them).
+template <typename T>
+__device__ __forceinline__ T WarpSum(T v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
