@@ -26,6 +26,7 @@ internal static class ExportCommand
         var dtype = new Option<string>("--dtype") { Description = "Weights and activations (gates, state and logits stay float32).", DefaultValueFactory = _ => "fp32" };
         dtype.AcceptOnlyFromAmong("fp32", "fp16", "bf16");
         var lastOnly = new Option<bool>("--last-logits-only") { Description = "Emit logits for the last position only ([B,1,V])." };
+        var nextToken = new Option<bool>("--next-token") { Description = "With --last-logits-only: add a next_token output (argmax on the device; greedy steps copy ids, not logits)." };
         var embeds = new Option<bool>("--inputs-embeds") { Description = "Take inputs_embeds [B,S,E] instead of input_ids." };
         var hidden = new Option<bool>("--hidden-states") { Description = "Add hidden_states.{i} outputs (each block, then the final norm) for debugging." };
         var external = new Option<ExternalDataMode>("--external-data") { Description = "Weights in model.onnx.data: auto (above 1 GiB), always or never.", DefaultValueFactory = _ => ExternalDataMode.Auto };
@@ -35,13 +36,14 @@ internal static class ExportCommand
             DefaultValueFactory = _ => MLstmKernels.Onnx,
         };
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
-            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, embeds, hidden, external, kernels };
+            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new ExportOptions
             {
                 Dtype = r.GetValue(dtype)!,
                 LastLogitsOnly = r.GetValue(lastOnly),
+                NextToken = r.GetValue(nextToken),
                 InputsEmbeds = r.GetValue(embeds),
                 HiddenStates = r.GetValue(hidden),
                 ExternalData = r.GetValue(external),

@@ -11,6 +11,7 @@ internal sealed class ModelOptions
     public readonly Option<string> Device = new("--device") { Description = "cpu or cuda.", DefaultValueFactory = _ => "cpu" };
     public readonly Option<int> DeviceId = new("--device-id") { Description = "CUDA device ordinal." };
     public readonly Option<int> Threads = new("--threads") { Description = "Intra-op threads (0: ONNX Runtime's choice)." };
+    public readonly Option<bool> CudaGraph = new("--cuda-graph") { Description = "With --device cuda: replay each decode step as a CUDA graph (models exported with --mlstm-kernels custom)." };
 
     public void AddTo(Command c)
     {
@@ -19,13 +20,16 @@ internal sealed class ModelOptions
         c.Options.Add(Device);
         c.Options.Add(DeviceId);
         c.Options.Add(Threads);
+        c.Options.Add(CudaGraph);
     }
 
-    public XLstmSession Load(ParseResult r) => XLstmSession.Load(r.GetValue(Model)!, new RuntimeOptions
+    public XLstmSession Load(ParseResult r, string? profilePrefix = null) => XLstmSession.Load(r.GetValue(Model)!, new RuntimeOptions
     {
+        ProfilePrefix = profilePrefix,
         Device = RuntimeOptions.ParseDevice(r.GetValue(Device)!),
         DeviceId = r.GetValue(DeviceId),
         Threads = r.GetValue(Threads),
+        CudaGraph = r.GetValue(CudaGraph),
     });
 }
 

@@ -15,6 +15,14 @@ public sealed record RuntimeOptions
     public int DeviceId { get; init; }
     /// <summary>Intra-op threads; 0 lets ONNX Runtime choose.</summary>
     public int Threads { get; init; }
+    /// <summary>
+    /// Capture each decode step as a CUDA graph and replay it (CUDA only; models exported with --mlstm-kernels custom,
+    /// since Loop nodes cannot be captured). Two graphs alternate with the two state buffer sets; prompts run uncaptured.
+    /// The session then fails to load when any node would run outside the CUDA EP.
+    /// </summary>
+    public bool CudaGraph { get; init; }
+    /// <summary>Write ONNX Runtime's per-node profile (JSON) under this path prefix; null: off. Costs time: not for timed runs.</summary>
+    public string? ProfilePrefix { get; init; }
 
     /// <summary>Parses "cpu" or "cuda" (the CLI's --device); throws listing the valid names.</summary>
     public static ExecutionDevice ParseDevice(string name) => name.ToLowerInvariant() switch

@@ -26,7 +26,7 @@ public sealed class XLstmSession : IDisposable
         Manifest = manifest;
         Directory = dir;
         Options = options;
-        _outputNames = [.. session.OutputMetadata.Keys];
+        _outputNames = [.. session.OutputMetadata.Keys.Where(k => k != StateNames.NextToken)]; // host runs read float outputs only
         StateMemory = options.Device == ExecutionDevice.Cuda
             ? new OrtMemoryInfo(OrtMemoryInfo.allocatorCUDA, OrtAllocatorType.DeviceAllocator, options.DeviceId, OrtMemType.Default)
             : OrtMemoryInfo.DefaultInstance;
@@ -72,11 +72,25 @@ public sealed class XLstmSession : IDisposable
         if (!File.Exists(path)) throw new XLstmOnnxException($"{dir}: {manifest.ModelFile} named by {ModelManifest.FileName} is missing.");
         using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
         if (options.Threads > 0) sessionOptions.IntraOpNumThreads = options.Threads;
+        if (options.ProfilePrefix is { } prefix)
+        {
+            sessionOptions.EnableProfiling = true;
+            sessionOptions.ProfileOutputPathPrefix = prefix;
+        }
+        if (options.CudaGraph)
+        {
+            if (options.Device != ExecutionDevice.Cuda) throw new XLstmOnnxException("option --cuda-graph needs --device cuda.");
+            if (manifest.MLstmKernels != "custom")
+            {
+                throw new XLstmOnnxException($"option --cuda-graph: {dir} has mlstm_kernels \"{manifest.MLstmKernels}\", whose Loop nodes cannot be captured; "
+                    + "export with --mlstm-kernels custom.");
+            }
+        }
         if (options.Device == ExecutionDevice.Cuda)
         {
             try
             {
-                AppendCuda(sessionOptions, options.DeviceId);
+                AppendCuda(sessionOptions, options.DeviceId, options.CudaGraph);
             }
             catch (OnnxRuntimeException e)
             {
@@ -115,13 +129,15 @@ public sealed class XLstmSession : IDisposable
     /// The CUDA EP on <paramref name="deviceId"/>, with TF32 off: fp32 models must compute in fp32 (TF32's 10-bit mantissa
     /// moves logits by ~1e-2, far outside the 1e-4 we verify to).
     /// </summary>
-    internal static void AppendCuda(SessionOptions options, int deviceId)
+    internal static void AppendCuda(SessionOptions options, int deviceId, bool cudaGraph = false)
     {
         using var cuda = new OrtCUDAProviderOptions();
         cuda.UpdateOptions(new Dictionary<string, string>
         {
             ["device_id"] = deviceId.ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["use_tf32"] = "0",
+            // ONNX Runtime refuses graph capture (session creation fails) when a node is not on the CUDA EP
+            ["enable_cuda_graph"] = cudaGraph ? "1" : "0",
         });
         options.AppendExecutionProvider_CUDA(cuda);
     }
@@ -143,6 +159,10 @@ public sealed class XLstmSession : IDisposable
             throw new XLstmOnnxException($"{path}: the model has {s.InputMetadata.Count} inputs; the manifest implies {expected.Count}.");
         }
         if (!s.OutputMetadata.ContainsKey(StateNames.Logits)) throw new XLstmOnnxException($"{path}: the model has no 'logits' output.");
+        if (m.NextToken != s.OutputMetadata.ContainsKey(StateNames.NextToken))
+        {
+            throw new XLstmOnnxException($"{path}: the manifest says next_token is {(m.NextToken ? "" : "not ")}an output; the model {(m.NextToken ? "lacks it" : "has it")}.");
+        }
     }
 
     /// <summary>A zero state for <paramref name="batch"/> sequences.</summary>
@@ -206,7 +226,7 @@ public sealed class XLstmSession : IDisposable
                     values.Add(OrtValue.CreateTensorValueFromMemory(state[l, part], Manifest.StateShape(part, state.Batch)));
                 }
             }
-            using var runOptions = new RunOptions();
+            using var runOptions = UncapturedRunOptions();
             using var outputs = _session.Run(runOptions, names, values, _outputNames);
             Logits? logits = null;
             for (int i = 0; i < _outputNames.Length; i++)
@@ -234,6 +254,25 @@ public sealed class XLstmSession : IDisposable
         {
             for (int i = 1; i < values.Count; i++) values[i].Dispose(); // the caller owns values[0]
         }
+    }
+
+    /// <summary>Ends profiling (<see cref="RuntimeOptions.ProfilePrefix"/>) and returns the profile's file name.</summary>
+    public string EndProfiling() => _session.EndProfiling();
+
+    /// <summary>Run options for a call that must not be captured as a CUDA graph (prompts, host-array runs).</summary>
+    internal RunOptions UncapturedRunOptions()
+    {
+        var run = new RunOptions();
+        if (Options.CudaGraph) run.AddRunConfigEntry("gpu_graph_id", "-1");
+        return run;
+    }
+
+    /// <summary>Run options that capture (first use) or replay (later) CUDA graph <paramref name="id"/> (1 or more).</summary>
+    internal static RunOptions GraphRunOptions(int id)
+    {
+        var run = new RunOptions();
+        run.AddRunConfigEntry("gpu_graph_id", id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        return run;
     }
 
     public void Dispose() => _session.Dispose();

@@ -6,6 +6,8 @@ public static class StateNames
     public const string InputIds = "input_ids";
     public const string InputsEmbeds = "inputs_embeds";
     public const string Logits = "logits";
+    /// <summary>int64 [B, 1]: argmax of the last logits (exported with --next-token).</summary>
+    public const string NextToken = "next_token";
     /// <summary>int64 [B, S]: 1 for a real token, 0 for padding, which leaves the recurrent state untouched.</summary>
     public const string AttentionMask = "attention_mask";
 

@@ -64,6 +64,12 @@ public sealed class XLstmGraphBuilder
             ? _g.Op("/model/logits/Unsqueeze", "Unsqueeze", [logits, _g.Constant(1)])
             : _g.Op("/model/logits/Reshape", "Reshape", [logits, ShapeBS(_c.VocabSize)]);
         _g.Output(StateNames.Logits, logits, DataType.Float, "batch", _o.LastLogitsOnly ? 1L : "sequence", _c.VocabSize);
+        if (_o.NextToken)
+        {
+            // [B,1,V] -> [B,1]: greedy decoding reads B ids instead of B·V logits (ties: the first index, as ONNX specifies)
+            string next = _g.Op("/model/next_token/ArgMax", "ArgMax", [logits], Attr.Int("axis", 2), Attr.Int("keepdims", 0));
+            _g.Output(StateNames.NextToken, next, DataType.Int64, "batch", 1L);
+        }
         if (_o.HiddenStates)
         {
             for (int i = 0; i < hidden.Count; i++)

@@ -40,6 +40,11 @@ public sealed record ExportOptions
     public int QuantizeBlockSize { get; init; } = 32;
     /// <summary>Emit logits for the last position only ([B, 1, V]); what decoding needs.</summary>
     public bool LastLogitsOnly { get; init; }
+    /// <summary>
+    /// Add a <c>next_token</c> output [B, 1] int64: the argmax of the last logits, computed where the model runs, so a
+    /// greedy decode step copies B ids back instead of B·V logits. Needs <see cref="LastLogitsOnly"/>.
+    /// </summary>
+    public bool NextToken { get; init; }
     /// <summary>Take <c>inputs_embeds</c> [B, S, E] instead of <c>input_ids</c>.</summary>
     public bool InputsEmbeds { get; init; }
     /// <summary>
@@ -70,6 +75,10 @@ public sealed record ExportOptions
         if (QuantizeBlockSize < 16 || (QuantizeBlockSize & (QuantizeBlockSize - 1)) != 0)
         {
             throw new XLstmOnnxException($"option --block-size must be a power of two of at least 16; found {QuantizeBlockSize}.");
+        }
+        if (NextToken && !LastLogitsOnly)
+        {
+            throw new XLstmOnnxException("option --next-token needs --last-logits-only (it is the argmax of the last position's logits).");
         }
         if (ExternalDataThresholdBytes <= 0)
         {

@@ -36,6 +36,8 @@ public sealed record ModelManifest
     /// <summary>"all" ([B,S,V]) or "last" ([B,1,V]).</summary>
     public string Logits { get; init; } = "all";
     public bool HiddenStates { get; init; }
+    /// <summary>Whether the model has the <c>next_token</c> output [B,1] int64 (argmax of the last logits).</summary>
+    public bool NextToken { get; init; }
     public int NumLayers { get; init; }
     public long NumHeads { get; init; }
     public long QkHeadDim { get; init; }
@@ -71,6 +73,7 @@ public sealed record ModelManifest
         AttentionMask = o.AttentionMask,
         Logits = o.LastLogitsOnly ? "last" : "all",
         HiddenStates = o.HiddenStates,
+        NextToken = o.NextToken,
         NumLayers = checked((int)c.NumBlocks),
         NumHeads = c.NumHeads,
         QkHeadDim = c.QkHeadDim,

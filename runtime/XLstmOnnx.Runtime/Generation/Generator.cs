@@ -20,7 +20,10 @@ public sealed record GenerationResult(int[][] Tokens, StopReason[] Reasons, Time
 /// (GPU memory on CUDA) in two buffer sets, one read as past_state and the other written as present_state, swapped
 /// after every call; a buffer is never input and output of the same call. Prompts of different lengths are
 /// left-padded and masked, and masked positions leave a row's state untouched, so a batch gives each row the tokens
-/// it gets alone. Only the last position's logits come back to the host. A decode step allocates nothing.
+/// it gets alone. Only the last position's logits come back to the host, or only B argmax ids when the model has
+/// next_token and <see cref="CopyLogits"/> is off. On CUDA a decode step reads its ids and mask from fixed device
+/// buffers, so that with <see cref="RuntimeOptions.CudaGraph"/> each state parity replays its own captured graph
+/// (ids 1 and 2; a graph captured over one buffer set must never see the other). A decode step allocates nothing.
 /// Owns every native object it creates.
 /// </summary>
 public sealed class Generator : IDisposable
@@ -42,11 +45,18 @@ public sealed class Generator : IDisposable
     private readonly OrtIoBinding[] _stepBinding = new OrtIoBinding[2];
     private readonly float[] _last;                    // [B,V] the last logits of each row
     private readonly int?[] _pending;                  // a sampled token not yet fed, per row
-    private readonly RunOptions _run = new();
+    private readonly RunOptions _run;                 // prompts: never captured
+    private readonly RunOptions[] _stepRun;            // decode steps, per state parity (CUDA graph ids 1 and 2)
     private readonly long _padId;
     private TensorCopier? _copier;
     private readonly OrtAllocator? _deviceAllocator;
-    private readonly bool _rebindInputs;
+    private readonly bool _cuda;
+    private readonly bool _nextToken;                  // the model has next_token (argmax on the device)
+    private readonly long[] _stepNext;                 // [B] next_token of the last call
+    private readonly OrtValue? _stepNextValue;         // [B,1] host, for prompt calls and CPU steps
+    private readonly OrtValue? _devIds, _devMask, _devLogits, _devNext; // CUDA steps: fixed device buffers
+    private readonly long[] _lastNext;                 // per row: the argmax after its last token
+    private readonly bool[] _lastStale;                // per row: _last was not copied back (CopyLogits off)
 
     public Generator(XLstmSession model, int batch = 1)
     {
@@ -58,7 +68,10 @@ public sealed class Generator : IDisposable
         Batch = batch;
         _vocab = (int)_m.VocabSize;
         _padId = _m.PadTokenId ?? 0;
-        _rebindInputs = model.Options.Device != ExecutionDevice.Cpu;
+        _cuda = model.Options.Device == ExecutionDevice.Cuda;
+        _nextToken = _m.NextToken;
+        _run = model.UncapturedRunOptions();
+        _stepRun = model.Options.CudaGraph ? [XLstmSession.GraphRunOptions(1), XLstmSession.GraphRunOptions(2)] : [_run, _run];
         int n = _m.NumLayers * 3;
         _past = new string[n];
         _present = new string[n];
@@ -88,8 +101,25 @@ public sealed class Generator : IDisposable
             _stepMaskValue = Own(OrtValue.CreateTensorValueFromMemory(_stepMask, [batch, 1]));
             _stepLogits = new float[batch * _vocab];
             _stepLogitsValue = Own(OrtValue.CreateTensorValueFromMemory(_stepLogits, [batch, 1, _vocab]));
-            for (int parity = 0; parity < 2; parity++) _stepBinding[parity] = Bind(_stepIdsValue, _stepMaskValue, _state[parity], _state[1 - parity], _stepLogitsValue);
+            _stepNext = new long[batch];
+            _stepNextValue = _nextToken ? Own(OrtValue.CreateTensorValueFromMemory(_stepNext, [batch, 1])) : null;
+            if (_cuda)
+            {
+                CudaRuntime.SetDevice(model.Options.DeviceId);
+                _devIds = Own(OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Int64, [batch, 1]));
+                _devMask = Own(OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Int64, [batch, 1]));
+                _devLogits = Own(OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Float, [batch, 1, _vocab]));
+                _devNext = _nextToken ? Own(OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Int64, [batch, 1])) : null;
+            }
+            for (int parity = 0; parity < 2; parity++)
+            {
+                _stepBinding[parity] = _cuda
+                    ? Bind(_devIds!, _devMask!, _state[parity], _state[1 - parity], _devLogits!, _devNext)
+                    : Bind(_stepIdsValue, _stepMaskValue, _state[parity], _state[1 - parity], _stepLogitsValue, _stepNextValue);
+            }
             _last = new float[batch * _vocab];
+            _lastNext = new long[batch];
+            _lastStale = new bool[batch];
             _pending = new int?[batch];
             Reset();
         }
@@ -105,7 +135,21 @@ public sealed class Generator : IDisposable
     public HfTokenizer? Tokenizer => _model.Tokenizer;
 
     /// <summary>The logits after the last token each row has read (valid after a prompt was fed).</summary>
-    public ReadOnlySpan<float> LastLogits(int row) => _last.AsSpan(row * _vocab, _vocab);
+    public ReadOnlySpan<float> LastLogits(int row) => _lastStale[row]
+        ? throw new InvalidOperationException($"row {row}: its last logits stayed on the device (CopyLogits is off); use GreedyNext.")
+        : _last.AsSpan(row * _vocab, _vocab);
+
+    /// <summary>Whether the model computes the argmax on the device (exported with --next-token).</summary>
+    public bool HasDeviceArgMax => _nextToken;
+
+    /// <summary>
+    /// Whether CUDA decode steps copy the logits back (default). Off, with a next_token model, a step copies only B
+    /// ids and <see cref="LastLogits"/> throws for stepped rows until the next prompt; greedy decoding needs no more.
+    /// </summary>
+    public bool CopyLogits { get; set; } = true;
+
+    /// <summary>The argmax of row <paramref name="row"/>'s last logits: from the device when the model has next_token.</summary>
+    public int GreedyNext(int row) => _nextToken ? (int)_lastNext[row] : Sampler.ArgMax(LastLogits(row));
 
     /// <summary>Back to the zero state ("start"), forgetting pending tokens.</summary>
     public void Reset()
@@ -113,6 +157,8 @@ public sealed class Generator : IDisposable
         _pastOverride = _zeros;
         Array.Clear(_pending);
         Array.Clear(_last);
+        Array.Clear(_lastNext);
+        Array.Clear(_lastStale);
     }
 
     /// <summary>
@@ -172,7 +218,7 @@ public sealed class Generator : IDisposable
             using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [Batch, w]);
             using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [Batch, w]);
             using var logitsValue = all ? OrtValue.CreateTensorValueFromMemory(logits, [Batch, w, _vocab]) : null;
-            using var binding = Bind(idsValue, maskValue, _pastOverride ?? _state[_cur], _state[1 - _cur], logitsValue ?? _stepLogitsValue);
+            using var binding = Bind(idsValue, maskValue, _pastOverride ?? _state[_cur], _state[1 - _cur], logitsValue ?? _stepLogitsValue, _stepNextValue);
             _session.RunWithBinding(_run, binding);
             binding.SynchronizeBoundOutputs();
             _pastOverride = null;
@@ -180,7 +226,10 @@ public sealed class Generator : IDisposable
             int positions = all ? w : 1;
             for (int r = 0; r < Batch; r++)
             {
-                if (mask[r * w + w - 1] == 1) logits.AsSpan((r * positions + positions - 1) * _vocab, _vocab).CopyTo(_last.AsSpan(r * _vocab, _vocab));
+                if (mask[r * w + w - 1] != 1) continue;
+                logits.AsSpan((r * positions + positions - 1) * _vocab, _vocab).CopyTo(_last.AsSpan(r * _vocab, _vocab));
+                _lastStale[r] = false;
+                if (_nextToken) _lastNext[r] = _stepNext[r];
             }
         }
     }
@@ -188,19 +237,27 @@ public sealed class Generator : IDisposable
     /// <summary>One token per row from <see cref="_stepIds"/> and <see cref="_stepMask"/>, on the prebuilt bindings.</summary>
     private void RunStep()
     {
-        if (_rebindInputs)
+        if (_cuda)
         {
-            // ORT copies a host input to the device when it is bound, not when it runs: rebind the ids and mask each step
-            // (two small name strings are the only allocation of a CUDA step)
-            _stepBinding[_cur].BindInput(StateNames.InputIds, _stepIdsValue);
-            if (_m.AttentionMask) _stepBinding[_cur].BindInput(StateNames.AttentionMask, _stepMaskValue);
+            // into the fixed device buffers the bindings (and any captured graph) read
+            CudaRuntime.CopyToDevice<long>(_stepIds, _devIds!);
+            if (_m.AttentionMask) CudaRuntime.CopyToDevice<long>(_stepMask, _devMask!);
         }
-        _session.RunWithBinding(_run, _stepBinding[_cur]);
+        _session.RunWithBinding(_stepRun[_cur], _stepBinding[_cur]);
         _stepBinding[_cur].SynchronizeBoundOutputs();
         _cur = 1 - _cur;
+        bool logits = !_cuda || CopyLogits || !_nextToken;
+        if (_cuda)
+        {
+            if (_nextToken) CudaRuntime.CopyToHost<long>(_devNext!, _stepNext);
+            if (logits) CudaRuntime.CopyToHost<float>(_devLogits!, _stepLogits);
+        }
         for (int r = 0; r < Batch; r++)
         {
-            if (_stepMask[r] == 1) _stepLogits.AsSpan(r * _vocab, _vocab).CopyTo(_last.AsSpan(r * _vocab, _vocab));
+            if (_stepMask[r] != 1) continue;
+            if (logits) _stepLogits.AsSpan(r * _vocab, _vocab).CopyTo(_last.AsSpan(r * _vocab, _vocab));
+            _lastStale[r] = !logits;
+            if (_nextToken) _lastNext[r] = _stepNext[r];
         }
     }
 
@@ -235,6 +292,23 @@ public sealed class Generator : IDisposable
             outputs[r] = new List<int>(options.MaxNewTokens);
             if (texts is not null) texts[r] = new TextStopper(Tokenizer!, options.StopStrings);
         }
+        // plain greedy over the full vocabulary needs only the device's argmax: steps then copy B ids, not B·V logits
+        bool deviceGreedy = _nextToken && options.Greedy && options.RepetitionPenalty == 1.0 && sampleVocab == _vocab;
+        bool copyLogits = CopyLogits;
+        CopyLogits = copyLogits && !deviceGreedy;
+        try
+        {
+            return GenerateCore(prompts, options, onToken, samplers, stops, outputs, reasons, texts, deviceGreedy);
+        }
+        finally
+        {
+            CopyLogits = copyLogits;
+        }
+    }
+
+    private GenerationResult GenerateCore(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, Action<int, int, string>? onToken,
+        Sampler[] samplers, HashSet<int> stops, List<int>[] outputs, StopReason[] reasons, TextStopper[]? texts, bool deviceGreedy)
+    {
         var clock = Stopwatch.StartNew();
         Append(prompts);
         bool anyInput = Enumerable.Range(0, Batch).Any(r => prompts[r].Count > 0);
@@ -247,7 +321,7 @@ public sealed class Generator : IDisposable
             for (int r = 0; r < Batch; r++)
             {
                 if (reasons[r] != StopReason.None) continue;
-                int token = samplers[r].Next(LastLogits(r));
+                int token = deviceGreedy ? GreedyNext(r) : samplers[r].Next(LastLogits(r));
                 samplers[r].Observe(token);
                 outputs[r].Add(token);
                 string text = texts?[r].Push(token) ?? "";
@@ -314,6 +388,8 @@ public sealed class Generator : IDisposable
         _pastOverride = values;
         for (int r = 0; r < Batch; r++) _pending[r] = snapshot.Pending[r] is { Length: > 0 } p ? p[0] : null;
         Array.Clear(_last);
+        Array.Clear(_lastNext);
+        Array.Clear(_lastStale);
     }
 
     /// <summary>One row's state (every layer's C, n, m) and its last logits, in host memory.</summary>
@@ -379,6 +455,8 @@ public sealed class Generator : IDisposable
         var last = _last.AsSpan(row * _vocab, _vocab);
         if (logits is null) last.Clear();
         else logits.CopyTo(last);
+        _lastStale[row] = false;
+        _lastNext[row] = logits is null ? 0 : Sampler.ArgMax(logits);
         _pending[row] = null;
     }
 
@@ -409,7 +487,7 @@ public sealed class Generator : IDisposable
         return OrtValue.CreateTensorValueWithData(_model.StateMemory, TensorElementType.Float, RowShape(i), (IntPtr)(basePtr + row * bytes), bytes);
     }
 
-    private OrtIoBinding Bind(OrtValue ids, OrtValue mask, OrtValue[] past, OrtValue[] present, OrtValue logits)
+    private OrtIoBinding Bind(OrtValue ids, OrtValue mask, OrtValue[] past, OrtValue[] present, OrtValue logits, OrtValue? next)
     {
         var b = _session.CreateIoBinding();
         b.BindInput(StateNames.InputIds, ids);
@@ -420,6 +498,7 @@ public sealed class Generator : IDisposable
             b.BindOutput(_present[i], present[i]);
         }
         b.BindOutput(StateNames.Logits, logits);
+        if (next is not null) b.BindOutput(StateNames.NextToken, next);
         return b;
     }
 
@@ -441,10 +520,11 @@ public sealed class Generator : IDisposable
     public void Dispose()
     {
         foreach (var b in _stepBinding) b?.Dispose();
+        foreach (var r in _stepRun ?? []) if (!ReferenceEquals(r, _run)) r?.Dispose();
+        _run?.Dispose();
         foreach (var v in _owned) v.Dispose();
         _owned.Clear();
         _copier?.Dispose();
-        _run.Dispose();
         _deviceAllocator?.Dispose();
     }
 }
