@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Issue 5's whole-model run on the H200, in stages that each fit one 10-minute device call (run them back to back
+# on one warm machine: later stages use /tmp files of earlier ones). From the repository root, after the staged CLI
+# was unpacked (tools/gpu/publish.sh):
+#
+#   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh build     # customops, checks, 7B export
+#   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh bench     # ours: eager steps and CUDA graphs
+#   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh hf        # transformers, same config, same GPU
+#   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh profile   # kernel times, node placement, int4
+#
+# Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
+set -uo pipefail
+stage=${1:?stage: build, bench, hf or profile}
+OUT=${OUT:-artifacts/gpu}
+R=/tmp/res/$stage
+mkdir -p "$R" "$OUT"
+CLI=/tmp/xlstm/.gpu/cli/xlstm-onnx
+export XLSTM_CUSTOMOPS_PATH=/tmp/cb/libxlstm_customops.so
+M7=/tmp/m7b            # xLSTM-7b config, random bf16 weights, custom ops, last logits, next_token
+Q7=/tmp/m7b-int4
+FX_PROMPT=99,44,86,93,87,38,30,45,48,85,63
+FX_EXPECT="85 84 34 20 68 83 79 58 107 92 85 84 34 20 78 35"   # transformers' greedy ids (tools/gpu/results/cuda-greedy.txt)
+t0=$(date +%s)
+say() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$R/summary.txt"; }
+
+case $stage in
+build)
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$R/gpu.txt"
+  { command -v nsys; ls /usr/local/cuda*/bin 2>/dev/null | grep -i nsys; ls /opt/nvidia 2>/dev/null; } > "$R/nsys.txt" 2>&1
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
+  say "customops build + CUDA tests: rc=$? ($(grep -c '\[       OK \]' "$R/customops.log") OK, $(grep -c FAILED "$R/customops.log") FAILED lines)"
+  bash tools/profile/build.sh /tmp/libkernel_trace.so 2>&1 | tee -a "$R/summary.txt"
+  # CUDA-graph decode against transformers' greedy ids, and against the uncaptured steps
+  "$CLI" export --checkpoint tests/fixtures/fused_bias --mlstm-kernels custom --last-logits-only --next-token --output /tmp/fx > "$R/fx-export.log" 2>&1
+  for g in "" --cuda-graph; do
+    ids=$("$CLI" generate --model /tmp/fx --prompt-ids $FX_PROMPT --greedy --max-new-tokens 16 --print-ids --device cuda $g 2>>"$R/fx.log" | tail -1)
+    say "fused_bias fp32 greedy ${g:-(no graph)}: $ids $([[ $ids == "$FX_EXPECT" ]] && echo EQUAL transformers || echo DIFFERENT from transformers: $FX_EXPECT)"
+  done
+  "$CLI" export --checkpoint models/kjv-xlstm --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --output /tmp/kjv > "$R/kjv-export.log" 2>&1
+  a=$("$CLI" generate --model /tmp/kjv --prompt "In the beginning" --greedy --max-new-tokens 40 --print-ids --device cuda 2>>"$R/kjv.log" | tail -1)
+  b=$("$CLI" generate --model /tmp/kjv --prompt "In the beginning" --greedy --max-new-tokens 40 --print-ids --device cuda --cuda-graph 2>>"$R/kjv.log" | tail -1)
+  say "kjv bf16 greedy, graph vs no graph: $([[ $a == "$b" ]] && echo EQUAL || echo "DIFFERENT: $a | $b")"
+  "$CLI" bench --model /tmp/kjv --device cuda --cuda-graph --batch 1,8 --prompt 100 --new 40 --reps 1 --out "$R/kjv-graph-bench.json" > "$R/kjv-bench.log" 2>&1
+  say "kjv graph bench rc=$?: $(grep -h device_argmax_mismatches "$R/kjv-graph-bench.json" | tr -d ' \n')"
+  cat "$R/kjv-bench.log" | tee -a "$R/summary.txt"
+  rm -rf $M7
+  /usr/bin/time -v "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --output $M7 \
+    > "$R/export-7b.log" 2> "$R/export-7b.time"
+  say "7B export rc=$?: $(grep -E '^exported|^memory' "$R/export-7b.log" | tr '\n' ' ') $(grep -E 'Maximum resident' "$R/export-7b.time")"
+  du -sh $M7 | tee -a "$R/summary.txt"
+  ;;
+bench)
+  for g in "" --cuda-graph; do
+    "$CLI" bench --model $M7 --device cuda $g --batch 1,16 --prompt 2048 --new 256 --reps 3 --out "$R/ours${g:+-graph}.json" 2>&1 | tee "$R/ours${g:+-graph}.log"
+    say "ours ${g:-(no graph)} rc=${PIPESTATUS[0]}"
+  done
+  ;;
+hf)
+  python3 tools/bench/hf_baseline.py --config models/presets/xlstm-7b.json --batch 1,16 --prompt 2048 --new 64 --reps 3 --out "$R/hf.json" 2>&1 | tee "$R/hf.log"
+  say "hf rc=${PIPESTATUS[0]}"
+  ;;
+profile)
+  # GPU kernel time by kernel (CUPTI), captured decode at batch 1: 261 steps and two 16-token prompts
+  CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-decode-b1.tsv \
+    "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1 --prompt 16 --new 257 --reps 1 > "$R/trace-decode.log" 2>&1
+  say "decode trace rc=$?: $(head -c 300 "$R/kernels-decode-b1.tsv" | tail -n +2 | head -3 | cut -c1-120 | tr '\n' '|')"
+  CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-prefill-b1.tsv \
+    "$CLI" bench --model $M7 --device cuda --batch 1 --prompt 2048 --new 2 --reps 1 > "$R/trace-prefill.log" 2>&1
+  say "prefill trace rc=$?"
+  # ONNX Runtime's node profile of uncaptured steps: node count per call and where every node ran
+  (cd /tmp && "$CLI" bench --model $M7 --device cuda --batch 1 --prompt 16 --new 8 --reps 1 --profile /tmp/ortprof > "$R/ortprof.log" 2>&1)
+  python3 tools/profile/summarize_ort_profile.py /tmp/ortprof*.json > "$R/ort-profile-summary.txt" 2>&1
+  say "ORT profile: $(head -5 "$R/ort-profile-summary.txt" | tr '\n' '|')"
+  rm -rf $Q7
+  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --quantize int4 --mlstm-kernels custom --last-logits-only --next-token --output $Q7 > "$R/export-int4.log" 2>&1
+  say "int4 export rc=$?: $(grep -E '^exported' "$R/export-int4.log")"
+  "$CLI" bench --model $Q7 --device cuda --cuda-graph --batch 1,16 --prompt 2048 --new 256 --reps 3 --out "$R/ours-int4-graph.json" 2>&1 | tee "$R/int4.log"
+  say "int4 bench rc=${PIPESTATUS[0]}"
+  ;;
+*) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
+tar czf "$OUT/$stage.tgz" -C /tmp/res "$stage"
+cat "$R/summary.txt"
