@@ -3,8 +3,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "ops/fused_ops.h"
 #include "ops/mlstm_op.h"
 #include "xlstm_customops.h"
 
@@ -22,6 +24,11 @@ void AddOps(std::vector<std::unique_ptr<LiteOp>>& ops) {
   const char* ep = kOnCuda ? kCuda : kCpu;
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, Form::kChunkwise, kOnCuda>>(xlstm::ops::kChunkwiseName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, Form::kStep, kOnCuda>>(xlstm::ops::kStepName, ep));
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::SwiGluKernel<T, kOnCuda>>(xlstm::ops::kSwiGluName, ep));
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::HeadNormGateKernel<T, kOnCuda>>(xlstm::ops::kHeadNormGateName, ep));
+  if constexpr (std::is_same_v<T, float>) {  // the gates are float32 whatever the model type
+    ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::MLstmGatesKernel<kOnCuda>>(xlstm::ops::kGatesName, ep));
+  }
 }
 
 /// The ops live as long as the process: ONNX Runtime keeps pointers to them in every session that uses them.

@@ -72,6 +72,8 @@ public sealed class XLstmSession : IDisposable
         if (!File.Exists(path)) throw new XLstmOnnxException($"{dir}: {manifest.ModelFile} named by {ModelManifest.FileName} is missing.");
         using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
         if (options.Threads > 0) sessionOptions.IntraOpNumThreads = options.Threads;
+        // weights get exact-size device buffers, outside the activation arena (no arena rounding on 13 GB)
+        sessionOptions.AddSessionConfigEntry("session.use_device_allocator_for_initializers", "1");
         if (options.ProfilePrefix is { } prefix)
         {
             sessionOptions.EnableProfiling = true;
@@ -138,6 +140,9 @@ public sealed class XLstmSession : IDisposable
             ["use_tf32"] = "0",
             // ONNX Runtime refuses graph capture (session creation fails) when a node is not on the CUDA EP
             ["enable_cuda_graph"] = cudaGraph ? "1" : "0",
+            // grow the activation arena by what is asked, not to the next power of two: a 7B model's 13 GB of weights
+            // leave little room under a 15 GB budget
+            ["arena_extend_strategy"] = "kSameAsRequested",
         });
         options.AppendExecutionProvider_CUDA(cuda);
     }

@@ -31,6 +31,8 @@ echo "build: $(( $(date +%s) - start )) s"
 nm -D --defined-only "$build/libxlstm_customops.so" 2>/dev/null | grep -q RegisterCustomOps && echo "op library: built with CUDA"
 "$build/xlstm_cuda_tests" 2>&1 | tee "$OUT/cuda_tests.log"
 tests_rc=${PIPESTATUS[0]}
+"$build/xlstm_fused_cuda_tests" 2>&1 | tee -a "$OUT/cuda_tests.log"
+[[ ${PIPESTATUS[0]} == 0 ]] || tests_rc=1
 [[ ${1:-} == --tests-only ]] && exit "$tests_rc"
 python3 tools/bench/bench_kernels.py --ours "$build/xlstm_kernel_bench" --out "$OUT/kernels-h200.json" \
   --command "OUT=\$OUT bash tools/bench/run_gpu.sh   (customops built with nvcc $("$nvcc" --version | grep -o 'release [0-9.]*'), sm_${CUDA_ARCHS:-90a})" \

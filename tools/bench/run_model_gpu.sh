@@ -60,6 +60,7 @@ hf)
   say "hf rc=${PIPESTATUS[0]}"
   ;;
 profile)
+  [[ -f /tmp/libkernel_trace.so ]] || bash tools/profile/build.sh /tmp/libkernel_trace.so 2>&1 | tee -a "$R/summary.txt"; tail -3 /tmp/kernel_trace_build.log 2>/dev/null
   # GPU kernel time by kernel (CUPTI), captured decode at batch 1: 261 steps and two 16-token prompts
   CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-decode-b1.tsv \
     "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1 --prompt 16 --new 257 --reps 1 > "$R/trace-decode.log" 2>&1

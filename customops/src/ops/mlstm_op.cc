@@ -109,11 +109,15 @@ std::string CheckShapes(Form form, const std::vector<int64_t>& q, const std::vec
   return {};
 }
 
-Ort::Status RunCpu(OrtKernelContext* context, const MLstmParams& p, Form form) {
-  ParallelFor parallel_for = [context](int64_t count, const std::function<void(int64_t)>& body) {
+ParallelFor OrtParallelFor(OrtKernelContext* context) {
+  return [context](int64_t count, const std::function<void(int64_t)>& body) {
     ParallelJob job{&body};
     Ort::KernelContext(context).ParallelFor(&RunJob, static_cast<size_t>(count), 0, &job);
   };
+}
+
+Ort::Status RunCpu(OrtKernelContext* context, const MLstmParams& p, Form form) {
+  ParallelFor parallel_for = OrtParallelFor(context);
   if (form == Form::kStep) {
     MLstmStepCpu(p, parallel_for);
   } else {

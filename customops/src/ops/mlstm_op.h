@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/mlstm_cpu.h"
 #include "kernels/mlstm_params.h"
 #include "onnxruntime_lite_custom_op.h"
 
@@ -45,6 +46,9 @@ std::string CheckShapes(Form form, const std::vector<int64_t>& q, const std::vec
                         MLstmParams& p);
 
 std::string ShapeString(const std::vector<int64_t>& shape);
+
+/// ONNX Runtime's intra-op thread pool as a ParallelFor.
+ParallelFor OrtParallelFor(OrtKernelContext* context);
 
 /// Runs the CPU kernels on ONNX Runtime's intra-op thread pool.
 Ort::Status RunCpu(OrtKernelContext* context, const MLstmParams& p, Form form);

@@ -26,6 +26,12 @@ internal sealed class MLstmCustomOpEmitter(OnnxGraph g, XLstmConfig c)
     public const int DomainVersion = 1;
     public const string ChunkwiseOp = "MLstmChunkwise";
     public const string StepOp = "MLstmStep";
+    /// <summary>Gate soft cap, attention mask and head layout in one op (customops/src/ops/fused_ops.h).</summary>
+    public const string GatesOp = "MLstmGates";
+    /// <summary>silu(gate) ⊙ z over the fused FFN up projection.</summary>
+    public const string SwiGluOp = "SwiGlu";
+    /// <summary>σ(o) ⊙ MultiHeadLayerNorm(h): the mLSTM layer's output before out_proj.</summary>
+    public const string HeadNormGateOp = "MultiHeadNormGate";
 
     /// <summary>Emits the node under <paramref name="path"/>; returns h and the final C, n, m.</summary>
     public (string H, string C, string N, string M) Emit(string path, string q, string k, string v, string iGate, string fGate,

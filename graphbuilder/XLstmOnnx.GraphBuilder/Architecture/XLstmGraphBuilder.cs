@@ -25,6 +25,8 @@ public sealed class XLstmGraphBuilder
     private readonly Dictionary<string, string> _shapes = [];
     private string _bs = "";
     private string? _mask; // [B,1,S] bool, true for real tokens; null when exported without attention_mask
+    private string? _maskInput; // the attention_mask input [B,S] int64
+    private bool Fused => _o.MLstmKernels == MLstmKernels.Custom; // the ONNX Runtime fast path: fused ops around the cell
     private readonly DataType _t;  // weights and activations: float32, float16 or bfloat16; gates and state stay float32
 
     private XLstmGraphBuilder(XLstmConfig config, BoundWeights weights, ExportOptions options)
@@ -49,11 +51,14 @@ public sealed class XLstmGraphBuilder
     {
         string x = MakeEmbedding();                                     // [B·S, H]
         var hidden = new List<string>();
+        string? update = null; // the last block's FFN output, not yet added to the residual stream x
         for (int i = 0; i < _c.NumBlocks; i++)
         {
-            x = MakeBlock(i, x);
-            hidden.Add(x);
+            (x, update) = MakeBlock(i, x, update, out string? blockInput);
+            if (blockInput is not null) hidden.Add(blockInput);         // block i−1's output, summed by block i's first norm
         }
+        if (update is not null) x = _g.Op($"/model/blocks.{_c.NumBlocks - 1}/ffn_residual/Add", "Add", [x, update]);
+        if (_c.NumBlocks > 0) hidden.Add(x);
         if (_o.LastLogitsOnly) x = MakeLastPosition(x);                 // [B, H]
         x = MakeRmsNorm("/model/out_norm", x, _w[WeightRole.OutNorm], null);
         hidden.Add(x);
@@ -100,21 +105,45 @@ public sealed class XLstmGraphBuilder
         _bs = _g.Op("/model/batch_and_sequence/Shape", "Shape", [x], Attr.Int("start", 0), Attr.Int("end", 2)); // [B, S]
         if (_o.AttentionMask)
         {
-            string mask = _g.Input(StateNames.AttentionMask, DataType.Int64, "batch", "sequence");
+            string mask = _maskInput = _g.Input(StateNames.AttentionMask, DataType.Int64, "batch", "sequence");
             string b = _g.Op("/model/attention_mask/Cast", "Cast", [mask], Attr.Int("to", (long)DataType.Bool));
             _mask = _g.Op("/model/attention_mask/Unsqueeze", "Unsqueeze", [b, _g.Constant(1)]); // [B,S] -> [B,1,S], broadcasts over heads
         }
         return _g.Op("/model/embeddings/Reshape", "Reshape", [x, _g.Constant(-1, _c.HiddenSize)]);
     }
 
-    /// <summary>x ─► norm_mlstm ─► mLSTM layer ─► (+x) ─► norm_ffn ─► FFN ─► (+)</summary>
-    private string MakeBlock(int i, string x)
+    /// <summary>
+    /// x ─► norm_mlstm ─► mLSTM layer ─► (+x) ─► norm_ffn ─► FFN ─► (+). Returns the residual stream and the FFN output
+    /// still to be added to it: with our custom ops (the ONNX Runtime fast path) each residual Add is fused into the norm
+    /// that follows it (com.microsoft::SkipSimplifiedLayerNormalization: one kernel reads both, writes the sum and the
+    /// normed value), so the next block's first norm adds this one's FFN output. <paramref name="blockInput"/> is the
+    /// summed input of this block (the previous block's output) when that sum happened here.
+    /// </summary>
+    private (string Residual, string Update) MakeBlock(int i, string x, string? update, out string? blockInput)
     {
         string p = $"/model/blocks.{i}";
-        string h = MakeRmsNorm($"{p}/norm_mlstm", x, _w[WeightRole.NormMlstm, i], _w.Optional(WeightRole.NormMlstmBias, i));
-        x = _g.Op($"{p}/mlstm_residual/Add", "Add", [x, MakeMLstmLayer(i, h)]);
-        h = MakeRmsNorm($"{p}/norm_ffn", x, _w[WeightRole.NormFfn, i], _w.Optional(WeightRole.NormFfnBias, i));
-        return _g.Op($"{p}/ffn_residual/Add", "Add", [x, MakeFeedForward(i, h)]);
+        string h;
+        (x, h) = AddAndNorm($"{p}/norm_mlstm", x, update, _w[WeightRole.NormMlstm, i], _w.Optional(WeightRole.NormMlstmBias, i), $"/model/blocks.{i - 1}/ffn_residual/Add");
+        blockInput = update is null ? null : x;
+        (x, h) = AddAndNorm($"{p}/norm_ffn", x, MakeMLstmLayer(i, h), _w[WeightRole.NormFfn, i], _w.Optional(WeightRole.NormFfnBias, i), $"{p}/mlstm_residual/Add");
+        return (x, MakeFeedForward(i, h));
+    }
+
+    /// <summary>x' = x + update (when there is one), RMSNorm(x'): fused on the custom-op path, an Add and a norm otherwise.</summary>
+    private (string Sum, string Normed) AddAndNorm(string p, string x, string? update, IWeightSource weight, IWeightSource? bias, string addName)
+    {
+        if (update is null) return (x, MakeRmsNorm(p, x, weight, bias));
+        if (_o.MLstmKernels != MLstmKernels.Custom)
+        {
+            string sum = _g.Op(addName, "Add", [x, update]);
+            return (sum, MakeRmsNorm(p, sum, weight, bias));
+        }
+        // outputs: normed, mean, inv_std_var, input_skip_bias_sum; the sum is rounded to T, as HF's residual add
+        var o = _g.NodeWithOptionalOutputs($"{p}/SkipSimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
+            [update, x, _g.Weight(InitName(p, "weight"), weight, _t)], [true, false, false, true], "com.microsoft",
+            Attr.Float("epsilon", _c.NormEps));
+        string y = bias is null ? o[0] : _g.Op($"{p}/Add", "Add", [o[0], _g.Weight(InitName(p, "bias"), bias, _t)]);
+        return (o[3], y);
     }
 
     /// <summary>
@@ -129,12 +158,23 @@ public sealed class XLstmGraphBuilder
         var (q, k, v, o) = Split4(_g.Node($"{p}/qkvo_proj/Split", "Split", [qkvo, _g.Constant(qk, qk, dv, dv)], 4, "", Attr.Int("axis", 1)));
         // gate pre-activations in float32 (x cast once; the i/f weights are 2·NH rows, stored float32)
         string gates = Gemm($"{p}/if_gate", ToFloat($"{p}/if_gate/input", x), _w[WeightRole.IfGate, i], _w[WeightRole.IfGateBias, i], DataType.Float); // [B·S, 2NH]
-        if (_c.GateSoftCap is { } cap) gates = SoftCap($"{p}/if_gate/soft_cap", gates, cap); // capped before the split, as HF's fused path
-        var ifs = _g.Node($"{p}/if_gate/Split", "Split", [gates, _g.Constant(nh, nh)], 2, "", Attr.Int("axis", 1));
-
         string qh = Heads($"{p}/q_heads", q, _c.QkHeadDim), kh = Heads($"{p}/k_heads", k, _c.QkHeadDim), vh = Heads($"{p}/v_heads", v, _c.VHeadDim);
-        string ih = GateHeads($"{p}/igate_heads", ifs[0]), fh = GateHeads($"{p}/fgate_heads", ifs[1]);
-        if (_mask is not null)
+        string ih, fh;
+        if (Fused && _maskInput is not null)
+        {
+            // cap, mask and [B·S, 2NH] -> 2 × [B,NH,S] in one kernel (the ops below, fused)
+            var g = _g.Node($"{p}/if_gate/{MLstmCustomOpEmitter.GatesOp}", MLstmCustomOpEmitter.GatesOp, [gates, _maskInput], 2, MLstmCustomOpEmitter.Domain,
+                Attr.Float("soft_cap", (float)(_c.GateSoftCap ?? 0)));
+            (ih, fh) = (g[0], g[1]);
+        }
+        else
+        {
+            if (_c.GateSoftCap is { } cap) gates = SoftCap($"{p}/if_gate/soft_cap", gates, cap); // capped before the split, as HF's fused path
+            var ifs = _g.Node($"{p}/if_gate/Split", "Split", [gates, _g.Constant(nh, nh)], 2, "", Attr.Int("axis", 1));
+            ih = GateHeads($"{p}/igate_heads", ifs[0]);
+            fh = GateHeads($"{p}/fgate_heads", ifs[1]);
+        }
+        if (_mask is not null && !(Fused && _maskInput is not null))
         {
             // A masked position (padding) must leave the state exactly as it was: ĩ = −inf gives a zero input gate
             // (exp(−inf − m) = 0), f̃ = +inf a forget gate of one (logsigmoid(+inf) = 0), and m' = max(lf + m, ĩ) = m.
@@ -158,6 +198,18 @@ public sealed class XLstmGraphBuilder
         _g.Output(StateNames.Present(i, "n"), cell.N, DataType.Float, "batch", nh, _c.QkHeadDim);
         _g.Output(StateNames.Present(i, "m"), cell.M, DataType.Float, "batch", nh, 1L);
 
+        if (Fused)
+        {
+            // σ(o) ⊙ (LayerNorm per head over DV · w + b), read from the cell's [B,NH,S,DV] and written as [B·S, NH·DV]
+            var mb0 = _w.Optional(WeightRole.MultiheadNormBias, i);
+            string bias = mb0 is null
+                ? _g.ConstantTensor($"/model/constants/{_t.ToString().ToUpperInvariant()}/zeros_{dv}", [dv], new float[dv], _t)
+                : _g.Weight($"model.blocks.{i}.mlstm.multihead_norm.bias", mb0, _t);
+            string gated = _g.Node($"{p}/multihead_norm/{MLstmCustomOpEmitter.HeadNormGateOp}", MLstmCustomOpEmitter.HeadNormGateOp,
+                [cell.H, o, _g.Weight($"model.blocks.{i}.mlstm.multihead_norm.weight", _w[WeightRole.MultiheadNorm, i], _t), bias], 1,
+                MLstmCustomOpEmitter.Domain, Attr.Float("eps", _c.NormEps))[0];
+            return Gemm($"{p}/out_proj", gated, _w[WeightRole.OutProj, i], _w.Optional(WeightRole.OutProjBias, i), quantize: true);
+        }
         // [B,NH,S,DV] -> [B,S,NH,DV]; LayerNorm per head over DV (mean-centred), then the flat affine after it
         string cellH = castCell ? _g.Op($"{p}/h/Cast", "Cast", [cell.H], Attr.Int("to", (long)_t)) : cell.H;
         string h = _g.Op($"{p}/h/Transpose", "Transpose", [cellH], Attr.Ints("perm", 0, 2, 1, 3));
@@ -179,6 +231,11 @@ public sealed class XLstmGraphBuilder
     {
         string p = $"/model/blocks.{i}/ffn";
         string up = Gemm($"{p}/proj_up_gate_z", x, _w[WeightRole.FfnUpGateZ, i], _w.Optional(WeightRole.FfnUpGateZBias, i), quantize: true);
+        if (Fused)
+        {
+            string y = _g.Node($"{p}/{MLstmCustomOpEmitter.SwiGluOp}", MLstmCustomOpEmitter.SwiGluOp, [up], 1, MLstmCustomOpEmitter.Domain)[0]; // [B·S, FFN]
+            return Gemm($"{p}/proj_down", y, _w[WeightRole.FfnDown, i], _w.Optional(WeightRole.FfnDownBias, i), quantize: true);
+        }
         var gz = _g.Node($"{p}/proj_up_gate_z/Split", "Split", [up, _g.Constant(_c.FfnDim, _c.FfnDim)], 2, "", Attr.Int("axis", 1));
         string silu = _g.Op($"{p}/silu/Mul", "Mul", [gz[0], _g.Op($"{p}/silu/Sigmoid", "Sigmoid", [gz[0]])]);
         string z = _g.Op($"{p}/gate/Mul", "Mul", [silu, gz[1]]);

@@ -78,7 +78,7 @@ public static class OnnxExporter
                 Graph = graph.Proto,
             };
             model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
-            if (options.QuantizeBits is not null) model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.microsoft", Version = 1 });
+            if (graph.Proto.Node.Any(n => n.Domain == "com.microsoft")) model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.microsoft", Version = 1 });
             if (options.MLstmKernels == MLstmKernels.Custom)
             {
                 model.OpsetImport.Add(new OperatorSetIdProto { Domain = MLstmCustomOpEmitter.Domain, Version = MLstmCustomOpEmitter.DomainVersion });

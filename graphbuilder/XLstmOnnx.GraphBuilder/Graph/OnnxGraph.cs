@@ -69,6 +69,20 @@ public sealed class OnnxGraph
     }
 
     /// <summary>Adds a single-output node and returns the output's name.</summary>
+    /// <summary>A node whose optional outputs are left out where <paramref name="used"/> is false (their names come back empty).</summary>
+    public string[] NodeWithOptionalOutputs(string name, string opType, IReadOnlyList<string> inputs, bool[] used, string domain = "", params Attr[] attrs)
+    {
+        var outs = Node(name, opType, inputs, used.Length, domain, attrs);
+        var proto = Proto.Node[Proto.Node.Count - 1];
+        for (int i = 0; i < used.Length; i++)
+        {
+            if (used[i]) continue;
+            outs[i] = "";
+            proto.Output[i] = "";
+        }
+        return outs;
+    }
+
     public string Op(string name, string opType, IReadOnlyList<string> inputs, params Attr[] attrs) =>
         Node(name, opType, inputs, 1, "", attrs)[0];
 

@@ -1,0 +1,34 @@
+// The CUDA side of the fused ops: the node's stream from the kernel context, then the launcher.
+#include <string>
+
+#include "kernels/fused_fw.cuh"
+#include "ops/fused_ops.h"
+
+namespace xlstm::ops {
+
+namespace {
+
+Ort::Status Status(const char* op, cudaError_t err) {
+  if (err == cudaSuccess) return Ort::Status{nullptr};
+  return Ort::Status((std::string(op) + ": CUDA launch failed: " + cudaGetErrorString(err)).c_str(), ORT_EP_FAIL);
+}
+
+cudaStream_t Stream(OrtKernelContext* context) {
+  return static_cast<cudaStream_t>(Ort::KernelContext(context).GetGPUComputeStream());
+}
+
+}  // namespace
+
+Ort::Status RunFusedCuda(OrtKernelContext* context, const GatesParams& p) {
+  return Status(kGatesName, LaunchMLstmGates(p, Stream(context)));
+}
+
+Ort::Status RunFusedCuda(OrtKernelContext* context, const SwiGluParams& p) {
+  return Status(kSwiGluName, LaunchSwiGlu(p, Stream(context)));
+}
+
+Ort::Status RunFusedCuda(OrtKernelContext* context, const HeadNormGateParams& p) {
+  return Status(kHeadNormGateName, LaunchHeadNormGate(p, Stream(context)));
+}
+
+}  // namespace xlstm::ops
