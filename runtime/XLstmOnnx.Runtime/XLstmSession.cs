@@ -76,8 +76,8 @@ public sealed class XLstmSession : IDisposable
         sessionOptions.AddSessionConfigEntry("session.use_device_allocator_for_initializers", "1");
         if (options.ProfilePrefix is { } prefix)
         {
+            sessionOptions.ProfileOutputPathPrefix = prefix; // first: enabling reads the prefix
             sessionOptions.EnableProfiling = true;
-            sessionOptions.ProfileOutputPathPrefix = prefix;
         }
         if (options.CudaGraph)
         {
