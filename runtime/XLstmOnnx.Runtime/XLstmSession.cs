@@ -272,6 +272,15 @@ public sealed class XLstmSession : IDisposable
         return run;
     }
 
+    private int _lastGraphId; // 0 is reserved by ONNX Runtime
+
+    /// <summary>
+    /// <paramref name="count"/> CUDA graph ids no other user of this session has: ONNX Runtime keeps a captured graph
+    /// for the session's lifetime and replays it for its id, over the buffers it was captured with, so a generator
+    /// (its own batch and state buffers) must never reuse another's ids. Returns the first.
+    /// </summary>
+    internal int ReserveGraphIds(int count) => Interlocked.Add(ref _lastGraphId, count) - count + 1;
+
     /// <summary>Run options that capture (first use) or replay (later) CUDA graph <paramref name="id"/> (1 or more).</summary>
     internal static RunOptions GraphRunOptions(int id)
     {

@@ -23,7 +23,7 @@ public sealed record GenerationResult(int[][] Tokens, StopReason[] Reasons, Time
 /// it gets alone. Only the last position's logits come back to the host, or only B argmax ids when the model has
 /// next_token and <see cref="CopyLogits"/> is off. On CUDA a decode step reads its ids and mask from fixed device
 /// buffers, so that with <see cref="RuntimeOptions.CudaGraph"/> each state parity replays its own captured graph
-/// (ids 1 and 2; a graph captured over one buffer set must never see the other). A decode step allocates nothing.
+/// (two ids reserved for this generator; a graph captured over one buffer set must never see another). A decode step allocates nothing.
 /// Owns every native object it creates.
 /// </summary>
 public sealed class Generator : IDisposable
@@ -71,7 +71,8 @@ public sealed class Generator : IDisposable
         _cuda = model.Options.Device == ExecutionDevice.Cuda;
         _nextToken = _m.NextToken;
         _run = model.UncapturedRunOptions();
-        _stepRun = model.Options.CudaGraph ? [XLstmSession.GraphRunOptions(1), XLstmSession.GraphRunOptions(2)] : [_run, _run];
+        int graph = model.Options.CudaGraph ? model.ReserveGraphIds(2) : 0; // one graph per state parity, ours alone
+        _stepRun = model.Options.CudaGraph ? [XLstmSession.GraphRunOptions(graph), XLstmSession.GraphRunOptions(graph + 1)] : [_run, _run];
         int n = _m.NumLayers * 3;
         _past = new string[n];
         _present = new string[n];
