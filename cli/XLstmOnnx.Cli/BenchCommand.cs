@@ -50,7 +50,7 @@ internal static class BenchCommand
                 {
                     batch = b, prompt = p, @new = n, reps = k, ttft_ms = m.TtftMs, prefill_tokens_per_s = m.PrefillTps, decode_tokens_per_s = m.DecodeTps,
                     ms_per_token = m.MsPerToken, peak_gpu_mib = m.GpuMiB, ttft_ms_all = m.TtftAll, ms_per_token_all = m.MsPerTokenAll,
-                    device_argmax_mismatches = m.ArgMaxMismatches, first_tokens = m.FirstTokens,
+                    device_argmax_mismatches = m.ArgMaxMismatches, first_tokens = m.FirstTokens, last_row_tokens = m.LastRowTokens,
                 });
             }
             string? profileFile = r.GetValue(profile) is null ? null : session.EndProfiling();
@@ -76,7 +76,7 @@ internal static class BenchCommand
     }
 
     private sealed record Measurement(double TtftMs, double PrefillTps, double DecodeTps, double MsPerToken, long GpuMiB,
-        double[] TtftAll, double[] MsPerTokenAll, int ArgMaxMismatches, int[] FirstTokens);
+        double[] TtftAll, double[] MsPerTokenAll, int ArgMaxMismatches, int[] FirstTokens, int[] LastRowTokens);
 
     private static Measurement Measure(XLstmSession session, int batch, int promptLength, int newTokens, int reps)
     {
@@ -95,6 +95,7 @@ internal static class BenchCommand
         var ttfts = new double[reps];
         var perToken = new double[reps];
         var first = new int[batch];
+        var lastRow = new List<int>(); // the last row's greedy tokens (first rep): equal across --cuda-graph on and off
         for (int rep = 0; rep < reps; rep++)
         {
             g.Reset();
@@ -106,12 +107,17 @@ internal static class BenchCommand
             if (rep == 0) next.CopyTo(first, 0);
             peak = Math.Max(peak, GpuMemoryMiB());
             clock.Restart();
-            for (int t = 1; t < newTokens; t++) next = Step(g, batch, next);
+            if (rep == 0) lastRow.Add(next[batch - 1]);
+            for (int t = 1; t < newTokens; t++)
+            {
+                next = Step(g, batch, next);
+                if (rep == 0 && lastRow.Count < 32) lastRow.Add(next[batch - 1]);
+            }
             perToken[rep] = clock.Elapsed.TotalMilliseconds / (newTokens - 1);
             peak = Math.Max(peak, GpuMemoryMiB());
         }
         double ttft = Median(ttfts), ms = Median(perToken);
-        return new Measurement(ttft, batch * promptLength / (ttft / 1000), batch * 1000 / ms, ms, peak, ttfts, perToken, mismatches, first);
+        return new Measurement(ttft, batch * promptLength / (ttft / 1000), batch * 1000 / ms, ms, peak, ttfts, perToken, mismatches, first, [.. lastRow]);
     }
 
     /// <summary>Rows where the device argmax (next_token) differs from the host argmax of the copied logits.</summary>
