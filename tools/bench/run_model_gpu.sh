@@ -7,10 +7,11 @@
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh bench     # ours: eager steps and CUDA graphs
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh hf        # transformers, same config, same GPU
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh profile   # kernel times, node placement, int4
+#   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh accuracy  # int4 vs bf16 vs fp32 on the shipped model
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, bench, hf or profile}
+stage=${1:?stage: build, bench, hf, profile or accuracy}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -77,6 +78,19 @@ profile)
   say "int4 export rc=$?: $(grep -E '^exported' "$R/export-int4.log")"
   "$CLI" bench --model $Q7 --device cuda --cuda-graph --batch 1,16 --prompt 2048 --new 256 --reps 3 --out "$R/ours-int4-graph.json" 2>&1 | tee "$R/int4.log"
   say "int4 bench rc=${PIPESTATUS[0]}"
+  ;;
+accuracy)
+  # int4 against bf16 and fp32 on the shipped model (custom ops, CUDA): logit error and greedy ids against
+  # transformers' fp32 reference, and held-out perplexity (carry .gpu/kjv/val.txt: tools/train/prepare_kjv.py)
+  for v in "fp32:--dtype fp32" "bf16:--dtype bf16" "bf16-int4-b32:--dtype bf16 --quantize int4 --block-size 32"; do
+    name=${v%%:*}; rm -rf /tmp/acc/$name
+    "$CLI" export --checkpoint models/kjv-xlstm --mlstm-kernels custom ${v#*:} --output /tmp/acc/$name > /dev/null 2>&1 || { say "$name: export failed"; continue; }
+    "$CLI" verify --model /tmp/acc/$name --reference models/kjv-xlstm/reference.safetensors --device cuda --atol 1e9 > "$R/verify-$name.log" 2>&1
+    worst=$(grep -E ' logits ' "$R/verify-$name.log" | awk '{print $4}' | sort -g | tail -1)
+    greedy=$(grep greedy_ids "$R/verify-$name.log" | awk '{print $6" differing of "$3}')
+    ppl=$("$CLI" score --model /tmp/acc/$name --text .gpu/kjv/val.txt --window 1024 --device cuda 2>/dev/null | tail -1)
+    say "kjv $name on CUDA: worst |logit error| $worst; greedy ids: $greedy; held-out: $ppl"
+  done
   ;;
 *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
