@@ -60,7 +60,57 @@ public class CustomOpTests
             Assert.That(cells[0].Attribute.Single(a => a.Name == "max_inference_chunksize").I, Is.EqualTo(20));
             Assert.That(model.Graph.Node.Select(n => n.OpType), Has.None.AnyOf("Loop", "If", "Scan"), "CUDA graphs need a graph without control flow");
             Assert.That(model.OpsetImport.Any(o => o.Domain == "ai.xlstm" && o.Version == 1), "opset import of ai.xlstm v1");
+            // the fused fast path: one gates, one SwiGLU and one head-norm node per block; every residual add but the
+            // last fused into the norm after it
+            foreach (var op in new[] { MLstmCustomOpEmitter.GatesOp, MLstmCustomOpEmitter.SwiGluOp, MLstmCustomOpEmitter.HeadNormGateOp })
+            {
+                Assert.That(model.Graph.Node.Count(n => n.OpType == op && n.Domain == "ai.xlstm"), Is.EqualTo(2), op);
+            }
+            Assert.That(model.Graph.Node.Count(n => n.OpType == "SkipSimplifiedLayerNormalization" && n.Domain == "com.microsoft"), Is.EqualTo(3));
+            Assert.That(model.Graph.Node.Count(n => n.OpType == "Add" && n.Name.EndsWith("_residual/Add", StringComparison.Ordinal)), Is.EqualTo(1),
+                "only the last block's FFN residual stays an Add");
+            Assert.That(model.Graph.Node.Where(n => n.Name.Contains("/mlstm/", StringComparison.Ordinal) || n.Name.Contains("/ffn/", StringComparison.Ordinal))
+                .Select(n => n.OpType), Has.None.AnyOf("Tanh", "Where", "Sigmoid", "LayerNormalization"), "cap, mask, gate and norm chains are fused");
         });
+    }
+
+    [Test]
+    public void FusedOpsKeepPaddedRowsExactAndTheDeviceArgMaxAgrees()
+    {
+        _ = Library;
+        string dir = Path.Combine(TestPaths.Fixtures, "fused_bias");
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
+        using var session = XLstmSession.Load(tmp.Sub("m"));
+        Assert.That(session.Manifest.NextToken, Is.True);
+        var options = new XLstmOnnx.Runtime.Generation.GenerationOptions { Greedy = true, MaxNewTokens = 10, IgnoreEos = true };
+        int[][] prompts = [[99, 44, 86, 93, 87, 38, 30, 45, 48, 85, 63], [5, 17, 3]];
+        var alone = prompts.Select(p =>
+        {
+            using var g = new XLstmOnnx.Runtime.Generation.Generator(session, 1);
+            return g.Generate([p], options).Tokens[0];
+        }).ToArray();
+        using var batch = new XLstmOnnx.Runtime.Generation.Generator(session, 2);
+        batch.Append([.. prompts.Select(p => (IReadOnlyList<int>)p)]);
+        for (int r = 0; r < 2; r++)
+        {
+            Assert.That(batch.GreedyNext(r), Is.EqualTo(XLstmOnnx.Runtime.Generation.Sampler.ArgMax(batch.LastLogits(r))), $"row {r}: next_token is the argmax");
+        }
+        batch.Reset();
+        var together = batch.Generate([.. prompts.Select(p => (IReadOnlyList<int>)p)], options).Tokens;
+        // the 3-token prompt is left-padded by 8: MLstmGates must turn those positions into exact no-ops for the state
+        Assert.That(together, Is.EqualTo(alone));
+    }
+
+    [Test]
+    public void CudaGraphOptionsAreCheckedBeforeAnythingLoads()
+    {
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "fused_bias"), tmp.Sub("onnx"), new ExportOptions());
+        var cpu = Assert.Throws<XLstmOnnxException>(() => XLstmSession.Load(tmp.Sub("onnx"), new RuntimeOptions { CudaGraph = true }));
+        Assert.That(cpu!.Message, Does.Contain("--cuda-graph needs --device cuda"));
+        var loops = Assert.Throws<XLstmOnnxException>(() => XLstmSession.Load(tmp.Sub("onnx"), new RuntimeOptions { CudaGraph = true, Device = ExecutionDevice.Cuda }));
+        Assert.That(loops!.Message, Does.Contain("mlstm_kernels \"onnx\"").And.Contain("--mlstm-kernels custom"));
     }
 
     [Test]

@@ -11,6 +11,18 @@ public class ExportOptionTests
     private static readonly string Fixture = Path.Combine(TestPaths.Fixtures, "fused_bias");
 
     [Test]
+    public void NextTokenNeedsLastLogitsOnly()
+    {
+        using var tmp = TestPaths.Temp();
+        var e = Assert.Throws<XLstmOnnxException>(() => OnnxExporter.Export(Fixture, tmp.Sub("m"), new ExportOptions { NextToken = true }));
+        Assert.Multiple(() =>
+        {
+            Assert.That(e!.Message, Does.Contain("--next-token").And.Contain("--last-logits-only"));
+            Assert.That(Directory.Exists(tmp.Sub("m")), Is.False, "nothing written");
+        });
+    }
+
+    [Test]
     public void InputsEmbedsEqualsInputIds()
     {
         using var tmp = TestPaths.Temp();
