@@ -4,6 +4,7 @@
 # was unpacked (tools/gpu/publish.sh):
 #
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh build     # customops, checks, 7B export
+#   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh kernels   # the cell kernels alone vs transformers'
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh bench     # ours: eager steps and CUDA graphs
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh hf        # transformers, same config, same GPU
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_model_gpu.sh profile   # kernel times, node placement, int4
@@ -11,7 +12,7 @@
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, bench, hf, profile or accuracy}
+stage=${1:?stage: build, kernels, bench, hf, profile or accuracy}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -50,6 +51,12 @@ build)
   say "7B export rc=$?: $(grep -E '^exported|^memory' "$R/export-7b.log" | tr '\n' ' ') $(grep -E 'Maximum resident' "$R/export-7b.time")"
   du -sh $M7 | tee -a "$R/summary.txt"
   ;;
+kernels)
+  # the mLSTM kernels alone at 7B shapes, ours against transformers' native ones (tools/bench/README.md, first table)
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh > "$R/kernels.log" 2>&1
+  say "kernel tests + benchmark rc=$?: $(grep -h 'failed' "$R/cuda_tests.log" | tr '\n' ' ')"
+  tail -3 "$R/kernels.log"
+  ;;
 bench)
   for g in "" --cuda-graph; do
     "$CLI" bench --model $M7 --device cuda $g --batch 1,16 --prompt 2048 --new 256 --reps 3 --out "$R/ours${g:+-graph}.json" 2>&1 | tee "$R/ours${g:+-graph}.log"
@@ -66,6 +73,9 @@ profile)
   CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-decode-b1.tsv \
     "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1 --prompt 16 --new 257 --reps 1 > "$R/trace-decode.log" 2>&1
   say "decode trace rc=$?: $(head -c 300 "$R/kernels-decode-b1.tsv" | tail -n +2 | head -3 | cut -c1-120 | tr '\n' '|')"
+  CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-decode-b16.tsv \
+    "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 16 --prompt 16 --new 129 --reps 1 > "$R/trace-decode-b16.log" 2>&1
+  say "decode trace B16 rc=$?"
   CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-prefill-b1.tsv \
     "$CLI" bench --model $M7 --device cuda --batch 1 --prompt 2048 --new 2 --reps 1 > "$R/trace-prefill.log" 2>&1
   say "prefill trace rc=$?"

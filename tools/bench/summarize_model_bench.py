@@ -79,6 +79,18 @@ for b in sorted(rows(graph)):
         }
     row["same_tokens_with_and_without_cuda_graph"] = rows(ours)[b]["last_row_tokens"] == g["last_row_tokens"] if ours else None
     summary["rows"].append(row)
+kernels = load("kernels", "kernels-h200.json")
+if kernels:
+    def pick(kernel, impl, dtype, B, S=None):
+        for r in kernels["results"]:
+            if r["kernel"] == kernel and r["impl"] == impl and r.get("dtype") == dtype and r["B"] == B and (S is None or r.get("S") == S):
+                return r
+        return None
+    summary["kernels"] = {
+        "command": kernels["command"],
+        "chunkwise_B8_S16384": {d: pick("chunkwise", "ours_tensor_core", d, 8, 16384) for d in ("bfloat16", "float16")},
+        "step_bf16_qkv_fp32_state": {f"B{b}": pick("step", "ours_step", "bfloat16", b) for b in (1, 64)},
+    }
 summary["profile"] = {
     "decode_b1_cuda_graph": trace("kernels-decode-b1.tsv", 265),
     "decode_b16_cuda_graph (incl. two 16-token prompts)": trace("kernels-decode-b16.tsv", 137),
