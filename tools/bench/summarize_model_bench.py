@@ -51,7 +51,7 @@ def trace(file, steps):
         "kernels_per_step": round(sum(int(l[0]) for l in lines) / steps, 1),
         "by_category": {k: {"kernels_per_step": round(v[0] / steps, 1), "us_per_step": round(v[1] / steps / 1e3, 1)}
                         for k, v in sorted(cats.items(), key=lambda kv: -kv[1][1])},
-        "top_kernels": [{"count": int(c), "ms": round(int(ns) / 1e6, 2), "name": n[:100]} for c, ns, n in lines[:10]],
+        "top_kernels": [{"count": int(c), "ms": round(int(ns) / 1e6, 2), "name": n[:100]} for c, ns, n in lines[:6]],
     }
 
 
