@@ -6,7 +6,7 @@ namespace XLstmOnnx.Runtime;
 
 /// <summary>
 /// The few CUDA runtime calls the decode loop needs that ONNX Runtime's managed API lacks: small copies between host
-/// arrays and device tensors (token ids in, next-token ids or logits out) and the device's memory use. The same
+/// arrays and device tensors (token ids in, next-token ids or logits out). The same
 /// libcudart that ONNX Runtime's CUDA provider loads is resolved by name, so both share the primary context.
 /// </summary>
 internal static unsafe class CudaRuntime
@@ -20,7 +20,6 @@ internal static unsafe class CudaRuntime
         public delegate* unmanaged<void*, void*, nuint, int, int> Memcpy;
         public delegate* unmanaged<int> DeviceSynchronize;
         public delegate* unmanaged<int, int> SetDevice;
-        public delegate* unmanaged<nuint*, nuint*, int> MemGetInfo;
         public delegate* unmanaged<int, IntPtr> GetErrorString;
     }
 
@@ -41,66 +40,58 @@ internal static unsafe class CudaRuntime
             Memcpy = (delegate* unmanaged<void*, void*, nuint, int, int>)NativeLibrary.GetExport(lib, "cudaMemcpy"),
             DeviceSynchronize = (delegate* unmanaged<int>)NativeLibrary.GetExport(lib, "cudaDeviceSynchronize"),
             SetDevice = (delegate* unmanaged<int, int>)NativeLibrary.GetExport(lib, "cudaSetDevice"),
-            MemGetInfo = (delegate* unmanaged<nuint*, nuint*, int>)NativeLibrary.GetExport(lib, "cudaMemGetInfo"),
             GetErrorString = (delegate* unmanaged<int, IntPtr>)NativeLibrary.GetExport(lib, "cudaGetErrorString"),
         };
         return _api;
     }
 
-    private static void Check(int status, string what)
+    /// <summary>Throws naming the call and CUDA's error; the message is only built on failure (this is per-token code).</summary>
+    private static void Check(int status, string call, int deviceId)
     {
         if (status == 0) return;
         string text = Marshal.PtrToStringAnsi(Load().GetErrorString(status)) ?? "unknown error";
-        throw new XLstmOnnxException($"CUDA {what} failed with error {status}: {text}.");
+        throw new XLstmOnnxException($"CUDA {call} on device {deviceId} failed with error {status}: {text}.");
     }
-
-    /// <summary>Selects <paramref name="deviceId"/> for this thread's later calls (ONNX Runtime's device).</summary>
-    public static void SetDevice(int deviceId) => Check(Load().SetDevice(deviceId), $"cudaSetDevice({deviceId})");
 
     /// <summary>
-    /// Copies <paramref name="source"/> into the device tensor <paramref name="dest"/> (same byte size) and waits until it
-    /// has landed: a pageable copy may still be in flight when cudaMemcpy returns, and ONNX Runtime's stream does not
-    /// order itself after the legacy stream.
+    /// Copies <paramref name="source"/> into <paramref name="dest"/> (same byte size) and waits until it has landed: a
+    /// pageable copy may still be in flight when cudaMemcpy returns, and ONNX Runtime's stream does not order itself
+    /// after the legacy stream. The device is selected on every call: the calling thread (a server's decode loop, say)
+    /// may not be the one that made the tensor.
     /// </summary>
-    public static void CopyToDevice<T>(ReadOnlySpan<T> source, OrtValue dest) where T : unmanaged
+    public static void CopyToDevice<T>(ReadOnlySpan<T> source, DeviceBuffer dest) where T : unmanaged
     {
         var api = Load();
-        nuint bytes = (nuint)(source.Length * sizeof(T));
-        CheckSize(bytes, dest);
-        fixed (T* s = source) Check(api.Memcpy(DevicePointer(dest), s, bytes, HostToDevice), "cudaMemcpy host to device");
-        Check(api.DeviceSynchronize(), "cudaDeviceSynchronize");
+        Check(api.SetDevice(dest.DeviceId), "cudaSetDevice", dest.DeviceId);
+        nuint bytes = CheckSize<T>(source.Length, dest);
+        fixed (T* s = source) Check(api.Memcpy((void*)dest.Address, s, bytes, HostToDevice), "cudaMemcpy (host to device)", dest.DeviceId);
+        Check(api.DeviceSynchronize(), "cudaDeviceSynchronize", dest.DeviceId);
     }
 
-    /// <summary>Copies the device tensor <paramref name="source"/> into <paramref name="dest"/> (same byte size; synchronous).</summary>
-    public static void CopyToHost<T>(OrtValue source, Span<T> dest) where T : unmanaged
+    /// <summary>Copies <paramref name="source"/> into <paramref name="dest"/> (same byte size; synchronous).</summary>
+    public static void CopyToHost<T>(DeviceBuffer source, Span<T> dest) where T : unmanaged
     {
         var api = Load();
-        nuint bytes = (nuint)(dest.Length * sizeof(T));
-        CheckSize(bytes, source);
-        fixed (T* d = dest) Check(api.Memcpy(d, DevicePointer(source), bytes, DeviceToHost), "cudaMemcpy device to host");
+        Check(api.SetDevice(source.DeviceId), "cudaSetDevice", source.DeviceId);
+        nuint bytes = CheckSize<T>(dest.Length, source);
+        fixed (T* d = dest) Check(api.Memcpy(d, (void*)source.Address, bytes, DeviceToHost), "cudaMemcpy (device to host)", source.DeviceId);
     }
 
-    /// <summary>Bytes in use on the current device (total − free), all processes; -1 when CUDA is not there.</summary>
-    public static long DeviceBytesUsed()
+    private static nuint CheckSize<T>(int count, DeviceBuffer buffer) where T : unmanaged
     {
-        try
-        {
-            nuint free, total;
-            return Load().MemGetInfo(&free, &total) == 0 ? (long)(total - free) : -1;
-        }
-        catch (XLstmOnnxException)
-        {
-            return -1;
-        }
+        long bytes = (long)count * sizeof(T);
+        if (bytes != buffer.Bytes) throw new ArgumentException($"copy of {bytes} bytes into or out of a device buffer of {buffer.Bytes} bytes");
+        return (nuint)bytes;
     }
+}
 
-    private static void CheckSize(nuint bytes, OrtValue tensor)
-    {
-        long have = (long)tensor.GetTensorSizeInBytes();
-        if ((long)bytes != have) throw new ArgumentException($"copy of {bytes} bytes into or out of a device tensor of {have} bytes");
-    }
-
-    /// <summary>The tensor's device address (the span is only used for its address, never dereferenced).</summary>
-    internal static void* DevicePointer(OrtValue tensor) =>
-        Unsafe.AsPointer(ref MemoryMarshal.GetReference(tensor.GetTensorMutableRawData()));
+/// <summary>
+/// Where a device tensor's bytes are, read once when it is made (a step's copies then touch no managed object). The
+/// tensor keeps the memory: the buffer is valid while it lives.
+/// </summary>
+internal readonly record struct DeviceBuffer(IntPtr Address, long Bytes, int DeviceId)
+{
+    public static unsafe DeviceBuffer Of(OrtValue tensor, int deviceId) => new(
+        // the span is only used for its address: device memory is never read from the host
+        (IntPtr)Unsafe.AsPointer(ref MemoryMarshal.GetReference(tensor.GetTensorMutableRawData())), (long)tensor.GetTensorSizeInBytes(), deviceId);
 }

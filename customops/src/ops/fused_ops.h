@@ -22,9 +22,6 @@ inline constexpr const char* kGatesName = "MLstmGates";
 inline constexpr const char* kSwiGluName = "SwiGlu";
 inline constexpr const char* kHeadNormGateName = "MultiHeadNormGate";
 
-/// A float attribute, or fallback when the node has none.
-float FloatAttributeOr(const OrtApi* api, const OrtKernelInfo* info, const char* name, float fallback);
-
 Ort::Status RunFusedCpu(OrtKernelContext* context, const GatesParams& p);
 Ort::Status RunFusedCpu(OrtKernelContext* context, const SwiGluParams& p);
 Ort::Status RunFusedCpu(OrtKernelContext* context, const HeadNormGateParams& p);
@@ -48,7 +45,7 @@ Ort::Status RunFused(OrtKernelContext* context, const Params& p) {
 
 template <bool kCuda>
 struct MLstmGatesKernel {
-  MLstmGatesKernel(const OrtApi* api, const OrtKernelInfo* info) : soft_cap_(FloatAttributeOr(api, info, "soft_cap", 0.0f)) {}
+  MLstmGatesKernel(const OrtApi* api, const OrtKernelInfo* info) : soft_cap_(FloatAttribute(api, info, "soft_cap", 0.0f)) {}
 
   Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<float>& gates,
                       const Ort::Custom::Tensor<int64_t>& mask, Ort::Custom::Tensor<float>& igate,
@@ -91,7 +88,7 @@ struct SwiGluKernel {
 
 template <typename T, bool kCuda>
 struct HeadNormGateKernel {
-  HeadNormGateKernel(const OrtApi* api, const OrtKernelInfo* info) : eps_(FloatAttributeOr(api, info, "eps", 1e-6f)) {}
+  HeadNormGateKernel(const OrtApi* api, const OrtKernelInfo* info) : eps_(FloatAttribute(api, info, "eps", 1e-6f)) {}
 
   Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<T>& h, const Ort::Custom::Tensor<T>& o,
                       const Ort::Custom::Tensor<T>& weight, const Ort::Custom::Tensor<T>& bias, Ort::Custom::Tensor<T>& y) {

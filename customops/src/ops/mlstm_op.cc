@@ -22,16 +22,6 @@ int64_t IntAttribute(const OrtApi* api, const OrtKernelInfo* info, const char* n
   return value;
 }
 
-float FloatAttribute(const OrtApi* api, const OrtKernelInfo* info, const char* name, float fallback) {
-  float value = 0.0f;
-  OrtStatus* status = api->KernelInfoGetAttribute_float(info, name, &value);
-  if (status != nullptr) {
-    api->ReleaseStatus(status);
-    return fallback;
-  }
-  return value;
-}
-
 /// Expects `actual` to equal `expected`; otherwise writes the message that names the op, the input and both shapes.
 bool Expect(Form form, const char* input, const std::vector<int64_t>& actual, const std::vector<int64_t>& expected,
             const char* meaning, const std::vector<int64_t>& q, const std::vector<int64_t>& v, std::string& error) {
@@ -51,6 +41,16 @@ struct ParallelJob {
 void RunJob(void* data, size_t i) { (*static_cast<ParallelJob*>(data)->body)(static_cast<int64_t>(i)); }
 
 }  // namespace
+
+float FloatAttribute(const OrtApi* api, const OrtKernelInfo* info, const char* name, float fallback) {
+  float value = 0.0f;
+  OrtStatus* status = api->KernelInfoGetAttribute_float(info, name, &value);
+  if (status != nullptr) {
+    api->ReleaseStatus(status);
+    return fallback;
+  }
+  return value;
+}
 
 MLstmAttributes::MLstmAttributes(const OrtApi* api, const OrtKernelInfo* info, Form form) {
   bool present = false;

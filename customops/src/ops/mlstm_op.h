@@ -47,6 +47,9 @@ std::string CheckShapes(Form form, const std::vector<int64_t>& q, const std::vec
 
 std::string ShapeString(const std::vector<int64_t>& shape);
 
+/// A float attribute of the node, or `fallback` when it has none.
+float FloatAttribute(const OrtApi* api, const OrtKernelInfo* info, const char* name, float fallback);
+
 /// ONNX Runtime's intra-op thread pool as a ParallelFor.
 ParallelFor OrtParallelFor(OrtKernelContext* context);
 

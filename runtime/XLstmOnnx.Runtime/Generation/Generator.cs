@@ -46,7 +46,7 @@ public sealed class Generator : IDisposable
     private readonly float[] _last;                    // [B,V] the last logits of each row
     private readonly int?[] _pending;                  // a sampled token not yet fed, per row
     private readonly RunOptions _run;                 // prompts: never captured
-    private readonly RunOptions[] _stepRun;            // decode steps, per state parity (CUDA graph ids 1 and 2)
+    private readonly RunOptions[] _stepRun;            // decode steps, per state parity (two CUDA graph ids of our own)
     private readonly long _padId;
     private TensorCopier? _copier;
     private readonly OrtAllocator? _deviceAllocator;
@@ -55,6 +55,7 @@ public sealed class Generator : IDisposable
     private readonly long[] _stepNext;                 // [B] next_token of the last call
     private readonly OrtValue? _stepNextValue;         // [B,1] host, for prompt calls and CPU steps
     private readonly OrtValue? _devIds, _devMask, _devLogits, _devNext; // CUDA steps: fixed device buffers
+    private readonly DeviceBuffer _devIdsAt, _devMaskAt, _devLogitsAt, _devNextAt; // their addresses
     private readonly long[] _lastNext;                 // per row: the argmax after its last token
     private readonly bool[] _lastStale;                // per row: _last was not copied back (CopyLogits off)
 
@@ -106,11 +107,13 @@ public sealed class Generator : IDisposable
             _stepNextValue = _nextToken ? Own(OrtValue.CreateTensorValueFromMemory(_stepNext, [batch, 1])) : null;
             if (_cuda)
             {
-                CudaRuntime.SetDevice(model.Options.DeviceId);
                 _devIds = Own(OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Int64, [batch, 1]));
                 _devMask = Own(OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Int64, [batch, 1]));
                 _devLogits = Own(OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Float, [batch, 1, _vocab]));
                 _devNext = _nextToken ? Own(OrtValue.CreateAllocatedTensorValue(allocator, TensorElementType.Int64, [batch, 1])) : null;
+                int device = model.Options.DeviceId;
+                (_devIdsAt, _devMaskAt, _devLogitsAt) = (DeviceBuffer.Of(_devIds, device), DeviceBuffer.Of(_devMask, device), DeviceBuffer.Of(_devLogits, device));
+                if (_devNext is not null) _devNextAt = DeviceBuffer.Of(_devNext, device);
             }
             for (int parity = 0; parity < 2; parity++)
             {
@@ -241,8 +244,8 @@ public sealed class Generator : IDisposable
         if (_cuda)
         {
             // into the fixed device buffers the bindings (and any captured graph) read
-            CudaRuntime.CopyToDevice<long>(_stepIds, _devIds!);
-            if (_m.AttentionMask) CudaRuntime.CopyToDevice<long>(_stepMask, _devMask!);
+            CudaRuntime.CopyToDevice<long>(_stepIds, _devIdsAt);
+            if (_m.AttentionMask) CudaRuntime.CopyToDevice<long>(_stepMask, _devMaskAt);
         }
         _session.RunWithBinding(_stepRun[_cur], _stepBinding[_cur]);
         _stepBinding[_cur].SynchronizeBoundOutputs();
@@ -250,8 +253,8 @@ public sealed class Generator : IDisposable
         bool logits = !_cuda || CopyLogits || !_nextToken;
         if (_cuda)
         {
-            if (_nextToken) CudaRuntime.CopyToHost<long>(_devNext!, _stepNext);
-            if (logits) CudaRuntime.CopyToHost<float>(_devLogits!, _stepLogits);
+            if (_nextToken) CudaRuntime.CopyToHost<long>(_devNextAt, _stepNext);
+            if (logits) CudaRuntime.CopyToHost<float>(_devLogitsAt, _stepLogits);
         }
         for (int r = 0; r < Batch; r++)
         {
@@ -480,12 +483,11 @@ public sealed class Generator : IDisposable
     private long[] RowShape(int i) => [1, .. Shape(i)[1..]];
 
     /// <summary>A tensor over row <paramref name="row"/> of a device state tensor (no copy; valid while the tensor lives).</summary>
-    private unsafe OrtValue RowView(OrtValue tensor, int i, int row)
+    private OrtValue RowView(OrtValue tensor, int i, int row)
     {
         long bytes = RowElements(i) * sizeof(float);
-        // the span is only used for its address: device memory is never read from the host
-        byte* basePtr = (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(tensor.GetTensorMutableRawData()));
-        return OrtValue.CreateTensorValueWithData(_model.StateMemory, TensorElementType.Float, RowShape(i), (IntPtr)(basePtr + row * bytes), bytes);
+        var at = DeviceBuffer.Of(tensor, _model.Options.DeviceId);
+        return OrtValue.CreateTensorValueWithData(_model.StateMemory, TensorElementType.Float, RowShape(i), at.Address + (nint)(row * bytes), bytes);
     }
 
     private OrtIoBinding Bind(OrtValue ids, OrtValue mask, OrtValue[] past, OrtValue[] present, OrtValue logits, OrtValue? next)
