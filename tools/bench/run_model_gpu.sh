@@ -45,6 +45,14 @@ build)
   "$CLI" bench --model /tmp/kjv --device cuda --cuda-graph --batch 1,8 --prompt 100 --new 40 --reps 1 --out "$R/kjv-graph-bench.json" > "$R/kjv-bench.log" 2>&1
   say "kjv graph bench rc=$?: $(grep -h device_argmax_mismatches "$R/kjv-graph-bench.json" | tr -d ' \n')"
   cat "$R/kjv-bench.log" | tee -a "$R/summary.txt"
+  # continuous batching with CUDA graphs: slots are reset and refilled between captured steps
+  "$CLI" serve --model /tmp/kjv --device cuda --cuda-graph --model-name kjv --port 18093 --max-batch 8 > "$R/serve.log" 2>&1 &
+  server=$!
+  for _ in $(seq 60); do curl -s 127.0.0.1:18093/health > /dev/null 2>&1 && break; sleep 0.5; done
+  "$CLI" loadtest --url http://127.0.0.1:18093 --model-name kjv --clients 16 --seconds 10 --max-tokens 32 > "$R/loadtest.log" 2>&1
+  say "serve --cuda-graph + loadtest rc=$?: $(grep -E '"(requests|errors|mismatches_vs_single_request|throughput_tokens_per_s)"' "$R/loadtest.log" | head -4 | tr '\n' ' ')"
+  kill $server 2>/dev/null; wait $server 2>/dev/null
+  [[ ${SKIP_7B:-0} == 1 ]] && { tar czf "$OUT/$stage.tgz" -C /tmp/res "$stage"; cat "$R/summary.txt"; exit 0; }
   rm -rf $M7
   /usr/bin/time -v "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --output $M7 \
     > "$R/export-7b.log" 2> "$R/export-7b.time"
