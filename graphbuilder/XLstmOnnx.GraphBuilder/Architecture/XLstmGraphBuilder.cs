@@ -133,12 +133,13 @@ public sealed class XLstmGraphBuilder
     private (string Sum, string Normed) AddAndNorm(string p, string x, string? update, IWeightSource weight, IWeightSource? bias, string addName)
     {
         if (update is null) return (x, MakeRmsNorm(p, x, weight, bias));
-        if (_o.MLstmKernels != MLstmKernels.Custom)
+        if (!Fused)
         {
             string sum = _g.Op(addName, "Add", [x, update]);
             return (sum, MakeRmsNorm(p, sum, weight, bias));
         }
-        // outputs: normed, mean, inv_std_var, input_skip_bias_sum; the sum is rounded to T, as HF's residual add
+        // outputs: normed, mean, inv_std_var, input_skip_bias_sum. The sum comes out in T, as HF's residual add; the norm
+        // may read it before that rounding (ONNX Runtime's non-strict mode): a bf16-rounding-sized difference
         var o = _g.NodeWithOptionalOutputs($"{p}/SkipSimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
             [update, x, _g.Weight(InitName(p, "weight"), weight, _t)], [true, false, false, true], "com.microsoft",
             Attr.Float("epsilon", _c.NormEps));
@@ -160,7 +161,8 @@ public sealed class XLstmGraphBuilder
         string gates = Gemm($"{p}/if_gate", ToFloat($"{p}/if_gate/input", x), _w[WeightRole.IfGate, i], _w[WeightRole.IfGateBias, i], DataType.Float); // [B·S, 2NH]
         string qh = Heads($"{p}/q_heads", q, _c.QkHeadDim), kh = Heads($"{p}/k_heads", k, _c.QkHeadDim), vh = Heads($"{p}/v_heads", v, _c.VHeadDim);
         string ih, fh;
-        if (Fused && _maskInput is not null)
+        bool fusedGates = Fused && _maskInput is not null; // MLstmGates reads the mask input itself
+        if (fusedGates)
         {
             // cap, mask and [B·S, 2NH] -> 2 × [B,NH,S] in one kernel (the ops below, fused)
             var g = _g.Node($"{p}/if_gate/{MLstmCustomOpEmitter.GatesOp}", MLstmCustomOpEmitter.GatesOp, [gates, _maskInput], 2, MLstmCustomOpEmitter.Domain,
@@ -174,7 +176,7 @@ public sealed class XLstmGraphBuilder
             ih = GateHeads($"{p}/igate_heads", ifs[0]);
             fh = GateHeads($"{p}/fgate_heads", ifs[1]);
         }
-        if (_mask is not null && !(Fused && _maskInput is not null))
+        if (_mask is not null && !fusedGates)
         {
             // A masked position (padding) must leave the state exactly as it was: ĩ = −inf gives a zero input gate
             // (exp(−inf − m) = 0), f̃ = +inf a forget gate of one (logsigmoid(+inf) = 0), and m' = max(lf + m, ĩ) = m.
