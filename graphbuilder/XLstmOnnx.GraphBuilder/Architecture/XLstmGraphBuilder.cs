@@ -165,7 +165,7 @@ public sealed class XLstmGraphBuilder
         if (fusedGates)
         {
             // cap, mask and [B·S, 2NH] -> 2 × [B,NH,S] in one kernel (the ops below, fused)
-            var g = _g.Node($"{p}/if_gate/{MLstmCustomOpEmitter.GatesOp}", MLstmCustomOpEmitter.GatesOp, [gates, _maskInput], 2, MLstmCustomOpEmitter.Domain,
+            var g = _g.Node($"{p}/if_gate/{MLstmCustomOpEmitter.GatesOp}", MLstmCustomOpEmitter.GatesOp, [gates, _maskInput!], 2, MLstmCustomOpEmitter.Domain,
                 Attr.Float("soft_cap", (float)(_c.GateSoftCap ?? 0)));
             (ih, fh) = (g[0], g[1]);
         }
