@@ -97,4 +97,30 @@ public class CudaTests
         }
         Assert.That(Run(ExecutionDevice.Cuda), Is.EqualTo(Run(ExecutionDevice.Cpu)));
     }
+
+    /// <summary>
+    /// CUDA graphs replay what they captured: generators of different batch sizes on one session must each get graphs of
+    /// their own (an earlier build let a batch-16 generator replay the batch-1 graph), and greedy tokens must equal
+    /// uncaptured steps, with the device argmax and with logits copied back.
+    /// </summary>
+    [Test]
+    public void CudaGraphDecodeEqualsUncapturedStepsForEveryGenerator()
+    {
+        _ = CustomOpLibrary.Find() ?? throw new AssertionException($"{CustomOpLibrary.FileName} is not beside the tests (CUDA build of customops/).");
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "segmented"), tmp.Sub("m"),
+            new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
+        int[][] prompts = [[5, 6, 7], [.. Enumerable.Range(10, 45)], [42]];
+        var o = new GenerationOptions { Greedy = true, MaxNewTokens = 12, IgnoreEos = true };
+        int[][][] Run(bool graph)
+        {
+            using var s = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = ExecutionDevice.Cuda, CudaGraph = graph });
+            return [.. new[] { 1, 3 }.Select(batch =>
+            {
+                using var g = new Generator(s, batch);
+                return g.Generate(prompts[..batch], o).Tokens;
+            })];
+        }
+        Assert.That(Run(graph: true), Is.EqualTo(Run(graph: false)));
+    }
 }
