@@ -15,6 +15,7 @@
 #include "cpu/half_types.h"
 #include "kernels/cuda_check.h"
 #include "kernels/fused_fw.cuh"
+#include "mlstm_test_util.h"  // Encode, Decode
 
 namespace xlstm::test {
 namespace {
@@ -24,7 +25,7 @@ int failures = 0;
 template <typename T>
 T* ToDevice(const std::vector<T>& host) {
   T* d = nullptr;
-  CHECK_CUDA(cudaMalloc(&d, host.size() * sizeof(T) + 1));
+  CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&d), host.size() * sizeof(T) + 1));
   CHECK_CUDA(cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
   return d;
 }
@@ -42,20 +43,6 @@ std::vector<float> Random(size_t n, uint32_t seed, float scale) {
   std::vector<float> v(n);
   for (auto& x : v) x = normal(rng);
   return v;
-}
-
-template <typename H>
-std::vector<H> Encode(const std::vector<float>& v) {
-  std::vector<H> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = FromFloat<H>(v[i]);
-  return out;
-}
-
-template <typename H>
-std::vector<float> Decode(const std::vector<H>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = ToFloat(v[i]);
-  return out;
 }
 
 void Report(const std::string& name, const std::vector<float>& gpu, const std::vector<float>& cpu, double tol) {
