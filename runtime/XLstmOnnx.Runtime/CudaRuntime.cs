@@ -11,13 +11,20 @@ namespace XLstmOnnx.Runtime;
 /// </summary>
 internal static unsafe class CudaRuntime
 {
-    private const int HostToDevice = 1, DeviceToHost = 2;
+    private const int HostToDevice = 1, DeviceToHost = 2, DeviceToDevice = 3;
     private static readonly string[] Names = ["libcudart.so.13", "libcudart.so"];
     private static Api? _api;
 
     private sealed class Api
     {
         public delegate* unmanaged<void*, void*, nuint, int, int> Memcpy;
+        public delegate* unmanaged<void*, void*, nuint, int, IntPtr, int> MemcpyAsync;
+        public delegate* unmanaged<void*, nuint, void*, nuint, nuint, nuint, int, IntPtr, int> Memcpy2DAsync;
+        public delegate* unmanaged<void*, int, nuint, IntPtr, int> MemsetAsync;
+        public delegate* unmanaged<void*, nuint, int, nuint, nuint, IntPtr, int> Memset2DAsync;
+        public delegate* unmanaged<void**, nuint, int> Malloc;
+        public delegate* unmanaged<void*, int> Free;
+        public delegate* unmanaged<nuint*, nuint*, int> MemGetInfo;
         public delegate* unmanaged<int> DeviceSynchronize;
         public delegate* unmanaged<int, int> SetDevice;
         public delegate* unmanaged<int, IntPtr> GetErrorString;
@@ -38,6 +45,13 @@ internal static unsafe class CudaRuntime
         _api = new Api
         {
             Memcpy = (delegate* unmanaged<void*, void*, nuint, int, int>)NativeLibrary.GetExport(lib, "cudaMemcpy"),
+            MemcpyAsync = (delegate* unmanaged<void*, void*, nuint, int, IntPtr, int>)NativeLibrary.GetExport(lib, "cudaMemcpyAsync"),
+            Memcpy2DAsync = (delegate* unmanaged<void*, nuint, void*, nuint, nuint, nuint, int, IntPtr, int>)NativeLibrary.GetExport(lib, "cudaMemcpy2DAsync"),
+            MemsetAsync = (delegate* unmanaged<void*, int, nuint, IntPtr, int>)NativeLibrary.GetExport(lib, "cudaMemsetAsync"),
+            Memset2DAsync = (delegate* unmanaged<void*, nuint, int, nuint, nuint, IntPtr, int>)NativeLibrary.GetExport(lib, "cudaMemset2DAsync"),
+            Malloc = (delegate* unmanaged<void**, nuint, int>)NativeLibrary.GetExport(lib, "cudaMalloc"),
+            Free = (delegate* unmanaged<void*, int>)NativeLibrary.GetExport(lib, "cudaFree"),
+            MemGetInfo = (delegate* unmanaged<nuint*, nuint*, int>)NativeLibrary.GetExport(lib, "cudaMemGetInfo"),
             DeviceSynchronize = (delegate* unmanaged<int>)NativeLibrary.GetExport(lib, "cudaDeviceSynchronize"),
             SetDevice = (delegate* unmanaged<int, int>)NativeLibrary.GetExport(lib, "cudaSetDevice"),
             GetErrorString = (delegate* unmanaged<int, IntPtr>)NativeLibrary.GetExport(lib, "cudaGetErrorString"),
@@ -76,6 +90,86 @@ internal static unsafe class CudaRuntime
         nuint bytes = CheckSize<T>(dest.Length, source);
         fixed (T* d = dest) Check(api.Memcpy(d, (void*)source.Address, bytes, DeviceToHost), "cudaMemcpy (device to host)", source.DeviceId);
     }
+
+    // Device-side work of the runtime's own (state rows, prefix cache, sampler buffers). Every call below is enqueued on the
+    // legacy default stream and ordered by the host: ONNX Runtime's calls have returned (their outputs synchronized)
+    // before any of these is enqueued, and Synchronize is called before the next ONNX Runtime call reads what they wrote.
+
+    /// <summary>cudaMalloc of <paramref name="bytes"/> on <paramref name="deviceId"/>; throws naming what it was for and the free memory.</summary>
+    public static IntPtr Malloc(long bytes, int deviceId, string what)
+    {
+        var api = Load();
+        Check(api.SetDevice(deviceId), "cudaSetDevice", deviceId);
+        void* p = null;
+        int status = api.Malloc(&p, (nuint)bytes);
+        if (status != 0)
+        {
+            var (free, total) = MemoryInfo(deviceId);
+            throw new XLstmOnnxException($"{what}: {DeviceMemory.Mib(bytes)} of GPU memory could not be allocated on device {deviceId} "
+                + $"({DeviceMemory.Mib(free)} free of {DeviceMemory.Mib(total)}; CUDA error {status}).");
+        }
+        return (IntPtr)p;
+    }
+
+    /// <summary>cudaFree (waits for the device, as cudaFree does).</summary>
+    public static void Free(IntPtr p, int deviceId)
+    {
+        var api = Load();
+        Check(api.SetDevice(deviceId), "cudaSetDevice", deviceId);
+        Check(api.Free((void*)p), "cudaFree", deviceId);
+    }
+
+    /// <summary>Free and total bytes of the device's memory.</summary>
+    public static (long Free, long Total) MemoryInfo(int deviceId)
+    {
+        var api = Load();
+        Check(api.SetDevice(deviceId), "cudaSetDevice", deviceId);
+        nuint free = 0, total = 0;
+        Check(api.MemGetInfo(&free, &total), "cudaMemGetInfo", deviceId);
+        return ((long)free, (long)total);
+    }
+
+    /// <summary>Enqueues a copy within device memory.</summary>
+    public static void CopyAsync(IntPtr dst, IntPtr src, long bytes, int deviceId)
+    {
+        var api = Load();
+        Check(api.SetDevice(deviceId), "cudaSetDevice", deviceId);
+        Check(api.MemcpyAsync((void*)dst, (void*)src, (nuint)bytes, DeviceToDevice, IntPtr.Zero), "cudaMemcpyAsync (device to device)", deviceId);
+    }
+
+    /// <summary>Enqueues <paramref name="height"/> copies of <paramref name="width"/> bytes, rows <paramref name="dpitch"/> / <paramref name="spitch"/> apart.</summary>
+    public static void Copy2DAsync(IntPtr dst, long dpitch, IntPtr src, long spitch, long width, long height, int deviceId)
+    {
+        var api = Load();
+        Check(api.SetDevice(deviceId), "cudaSetDevice", deviceId);
+        Check(api.Memcpy2DAsync((void*)dst, (nuint)dpitch, (void*)src, (nuint)spitch, (nuint)width, (nuint)height, DeviceToDevice, IntPtr.Zero),
+            "cudaMemcpy2DAsync (device to device)", deviceId);
+    }
+
+    /// <summary>Enqueues zero bytes over <paramref name="height"/> rows of <paramref name="width"/> bytes, <paramref name="pitch"/> apart.</summary>
+    public static void Zero2DAsync(IntPtr dst, long pitch, long width, long height, int deviceId)
+    {
+        var api = Load();
+        Check(api.SetDevice(deviceId), "cudaSetDevice", deviceId);
+        Check(height == 1 ? api.MemsetAsync((void*)dst, 0, (nuint)width, IntPtr.Zero) : api.Memset2DAsync((void*)dst, (nuint)pitch, 0, (nuint)width, (nuint)height, IntPtr.Zero),
+            "cudaMemset2DAsync", deviceId);
+    }
+
+    /// <summary>Waits until everything enqueued on the device has finished.</summary>
+    public static void Synchronize(int deviceId)
+    {
+        var api = Load();
+        Check(api.SetDevice(deviceId), "cudaSetDevice", deviceId);
+        Check(api.DeviceSynchronize(), "cudaDeviceSynchronize", deviceId);
+    }
+
+    /// <summary>Copies host bytes to the device and waits (pageable memory: see <see cref="CopyToDevice{T}(ReadOnlySpan{T}, DeviceBuffer)"/>).</summary>
+    public static void Upload<T>(ReadOnlySpan<T> source, IntPtr dest, int deviceId) where T : unmanaged =>
+        CopyToDevice(source, new DeviceBuffer(dest, (long)source.Length * sizeof(T), deviceId));
+
+    /// <summary>Copies device bytes to host memory (synchronous).</summary>
+    public static void Download<T>(IntPtr source, Span<T> dest, int deviceId) where T : unmanaged =>
+        CopyToHost(new DeviceBuffer(source, (long)dest.Length * sizeof(T), deviceId), dest);
 
     private static nuint CheckSize<T>(int count, DeviceBuffer buffer) where T : unmanaged
     {

@@ -24,7 +24,10 @@ public sealed class RecurrentState
     /// <summary>The state tensor of <paramref name="layer"/>, part "C", "n" or "m", in row-major order.</summary>
     public float[] this[int layer, string part] => _tensors[Index(layer, part)];
 
-    internal void Set(int layer, string part, float[] values) => _tensors[Index(layer, part)] = values;
+    /// <summary>Tensor <paramref name="i"/> in past_state order (layer i / 3, part i % 3).</summary>
+    internal float[] this[int i] => _tensors[i];
+
+    internal void Set(int i, float[] values) => _tensors[i] = values;
 
     /// <summary>Back to zeros.</summary>
     public void Reset()

@@ -18,7 +18,6 @@ public sealed record Logits(float[] Values, int Batch, int Positions, int Vocab)
 public sealed class XLstmSession : IDisposable
 {
     private readonly InferenceSession _session;
-    private readonly string[] _outputNames;
 
     private XLstmSession(InferenceSession session, ModelManifest manifest, string dir, RuntimeOptions options)
     {
@@ -26,16 +25,16 @@ public sealed class XLstmSession : IDisposable
         Manifest = manifest;
         Directory = dir;
         Options = options;
-        _outputNames = [.. session.OutputMetadata.Keys.Where(k => k != StateNames.NextToken)]; // host runs read float outputs only
-        StateMemory = options.Device == ExecutionDevice.Cuda
-            ? new OrtMemoryInfo(OrtMemoryInfo.allocatorCUDA, OrtAllocatorType.DeviceAllocator, options.DeviceId, OrtMemType.Default)
-            : OrtMemoryInfo.DefaultInstance;
+        Io = new Generation.ModelIo(manifest);
     }
 
     public RuntimeOptions Options { get; }
 
-    /// <summary>Where recurrent state lives between calls: the execution provider's device memory.</summary>
-    internal OrtMemoryInfo StateMemory { get; }
+    /// <summary>Names of the graph's outputs (logits, present state, optional next_token and hidden states).</summary>
+    public IReadOnlyList<string> OutputNames => [.. _session.OutputMetadata.Keys];
+
+    /// <summary>The graph contract's names, bound in one place for every call.</summary>
+    internal Generation.ModelIo Io { get; }
 
     internal InferenceSession Session => _session;
 
@@ -59,9 +58,6 @@ public sealed class XLstmSession : IDisposable
 
     public ModelManifest Manifest { get; }
     public string Directory { get; }
-
-    /// <summary>Names of the graph's outputs (logits, present state, optional hidden states).</summary>
-    public IReadOnlyList<string> OutputNames => _outputNames;
 
     /// <summary>Loads the exported model in <paramref name="dir"/>; the caller disposes the result.</summary>
     public static XLstmSession Load(string dir, RuntimeOptions? options = null)
@@ -214,50 +210,51 @@ public sealed class XLstmSession : IDisposable
 
     private Logits RunCore(OrtValue input, int seq, RecurrentState state, IDictionary<string, float[]>? hidden)
     {
-        var names = new List<string> { Manifest.Input };
-        var values = new List<OrtValue> { input };
+        int batch = state.Batch;
+        int positions = Manifest.Logits == "all" ? seq : 1;
+        var logits = new float[(long)batch * positions * Manifest.VocabSize];
+        var present = new float[Manifest.NumLayers * 3][];
+        var owned = new List<OrtValue>();
+        OrtValue Own(OrtValue v)
+        {
+            owned.Add(v);
+            return v;
+        }
         try
         {
-            if (Manifest.AttentionMask)
+            var mask = Own(OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat(1L, batch * seq).ToArray(), [batch, seq]));
+            var past = new OrtValue[present.Length];
+            var presentValues = new OrtValue[present.Length];
+            for (int i = 0; i < present.Length; i++)
             {
-                names.Add(StateNames.AttentionMask);
-                values.Add(OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat(1L, state.Batch * seq).ToArray(), [state.Batch, seq]));
+                long[] shape = Manifest.StateShape(StateNames.Parts[i % 3], batch);
+                past[i] = Own(OrtValue.CreateTensorValueFromMemory(state[i], shape));
+                present[i] = new float[state[i].Length];
+                presentValues[i] = Own(OrtValue.CreateTensorValueFromMemory(present[i], shape));
             }
-            for (int l = 0; l < Manifest.NumLayers; l++)
-            {
-                foreach (var part in StateNames.Parts)
-                {
-                    names.Add(StateNames.Past(l, part));
-                    values.Add(OrtValue.CreateTensorValueFromMemory(state[l, part], Manifest.StateShape(part, state.Batch)));
-                }
-            }
+            var logitsValue = Own(OrtValue.CreateTensorValueFromMemory(logits, [batch, positions, Manifest.VocabSize]));
+            using var binding = _session.CreateIoBinding();
+            Io.Bind(binding, input, mask, past, presentValues, logitsValue, next: null);
+            var hiddenNames = hidden is null ? [] : _session.OutputMetadata.Keys.Where(k => k.StartsWith("hidden_states.", StringComparison.Ordinal)).ToArray();
+            foreach (var name in hiddenNames) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
             using var runOptions = UncapturedRunOptions();
-            using var outputs = _session.Run(runOptions, names, values, _outputNames);
-            Logits? logits = null;
-            for (int i = 0; i < _outputNames.Length; i++)
+            _session.RunWithBinding(runOptions, binding);
+            binding.SynchronizeBoundOutputs();
+            for (int i = 0; i < present.Length; i++) state.Set(i, present[i]);
+            if (hiddenNames.Length > 0)
             {
-                string name = _outputNames[i];
-                var data = outputs[i].GetTensorDataAsSpan<float>().ToArray();
-                if (name == StateNames.Logits)
+                var names = binding.GetOutputNames();
+                using var outputs = binding.GetOutputValues();
+                for (int i = 0; i < names.Length; i++)
                 {
-                    int positions = (int)outputs[i].GetTensorTypeAndShape().Shape[1];
-                    logits = new Logits(data, state.Batch, positions, (int)Manifest.VocabSize);
-                }
-                else if (name.StartsWith("present_state.", StringComparison.Ordinal))
-                {
-                    var parts = name.Split('.');
-                    state.Set(int.Parse(parts[1]), parts[2], data);
-                }
-                else
-                {
-                    hidden?.Add(name, data);
+                    if (hiddenNames.Contains(names[i])) hidden!.Add(names[i], outputs[i].GetTensorDataAsSpan<float>().ToArray());
                 }
             }
-            return logits!;
+            return new Logits(logits, batch, positions, (int)Manifest.VocabSize);
         }
         finally
         {
-            for (int i = 1; i < values.Count; i++) values[i].Dispose(); // the caller owns values[0]
+            foreach (var v in owned) v.Dispose();
         }
     }
 

@@ -50,6 +50,10 @@ public sealed record ModelManifest
     public long? BosTokenId { get; init; }
     public long? EosTokenId { get; init; }
     public long? PadTokenId { get; init; }
+    /// <summary>The batch sampler for this model's logits (<c>sampler.onnx</c>), or null (models that take embeddings).</summary>
+    public string? SamplerFile { get; init; }
+    /// <summary>Contract version of <see cref="SamplerFile"/> (SamplerModel.Version); 0 when there is none.</summary>
+    public int SamplerVersion { get; init; }
     /// <summary>Tokenizer files copied beside the model (may be empty).</summary>
     public IReadOnlyList<string> TokenizerFiles { get; init; } = [];
 

@@ -99,9 +99,16 @@ public static class OnnxExporter
                 string? tokenizerConfig = sideFiles.FirstOrDefault(f => Path.GetFileName(f) == "tokenizer_config.json");
                 File.WriteAllBytes(Path.Combine(staging, TokenizerModel.FileName), TokenizerModel.Build(tokenizerJson, tokenizerConfig));
             }
+            // token ids in: the model generates, so the sampler for its logits goes beside it
+            bool sampler = !options.InputsEmbeds;
+            if (sampler) File.WriteAllBytes(Path.Combine(staging, SamplerModel.FileName), SamplerModel.Build(config.VocabSize));
             File.WriteAllText(Path.Combine(staging, "config.json"), config.ToJson());
             File.WriteAllText(Path.Combine(staging, ModelManifest.FileName),
-                ModelManifest.For(config, options, external ? DataFile : null, copied).ToJson());
+                (ModelManifest.For(config, options, external ? DataFile : null, copied) with
+                {
+                    SamplerFile = sampler ? SamplerModel.FileName : null,
+                    SamplerVersion = sampler ? SamplerModel.Version : 0,
+                }).ToJson());
             AtomicFolder.Commit(staging, target);
         }
         catch

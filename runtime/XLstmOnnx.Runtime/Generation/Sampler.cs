@@ -1,8 +1,9 @@
 namespace XLstmOnnx.Runtime.Generation;
 
 /// <summary>
-/// Chooses the next token of one sequence from its logits. All scratch buffers are allocated once, so choosing a
-/// token allocates nothing. The random generator (SplitMix64) is ours, so a seed means the same draws everywhere.
+/// The plain reference of the exported sampler (<c>sampler.onnx</c>, which chooses tokens on the device for generation
+/// and serving): the same steps in transformers' order, one sequence at a time, on the host. Tests hold the sampler to it.
+/// The random generator (SplitMix64) is the decoders' own, so a seed means the same draws everywhere.
 /// </summary>
 public sealed class Sampler
 {
@@ -57,7 +58,10 @@ public sealed class Sampler
             _order[i] = i;
             _keys[i] = -s[i];
         }
-        _keys.AsSpan(0, n).Sort(_order.AsSpan(0, n));
+        // a stable order: ties go to the lower id first (ONNX TopK's rule)
+        var scores = _scores;
+        Array.Sort(_order, 0, n, Comparer<int>.Create((a, b) => scores[a] != scores[b] ? scores[b].CompareTo(scores[a]) : a.CompareTo(b)));
+        for (int i = 0; i < n; i++) _keys[i] = s[_order[i]];
         int keep = _o.TopK > 0 ? Math.Min(_o.TopK, n) : n;
         // probabilities of the kept candidates
         float max = s[_order[0]];
@@ -93,14 +97,7 @@ public sealed class Sampler
         return _order[keep - 1];
     }
 
-    private double NextDouble()
-    {
-        ulong z = _rng += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        z ^= z >> 31;
-        return (z >> 11) * (1.0 / (1UL << 53));
-    }
+    private double NextDouble() => SequenceDecoder.NextUniform(ref _rng);
 
     /// <summary>The first index of the largest value (torch.argmax's choice on ties).</summary>
     public static int ArgMax(ReadOnlySpan<float> values)

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text;
 using System.Threading.Channels;
 using XLstmOnnx.Runtime.Generation;
 using XLstmOnnx.Runtime.Tokenization;
@@ -9,14 +8,43 @@ namespace XLstmOnnx.Runtime.Serving;
 /// <summary>Limits and sizes of a serving engine.</summary>
 public sealed record ServingOptions
 {
-    /// <summary>Slots in the batched state: sequences decoded together.</summary>
+    /// <summary>Slots of the decode state pool: sequences decoded together at most.</summary>
     public int MaxBatch { get; init; } = 8;
     /// <summary>Requests waiting for a slot; more are refused (HTTP 429).</summary>
     public int QueueCapacity { get; init; } = 64;
-    /// <summary>Budget of the prefix-state cache in bytes (0 turns it off).</summary>
-    public long PrefixCacheBytes { get; init; } = 256L << 20;
+    /// <summary>
+    /// Memory for the prefix-state cache in bytes, in the model's device memory; 0 turns it off; null: the default, room
+    /// for two states per slot (a shared prefix and a conversation's last turn for every live sequence), at most a quarter
+    /// of the GPU memory left after the state pool (on the CPU: at most 1 GiB).
+    /// </summary>
+    public long? PrefixCacheBytes { get; init; }
     /// <summary>Prompts shorter than this are not cached (their prefill is cheaper than a state copy).</summary>
     public int PrefixCacheMinTokens { get; init; } = 8;
+    /// <summary>Prompts prefilled at the same time (each in its own staging row of state).</summary>
+    public int PrefillRows { get; init; } = 4;
+    /// <summary>
+    /// Longest prompt piece read between two decode steps while sequences are decoding; null: paced by time, so that
+    /// prefill takes at most <see cref="PrefillShare"/> of a decode step's time on average (a long prompt is read in
+    /// chunks and the live streams keep stepping). Pieces are multiples of the model's chunk_size.
+    /// </summary>
+    public int? PrefillChunkTokens { get; init; }
+    /// <summary>Prefill time allowed per decode step's time, while sequences are decoding (paced mode).</summary>
+    public double PrefillShare { get; init; } = 0.9;
+    /// <summary>
+    /// Batch sizes a decode step may run at: the live sequences are rounded up to the next one (each has its own bindings
+    /// and, with CUDA graphs, its own captured graphs). Null: powers of two up to <see cref="MaxBatch"/>, and MaxBatch.
+    /// </summary>
+    public IReadOnlyList<int>? DecodeBuckets { get; init; }
+    /// <summary>Run every decode bucket once at start (captures the CUDA graphs before the first request).</summary>
+    public bool WarmUp { get; init; } = true;
+
+    /// <summary>The decode buckets in effect, ascending, ending at MaxBatch.</summary>
+    public int[] Buckets()
+    {
+        var b = DecodeBuckets ?? Enumerable.Range(0, 31).Select(i => 1 << i).TakeWhile(x => x < MaxBatch).ToArray();
+        if (b.Any(x => x < 1 || x > MaxBatch)) throw new XLstmOnnxException($"ServingOptions.DecodeBuckets must lie in [1, {MaxBatch}] (MaxBatch); found {string.Join(",", b)}.");
+        return [.. b.Append(MaxBatch).Distinct().Order()];
+    }
 }
 
 /// <summary>One streamed piece of a completion: a token, the text it completes (may be empty), and the end.</summary>
@@ -26,48 +54,99 @@ public readonly record struct CompletionEvent(int Token, string Text, StopReason
 public sealed class QueueFullException(int capacity) : Exception($"the request queue is full ({capacity} waiting); retry later");
 
 /// <summary>
-/// Continuous batching over one model: every live sequence owns a slot (a row of the batched recurrent state). Between
-/// decode steps, waiting requests take free slots: their rows are reset (or set from the prefix cache) and their prompts
-/// prefilled in one masked call that leaves the other rows untouched; then all live sequences step together. A request
-/// whose client goes away is dropped at the next step. One loop thread owns the model; Submit is thread-safe.
+/// Continuous batching over one model, with the state on the device:
+/// <list type="bullet">
+/// <item>The live sequences own rows [0, live) of a double-buffered state pool of MaxBatch slots. A decode step runs
+/// only those rows, at the next bucket size (pads beyond them are masked); a sequence that ends is replaced by the
+/// last row (a device copy), so the live rows stay packed.</item>
+/// <item>A new request gets a staging row: its prompt is prefilled there, at batch 1, in pieces between decode steps
+/// (paced so that the live streams keep stepping), then its row is copied into the pool. It starts from the longest
+/// cached prefix state (a device copy; a fully cached prompt needs no model call at all).</item>
+/// <item>Tokens are chosen on the device for the whole batch (<see cref="TokenChooser"/>); only ids come back.</item>
+/// </list>
+/// One loop thread owns the model and every buffer; <see cref="Submit"/> is thread-safe. A request whose client goes
+/// away is dropped at the next iteration.
 /// </summary>
 public sealed class ServingEngine : IDisposable
 {
-    private sealed class Slot
+    private sealed record Request(int[] Prompt, GenerationOptions Options, Channel<CompletionEvent> Events, CancellationToken Cancel, long Enqueued);
+
+    /// <summary>A live sequence: a row of the pool.</summary>
+    private sealed class Live(Request request, SequenceDecoder decoder)
     {
-        public required Request Request;
-        public required Sampler Sampler;
-        public TextStopper? Text;
-        public int Generated;
-        public int LastToken;
-        public HashSet<int> Stops = [];
+        public Request Request { get; } = request;
+        public SequenceDecoder Decoder { get; } = decoder;
+        public long LastTokenAt;
     }
 
-    private sealed record Request(int[] Prompt, GenerationOptions Options, Channel<CompletionEvent> Events, CancellationToken Cancel, long Enqueued);
+    /// <summary>A prompt being read into a staging row.</summary>
+    private sealed class Job(Request request, int row)
+    {
+        public Request Request { get; } = request;
+        public int Row { get; } = row;
+        public int Set;              // the staging pool's set holding the row's state
+        public int Start;            // tokens [0, Start) were taken from the prefix cache
+        public int Fed;              // tokens [0, Fed) are in the state
+    }
 
     private readonly XLstmSession _session;
     private readonly ServingOptions _o;
-    private readonly Generator _gen;
     private readonly HfTokenizer? _tokenizer;
     private readonly Channel<Request> _queue;
-    private readonly Slot?[] _slots;
+    private readonly DeviceMemory _memory;
+    private readonly StatePool _pool, _staging;
+    private readonly StepRunner _runner;
+    private readonly TokenChooser _chooser;
     private readonly PrefixCache _cache;
+    private readonly int[] _buckets;
+    private readonly Live?[] _live;
+    private readonly SequenceDecoder?[] _decoders;        // _live[r]?.Decoder, for the chooser
+    private readonly int[] _tokens;
+    private readonly List<Job> _jobs = [];
+    private readonly Stack<int> _freeStaging = new();
+    private readonly long _chunk, _segment;
     private readonly Thread _loop;
     private readonly CancellationTokenSource _stop = new();
-    private readonly object _metricsLock = new();
+    private int _count;                                  // live rows
+    private int _set;                                    // the pool's set holding the live rows' state
     private int _queued;
+    private double _stepSeconds, _prefillTokensPerSecond, _credit;
     private volatile Exception? _failure;
 
     public ServingEngine(XLstmSession session, ServingOptions? options = null)
     {
+        ArgumentNullException.ThrowIfNull(session);
         _session = session;
         _o = options ?? new ServingOptions();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(_o.MaxBatch);
-        _gen = new Generator(session, _o.MaxBatch);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(_o.PrefillRows);
+        _buckets = _o.Buckets();
+        var m = session.Manifest;
+        _chunk = Math.Max(1, m.ChunkSize);
+        _segment = Math.Max(1, m.MaxInferenceChunksize);
         _tokenizer = session.Tokenizer;
+        _memory = DeviceMemory.For(session.Options);
+        int cacheEntries = CacheEntries(m);
+        try
+        {
+            _pool = new StatePool(m, _memory, _o.MaxBatch, 2, $"the state pool (--max-batch {_o.MaxBatch})");
+            _staging = new StatePool(m, _memory, _o.PrefillRows, 2, $"the prefill rows ({_o.PrefillRows})");
+            _runner = new StepRunner(session, _memory, _pool);
+            _chooser = new TokenChooser(session, _runner, _memory);
+            _cache = new PrefixCache(m, _memory, cacheEntries);
+        }
+        catch
+        {
+            DisposeBuffers();
+            throw;
+        }
+        _live = new Live?[_o.MaxBatch];
+        _decoders = new SequenceDecoder?[_o.MaxBatch];
+        _tokens = new int[_o.MaxBatch];
+        for (int r = _o.PrefillRows - 1; r >= 0; r--) _freeStaging.Push(r);
         _queue = Channel.CreateBounded<Request>(new BoundedChannelOptions(Math.Max(1, _o.QueueCapacity)) { SingleReader = true });
-        _slots = new Slot?[_o.MaxBatch];
-        _cache = new PrefixCache(_o.PrefixCacheBytes);
+        Metrics.CacheCapacity = _cache.Capacity;
+        if (_o.WarmUp && session.Options.CudaGraph) WarmUp();
         _loop = new Thread(Loop) { IsBackground = true, Name = "xlstm-serving" };
         _loop.Start();
     }
@@ -75,6 +154,32 @@ public sealed class ServingEngine : IDisposable
     public XLstmSession Session => _session;
     public ServingOptions Options => _o;
     public ServingMetrics Metrics { get; } = new();
+
+    /// <summary>Entries of the prefix cache: the option, or the default (see <see cref="ServingOptions.PrefixCacheBytes"/>); checks that everything fits.</summary>
+    private int CacheEntries(GraphBuilder.Export.ModelManifest m)
+    {
+        long row = StatePool.RowBytesFor(m);
+        long pool = StatePool.BytesFor(m, _o.MaxBatch, 2) + StatePool.BytesFor(m, _o.PrefillRows, 2);
+        long buffers = _o.MaxBatch * m.VocabSize * 4L * 4; // logits, sampler counts (two sets), cached logits
+        var available = _memory.Available();
+        long budget = _o.PrefixCacheBytes ?? Math.Min(2L * _o.MaxBatch * row,
+            available is { } a ? Math.Max(0, (a.Free - pool - buffers) / 4) : 1L << 30);
+        if (available is { } d)
+        {
+            // what ONNX Runtime needs beside: activations of a prompt piece and of a decode step, cuBLAS workspaces
+            long headroom = Math.Max(2L << 30, d.Total / 20);
+            long need = pool + buffers + budget + headroom;
+            if (need > d.Free)
+            {
+                throw new XLstmOnnxException(
+                    $"the serving state does not fit in GPU memory: the state pool for --max-batch {_o.MaxBatch} takes 2 × {_o.MaxBatch} × {DeviceMemory.Mib(row)} "
+                    + $"and the prefill rows 2 × {_o.PrefillRows} × {DeviceMemory.Mib(row)} ({DeviceMemory.Mib(pool)} of float32 state), the prefix cache {DeviceMemory.Mib(budget)}, "
+                    + $"buffers {DeviceMemory.Mib(buffers)}, plus {DeviceMemory.Mib(headroom)} for activations: {DeviceMemory.Mib(need)} in all; "
+                    + $"{DeviceMemory.Mib(d.Free)} of {DeviceMemory.Mib(d.Total)} are free after the weights. Lower --max-batch or --prefix-cache-mb.");
+            }
+        }
+        return (int)Math.Min(int.MaxValue, budget / row);
+    }
 
     /// <summary>
     /// Queues a completion; events arrive on the returned reader until one with a Finish reason, then it completes.
@@ -84,10 +189,16 @@ public sealed class ServingEngine : IDisposable
     public ChannelReader<CompletionEvent> Submit(int[] prompt, GenerationOptions options, CancellationToken cancel = default)
     {
         ArgumentNullException.ThrowIfNull(prompt);
+        ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         if (prompt.Length == 0) throw new XLstmOnnxException("prompt: at least one token is needed.");
+        long vocab = _session.Manifest.VocabSize;
+        foreach (int t in prompt)
+        {
+            if (t < 0 || t >= vocab) throw new XLstmOnnxException($"prompt: token id {t} is outside the model's vocabulary [0, {vocab}).");
+        }
         if (_failure is not null) throw new XLstmOnnxException($"the serving engine stopped after an error: {_failure.Message}", _failure);
-        if (options.StopStrings.Count > 0 && _tokenizer is null) throw new XLstmOnnxException("stop strings need the model's tokenizer.json.");
+        if (options.StopStrings.Count > 0 && _tokenizer is null) throw new XLstmOnnxException("GenerationOptions.StopStrings needs the model's tokenizer.json.");
         var events = Channel.CreateUnbounded<CompletionEvent>(new UnboundedChannelOptions { SingleWriter = true });
         var request = new Request(prompt, options, events, cancel, Stopwatch.GetTimestamp());
         if (!_queue.Writer.TryWrite(request))
@@ -100,16 +211,30 @@ public sealed class ServingEngine : IDisposable
         return events.Reader;
     }
 
+    /// <summary>Each bucket's decode step, twice per state set, on masked rows: CUDA graphs are captured before any request.</summary>
+    private void WarmUp()
+    {
+        Array.Fill(_runner.Ids, _session.Manifest.PadTokenId ?? 0);
+        Array.Clear(_runner.Mask);
+        foreach (int b in _buckets)
+        {
+            for (int i = 0; i < 4; i++)
+            {
+                _runner.Decode(b, _set);
+                _set = 1 - _set;
+            }
+        }
+    }
+
     private void Loop()
     {
         try
         {
-            _gen.Reset();
             while (!_stop.IsCancellationRequested)
             {
                 DropCancelled();
                 Admit();
-                if (_slots.All(s => s is null))
+                if (_count == 0 && _jobs.Count == 0)
                 {
                     try
                     {
@@ -121,142 +246,252 @@ public sealed class ServingEngine : IDisposable
                     }
                     continue;
                 }
-                Step();
+                Prefill();
+                if (_count > 0) Step();
             }
         }
         catch (Exception e)
         {
             // a failure of the model is fatal for every live request: say so to each of them, and refuse new ones
             _failure = e;
-            foreach (var s in _slots) s?.Request.Events.Writer.TryComplete(e);
-            while (_queue.Reader.TryRead(out var r)) r.Events.Writer.TryComplete(e);
+            for (int r = 0; r < _count; r++) _live[r]?.Request.Events.Writer.TryComplete(e);
+            foreach (var j in _jobs) j.Request.Events.Writer.TryComplete(e);
+            while (_queue.Reader.TryRead(out var q)) q.Events.Writer.TryComplete(e);
         }
     }
 
-    /// <summary>Requests waiting in the queue take free slots; their prompts are prefilled together, masked from the others.</summary>
+    /// <summary>Waiting requests take staging rows while the pool has room for them; each starts from its longest cached prefix.</summary>
     private void Admit()
     {
-        var rows = new IReadOnlyList<int>[_slots.Length];
-        for (int r = 0; r < rows.Length; r++) rows[r] = [];
-        var admitted = new List<(int Row, bool Exact)>();
-        for (int r = 0; r < _slots.Length; r++)
+        while (_freeStaging.Count > 0 && _count + _jobs.Count < _o.MaxBatch && _queue.Reader.TryRead(out var req))
         {
-            if (_slots[r] is not null) continue;
-            Request? req = null;
-            while (_queue.Reader.TryRead(out var q))
+            Interlocked.Decrement(ref _queued);
+            if (req.Cancel.IsCancellationRequested)
             {
-                Interlocked.Decrement(ref _queued);
-                if (q.Cancel.IsCancellationRequested)
-                {
-                    q.Events.Writer.TryComplete();
-                    Metrics.Finished(cancelled: true);
-                    continue;
-                }
-                req = q;
-                break;
+                req.Events.Writer.TryComplete();
+                Metrics.Finished(cancelled: true);
+                continue;
             }
-            if (req is null) break;
+            Metrics.PromptTokens(req.Prompt.Length);
             var hit = _cache.Lookup(req.Prompt);
+            if (hit is { } whole && whole.Length == req.Prompt.Length)
+            {
+                // the whole prompt is cached, with its logits: the request joins without a model call
+                int row = _count;
+                _cache.States!.CopyRow(0, whole.Slot, _pool, _set, row);
+                _memory.Copy(_runner.LogitsAt(row), _cache.LogitsAt(whole.Slot), _runner.Vocab * 4);
+                _memory.Copy(_runner.NextAt(row), _cache.NextAt(whole.Slot), 8);
+                _memory.Wait();
+                Join(req, row);
+                continue;
+            }
+            var job = new Job(req, _freeStaging.Pop());
             if (hit is { } h)
             {
-                _gen.WriteRow(r, h.State);
-                rows[r] = req.Prompt[h.Length..];
+                _cache.States!.CopyRow(0, h.Slot, _staging, job.Set, job.Row);
+                job.Start = job.Fed = h.Length;
             }
             else
             {
-                _gen.ResetRow(r);
-                rows[r] = req.Prompt;
+                _staging.Zero(job.Set, job.Row, 1);
             }
-            _slots[r] = NewSlot(req);
-            admitted.Add((r, hit is { } x && x.Length == req.Prompt.Length));
+            _jobs.Add(job);
         }
         Metrics.QueueDepth = Volatile.Read(ref _queued);
         Metrics.CacheHits = _cache.Hits;
         Metrics.CacheMisses = _cache.Misses;
-        if (admitted.Count == 0) return;
-        _gen.Append(rows);
-        foreach (var (r, exact) in admitted)
-        {
-            var slot = _slots[r]!;
-            if (!exact && slot.Request.Prompt.Length >= _o.PrefixCacheMinTokens) _cache.Add(slot.Request.Prompt, _gen.ReadRow(r));
-            Metrics.PromptTokens(slot.Request.Prompt.Length);
-            Choose(r, firstToken: true);
-        }
-        Metrics.CacheBytes = _cache.Bytes;
-        Metrics.CacheEntries = _cache.Count;
     }
 
-    private Slot NewSlot(Request req)
+    /// <summary>
+    /// Reads prompt pieces, oldest request first. With live sequences the work is paced: each decode step earns
+    /// <see cref="ServingOptions.PrefillShare"/> of its time as credit, and pieces are sized from the measured prefill
+    /// speed to spend it (a short prompt is read whole, going into debt). Without live sequences everything is read.
+    /// </summary>
+    private void Prefill()
     {
-        int vocab = (int)Math.Min(_session.Manifest.VocabSize, _tokenizer?.Count ?? _session.Manifest.VocabSize);
-        var slot = new Slot { Request = req, Sampler = new Sampler(req.Options, vocab) };
-        foreach (int t in req.Prompt) slot.Sampler.Observe(t);
-        foreach (int t in req.Options.StopTokenIds) slot.Stops.Add(t);
-        if (!req.Options.IgnoreEos && _session.Manifest.EosTokenId is { } eos) slot.Stops.Add((int)eos);
-        if (_tokenizer is not null) slot.Text = new TextStopper(_tokenizer, req.Options.StopStrings); // no <|endoftext|> in the text
-        return slot;
+        int k = 0;
+        while (k < _jobs.Count)
+        {
+            bool paced = _count > 0;
+            if (paced && _credit <= 0) return;
+            var job = _jobs[k];
+            int piece = PieceLength(job, paced);
+            long t0 = Stopwatch.GetTimestamp();
+            Read(job, piece);
+            double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            _prefillTokensPerSecond = _prefillTokensPerSecond == 0 ? piece / seconds : 0.8 * _prefillTokensPerSecond + 0.2 * piece / seconds;
+            if (paced) _credit -= seconds;
+            if (job.Fed < job.Request.Prompt.Length) continue; // the same job goes on while there is credit
+            _jobs.RemoveAt(k);
+            Finish(job);
+        }
     }
 
-    /// <summary>Feeds every live sequence its last token in one call and chooses the next.</summary>
+    /// <summary>
+    /// The next piece of a prompt: it ends on a chunk boundary (counted from where the reading started) and never crosses a
+    /// max_inference_chunksize segment, so the cell's schedule inside each piece is the one it has when the rest of the
+    /// prompt is read in one call (only the last piece of a segment has a recurrent tail).
+    /// </summary>
+    private int PieceLength(Job job, bool paced)
+    {
+        int done = job.Fed - job.Start, left = job.Request.Prompt.Length - job.Fed;
+        int toSegmentEnd = (int)(_segment - done % _segment);
+        int max = Math.Min(left, toSegmentEnd);
+        if (!paced) return max;
+        long want = _o.PrefillChunkTokens ?? (long)(_credit * Math.Max(_prefillTokensPerSecond, 1));
+        want = Math.Max(_chunk, want / _chunk * _chunk);
+        // short remainders go whole: one call costs less than two, and the request starts sooner
+        return want >= max || max <= 4 * _chunk ? max : (int)want;
+    }
+
+    private void Read(Job job, int piece)
+    {
+        var ids = new long[piece];
+        var mask = new long[piece];
+        for (int j = 0; j < piece; j++)
+        {
+            ids[j] = job.Request.Prompt[job.Fed + j];
+            mask[j] = 1;
+        }
+        // its logits land in the row it will join (every live row has chosen its token: their logits are spent)
+        _runner.Prompt(_staging, job.Set, job.Row, 1, ids, mask, piece, _count);
+        job.Set = 1 - job.Set;
+        job.Fed += piece;
+    }
+
+    /// <summary>A prompt is read: it is cached, and its row joins the pool.</summary>
+    private void Finish(Job job)
+    {
+        var req = job.Request;
+        int row = _count;
+        _staging.CopyRow(job.Set, job.Row, _pool, _set, row);
+        _freeStaging.Push(job.Row);
+        if (req.Prompt.Length >= _o.PrefixCacheMinTokens && _cache.Reserve(req.Prompt) is { } slot)
+        {
+            _staging.CopyRow(job.Set, job.Row, _cache.States!, 0, slot);
+            _memory.Copy(_cache.LogitsAt(slot), _runner.LogitsAt(row), _runner.Vocab * 4);
+            _memory.Copy(_cache.NextAt(slot), _runner.NextAt(row), 8);
+            _memory.Wait();
+            Metrics.CacheBytes = _cache.Bytes;
+            Metrics.CacheEntries = _cache.Count;
+        }
+        Join(req, row);
+    }
+
+    /// <summary>Row <paramref name="row"/> (= the live count) holds the request's state and last logits: its first token is chosen.</summary>
+    private void Join(Request req, int row)
+    {
+        var decoder = new SequenceDecoder(req.Options, _session.Manifest, _tokenizer, withText: true);
+        var live = new Live(req, decoder);
+        _live[row] = live;
+        _decoders[row] = decoder;
+        _count++;
+        if (decoder.NeedsCounts) _chooser.SetCounts(row, req.Prompt);
+        _chooser.Choose(_decoders, row, 1, _tokens);
+        Metrics.FirstToken(Stopwatch.GetElapsedTime(req.Enqueued));
+        live.LastTokenAt = Stopwatch.GetTimestamp();
+        if (Emit(row, _tokens[row])) Free(row, cancelled: false);
+    }
+
+    /// <summary>One token for every live row, then the next choices.</summary>
     private void Step()
     {
-        var rows = new IReadOnlyList<int>[_slots.Length];
-        int live = 0;
-        for (int r = 0; r < rows.Length; r++)
+        int b = _buckets[^1];
+        foreach (int x in _buckets)
         {
-            rows[r] = _slots[r] is { } s ? [s.LastToken] : [];
-            if (_slots[r] is not null) live++;
+            if (x < _count) continue;
+            b = x;
+            break;
         }
-        Metrics.Occupancy = live;
-        long t0 = Stopwatch.GetTimestamp();
-        _gen.Append(rows);
-        Metrics.DecodeStep(Stopwatch.GetElapsedTime(t0), live);
-        for (int r = 0; r < _slots.Length; r++)
+        long pad = _session.Manifest.PadTokenId ?? 0;
+        for (int r = 0; r < b; r++)
         {
-            if (_slots[r] is not null) Choose(r, firstToken: false);
+            bool real = r < _count;
+            _runner.Ids[r] = real ? _live[r]!.Decoder.LastToken : pad;
+            _runner.Mask[r] = real ? 1 : 0;
+        }
+        Metrics.Occupancy = _count;
+        long t0 = Stopwatch.GetTimestamp();
+        _runner.Decode(b, _set);
+        _set = 1 - _set;
+        var step = Stopwatch.GetElapsedTime(t0);
+        Metrics.DecodeStep(step, _count);
+        _stepSeconds = _stepSeconds == 0 ? step.TotalSeconds : 0.9 * _stepSeconds + 0.1 * step.TotalSeconds;
+        _credit = Math.Min(_credit + _o.PrefillShare * step.TotalSeconds, 4 * _o.PrefillShare * _stepSeconds);
+        _chooser.Choose(_decoders, 0, _count, _tokens);
+        long now = Stopwatch.GetTimestamp();
+        // back to front: a finished row is replaced by the last one, which has already been handled
+        for (int r = _count - 1; r >= 0; r--)
+        {
+            var live = _live[r]!;
+            Metrics.InterToken(Stopwatch.GetElapsedTime(live.LastTokenAt, now));
+            live.LastTokenAt = now;
+            if (Emit(r, _tokens[r])) Free(r, cancelled: false);
         }
     }
 
-    private void Choose(int r, bool firstToken)
+    /// <summary>Sends row <paramref name="row"/>'s token; true when the sequence ends with it.</summary>
+    private bool Emit(int row, int token)
     {
-        var s = _slots[r]!;
-        int token = s.Sampler.Next(_gen.LastLogits(r));
-        s.Sampler.Observe(token);
-        s.Generated++;
-        s.LastToken = token;
-        if (firstToken) Metrics.FirstToken(Stopwatch.GetElapsedTime(s.Request.Enqueued));
+        var live = _live[row]!;
+        var (text, finish) = live.Decoder.Accept(token);
         Metrics.CompletionTokens(1);
-        string piece = s.Text?.Push(token) ?? "";
-        var finish = s.Stops.Contains(token) ? StopReason.StopToken
-            : s.Text?.Stopped == true ? StopReason.StopString
-            : s.Generated >= s.Request.Options.MaxNewTokens ? StopReason.MaxNewTokens
-            : StopReason.None;
-        if (finish != StopReason.None && s.Text is not null) piece += s.Text.Finish();
-        s.Request.Events.Writer.TryWrite(new CompletionEvent(token, piece, finish));
-        if (finish != StopReason.None) Free(r, cancelled: false);
+        live.Request.Events.Writer.TryWrite(new CompletionEvent(token, text, finish));
+        return finish != StopReason.None;
     }
 
     private void DropCancelled()
     {
-        for (int r = 0; r < _slots.Length; r++)
+        for (int r = _count - 1; r >= 0; r--)
         {
-            if (_slots[r] is { } s && s.Request.Cancel.IsCancellationRequested) Free(r, cancelled: true);
+            if (_live[r]!.Request.Cancel.IsCancellationRequested) Free(r, cancelled: true);
+        }
+        for (int k = _jobs.Count - 1; k >= 0; k--)
+        {
+            var job = _jobs[k];
+            if (!job.Request.Cancel.IsCancellationRequested) continue;
+            job.Request.Events.Writer.TryComplete();
+            _freeStaging.Push(job.Row);
+            _jobs.RemoveAt(k);
+            Metrics.Finished(cancelled: true);
         }
     }
 
-    private void Free(int r, bool cancelled)
+    /// <summary>Ends row <paramref name="row"/>'s sequence; the last live row moves into its place (state and token counts).</summary>
+    private void Free(int row, bool cancelled)
     {
-        _slots[r]!.Request.Events.Writer.TryComplete();
-        _slots[r] = null;
-        Metrics.Finished(cancelled);
-        Metrics.Occupancy = _slots.Count(x => x is not null);
+        var live = _live[row]!;
+        live.Request.Events.Writer.TryComplete();
+        Metrics.Finished(cancelled, Stopwatch.GetElapsedTime(live.Request.Enqueued));
+        int last = _count - 1;
+        if (row != last)
+        {
+            _pool.CopyRow(_set, last, _pool, _set, row);
+            if (_live[last]!.Decoder.NeedsCounts) _chooser.MoveCounts(last, row);
+            _live[row] = _live[last];
+            _decoders[row] = _decoders[last];
+            _tokens[row] = _tokens[last];
+        }
+        _live[last] = null;
+        _decoders[last] = null;
+        _count--;
+        Metrics.Occupancy = _count;
+    }
+
+    private void DisposeBuffers()
+    {
+        _cache?.Dispose();
+        _chooser?.Dispose();
+        _runner?.Dispose();
+        _staging?.Dispose();
+        _pool?.Dispose();
     }
 
     public void Dispose()
     {
         _stop.Cancel();
-        _loop.Join();
-        _gen.Dispose();
+        _loop?.Join();
+        DisposeBuffers();
         _stop.Dispose();
     }
 }

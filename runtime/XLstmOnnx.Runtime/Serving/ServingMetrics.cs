@@ -8,7 +8,8 @@ public sealed class ServingMetrics
 {
     private readonly object _lock = new();
     private long _finished, _cancelled, _rejected, _promptTokens, _completionTokens, _firstTokens, _decodeSteps, _decodeTokens;
-    private double _ttftSum, _decodeSeconds;
+    private double _ttftSum, _decodeSeconds, _e2eSum, _interTokenSum;
+    private long _interTokens;
 
     public int Occupancy { get; set; }
     public int QueueDepth { get; set; }
@@ -16,9 +17,12 @@ public sealed class ServingMetrics
     public long CacheMisses { get; set; }
     public long CacheBytes { get; set; }
     public int CacheEntries { get; set; }
+    public int CacheCapacity { get; set; }
 
     internal void Rejected() { lock (_lock) _rejected++; }
     internal void Finished(bool cancelled) { lock (_lock) { if (cancelled) _cancelled++; else _finished++; } }
+    internal void Finished(bool cancelled, TimeSpan endToEnd) { lock (_lock) { if (cancelled) _cancelled++; else _finished++; _e2eSum += endToEnd.TotalSeconds; } }
+    internal void InterToken(TimeSpan gap) { lock (_lock) { _interTokens++; _interTokenSum += gap.TotalSeconds; } }
     internal void PromptTokens(int n) { lock (_lock) _promptTokens += n; }
     internal void CompletionTokens(int n) { lock (_lock) _completionTokens += n; }
     internal void FirstToken(TimeSpan t) { lock (_lock) { _firstTokens++; _ttftSum += t.TotalSeconds; } }

@@ -1,0 +1,163 @@
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+using XLstmOnnx.GraphBuilder.Architecture;
+using XLstmOnnx.GraphBuilder.Export;
+
+namespace XLstmOnnx.Runtime.Generation;
+
+/// <summary>
+/// The recurrent state of a fixed number of rows (sequences), in the model's device memory, in one or two buffer sets
+/// (two: a call reads one set as past_state and writes the other as present_state; a buffer is never input and output
+/// of one call). The only owner of state memory.
+/// <para>
+/// Layout of one set: for each layer, its C block [Rows, NH, DQK, DV], then n [Rows, NH, DQK], then m [Rows, NH, 1], each
+/// block 256-byte aligned, every layer the same size. So a run of rows of one tensor is contiguous (a tensor view over
+/// rows [start, start + count) is a plain sub-range, the same address for every batch size that starts at row 0), and one
+/// row of one part over all layers is a strided copy: moving a row is three copies, whatever the depth.
+/// </para>
+/// Which set holds a row's current state is the caller's to track (its parity); every copy below names it.
+/// </summary>
+internal sealed class StatePool : IDisposable
+{
+    private const int Align = 256;
+    private readonly DeviceMemory _memory;
+    private readonly DeviceAllocation[] _sets;
+    private readonly int _layers;
+    private readonly long[] _partOffset = new long[3];   // within a layer
+    private readonly long[] _rowBytes = new long[3];     // per part
+    private readonly long[][] _rowShape = new long[3][];  // per part, without the batch axis
+    private readonly long _layerStride;
+
+    public StatePool(ModelManifest manifest, DeviceMemory memory, int rows, int sets, string what)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
+        if (sets is not (1 or 2)) throw new ArgumentOutOfRangeException(nameof(sets), sets, "one or two buffer sets");
+        if (manifest.StateDtype != "float32")
+        {
+            throw new XLstmOnnxException($"field 'state_dtype' of {ModelManifest.FileName} is \"{manifest.StateDtype}\"; this runtime keeps float32 states.");
+        }
+        _memory = memory;
+        _layers = manifest.NumLayers;
+        Rows = rows;
+        long offset = 0;
+        for (int p = 0; p < 3; p++)
+        {
+            _rowShape[p] = manifest.StateShape(StateNames.Parts[p], 1)[1..];
+            _rowBytes[p] = _rowShape[p].Aggregate(1L, (a, b) => a * b) * sizeof(float);
+            _partOffset[p] = offset;
+            offset += AlignUp(_rowBytes[p] * rows);
+        }
+        _layerStride = offset;
+        _sets = new DeviceAllocation[sets];
+        try
+        {
+            for (int s = 0; s < sets; s++) _sets[s] = memory.Allocate(_layerStride * _layers, what);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public int Rows { get; }
+
+    /// <summary>Buffer sets: 2 (double-buffered) or 1 (storage, e.g. the prefix cache).</summary>
+    public int Sets => _sets.Length;
+
+    /// <summary>Tensors per set: every layer's C, n and m, layer-major (the graph's past_state order).</summary>
+    public int TensorCount => _layers * 3;
+
+    /// <summary>Bytes of one row's state (every layer's C, n, m).</summary>
+    public long RowBytes => _rowBytes.Sum() * _layers;
+
+    /// <summary>Bytes of a pool of <paramref name="rows"/> rows and <paramref name="sets"/> sets for <paramref name="manifest"/>'s model.</summary>
+    public static long BytesFor(ModelManifest manifest, int rows, int sets)
+    {
+        long stride = 0;
+        foreach (var part in StateNames.Parts) stride += AlignUp(manifest.StateShape(part, rows).Aggregate(1L, (a, b) => a * b) * sizeof(float));
+        return stride * manifest.NumLayers * sets;
+    }
+
+    /// <summary>Bytes of one row's state of <paramref name="manifest"/>'s model.</summary>
+    public static long RowBytesFor(ModelManifest manifest) =>
+        StateNames.Parts.Sum(p => manifest.StateShape(p, 1).Aggregate(1L, (a, b) => a * b) * sizeof(float)) * manifest.NumLayers;
+
+    /// <summary>The shape of tensor <paramref name="i"/> (layer i / 3, part i % 3) for <paramref name="rows"/> rows.</summary>
+    public long[] Shape(int i, long rows) => [rows, .. _rowShape[i % 3]];
+
+    private IntPtr At(int set, int tensor, int row) =>
+        _sets[set].Address + (nint)((tensor / 3) * _layerStride + _partOffset[tensor % 3] + row * _rowBytes[tensor % 3]);
+
+    /// <summary>
+    /// Tensor views of rows [<paramref name="start"/>, start + <paramref name="count"/>) of set <paramref name="set"/>, in
+    /// past_state order; the caller disposes them (they own no memory).
+    /// </summary>
+    public OrtValue[] Views(int set, int start, int count)
+    {
+        CheckRows(start, count);
+        var views = new OrtValue[TensorCount];
+        for (int i = 0; i < views.Length; i++)
+        {
+            views[i] = _memory.View(At(set, i, start), TensorElementType.Float, Shape(i, count), _rowBytes[i % 3] * count);
+        }
+        return views;
+    }
+
+    /// <summary>Zeros ("start": m = 0 as HF's cache) rows [start, start + count) of set <paramref name="set"/>.</summary>
+    public void Zero(int set, int start, int count)
+    {
+        CheckRows(start, count);
+        for (int p = 0; p < 3; p++) _memory.Zero2D(At(set, p, start), _layerStride, _rowBytes[p] * count, _layers);
+        _memory.Wait();
+    }
+
+    /// <summary>Copies row <paramref name="row"/> of set <paramref name="set"/> to row <paramref name="toRow"/> of set <paramref name="toSet"/> of <paramref name="to"/> (a pool of the same model).</summary>
+    public void CopyRow(int set, int row, StatePool to, int toSet, int toRow)
+    {
+        CheckRows(row, 1);
+        to.CheckRows(toRow, 1);
+        if (to._layers != _layers || !to._rowBytes.SequenceEqual(_rowBytes)) throw new ArgumentException("the pools belong to different models", nameof(to));
+        for (int p = 0; p < 3; p++) _memory.Copy2D(to.At(toSet, p, toRow), to._layerStride, At(set, p, row), _layerStride, _rowBytes[p], _layers);
+        _memory.Wait();
+    }
+
+    /// <summary>Rows [start, start + count) of set <paramref name="set"/> in host memory: one array per tensor, rows concatenated.</summary>
+    public float[][] Read(int set, int start, int count)
+    {
+        CheckRows(start, count);
+        var tensors = new float[TensorCount][];
+        for (int i = 0; i < tensors.Length; i++)
+        {
+            tensors[i] = new float[_rowBytes[i % 3] / sizeof(float) * count];
+            _memory.Download<float>(At(set, i, start), tensors[i]);
+        }
+        return tensors;
+    }
+
+    /// <summary>Writes host tensors (as from <see cref="Read"/>) into rows starting at <paramref name="start"/> of set <paramref name="set"/>.</summary>
+    public void Write(int set, int start, IReadOnlyList<float[]> tensors)
+    {
+        if (tensors.Count != TensorCount) throw new ArgumentException($"expected {TensorCount} state tensors; got {tensors.Count}", nameof(tensors));
+        int count = (int)(tensors[0].LongLength * sizeof(float) / _rowBytes[0]);
+        CheckRows(start, count);
+        for (int i = 0; i < tensors.Count; i++)
+        {
+            long expected = _rowBytes[i % 3] / sizeof(float) * count;
+            if (tensors[i].LongLength != expected) throw new ArgumentException($"state tensor {i} has {tensors[i].LongLength} values; {count} rows have {expected}", nameof(tensors));
+            _memory.Upload<float>(tensors[i], At(set, i, start));
+        }
+    }
+
+    private void CheckRows(int start, int count)
+    {
+        if (start < 0 || count < 1 || start + count > Rows) throw new ArgumentOutOfRangeException(nameof(start), $"rows [{start}, {start + count}) of a pool of {Rows}");
+    }
+
+    private static long AlignUp(long bytes) => (bytes + Align - 1) / Align * Align;
+
+    public void Dispose()
+    {
+        foreach (var s in _sets) s?.Dispose();
+    }
+}

@@ -1,0 +1,230 @@
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+using XLstmOnnx.GraphBuilder.Architecture;
+using XLstmOnnx.GraphBuilder.Export;
+
+namespace XLstmOnnx.Runtime.Generation;
+
+/// <summary>
+/// The graph contract, bound in one place: input_ids, attention_mask and past_state.* in; logits, next_token and
+/// present_state.* out. Every runtime call of an exported model (decode steps, prompts, host runs for verify and score)
+/// binds its values through <see cref="Bind"/>.
+/// </summary>
+internal sealed class ModelIo(ModelManifest manifest)
+{
+    private readonly string[] _past = Names(manifest, StateNames.Past);
+    private readonly string[] _present = Names(manifest, StateNames.Present);
+
+    public ModelManifest Manifest => manifest;
+
+    /// <summary>The state input names, layer-major: past_state.L.{C,n,m} at L * 3 + part (the pool's tensor order).</summary>
+    public IReadOnlyList<string> Past => _past;
+
+    /// <summary>The state output names, in the same order as <see cref="Past"/>.</summary>
+    public IReadOnlyList<string> Present => _present;
+
+    private static string[] Names(ModelManifest m, Func<int, string, string> name)
+    {
+        var names = new string[m.NumLayers * 3];
+        for (int l = 0; l < m.NumLayers; l++)
+        {
+            for (int p = 0; p < 3; p++) names[l * 3 + p] = name(l, StateNames.Parts[p]);
+        }
+        return names;
+    }
+
+    /// <summary>Binds one call. <paramref name="mask"/> is ignored by models without attention_mask; <paramref name="next"/> may be null.</summary>
+    public void Bind(OrtIoBinding b, OrtValue input, OrtValue? mask, IReadOnlyList<OrtValue> past, IReadOnlyList<OrtValue> present, OrtValue? logits, OrtValue? next)
+    {
+        b.BindInput(manifest.Input, input);
+        if (manifest.AttentionMask)
+        {
+            b.BindInput(StateNames.AttentionMask, mask ?? throw new ArgumentNullException(nameof(mask), "the model takes attention_mask"));
+        }
+        for (int i = 0; i < _past.Length; i++)
+        {
+            b.BindInput(_past[i], past[i]);
+            b.BindOutput(_present[i], present[i]);
+        }
+        if (logits is not null) b.BindOutput(StateNames.Logits, logits);
+        if (next is not null && manifest.NextToken) b.BindOutput(StateNames.NextToken, next);
+    }
+}
+
+/// <summary>
+/// Runs an exported model over rows of a <see cref="StatePool"/>: decode steps (one token a row, from fixed buffers, each
+/// batch size with its own bindings and, with CUDA graphs, its own two captured graphs, one per state set) and prompt
+/// pieces (any length, never captured). Logits and next_token land in fixed buffers of <see cref="Rows"/> rows, where
+/// the token chooser reads them. Owns its buffers, bindings and run options.
+/// </summary>
+internal sealed class StepRunner : IDisposable
+{
+    private sealed class Step(OrtIoBinding binding, RunOptions run, OrtValue[] views) : IDisposable
+    {
+        public OrtIoBinding Binding => binding;
+        public RunOptions Run => run;
+
+        public void Dispose()
+        {
+            binding.Dispose();
+            run.Dispose();
+            foreach (var v in views) v.Dispose();
+        }
+    }
+
+    private readonly XLstmSession _model;
+    private readonly ModelManifest _m;
+    private readonly ModelIo _io;
+    private readonly DeviceMemory _memory;
+    private readonly StatePool _pool;
+    private readonly DeviceAllocation _ids, _mask, _logits, _next;
+    private readonly Dictionary<(int Rows, int Set), Step> _steps = [];
+    private readonly long _vocab;
+
+    /// <param name="model">The session.</param>
+    /// <param name="memory">The session's device memory.</param>
+    /// <param name="pool">The pool whose rows [0, n) decode steps run over (double-buffered).</param>
+    public StepRunner(XLstmSession model, DeviceMemory memory, StatePool pool)
+    {
+        if (model.Manifest.Input != StateNames.InputIds) throw new XLstmOnnxException($"{model.Directory}: generation needs an input_ids model; this one takes {model.Manifest.Input}.");
+        if (pool.Sets != 2) throw new ArgumentException("decode steps need a double-buffered pool", nameof(pool));
+        _model = model;
+        _m = model.Manifest;
+        _io = model.Io;
+        _memory = memory;
+        _pool = pool;
+        _vocab = _m.VocabSize;
+        Rows = pool.Rows;
+        Ids = new long[Rows];
+        Mask = new long[Rows];
+        try
+        {
+            _ids = memory.Allocate(Rows * 8L, "decode input ids");
+            _mask = memory.Allocate(Rows * 8L, "decode attention mask");
+            _logits = memory.Allocate(Rows * _vocab * 4, "decode logits");
+            _next = memory.Allocate(Rows * 8L, "decode next_token");
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Rows of the fixed buffers (the pool's rows).</summary>
+    public int Rows { get; }
+
+    /// <summary>The token each row reads at the next <see cref="Decode"/>.</summary>
+    public long[] Ids { get; }
+
+    /// <summary>1 where a row reads its token at the next <see cref="Decode"/>, 0 where the row is left as it is.</summary>
+    public long[] Mask { get; }
+
+    public long Vocab => _vocab;
+
+    /// <summary>Where row <paramref name="row"/>'s last logits are (float [V], device memory).</summary>
+    public IntPtr LogitsAt(int row) => _logits.Address + (nint)(row * _vocab * 4);
+
+    /// <summary>Where row <paramref name="row"/>'s next_token is (int64, device memory).</summary>
+    public IntPtr NextAt(int row) => _next.Address + row * 8;
+
+    /// <summary>A tensor [count, 1, V] over the logits of rows [start, start + count); the caller disposes it.</summary>
+    public OrtValue LogitsView(int start, int count) => _memory.View(LogitsAt(start), TensorElementType.Float, [count, 1, _vocab], count * _vocab * 4);
+
+    /// <summary>Copies the next_token of rows [start, start + count) to the host (models exported with --next-token).</summary>
+    public void DownloadNext(int start, Span<long> next) => _memory.Download(_next.Address + start * 8, next);
+
+    /// <summary>Copies row <paramref name="row"/>'s last logits to the host.</summary>
+    public void DownloadLogits(int row, Span<float> logits) => _memory.Download(LogitsAt(row), logits[..(int)_vocab]);
+
+    /// <summary>Copies row <paramref name="from"/>'s logits and next_token to row <paramref name="to"/> (rows that move).</summary>
+    public void CopyOutputs(int from, int to)
+    {
+        _memory.Copy(LogitsAt(to), LogitsAt(from), _vocab * 4);
+        _memory.Copy(_next.Address + to * 8, _next.Address + from * 8, 8);
+        _memory.Wait();
+    }
+
+    /// <summary>
+    /// One token for each of pool rows [0, <paramref name="rows"/>) from <see cref="Ids"/> and <see cref="Mask"/>: reads
+    /// state set <paramref name="set"/>, writes set 1 − set (the caller flips its parity). Rows with mask 0 keep their
+    /// state (their logits are not meaningful). Allocates nothing after the first call for a (rows, set).
+    /// </summary>
+    public void Decode(int rows, int set)
+    {
+        if (rows < 1 || rows > Rows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"1 to {Rows} rows");
+        if (!_steps.TryGetValue((rows, set), out var step)) _steps[(rows, set)] = step = MakeStep(rows, set);
+        _memory.Upload<long>(Ids.AsSpan(0, rows), _ids.Address);
+        if (_m.AttentionMask) _memory.Upload<long>(Mask.AsSpan(0, rows), _mask.Address);
+        _model.Session.RunWithBinding(step.Run, step.Binding);
+        step.Binding.SynchronizeBoundOutputs();
+    }
+
+    private Step MakeStep(int rows, int set)
+    {
+        var ids = _memory.View(_ids.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
+        var mask = _memory.View(_mask.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
+        var logits = LogitsView(0, rows);
+        var next = _memory.View(_next.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
+        var past = _pool.Views(set, 0, rows);
+        var present = _pool.Views(1 - set, 0, rows);
+        OrtValue[] views = [ids, mask, logits, next, .. past, .. present];
+        var binding = _model.Session.CreateIoBinding();
+        _io.Bind(binding, ids, mask, past, present, logits, next);
+        // a captured graph replays over the buffers it was captured with: one graph per (rows, set), ours alone
+        var run = _model.Options.CudaGraph ? XLstmSession.GraphRunOptions(_model.ReserveGraphIds(1)) : _model.UncapturedRunOptions();
+        return new Step(binding, run, views);
+    }
+
+    /// <summary>
+    /// Reads <paramref name="seq"/> tokens into each of rows [<paramref name="start"/>, start + <paramref name="count"/>)
+    /// of <paramref name="pool"/> (set <paramref name="set"/> in, set 1 − set out), never captured. <paramref name="ids"/>
+    /// and <paramref name="mask"/> are [count, seq] (a masked position leaves its row's state untouched). The last
+    /// position's logits (and next_token) land in output rows [<paramref name="outRow"/>, outRow + count).
+    /// </summary>
+    public void Prompt(StatePool pool, int set, int start, int count, long[] ids, long[] mask, int seq, int outRow)
+    {
+        if (ids.Length != count * seq || mask.Length != count * seq) throw new ArgumentException($"ids and mask must hold {count}×{seq} values");
+        if (outRow < 0 || outRow + count > Rows) throw new ArgumentOutOfRangeException(nameof(outRow), outRow, $"output rows [{outRow}, {outRow + count}) of {Rows}");
+        var past = pool.Views(set, start, count);
+        var present = pool.Views(1 - set, start, count);
+        using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [count, seq]);
+        using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [count, seq]);
+        bool all = _m.Logits == "all";
+        using var logits = all ? null : LogitsView(outRow, count);
+        using var next = _memory.View(_next.Address + outRow * 8, TensorElementType.Int64, [count, 1], count * 8L);
+        using var run = _model.UncapturedRunOptions();
+        using var binding = _model.Session.CreateIoBinding();
+        try
+        {
+            _io.Bind(binding, idsValue, maskValue, past, present, logits, next);
+            if (all) binding.BindOutputToDevice(StateNames.Logits, _memory.Info); // [count, seq, V], made by ONNX Runtime
+            _model.Session.RunWithBinding(run, binding);
+            binding.SynchronizeBoundOutputs();
+            if (all)
+            {
+                using var outputs = binding.GetOutputValues();
+                var full = outputs[Array.IndexOf(binding.GetOutputNames(), StateNames.Logits)];
+                long row = _vocab * 4;
+                IntPtr at = DeviceBuffer.Of(full, _model.Options.DeviceId).Address;
+                _memory.Copy2D(LogitsAt(outRow), row, at + (nint)((seq - 1) * row), seq * row, row, count);
+                _memory.Wait();
+            }
+        }
+        finally
+        {
+            foreach (var v in past) v.Dispose();
+            foreach (var v in present) v.Dispose();
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var s in _steps.Values) s.Dispose();
+        _steps.Clear();
+        _ids?.Dispose();
+        _mask?.Dispose();
+        _logits?.Dispose();
+        _next?.Dispose();
+    }
+}

@@ -1,0 +1,199 @@
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+using XLstmOnnx.GraphBuilder.Export;
+
+namespace XLstmOnnx.Runtime.Generation;
+
+/// <summary>
+/// Chooses the next token of rows [0, n) of a <see cref="StepRunner"/> from the logits it left in its fixed buffers, on
+/// the model's device: plain greedy rows take the model's next_token (B ids come back, not B·V logits); any other mix
+/// runs the exported sampler (<c>sampler.onnx</c>) over the batch on the same execution provider, so again only ids
+/// come back. Per-row token counts for the repetition penalty stay on the device, double-buffered like the state.
+/// Owns the sampler session, its buffers and bindings.
+/// </summary>
+internal sealed class TokenChooser : IDisposable
+{
+    private sealed class Bound(OrtIoBinding binding, OrtValue[] views) : IDisposable
+    {
+        public OrtIoBinding Binding => binding;
+
+        public void Dispose()
+        {
+            binding.Dispose();
+            foreach (var v in views) v.Dispose();
+        }
+    }
+
+    private readonly XLstmSession _model;
+    private readonly StepRunner _runner;
+    private readonly DeviceMemory _memory;
+    private readonly int _sampleVocab;
+    private readonly long _vocab;
+    private readonly bool _deviceArgMax;
+    private readonly long[] _ids;
+    private readonly float[] _logits;           // one row, for host argmax
+    private readonly double[] _params;          // [rows, ParamCount], host
+    private InferenceSession? _sampler;
+    private RunOptions? _run;
+    private DeviceAllocation? _paramsDev, _nextDev, _logProbDev;
+    private readonly DeviceAllocation?[] _counts = new DeviceAllocation?[2];
+    private OrtValue? _vocabLimit;
+    private readonly Dictionary<(int Rows, int Set), Bound> _bound = [];
+    private int _countsSet;
+
+    public TokenChooser(XLstmSession model, StepRunner runner, DeviceMemory memory)
+    {
+        _model = model;
+        _runner = runner;
+        _memory = memory;
+        _vocab = model.Manifest.VocabSize;
+        // embeddings are often padded past the tokenizer: ids it cannot decode are never chosen
+        _sampleVocab = (int)Math.Min(_vocab, model.Tokenizer?.Count ?? _vocab);
+        _deviceArgMax = model.Manifest.NextToken && _sampleVocab == _vocab;
+        _ids = new long[runner.Rows];
+        _logits = new float[_vocab];
+        _params = new double[runner.Rows * SamplerModel.ParamCount];
+        LogProbs = new float[runner.Rows];
+    }
+
+    /// <summary>Raw log-probabilities of the last sampler run's tokens (rows it ran over).</summary>
+    public float[] LogProbs { get; }
+
+    /// <summary>
+    /// Chooses a token for every non-null decoder among rows [<paramref name="start"/>, start + <paramref name="n"/>) of
+    /// <paramref name="rows"/> (indexed by row) into <paramref name="tokens"/> (same indexing; null rows are left). Draws
+    /// each sampled row's random number once.
+    /// </summary>
+    public void Choose(IReadOnlyList<SequenceDecoder?> rows, int start, int n, Span<int> tokens)
+    {
+        bool plain = true;
+        for (int r = start; r < start + n; r++) plain &= rows[r] is not { PlainGreedy: false };
+        if (plain && _deviceArgMax)
+        {
+            _runner.DownloadNext(start, _ids.AsSpan(start, n));
+            for (int r = start; r < start + n; r++) if (rows[r] is not null) tokens[r] = (int)_ids[r];
+            return;
+        }
+        if (plain)
+        {
+            for (int r = start; r < start + n; r++)
+            {
+                if (rows[r] is null) continue;
+                _runner.DownloadLogits(r, _logits);
+                tokens[r] = Sampler.ArgMax(_logits.AsSpan(0, _sampleVocab));
+            }
+            return;
+        }
+        EnsureSampler();
+        for (int r = start; r < start + n; r++)
+        {
+            var row = _params.AsSpan(r * SamplerModel.ParamCount, SamplerModel.ParamCount);
+            if (rows[r] is { } d) d.WriteParams(row);
+            else
+            {
+                row.Clear();
+                row[SamplerModel.Greedy] = 1; // a free row: any id will do
+                row[SamplerModel.RepetitionPenalty] = 1;
+                row[SamplerModel.InvTemperature] = 1;
+                row[SamplerModel.TopP] = 1;
+            }
+        }
+        int p = SamplerModel.ParamCount;
+        _memory.Upload<double>(_params.AsSpan(start * p, n * p), _paramsDev!.Address + start * p * 8);
+        if (start == 0)
+        {
+            // the batch of a decode step: bound once per (rows, counts set), so a step allocates nothing
+            if (!_bound.TryGetValue((n, _countsSet), out var b)) _bound[(n, _countsSet)] = b = Bind(start, n, _countsSet);
+            Run(b);
+        }
+        else
+        {
+            using var b = Bind(start, n, _countsSet);
+            Run(b);
+        }
+        _countsSet = 1 - _countsSet;
+        _memory.Download<long>(_nextDev!.Address + start * 8, _ids.AsSpan(start, n));
+        _memory.Download<float>(_logProbDev!.Address + start * 4, LogProbs.AsSpan(start, n));
+        for (int r = start; r < start + n; r++) if (rows[r] is not null) tokens[r] = (int)_ids[r];
+    }
+
+    private void Run(Bound b)
+    {
+        _sampler!.RunWithBinding(_run!, b.Binding);
+        b.Binding.SynchronizeBoundOutputs();
+    }
+
+    /// <summary>Sets row <paramref name="row"/>'s token counts to those of <paramref name="tokens"/> (its prompt), for the repetition penalty.</summary>
+    public void SetCounts(int row, ReadOnlySpan<int> tokens)
+    {
+        EnsureSampler();
+        var counts = new float[_vocab];
+        foreach (int t in tokens) if ((uint)t < (uint)_vocab) counts[t]++;
+        _memory.Upload<float>(counts, _counts[_countsSet]!.Address + (nint)(row * _vocab * 4));
+    }
+
+    /// <summary>Moves row <paramref name="from"/>'s counts to row <paramref name="to"/> (a row that moves in the pool).</summary>
+    public void MoveCounts(int from, int to)
+    {
+        if (_counts[_countsSet] is not { } c) return;
+        _memory.Copy(c.Address + (nint)(to * _vocab * 4), c.Address + (nint)(from * _vocab * 4), _vocab * 4);
+        _memory.Wait();
+    }
+
+    private void EnsureSampler()
+    {
+        if (_sampler is not null) return;
+        var m = _model.Manifest;
+        if (m.SamplerFile is null || m.SamplerVersion != SamplerModel.Version)
+        {
+            throw new XLstmOnnxException($"{_model.Directory}: sampling needs {SamplerModel.FileName} version {SamplerModel.Version} beside the model "
+                + $"(field 'sampler_file' of {ModelManifest.FileName} is {(m.SamplerFile is null ? "null" : $"\"{m.SamplerFile}\" version {m.SamplerVersion}")}); re-export the model.");
+        }
+        string path = Path.Combine(_model.Directory, m.SamplerFile);
+        if (!File.Exists(path)) throw new XLstmOnnxException($"{_model.Directory}: {m.SamplerFile} named by {ModelManifest.FileName} is missing; re-export the model.");
+        using var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (_model.Options.Device == ExecutionDevice.Cuda) XLstmSession.AppendCuda(so, _model.Options.DeviceId);
+        if (_model.Options.Threads > 0) so.IntraOpNumThreads = _model.Options.Threads;
+        _sampler = new InferenceSession(path, so);
+        _run = new RunOptions();
+        int rows = _runner.Rows;
+        _paramsDev = _memory.Allocate(rows * SamplerModel.ParamCount * 8L, "sampler parameters");
+        _nextDev = _memory.Allocate(rows * 8L, "sampled ids");
+        _logProbDev = _memory.Allocate(rows * 4L, "sampled log-probabilities");
+        for (int s = 0; s < 2; s++) _counts[s] = _memory.Allocate(rows * _vocab * 4, "token counts for the repetition penalty");
+        _vocabLimit = OrtValue.CreateTensorValueFromMemory(new long[] { _sampleVocab }, [1]);
+    }
+
+    private Bound Bind(int start, int n, int set)
+    {
+        long v4 = _vocab * 4;
+        var logits = _runner.LogitsView(start, n);
+        var param = _memory.View(_paramsDev!.Address + start * SamplerModel.ParamCount * 8, TensorElementType.Double, [n, SamplerModel.ParamCount], n * SamplerModel.ParamCount * 8L);
+        var counts = _memory.View(_counts[set]!.Address + (nint)(start * v4), TensorElementType.Float, [n, _vocab], n * v4);
+        var countsOut = _memory.View(_counts[1 - set]!.Address + (nint)(start * v4), TensorElementType.Float, [n, _vocab], n * v4);
+        var next = _memory.View(_nextDev!.Address + start * 8, TensorElementType.Int64, [n, 1], n * 8L);
+        var logProb = _memory.View(_logProbDev!.Address + start * 4, TensorElementType.Float, [n, 1], n * 4L);
+        var b = _sampler!.CreateIoBinding();
+        b.BindInput(SamplerModel.Logits, logits);
+        b.BindInput(SamplerModel.Params, param);
+        b.BindInput(SamplerModel.Counts, counts);
+        b.BindInput(SamplerModel.VocabLimit, _vocabLimit!);
+        b.BindOutput(SamplerModel.NextToken, next);
+        b.BindOutput(SamplerModel.LogProb, logProb);
+        b.BindOutput(SamplerModel.CountsOut, countsOut);
+        return new Bound(b, [logits, param, counts, countsOut, next, logProb]);
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in _bound.Values) b.Dispose();
+        _bound.Clear();
+        _sampler?.Dispose();
+        _run?.Dispose();
+        _vocabLimit?.Dispose();
+        _paramsDev?.Dispose();
+        _nextDev?.Dispose();
+        _logProbDev?.Dispose();
+        foreach (var c in _counts) c?.Dispose();
+    }
+}
