@@ -8,14 +8,18 @@ using System.Text.Json;
 namespace XLstmOnnx.Cli;
 
 /// <summary>
-/// <c>xlstm-onnx loadtest --url URL [--clients 64] [--seconds 60] [--max-tokens 64] [--out FILE]</c>: concurrent streaming
-/// greedy clients against a running server on loopback, bounded in time and count. Every streamed text is compared with
-/// the same request served alone (nothing lost or duplicated); prints p50/p99 time to first token and per-token latency,
-/// and total throughput, as a table and JSON.
+/// <c>xlstm-onnx loadtest --url URL --model-name NAME [--clients 64] [--seconds 60] [--max-tokens 64]
+/// [--prompt-tokens 64:160] [--out FILE]</c>: closed-loop streaming clients against a running server on loopback, each
+/// sending its next request when the last one ends. Prompts are Bible verses (text) or, with <c>--prompt-tokens</c>,
+/// random token ids of a length in a range (models without a tokenizer; every request its own prompt). Reports failed
+/// requests (never stops at one), p50/p90/p99 of time to first token, inter-token latency and end-to-end latency, and
+/// throughput over the whole run and over the window where every client was busy. After the load, the first
+/// <c>--check-alone</c> requests are sent again one at a time and their token ids compared with the ones streamed
+/// under load.
 /// </summary>
 internal static class LoadTestCommand
 {
-    private static readonly string[] Prompts =
+    private static readonly string[] Verses =
     [
         "In the beginning", "And God said", "And Moses said unto the LORD", "The LORD is my shepherd", "And Jesus answered",
         "Blessed are the poor in spirit", "And it came to pass", "Now the serpent was more subtil", "Let not your heart be troubled",
@@ -23,93 +27,196 @@ internal static class LoadTestCommand
         "Wisdom is the principal thing", "Vanity of vanities",
     ];
 
+    private sealed record Settings(string Model, int MaxTokens, (int Min, int Max)? PromptTokens, int PromptVocab, ulong Seed, bool IgnoreEos, double Temperature);
+
     public static Command Create()
     {
         var url = new Option<string>("--url") { Description = "Server base URL (loopback), e.g. http://127.0.0.1:8000.", Required = true };
         var model = new Option<string>("--model-name") { Description = "Model id the server serves.", Required = true };
-        var clients = new Option<int>("--clients") { Description = "Concurrent streaming clients.", DefaultValueFactory = _ => 64 };
+        var clients = new Option<int>("--clients") { Description = "Concurrent closed-loop clients.", DefaultValueFactory = _ => 64 };
         var seconds = new Option<int>("--seconds") { Description = "How long clients keep sending (each finishes its request).", DefaultValueFactory = _ => 60 };
+        var warmup = new Option<double>("--warmup-seconds") { Description = "Start of the steady-state throughput window (the first admissions are left out).", DefaultValueFactory = _ => 0 };
         var maxRequests = new Option<int>("--max-requests") { Description = "Upper bound on requests in all.", DefaultValueFactory = _ => 100_000 };
         var maxTokens = new Option<int>("--max-tokens") { Description = "max_tokens of each request.", DefaultValueFactory = _ => 64 };
+        var promptTokens = new Option<string?>("--prompt-tokens") { Description = "Random token-id prompts of MIN:MAX tokens (e.g. 64:160) instead of text." };
+        var promptVocab = new Option<int>("--prompt-vocab") { Description = "Random prompt ids are drawn from [0, N).", DefaultValueFactory = _ => 50_000 };
+        var seed = new Option<ulong>("--seed") { Description = "Seed of the random prompts.", DefaultValueFactory = _ => 1 };
+        var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Ask for exactly --max-tokens tokens (vLLM's ignore_eos)." };
+        var temperature = new Option<double>("--temperature") { Description = "Sampling temperature (0: greedy); sampled requests carry a seed, so they are checked too.", DefaultValueFactory = _ => 0 };
+        var check = new Option<int>("--check-alone") { Description = "Requests sent again alone after the load and compared token by token.", DefaultValueFactory = _ => 16 };
         var output = new Option<string?>("--out") { Description = "Write the results as JSON here." };
-        var cmd = new Command("loadtest", "Load-test a running server with concurrent streaming greedy clients (loopback only).") { url, model, clients, seconds, maxRequests, maxTokens, output };
-        cmd.SetAction(r => CliErrors.Run(() => Run(r.GetValue(url)!, r.GetValue(model)!, r.GetValue(clients), r.GetValue(seconds), r.GetValue(maxRequests), r.GetValue(maxTokens), r.GetValue(output)).GetAwaiter().GetResult()));
+        var cmd = new Command("loadtest", "Load-test a running server with closed-loop streaming clients (loopback only).")
+            { url, model, clients, seconds, warmup, maxRequests, maxTokens, promptTokens, promptVocab, seed, ignoreEos, temperature, check, output };
+        cmd.SetAction(r => CliErrors.Run(() =>
+        {
+            if (r.GetValue(clients) < 1) throw new XLstmOnnxException($"option --clients must be at least 1; found {r.GetValue(clients)}.");
+            if (r.GetValue(maxTokens) < 1) throw new XLstmOnnxException($"option --max-tokens must be at least 1; found {r.GetValue(maxTokens)}.");
+            var settings = new Settings(r.GetValue(model)!, r.GetValue(maxTokens), ParseRange(r.GetValue(promptTokens)), r.GetValue(promptVocab), r.GetValue(seed),
+                r.GetValue(ignoreEos), r.GetValue(temperature));
+            return Run(r.GetValue(url)!, settings, r.GetValue(clients), r.GetValue(seconds), r.GetValue(warmup), r.GetValue(maxRequests), r.GetValue(check),
+                r.GetValue(output), string.Join(' ', Environment.GetCommandLineArgs().Skip(1))).GetAwaiter().GetResult();
+        }));
         return cmd;
     }
 
-    private sealed record Sample(int Prompt, string Text, double TtftMs, List<double> GapsMs, int Tokens, int Status);
+    private static (int, int)? ParseRange(string? text)
+    {
+        if (text is null) return null;
+        var parts = text.Split(':');
+        if (parts.Length == 2 && int.TryParse(parts[0], out int a) && int.TryParse(parts[1], out int b) && a >= 1 && b >= a) return (a, b);
+        throw new XLstmOnnxException($"option --prompt-tokens must be MIN:MAX with 1 <= MIN <= MAX, e.g. 64:160; found \"{text}\".");
+    }
 
-    private static async Task<int> Run(string url, string model, int clients, int seconds, int maxRequests, int maxTokens, string? output)
+    /// <summary>One request's outcome; times in ms from the load's start (arrivals) or from the request's start (ttft).</summary>
+    private sealed record Sample(int Index, int Status, string? Error, double StartMs, double TtftMs, double EndMs, List<double> ArrivalsMs, List<int> Ids, string Text);
+
+    private static async Task<int> Run(string url, Settings s, int clients, int seconds, double warmup, int maxRequests, int check, string? output, string command)
     {
         var uri = new Uri(url);
         if (!System.Net.IPAddress.TryParse(uri.Host, out var ip) ? uri.Host != "localhost" : !System.Net.IPAddress.IsLoopback(ip))
         {
             throw new XLstmOnnxException($"option --url must be a loopback address (127.0.0.1, ::1 or localhost); found {uri.Host}.");
         }
-        using var http = new HttpClient { BaseAddress = uri, Timeout = TimeSpan.FromSeconds(seconds + 120) };
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients + 4 }) { BaseAddress = uri, Timeout = TimeSpan.FromSeconds(seconds + 600) };
         var samples = new System.Collections.Concurrent.ConcurrentBag<Sample>();
         int issued = 0;
         var clock = Stopwatch.StartNew();
         var deadline = TimeSpan.FromSeconds(seconds);
         await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
         {
-            for (int k = 0; clock.Elapsed < deadline && Interlocked.Increment(ref issued) <= maxRequests; k++)
+            while (clock.Elapsed < deadline)
             {
-                int p = (c * 7 + k) % Prompts.Length;
-                samples.Add(await Stream(http, model, p, maxTokens).ConfigureAwait(false));
+                int index = Interlocked.Increment(ref issued) - 1;
+                if (index >= maxRequests) break;
+                samples.Add(await Send(http, s, index, clock).ConfigureAwait(false));
             }
         })).ConfigureAwait(false);
         double elapsed = clock.Elapsed.TotalSeconds;
-        // the reference: each prompt served alone, after the load
-        var alone = new string[Prompts.Length];
-        for (int p = 0; p < Prompts.Length; p++) alone[p] = (await Stream(http, model, p, maxTokens).ConfigureAwait(false)).Text;
-        var ok = samples.Where(s => s.Status == 200).ToList();
-        int mismatches = ok.Count(s => s.Text != alone[s.Prompt]);
-        var ttft = ok.Select(s => s.TtftMs).Order().ToArray();
-        var gaps = ok.SelectMany(s => s.GapsMs).Order().ToArray();
-        long tokens = ok.Sum(s => (long)s.Tokens);
-        var result = new
+        var all = samples.OrderBy(x => x.Index).ToList();
+        var ok = all.Where(x => x.Status == 200 && x.Error is null).ToList();
+        var failed = all.Except(ok).ToList();
+
+        // the reference: requests served alone, one at a time, after the load
+        int mismatches = 0, compared = 0;
+        var firstMismatch = (string?)null;
+        foreach (var sample in ok.Take(check))
         {
-            command = $"xlstm-onnx loadtest --url {url} --model-name {model} --clients {clients} --seconds {seconds} --max-tokens {maxTokens}",
-            clients, seconds_requested = seconds, elapsed_s = elapsed, requests = samples.Count, ok = ok.Count,
-            errors = samples.Count - ok.Count, status_codes = samples.GroupBy(s => s.Status).ToDictionary(g => g.Key.ToString(CultureInfo.InvariantCulture), g => g.Count()),
-            mismatches_vs_single_request = mismatches, completion_tokens = tokens, throughput_tokens_per_s = tokens / elapsed,
-            ttft_ms = new { p50 = Pct(ttft, 0.50), p99 = Pct(ttft, 0.99), max = ttft.LastOrDefault() },
-            per_token_ms = new { p50 = Pct(gaps, 0.50), p99 = Pct(gaps, 0.99), max = gaps.LastOrDefault() },
+            var alone = await Send(http, s, sample.Index, clock).ConfigureAwait(false);
+            if (alone.Status != 200 || alone.Error is not null) { firstMismatch ??= $"request {sample.Index} alone failed: {alone.Status} {alone.Error}"; mismatches++; continue; }
+            compared++;
+            bool same = sample.Ids.Count > 0 || alone.Ids.Count > 0 ? sample.Ids.SequenceEqual(alone.Ids) : sample.Text == alone.Text;
+            if (same) continue;
+            mismatches++;
+            int at = Enumerable.Range(0, Math.Min(sample.Ids.Count, alone.Ids.Count)).FirstOrDefault(i => sample.Ids[i] != alone.Ids[i], Math.Min(sample.Ids.Count, alone.Ids.Count));
+            firstMismatch ??= $"request {sample.Index}: under load and alone differ from token {at} on";
+        }
+
+        double windowStart = Math.Min(warmup, seconds), windowEnd = seconds;
+        long windowTokens = ok.Sum(x => (long)x.ArrivalsMs.Count(t => t >= windowStart * 1000 && t < windowEnd * 1000));
+        long tokens = ok.Sum(x => (long)x.ArrivalsMs.Count);
+        var ttft = ok.Select(x => x.TtftMs).ToArray();
+        var itl = ok.SelectMany(x => x.ArrivalsMs.Zip(x.ArrivalsMs.Skip(1), (a, b) => b - a)).ToArray();
+        var e2e = ok.Select(x => x.EndMs - x.StartMs).ToArray();
+        var result = new Dictionary<string, object?>
+        {
+            ["command"] = "xlstm-onnx " + command,
+            ["clients"] = clients,
+            ["seconds_requested"] = seconds,
+            ["elapsed_s"] = elapsed,
+            ["requests"] = all.Count,
+            ["ok"] = ok.Count,
+            ["failed"] = failed.Count,
+            ["status_codes"] = all.GroupBy(x => x.Status).ToDictionary(g => g.Key.ToString(CultureInfo.InvariantCulture), g => g.Count()),
+            ["errors"] = failed.Select(x => $"request {x.Index}: {(x.Status == 0 ? "" : $"HTTP {x.Status}: ")}{x.Error}").Distinct().Take(5).ToArray(),
+            ["checked_alone"] = compared,
+            ["mismatches_vs_alone"] = mismatches,
+            ["first_mismatch"] = firstMismatch,
+            ["completion_tokens"] = tokens,
+            ["throughput_tokens_per_s"] = elapsed > 0 ? tokens / elapsed : null,
+            ["window_s"] = new[] { windowStart, windowEnd },
+            ["window_throughput_tokens_per_s"] = windowEnd > windowStart ? windowTokens / (windowEnd - windowStart) : null,
+            ["ttft_ms"] = Percentiles(ttft),
+            ["itl_ms"] = Percentiles(itl),
+            ["e2e_ms"] = Percentiles(e2e),
         };
         string json = JsonSerializer.Serialize(result, new JsonSerializerOptions { WriteIndented = true });
         Console.WriteLine(json);
-        if (output is not null) File.WriteAllText(output, json + "\n");
-        return mismatches == 0 && ok.Count == samples.Count ? 0 : 1;
+        if (output is not null) AtomicFile.WriteAllText(output, json + "\n");
+        return mismatches == 0 && failed.Count == 0 && ok.Count > 0 ? 0 : 1;
     }
 
-    private static double Pct(double[] sorted, double q) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
-
-    private static async Task<Sample> Stream(HttpClient http, string model, int p, int maxTokens)
+    /// <summary>p50/p90/p99/max, or nulls when there is nothing to summarise (JSON has no NaN).</summary>
+    private static Dictionary<string, double?> Percentiles(double[] values)
     {
-        var start = Stopwatch.GetTimestamp();
-        using var req = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+        var v = values.Order().ToArray();
+        double? At(double q) => v.Length == 0 ? null : v[Math.Clamp((int)Math.Ceiling(q * v.Length) - 1, 0, v.Length - 1)];
+        return new() { ["p50"] = At(0.50), ["p90"] = At(0.90), ["p99"] = At(0.99), ["max"] = v.Length == 0 ? null : v[^1], ["count"] = v.Length };
+    }
+
+    private static object Prompt(Settings s, int index)
+    {
+        if (s.PromptTokens is not { } range) return Verses[index % Verses.Length];
+        // a prompt of its own for every request, the same for the same index (the check sends it again)
+        ulong state = s.Seed * 0x9E3779B97F4A7C15UL + (ulong)index;
+        int Next(int n)
         {
-            Content = JsonContent.Create(new { model, prompt = Prompts[p], max_tokens = maxTokens, temperature = 0, stream = true }),
-        };
-        using var resp = await http.SendAsync(req, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
-        if (!resp.IsSuccessStatusCode) return new Sample(p, "", 0, [], 0, (int)resp.StatusCode);
-        using var reader = new StreamReader(await resp.Content.ReadAsStreamAsync().ConfigureAwait(false));
-        var text = new StringBuilder();
-        var gaps = new List<double>();
-        double ttft = -1, last = 0;
-        int tokens = 0;
-        while (await reader.ReadLineAsync().ConfigureAwait(false) is { } line)
-        {
-            if (!line.StartsWith("data: ", StringComparison.Ordinal)) continue;
-            if (line == "data: [DONE]") break;
-            double now = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-            if (ttft < 0) ttft = now;
-            else gaps.Add(now - last);
-            last = now;
-            tokens++;
-            text.Append(JsonDocument.Parse(line[6..]).RootElement.GetProperty("choices")[0].GetProperty("text").GetString());
+            state += 0x9E3779B97F4A7C15UL;
+            ulong z = state;
+            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+            z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+            return (int)((z ^ (z >> 31)) % (ulong)n);
         }
-        return new Sample(p, text.ToString(), ttft, gaps, tokens, 200);
+        int length = range.Min + Next(range.Max - range.Min + 1);
+        return Enumerable.Range(0, length).Select(_ => Next(s.PromptVocab)).ToArray();
+    }
+
+    private static async Task<Sample> Send(HttpClient http, Settings s, int index, Stopwatch clock)
+    {
+        double start = clock.Elapsed.TotalMilliseconds;
+        var arrivals = new List<double>();
+        var ids = new List<int>();
+        var text = new StringBuilder();
+        double ttft = double.NaN;
+        try
+        {
+            var body = new Dictionary<string, object>
+            {
+                ["model"] = s.Model, ["prompt"] = Prompt(s, index), ["max_tokens"] = s.MaxTokens, ["temperature"] = s.Temperature,
+                ["seed"] = index, ["stream"] = true, ["return_token_ids"] = true,
+            };
+            if (s.IgnoreEos) body["ignore_eos"] = true;
+            using var req = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) };
+            using var resp = await http.SendAsync(req, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
+            if (!resp.IsSuccessStatusCode)
+            {
+                string error = await resp.Content.ReadAsStringAsync().ConfigureAwait(false);
+                return new Sample(index, (int)resp.StatusCode, error.Length > 300 ? error[..300] : error, start, ttft, clock.Elapsed.TotalMilliseconds, arrivals, ids, "");
+            }
+            using var reader = new StreamReader(await resp.Content.ReadAsStreamAsync().ConfigureAwait(false));
+            bool done = false;
+            while (await reader.ReadLineAsync().ConfigureAwait(false) is { } line)
+            {
+                if (!line.StartsWith("data: ", StringComparison.Ordinal)) continue;
+                if (line == "data: [DONE]") { done = true; break; }
+                double now = clock.Elapsed.TotalMilliseconds;
+                using var doc = JsonDocument.Parse(line.AsMemory(6));
+                if (doc.RootElement.TryGetProperty("error", out var err)) return new Sample(index, 200, err.GetRawText(), start, ttft, now, arrivals, ids, text.ToString());
+                var choice = doc.RootElement.GetProperty("choices")[0];
+                text.Append(choice.GetProperty("text").GetString());
+                int n = 1;
+                if (choice.TryGetProperty("token_ids", out var t) && t.ValueKind == JsonValueKind.Array)
+                {
+                    n = t.GetArrayLength();
+                    foreach (var id in t.EnumerateArray()) ids.Add(id.GetInt32());
+                }
+                if (double.IsNaN(ttft)) ttft = now - start;
+                for (int k = 0; k < n; k++) arrivals.Add(now);
+            }
+            return new Sample(index, 200, done ? null : "the stream ended without [DONE]", start, ttft, clock.Elapsed.TotalMilliseconds, arrivals, ids, text.ToString());
+        }
+        catch (Exception e) when (e is HttpRequestException or IOException or JsonException or TaskCanceledException or KeyNotFoundException or InvalidOperationException)
+        {
+            return new Sample(index, 0, $"{e.GetType().Name}: {e.Message}", start, ttft, clock.Elapsed.TotalMilliseconds, arrivals, ids, text.ToString());
+        }
     }
 }

@@ -13,30 +13,51 @@ internal static class ServeCommand
         var model = new ModelOptions();
         var host = new Option<string>("--host") { Description = "Address to listen on (loopback by default).", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port (0: any free one).", DefaultValueFactory = _ => 8000 };
-        var maxBatch = new Option<int>("--max-batch") { Description = "Sequences decoded together.", DefaultValueFactory = _ => 8 };
+        var maxBatch = new Option<int>("--max-batch") { Description = "Slots of the decode state pool: sequences decoded together at most.", DefaultValueFactory = _ => 8 };
         var queue = new Option<int>("--queue") { Description = "Requests that may wait; more get 429.", DefaultValueFactory = _ => 64 };
-        var cacheMb = new Option<int>("--prefix-cache-mb") { Description = "Memory for cached prefix states (0: off).", DefaultValueFactory = _ => 256 };
+        var cacheMb = new Option<int?>("--prefix-cache-mb") { Description = "Device memory for cached prefix states (0: off; default: two states per slot, at most a quarter of the free GPU memory, 1 GiB on the CPU)." };
+        var prefillRows = new Option<int>("--prefill-rows") { Description = "Prompts read at the same time (each in its own row of state).", DefaultValueFactory = _ => 4 };
+        var prefillChunk = new Option<int?>("--prefill-chunk") { Description = "Longest prompt piece read between decode steps while others decode (default: paced so prefill takes at most 0.9 of a step's time)." };
+        var buckets = new Option<string?>("--decode-buckets") { Description = "Batch sizes a decode step runs at, e.g. 1,8,64 (default: powers of two up to --max-batch, and --max-batch)." };
+        var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "Longest prompt accepted (400 above it).", DefaultValueFactory = _ => 8192 };
+        var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens accepted (400 above it).", DefaultValueFactory = _ => 2048 };
         var name = new Option<string?>("--model-name") { Description = "Model id in the API (default: the folder's name)." };
-        var cmd = new Command("serve", "OpenAI-compatible HTTP server with continuous batching and a prefix-state cache.") { host, port, maxBatch, queue, cacheMb, name };
+        var cmd = new Command("serve", "OpenAI-compatible HTTP server with continuous batching and a prefix-state cache.")
+            { host, port, maxBatch, queue, cacheMb, prefillRows, prefillChunk, buckets, maxPrompt, maxTokens, name };
         model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             if (r.GetValue(maxBatch) < 1) throw new XLstmOnnxException($"option --max-batch must be at least 1; found {r.GetValue(maxBatch)}.");
+            if (r.GetValue(prefillRows) < 1) throw new XLstmOnnxException($"option --prefill-rows must be at least 1; found {r.GetValue(prefillRows)}.");
+            if (r.GetValue(cacheMb) is < 0) throw new XLstmOnnxException($"option --prefix-cache-mb must be 0 (off) or positive; found {r.GetValue(cacheMb)}.");
+            if (r.GetValue(prefillChunk) is < 1) throw new XLstmOnnxException($"option --prefill-chunk must be positive; found {r.GetValue(prefillChunk)}.");
+            var bucketList = r.GetValue(buckets) is { } list ? SamplingOptions.ParseIds(list, "--decode-buckets") : null;
+            if (bucketList is not null && (bucketList.Length == 0 || bucketList.Any(b => b < 1 || b > r.GetValue(maxBatch))))
+            {
+                throw new XLstmOnnxException($"option --decode-buckets: every size must lie in [1, {r.GetValue(maxBatch)}] (--max-batch); found \"{r.GetValue(buckets)}\".");
+            }
             using var session = model.Load(r);
+            Console.Error.WriteLine("serve: allocating the state pool" + (session.Options.CudaGraph ? " and capturing a CUDA graph per decode batch size" : "") + " ...");
             using var engine = new ServingEngine(session, new ServingOptions
             {
                 MaxBatch = r.GetValue(maxBatch),
                 QueueCapacity = r.GetValue(queue),
-                PrefixCacheBytes = (long)r.GetValue(cacheMb) << 20,
+                PrefixCacheBytes = r.GetValue(cacheMb) is { } mb ? (long)mb << 20 : null,
+                PrefillRows = r.GetValue(prefillRows),
+                PrefillChunkTokens = r.GetValue(prefillChunk),
+                DecodeBuckets = bucketList,
             });
             var options = new ServerOptions
             {
                 Host = r.GetValue(host)!,
                 Port = r.GetValue(port),
                 ModelId = r.GetValue(name) ?? Path.GetFileName(Path.GetFullPath(r.GetValue(model.Model)!).TrimEnd('/')),
+                MaxPromptTokens = r.GetValue(maxPrompt),
+                MaxTokensLimit = r.GetValue(maxTokens),
             };
             var (app, url) = OpenAiServer.StartAsync(engine, options).GetAwaiter().GetResult();
-            Console.Error.WriteLine($"serving '{options.ModelId}' on {url} (OpenAI API under /v1; /health, /metrics); Ctrl+C stops");
+            Console.Error.WriteLine($"serving '{options.ModelId}' on {url} (OpenAI API under /v1; /health, /metrics); {engine.Options.MaxBatch} slots, "
+                + $"decode batch sizes {string.Join(",", engine.Options.Buckets())}, prefix cache {engine.Metrics.CacheCapacity} states; Ctrl+C stops");
             app.WaitForShutdownAsync().GetAwaiter().GetResult();
             app.DisposeAsync().AsTask().GetAwaiter().GetResult();
             return 0;

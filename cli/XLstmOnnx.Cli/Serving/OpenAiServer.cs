@@ -113,7 +113,8 @@ public static class OpenAiServer
         }
     }
 
-    private sealed record Request(int[] Prompt, GenerationOptions Options, int N, bool Stream, string Model);
+    /// <param name="TokenIds">vLLM's <c>return_token_ids</c>: each choice also carries the ids it generated (models without a tokenizer, tests).</param>
+    private sealed record Request(int[] Prompt, GenerationOptions Options, int N, bool Stream, string Model, bool TokenIds);
 
     private static Request Parse(JsonElement b, ServingEngine engine, ServerOptions o, bool chat)
     {
@@ -179,6 +180,7 @@ public static class OpenAiServer
         bool stream = b.TryGetProperty("stream", out var sm) && sm.ValueKind == JsonValueKind.True;
         // vLLM's extension: keep generating past the end-of-text token (benchmarks, tests)
         bool ignoreEos = b.TryGetProperty("ignore_eos", out var ie) && ie.ValueKind == JsonValueKind.True;
+        bool tokenIds = b.TryGetProperty("return_token_ids", out var ti) && ti.ValueKind == JsonValueKind.True;
         var options = new GenerationOptions
         {
             MaxNewTokens = maxTokens,
@@ -189,7 +191,7 @@ public static class OpenAiServer
             StopStrings = stops,
             IgnoreEos = ignoreEos,
         };
-        return new Request(prompt, options, n, stream, model);
+        return new Request(prompt, options, n, stream, model, tokenIds);
     }
 
     /// <summary>Submits the n choices; choice i samples with seed + i.</summary>
@@ -236,11 +238,13 @@ public static class OpenAiServer
     private static async Task Respond(HttpContext ctx, ServingEngine engine, Request r, bool chat)
     {
         var texts = Enumerable.Range(0, r.N).Select(_ => new StringBuilder()).ToArray();
+        var ids = Enumerable.Range(0, r.N).Select(_ => new List<int>()).ToArray();
         var finish = new string?[r.N];
         int completion = 0;
         await foreach (var (i, e) in Submit(engine, r, ctx.RequestAborted).ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
         {
             texts[i].Append(e.Text);
+            ids[i].Add(e.Token);
             completion++;
             if (e.Finish != StopReason.None) finish[i] = Finish(e.Finish);
         }
@@ -256,7 +260,7 @@ public static class OpenAiServer
             : new
             {
                 id, @object = "text_completion", created, model = r.Model, usage,
-                choices = Enumerable.Range(0, r.N).Select(i => new { index = i, text = texts[i].ToString(), logprobs = (object?)null, finish_reason = finish[i] }),
+                choices = Enumerable.Range(0, r.N).Select(i => new { index = i, text = texts[i].ToString(), logprobs = (object?)null, finish_reason = finish[i], token_ids = r.TokenIds ? ids[i] : null }),
             };
         await ctx.Response.WriteAsJsonAsync(body, Json).ConfigureAwait(false);
     }
@@ -280,7 +284,7 @@ public static class OpenAiServer
                         id, @object = "chat.completion.chunk", created, model = r.Model,
                         choices = new[] { new { index = i, delta = started[i] ? new { role = (string?)null, content = e.Text } : new { role = (string?)"assistant", content = e.Text }, finish_reason = reason } },
                     }
-                    : new { id, @object = "text_completion", created, model = r.Model, choices = new[] { new { index = i, text = e.Text, logprobs = (object?)null, finish_reason = reason } } };
+                    : new { id, @object = "text_completion", created, model = r.Model, choices = new[] { new { index = i, text = e.Text, logprobs = (object?)null, finish_reason = reason, token_ids = r.TokenIds ? new[] { e.Token } : null } } };
                 started[i] = true;
                 await ctx.Response.WriteAsync("data: " + JsonSerializer.Serialize(chunk, Json) + "\n\n", ctx.RequestAborted).ConfigureAwait(false);
                 await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);

@@ -282,7 +282,7 @@ public sealed class ServingEngine : IDisposable
                 _memory.Copy(_runner.LogitsAt(row), _cache.LogitsAt(whole.Slot), _runner.Vocab * 4);
                 _memory.Copy(_runner.NextAt(row), _cache.NextAt(whole.Slot), 8);
                 _memory.Wait();
-                Join(req, row);
+                Join([req], row);
                 continue;
             }
             var job = new Job(req, _freeStaging.Pop());
@@ -303,12 +303,16 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
-    /// Reads prompt pieces, oldest request first. With live sequences the work is paced: each decode step earns
-    /// <see cref="ServingOptions.PrefillShare"/> of its time as credit, and pieces are sized from the measured prefill
-    /// speed to spend it (a short prompt is read whole, going into debt). Without live sequences everything is read.
+    /// Reads prompts. Prompts whose rest is shorter than a chunk are read together, in one masked call (a masked
+    /// position is an exact no-op of the recurrent form, which is all such a prompt runs), directly into the rows they
+    /// join. The others are read in pieces at batch 1, oldest first. With live sequences the pieces are paced: each
+    /// decode step earns <see cref="ServingOptions.PrefillShare"/> of its time as credit, and pieces are sized from the
+    /// measured prefill speed to spend it (a short rest is read whole, going into debt). Without live sequences
+    /// everything is read at once.
     /// </summary>
     private void Prefill()
     {
+        ReadShort();
         int k = 0;
         while (k < _jobs.Count)
         {
@@ -318,13 +322,53 @@ public sealed class ServingEngine : IDisposable
             int piece = PieceLength(job, paced);
             long t0 = Stopwatch.GetTimestamp();
             Read(job, piece);
-            double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-            _prefillTokensPerSecond = _prefillTokensPerSecond == 0 ? piece / seconds : 0.8 * _prefillTokensPerSecond + 0.2 * piece / seconds;
-            if (paced) _credit -= seconds;
+            Spent(piece, Stopwatch.GetElapsedTime(t0).TotalSeconds, paced);
             if (job.Fed < job.Request.Prompt.Length) continue; // the same job goes on while there is credit
             _jobs.RemoveAt(k);
-            Finish(job);
+            int row = _count;
+            _staging.CopyRow(job.Set, job.Row, _pool, _set, row);
+            _freeStaging.Push(job.Row);
+            Join([job.Request], row);
         }
+    }
+
+    private void Spent(int tokens, double seconds, bool paced)
+    {
+        double rate = tokens / Math.Max(seconds, 1e-6);
+        _prefillTokensPerSecond = _prefillTokensPerSecond == 0 ? rate : 0.8 * _prefillTokensPerSecond + 0.2 * rate;
+        if (paced) _credit -= seconds;
+    }
+
+    /// <summary>Every job whose rest is shorter than a chunk, in one call over the rows they join (left-padded and masked).</summary>
+    private void ReadShort()
+    {
+        var group = _jobs.Where(j => j.Request.Prompt.Length - j.Fed < _chunk).ToList();
+        if (group.Count == 0) return;
+        int first = _count, n = group.Count;
+        int seq = group.Max(j => j.Request.Prompt.Length - j.Fed);
+        var ids = new long[n * seq];
+        var mask = new long[n * seq];
+        long pad = _session.Manifest.PadTokenId ?? 0;
+        for (int g = 0; g < n; g++)
+        {
+            var job = group[g];
+            _staging.CopyRow(job.Set, job.Row, _pool, _set, first + g);
+            _freeStaging.Push(job.Row);
+            _jobs.Remove(job);
+            int rest = job.Request.Prompt.Length - job.Fed, offset = seq - rest;
+            for (int c = 0; c < seq; c++)
+            {
+                bool real = c >= offset;
+                ids[g * seq + c] = real ? job.Request.Prompt[job.Fed + c - offset] : pad;
+                mask[g * seq + c] = real ? 1 : 0;
+            }
+        }
+        long t0 = Stopwatch.GetTimestamp();
+        _runner.Prompt(_pool, _set, first, n, ids, mask, seq, first);
+        // the live rows stay in their set: the new rows come back to it
+        for (int g = 0; g < n; g++) _pool.CopyRow(1 - _set, first + g, _pool, _set, first + g);
+        Spent(n * seq, Stopwatch.GetElapsedTime(t0).TotalSeconds, _count > 0);
+        Join([.. group.Select(j => j.Request)], first);
     }
 
     /// <summary>
@@ -359,38 +403,41 @@ public sealed class ServingEngine : IDisposable
         job.Fed += piece;
     }
 
-    /// <summary>A prompt is read: it is cached, and its row joins the pool.</summary>
-    private void Finish(Job job)
+    /// <summary>
+    /// Rows [<paramref name="first"/>, first + n) (= the next live rows) hold these requests' states after their prompts,
+    /// and the runner holds their last logits: each prompt is cached, and its first token chosen and sent.
+    /// </summary>
+    private void Join(IReadOnlyList<Request> requests, int first)
     {
-        var req = job.Request;
-        int row = _count;
-        _staging.CopyRow(job.Set, job.Row, _pool, _set, row);
-        _freeStaging.Push(job.Row);
-        if (req.Prompt.Length >= _o.PrefixCacheMinTokens && _cache.Reserve(req.Prompt) is { } slot)
+        int n = requests.Count;
+        for (int g = 0; g < n; g++)
         {
-            _staging.CopyRow(job.Set, job.Row, _cache.States!, 0, slot);
-            _memory.Copy(_cache.LogitsAt(slot), _runner.LogitsAt(row), _runner.Vocab * 4);
-            _memory.Copy(_cache.NextAt(slot), _runner.NextAt(row), 8);
-            _memory.Wait();
-            Metrics.CacheBytes = _cache.Bytes;
-            Metrics.CacheEntries = _cache.Count;
+            var req = requests[g];
+            int row = first + g;
+            if (req.Prompt.Length >= _o.PrefixCacheMinTokens && _cache.Reserve(req.Prompt) is { } slot)
+            {
+                _pool.CopyRow(_set, row, _cache.States!, 0, slot);
+                _memory.Copy(_cache.LogitsAt(slot), _runner.LogitsAt(row), _runner.Vocab * 4);
+                _memory.Copy(_cache.NextAt(slot), _runner.NextAt(row), 8);
+                _memory.Wait();
+            }
+            var decoder = new SequenceDecoder(req.Options, _session.Manifest, _tokenizer, withText: true);
+            _live[row] = new Live(req, decoder);
+            _decoders[row] = decoder;
+            if (decoder.NeedsCounts) _chooser.SetCounts(row, req.Prompt);
         }
-        Join(req, row);
-    }
-
-    /// <summary>Row <paramref name="row"/> (= the live count) holds the request's state and last logits: its first token is chosen.</summary>
-    private void Join(Request req, int row)
-    {
-        var decoder = new SequenceDecoder(req.Options, _session.Manifest, _tokenizer, withText: true);
-        var live = new Live(req, decoder);
-        _live[row] = live;
-        _decoders[row] = decoder;
-        _count++;
-        if (decoder.NeedsCounts) _chooser.SetCounts(row, req.Prompt);
-        _chooser.Choose(_decoders, row, 1, _tokens);
-        Metrics.FirstToken(Stopwatch.GetElapsedTime(req.Enqueued));
-        live.LastTokenAt = Stopwatch.GetTimestamp();
-        if (Emit(row, _tokens[row])) Free(row, cancelled: false);
+        Metrics.CacheBytes = _cache.Bytes;
+        Metrics.CacheEntries = _cache.Count;
+        _count += n;
+        _chooser.Choose(_decoders, first, n, _tokens);
+        long now = Stopwatch.GetTimestamp();
+        for (int row = first + n - 1; row >= first; row--)
+        {
+            var live = _live[row]!;
+            Metrics.FirstToken(Stopwatch.GetElapsedTime(live.Request.Enqueued, now));
+            live.LastTokenAt = now;
+            if (Emit(row, _tokens[row])) Free(row, cancelled: false);
+        }
     }
 
     /// <summary>One token for every live row, then the next choices.</summary>
