@@ -111,7 +111,17 @@ internal sealed class TokenChooser : IDisposable
             using var b = Bind(start, n, _countsSet);
             Run(b);
         }
-        _countsSet = 1 - _countsSet;
+        if (start == 0)
+        {
+            _countsSet = 1 - _countsSet; // every row that counts was in the batch
+        }
+        else
+        {
+            // rows outside [start, start + n) keep their counts in this set: bring the updated ones back to it
+            long v4 = _vocab * 4;
+            _memory.Copy(_counts[_countsSet]!.Address + (nint)(start * v4), _counts[1 - _countsSet]!.Address + (nint)(start * v4), n * v4);
+            _memory.Wait();
+        }
         _memory.Download<long>(_nextDev!.Address + start * 8, _ids.AsSpan(start, n));
         _memory.Download<float>(_logProbDev!.Address + start * 4, LogProbs.AsSpan(start, n));
         for (int r = start; r < start + n; r++) if (rows[r] is not null) tokens[r] = (int)_ids[r];

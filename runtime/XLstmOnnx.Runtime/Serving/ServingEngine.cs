@@ -141,6 +141,7 @@ public sealed class ServingEngine : IDisposable
             throw;
         }
         _live = new Live?[_o.MaxBatch];
+        _stepsByBatch = new long[_o.MaxBatch + 1];
         _decoders = new SequenceDecoder?[_o.MaxBatch];
         _tokens = new int[_o.MaxBatch];
         for (int r = _o.PrefillRows - 1; r >= 0; r--) _freeStaging.Push(r);
@@ -156,15 +157,21 @@ public sealed class ServingEngine : IDisposable
     public ServingMetrics Metrics { get; } = new();
 
     /// <summary>Entries of the prefix cache: the option, or the default (see <see cref="ServingOptions.PrefixCacheBytes"/>); checks that everything fits.</summary>
-    private int CacheEntries(GraphBuilder.Export.ModelManifest m)
+    private int CacheEntries(GraphBuilder.Export.ModelManifest m) => Plan(m, _o, _memory.Available());
+
+    /// <summary>
+    /// How many prefix-cache entries the engine keeps for <paramref name="m"/>'s model with <paramref name="o"/>, given
+    /// the device's free and total memory (null: host memory, not budgeted); throws naming every size when the state
+    /// pool, the prefill rows, the cache and the headroom for activations do not fit.
+    /// </summary>
+    internal static int Plan(GraphBuilder.Export.ModelManifest m, ServingOptions o, (long Free, long Total)? device)
     {
         long row = StatePool.RowBytesFor(m);
-        long pool = StatePool.BytesFor(m, _o.MaxBatch, 2) + StatePool.BytesFor(m, _o.PrefillRows, 2);
-        long buffers = _o.MaxBatch * m.VocabSize * 4L * 4; // logits, sampler counts (two sets), cached logits
-        var available = _memory.Available();
-        long budget = _o.PrefixCacheBytes ?? Math.Min(2L * _o.MaxBatch * row,
-            available is { } a ? Math.Max(0, (a.Free - pool - buffers) / 4) : 1L << 30);
-        if (available is { } d)
+        long pool = StatePool.BytesFor(m, o.MaxBatch, 2) + StatePool.BytesFor(m, o.PrefillRows, 2);
+        long buffers = o.MaxBatch * m.VocabSize * 4L * 4; // logits, sampler counts (two sets), cached logits
+        long budget = o.PrefixCacheBytes ?? Math.Min(2L * o.MaxBatch * row,
+            device is { } a ? Math.Max(0, (a.Free - pool - buffers) / 4) : 1L << 30);
+        if (device is { } d)
         {
             // what ONNX Runtime needs beside: activations of a prompt piece and of a decode step, cuBLAS workspaces
             long headroom = Math.Max(2L << 30, d.Total / 20);
@@ -172,14 +179,21 @@ public sealed class ServingEngine : IDisposable
             if (need > d.Free)
             {
                 throw new XLstmOnnxException(
-                    $"the serving state does not fit in GPU memory: the state pool for --max-batch {_o.MaxBatch} takes 2 × {_o.MaxBatch} × {DeviceMemory.Mib(row)} "
-                    + $"and the prefill rows 2 × {_o.PrefillRows} × {DeviceMemory.Mib(row)} ({DeviceMemory.Mib(pool)} of float32 state), the prefix cache {DeviceMemory.Mib(budget)}, "
-                    + $"buffers {DeviceMemory.Mib(buffers)}, plus {DeviceMemory.Mib(headroom)} for activations: {DeviceMemory.Mib(need)} in all; "
-                    + $"{DeviceMemory.Mib(d.Free)} of {DeviceMemory.Mib(d.Total)} are free after the weights. Lower --max-batch or --prefix-cache-mb.");
+                    $"the serving state does not fit in GPU memory: the state pool for MaxBatch {o.MaxBatch} (--max-batch) takes 2 × {o.MaxBatch} × {DeviceMemory.Mib(row)} "
+                    + $"and the prefill rows 2 × {o.PrefillRows} × {DeviceMemory.Mib(row)} ({DeviceMemory.Mib(pool)} of {m.StateDtype} state), "
+                    + $"the prefix cache {DeviceMemory.Mib(budget)}, buffers {DeviceMemory.Mib(buffers)}, plus {DeviceMemory.Mib(headroom)} for activations: "
+                    + $"{DeviceMemory.Mib(need)} in all; {DeviceMemory.Mib(d.Free)} of {DeviceMemory.Mib(d.Total)} are free after the weights. "
+                    + "Lower MaxBatch (--max-batch) or PrefixCacheBytes (--prefix-cache-mb).");
             }
         }
         return (int)Math.Min(int.MaxValue, budget / row);
     }
+
+    /// <summary>Decode steps run so far at each batch size (tests and profiles).</summary>
+    internal IReadOnlyDictionary<int, long> StepsByBatch =>
+        Enumerable.Range(1, _stepsByBatch.Length - 1).Where(b => Volatile.Read(ref _stepsByBatch[b]) > 0).ToDictionary(b => b, b => Volatile.Read(ref _stepsByBatch[b]));
+
+    private long[] _stepsByBatch = [];
 
     /// <summary>
     /// Queues a completion; events arrive on the returned reader until one with a Finish reason, then it completes.
@@ -462,6 +476,7 @@ public sealed class ServingEngine : IDisposable
         _runner.Decode(b, _set);
         _set = 1 - _set;
         var step = Stopwatch.GetElapsedTime(t0);
+        Interlocked.Increment(ref _stepsByBatch[b]);
         Metrics.DecodeStep(step, _count);
         _stepSeconds = _stepSeconds == 0 ? step.TotalSeconds : 0.9 * _stepSeconds + 0.1 * step.TotalSeconds;
         _credit = Math.Min(_credit + _o.PrefillShare * step.TotalSeconds, 4 * _o.PrefillShare * _stepSeconds);

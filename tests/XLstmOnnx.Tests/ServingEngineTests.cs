@@ -1,0 +1,181 @@
+using System.Threading.Channels;
+using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Runtime;
+using XLstmOnnx.Runtime.Generation;
+using XLstmOnnx.Runtime.Serving;
+
+namespace XLstmOnnx.Tests;
+
+/// <summary>
+/// The serving engine without HTTP: streams under load equal the same requests served alone (greedy and seeded
+/// sampling), decode steps run at the smallest batch size that holds the live rows, long prompts are read in pieces
+/// while others keep decoding, cached prompts join without a model call, and a pool that cannot fit is refused.
+/// </summary>
+[TestFixture]
+[NonParallelizable]
+public class ServingEngineTests
+{
+    private static TempDir _tmp = null!;
+    private static string _plain = "", _fast = "", _long = "";
+
+    [OneTimeSetUp]
+    public static void Export()
+    {
+        _tmp = TestPaths.Temp();
+        string fixture = Path.Combine(TestPaths.Fixtures, "segmented"); // chunk_size 8, max_inference_chunksize 20
+        // standard ops with logits for every position (host argmax), and the fast path: custom ops, last logits, next_token
+        _plain = _tmp.Sub("plain");
+        OnnxExporter.Export(fixture, _plain, new ExportOptions());
+        _fast = _tmp.Sub("fast");
+        OnnxExporter.Export(fixture, _fast, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
+        // one segment of 16384: a long prompt alone is one call, under load many pieces
+        _long = _tmp.Sub("long");
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "fused_bias"), _long, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
+    }
+
+    [OneTimeTearDown]
+    public static void Cleanup() => _tmp.Dispose();
+
+    private sealed record Case(int[] Prompt, GenerationOptions Options);
+
+    /// <summary>Prompts of 1 to 70 tokens (below a chunk, a few chunks, across the 20-token segments); greedy, sampled and penalised.</summary>
+    private static List<Case> Cases(int count, int seed)
+    {
+        var rng = new Random(seed);
+        var cases = new List<Case>();
+        for (int i = 0; i < count; i++)
+        {
+            int length = i % 4 == 0 ? 1 + rng.Next(7) : 1 + rng.Next(70);
+            var prompt = Enumerable.Range(0, length).Select(_ => 3 + rng.Next(95)).ToArray();
+            var o = (i % 5) switch
+            {
+                0 or 1 or 2 => new GenerationOptions { Greedy = true },
+                3 => new GenerationOptions { Temperature = 1.2, TopP = 0.9, Seed = (ulong)i },
+                _ => new GenerationOptions { Greedy = true, RepetitionPenalty = 1.3 },
+            };
+            cases.Add(new Case(prompt, o with { MaxNewTokens = 5 + rng.Next(30), IgnoreEos = true }));
+        }
+        return cases;
+    }
+
+    private static async Task<int[]> Collect(ChannelReader<CompletionEvent> events)
+    {
+        var ids = new List<int>();
+        await foreach (var e in events.ReadAllAsync()) ids.Add(e.Token);
+        return [.. ids];
+    }
+
+    private static int[][] ServeAll(ServingEngine engine, IReadOnlyList<Case> cases) =>
+        Task.WhenAll(cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options)))).GetAwaiter().GetResult();
+
+    private static int[] ServeAlone(ServingEngine engine, Case c) => Collect(engine.Submit(c.Prompt, c.Options)).GetAwaiter().GetResult();
+
+    [TestCase(false)]
+    [TestCase(true)]
+    public void EveryStreamUnderLoadEqualsTheRequestServedAlone(bool fastPath)
+    {
+        using var session = XLstmSession.Load(fastPath ? _fast : _plain);
+        var cases = Cases(30, fastPath ? 2 : 1);
+        // 4 slots for 30 requests: queueing, joins, rows moving as others end, buckets 1/2/4, prompts read in pieces of 8
+        var options = new ServingOptions { MaxBatch = 4, PrefillRows = 2, PrefillChunkTokens = 8, QueueCapacity = 64 };
+        int[][] underLoad;
+        using (var engine = new ServingEngine(session, options)) underLoad = ServeAll(engine, cases);
+        using (var alone = new ServingEngine(session, options with { PrefixCacheBytes = 0 }))
+        {
+            for (int i = 0; i < cases.Count; i++)
+            {
+                Assert.That(underLoad[i], Has.Length.EqualTo(cases[i].Options.MaxNewTokens), $"request {i}: every token arrived");
+                Assert.That(underLoad[i], Is.EqualTo(ServeAlone(alone, cases[i])), $"request {i} (prompt of {cases[i].Prompt.Length}, {cases[i].Options})");
+            }
+        }
+        // and alone through a generator (another decode loop over the same pieces): the greedy rows
+        using var g = new Generator(session, 1);
+        foreach (var (c, i) in cases.Select((c, i) => (c, i)).Where(x => x.c.Options.Greedy))
+        {
+            g.Reset();
+            Assert.That(g.Generate([c.Prompt], c.Options).Tokens[0], Is.EqualTo(underLoad[i]), $"request {i} through a Generator");
+        }
+    }
+
+    [Test]
+    public void DecodeRunsAtTheSmallestBucketThatHoldsTheLiveRows()
+    {
+        using var session = XLstmSession.Load(_fast);
+        using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 8 });
+        var o = new GenerationOptions { Greedy = true, MaxNewTokens = 40, IgnoreEos = true };
+        ServeAll(engine, [new Case([5, 6, 7], o), new Case([8, 9], o), new Case([10], o)]);
+        var steps = engine.StepsByBatch;
+        Assert.That(engine.Options.Buckets(), Is.EqualTo(new[] { 1, 2, 4, 8 }));
+        Assert.That(steps.Keys, Does.Not.Contain(8), "three live rows never step at the pool's full size");
+        Assert.That(steps.GetValueOrDefault(4), Is.GreaterThanOrEqualTo(30), "they step together at batch 4");
+    }
+
+    [Test]
+    public void ALongPromptIsReadInPiecesWhileOthersKeepDecoding()
+    {
+        using var session = XLstmSession.Load(_long);
+        using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 4, PrefillChunkTokens = 8 });
+        var streaming = new GenerationOptions { Greedy = true, MaxNewTokens = 400, IgnoreEos = true };
+        var counts = new int[2];
+        var firstTokens = new TaskCompletionSource[] { new(), new() };
+        var streams = Enumerable.Range(0, 2).Select(k => Task.Run(async () =>
+        {
+            await foreach (var e in engine.Submit([10 + k, 11, 12], streaming).ReadAllAsync())
+            {
+                Interlocked.Increment(ref counts[k]);
+                firstTokens[k].TrySetResult();
+            }
+        })).ToArray();
+        Task.WaitAll(firstTokens.Select(t => t.Task).ToArray());
+        var longCase = new Case([.. Enumerable.Range(0, 160).Select(i => 3 + i * 7 % 95)], new GenerationOptions { Greedy = true, MaxNewTokens = 4, IgnoreEos = true });
+        int before = counts[0];
+        var reader = engine.Submit(longCase.Prompt, longCase.Options);
+        var first = reader.ReadAsync().AsTask().GetAwaiter().GetResult();
+        int during = counts[0] - before;
+        var rest = Collect(reader).GetAwaiter().GetResult();
+        // 160 tokens in 20 pieces of 8; a piece costs more than the 0.9 step of credit a step earns (and credit is capped
+        // at four steps), so the others step between pieces; read at once, they would have waited one call
+        Assert.That(during, Is.GreaterThanOrEqualTo(10), $"a live stream got {during} tokens while the 160-token prompt was read");
+        Task.WaitAll(streams);
+        Assert.That(counts, Is.All.EqualTo(400));
+        using var alone = new ServingEngine(session, new ServingOptions { MaxBatch = 4, PrefixCacheBytes = 0 });
+        Assert.That((int[])[first.Token, .. rest], Is.EqualTo(ServeAlone(alone, longCase)), "read in pieces between steps equals read at once");
+    }
+
+    [Test]
+    public void ACachedPromptJoinsFromItsStateAndGivesTheSameTokens()
+    {
+        using var session = XLstmSession.Load(_fast);
+        using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 2 });
+        var o = new GenerationOptions { Greedy = true, MaxNewTokens = 20, IgnoreEos = true };
+        int[] prompt = [.. Enumerable.Range(3, 30)];
+        var cold = ServeAlone(engine, new Case(prompt, o));
+        Assert.That((engine.Metrics.CacheHits, engine.Metrics.CacheEntries), Is.EqualTo((0L, 1)));
+        var warm = ServeAlone(engine, new Case(prompt, o));
+        Assert.That(engine.Metrics.CacheHits, Is.EqualTo(1), "the whole prompt was cached");
+        Assert.That(warm, Is.EqualTo(cold));
+        // a longer prompt starts from the cached prefix: the same tokens as reading it whole
+        int[] longer = [.. prompt, 40, 41, 42];
+        var extended = ServeAlone(engine, new Case(longer, o));
+        Assert.That(engine.Metrics.CacheHits, Is.EqualTo(2));
+        using var fresh = new ServingEngine(session, new ServingOptions { MaxBatch = 2, PrefixCacheBytes = 0 });
+        var whole = ServeAlone(fresh, new Case(longer, o));
+        Assert.That(extended.Take(5), Is.EqualTo(whole.Take(5)), "the first tokens after a cached prefix (its state is read in another split: not bitwise, rounding only)");
+    }
+
+    [Test]
+    public void APoolThatDoesNotFitIsRefusedWithItsSizes()
+    {
+        // xLSTM-7b: 32 layers, 8 heads, q/k 256, v 512 (fp32 state: 128 MiB a sequence)
+        var m = new ModelManifest { NumLayers = 32, NumHeads = 8, QkHeadDim = 256, VHeadDim = 512, VocabSize = 50304 };
+        Assert.That(StatePool.RowBytesFor(m), Is.EqualTo(32L * (8 * 256 * 512 + 8 * 256 + 8) * 4));
+        const long GiB = 1L << 30;
+        var o = new ServingOptions { MaxBatch = 64, PrefillRows = 4 };
+        // 126 GiB free of 140 (an H200 after 14 GB of weights): fits, and the default cache is two states a slot
+        Assert.That(ServingEngine.Plan(m, o, (126 * GiB, 140 * GiB)), Is.EqualTo(128));
+        var e = Assert.Throws<XLstmOnnxException>(() => ServingEngine.Plan(m, o with { MaxBatch = 256 }, (60 * GiB, 80 * GiB)))!;
+        Assert.That(e.Message, Does.Contain("MaxBatch 256").And.Contain("2 × 256 × 128 MiB").And.Contain("free after the weights").And.Contain("--max-batch"));
+        // host memory is not budgeted; the default cache is capped at 1 GiB there
+        Assert.That(ServingEngine.Plan(m, o, null), Is.EqualTo(7));
+    }
+}
