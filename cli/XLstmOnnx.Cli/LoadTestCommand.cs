@@ -27,6 +27,8 @@ internal static class LoadTestCommand
         "Wisdom is the principal thing", "Vanity of vanities",
     ];
 
+    private sealed record Plan(int Clients, int Seconds, double Warmup, int MaxRequests, int Check, int Unloaded, int LongPrompt);
+
     private sealed record Settings(string Model, int MaxTokens, (int Min, int Max)? PromptTokens, int PromptVocab, ulong Seed, bool IgnoreEos, double Temperature);
 
     public static Command Create()
@@ -44,17 +46,20 @@ internal static class LoadTestCommand
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Ask for exactly --max-tokens tokens (vLLM's ignore_eos)." };
         var temperature = new Option<double>("--temperature") { Description = "Sampling temperature (0: greedy); sampled requests carry a seed, so they are checked too.", DefaultValueFactory = _ => 0 };
         var check = new Option<int>("--check-alone") { Description = "Requests sent again alone after the load and compared token by token.", DefaultValueFactory = _ => 16 };
+        var unloaded = new Option<int>("--unloaded") { Description = "Requests sent one at a time before the load: the unloaded time to first token.", DefaultValueFactory = _ => 0 };
+        var longPrompt = new Option<int>("--long-prompt") { Description = "At the start of the window, one more request with a prompt of N random ids: the others' inter-token latency while it is read." };
         var output = new Option<string?>("--out") { Description = "Write the results as JSON here." };
         var cmd = new Command("loadtest", "Load-test a running server with closed-loop streaming clients (loopback only).")
-            { url, model, clients, seconds, warmup, maxRequests, maxTokens, promptTokens, promptVocab, seed, ignoreEos, temperature, check, output };
+            { url, model, clients, seconds, warmup, maxRequests, maxTokens, promptTokens, promptVocab, seed, ignoreEos, temperature, check, unloaded, longPrompt, output };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             if (r.GetValue(clients) < 1) throw new XLstmOnnxException($"option --clients must be at least 1; found {r.GetValue(clients)}.");
             if (r.GetValue(maxTokens) < 1) throw new XLstmOnnxException($"option --max-tokens must be at least 1; found {r.GetValue(maxTokens)}.");
             var settings = new Settings(r.GetValue(model)!, r.GetValue(maxTokens), ParseRange(r.GetValue(promptTokens)), r.GetValue(promptVocab), r.GetValue(seed),
                 r.GetValue(ignoreEos), r.GetValue(temperature));
-            return Run(r.GetValue(url)!, settings, r.GetValue(clients), r.GetValue(seconds), r.GetValue(warmup), r.GetValue(maxRequests), r.GetValue(check),
-                r.GetValue(output), string.Join(' ', Environment.GetCommandLineArgs().Skip(1))).GetAwaiter().GetResult();
+            if (r.GetValue(longPrompt) < 0) throw new XLstmOnnxException($"option --long-prompt must be positive; found {r.GetValue(longPrompt)}.");
+            var plan = new Plan(r.GetValue(clients), r.GetValue(seconds), r.GetValue(warmup), r.GetValue(maxRequests), r.GetValue(check), r.GetValue(unloaded), r.GetValue(longPrompt));
+            return Run(r.GetValue(url)!, settings, plan, r.GetValue(output), string.Join(' ', Environment.GetCommandLineArgs().Skip(1))).GetAwaiter().GetResult();
         }));
         return cmd;
     }
@@ -70,36 +75,52 @@ internal static class LoadTestCommand
     /// <summary>One request's outcome; times in ms from the load's start (arrivals) or from the request's start (ttft).</summary>
     private sealed record Sample(int Index, int Status, string? Error, double StartMs, double TtftMs, double EndMs, List<double> ArrivalsMs, List<int> Ids, string Text);
 
-    private static async Task<int> Run(string url, Settings s, int clients, int seconds, double warmup, int maxRequests, int check, string? output, string command)
+    private const int UnloadedIndex = 1 << 28, LongIndex = 1 << 29;
+
+    private static async Task<int> Run(string url, Settings s, Plan plan, string? output, string command)
     {
         var uri = new Uri(url);
         if (!System.Net.IPAddress.TryParse(uri.Host, out var ip) ? uri.Host != "localhost" : !System.Net.IPAddress.IsLoopback(ip))
         {
             throw new XLstmOnnxException($"option --url must be a loopback address (127.0.0.1, ::1 or localhost); found {uri.Host}.");
         }
+        int clients = plan.Clients, seconds = plan.Seconds;
+        double warmup = plan.Warmup;
         using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients + 4 }) { BaseAddress = uri, Timeout = TimeSpan.FromSeconds(seconds + 600) };
+        var clock = Stopwatch.StartNew();
+        var unloaded = new List<Sample>();
+        for (int k = 0; k < plan.Unloaded; k++) unloaded.Add(await Send(http, s, UnloadedIndex + k, clock).ConfigureAwait(false));
+        clock.Restart();
         var samples = new System.Collections.Concurrent.ConcurrentBag<Sample>();
         int issued = 0;
-        var clock = Stopwatch.StartNew();
         var deadline = TimeSpan.FromSeconds(seconds);
-        await Task.WhenAll(Enumerable.Range(0, clients).Select(async c =>
+        var load = Enumerable.Range(0, clients).Select(async c =>
         {
             while (clock.Elapsed < deadline)
             {
                 int index = Interlocked.Increment(ref issued) - 1;
-                if (index >= maxRequests) break;
+                if (index >= plan.MaxRequests) break;
                 samples.Add(await Send(http, s, index, clock).ConfigureAwait(false));
             }
-        })).ConfigureAwait(false);
+        }).ToList();
+        Task<Sample>? longRequest = plan.LongPrompt > 0 ? Task.Run(async () =>
+        {
+            await Task.Delay(TimeSpan.FromSeconds(Math.Min(warmup, seconds / 2.0))).ConfigureAwait(false);
+            return await Send(http, s with { PromptTokens = (plan.LongPrompt, plan.LongPrompt), MaxTokens = 1 }, LongIndex, clock).ConfigureAwait(false);
+        }) : null;
+        await Task.WhenAll(load).ConfigureAwait(false);
+        var longSample = longRequest is null ? null : await longRequest.ConfigureAwait(false);
         double elapsed = clock.Elapsed.TotalSeconds;
         var all = samples.OrderBy(x => x.Index).ToList();
+        if (longSample is not null) all.Add(longSample);
         var ok = all.Where(x => x.Status == 200 && x.Error is null).ToList();
         var failed = all.Except(ok).ToList();
+        ok.Remove(longSample!);
 
         // the reference: requests served alone, one at a time, after the load
         int mismatches = 0, compared = 0;
         var firstMismatch = (string?)null;
-        foreach (var sample in ok.Take(check))
+        foreach (var sample in ok.Take(plan.Check))
         {
             var alone = await Send(http, s, sample.Index, clock).ConfigureAwait(false);
             if (alone.Status != 200 || alone.Error is not null) { firstMismatch ??= $"request {sample.Index} alone failed: {alone.Status} {alone.Error}"; mismatches++; continue; }
@@ -111,6 +132,24 @@ internal static class LoadTestCommand
             firstMismatch ??= $"request {sample.Index}: under load and alone differ from token {at} on";
         }
 
+        object? longReport = null;
+        if (longSample is { Status: 200, Error: null })
+        {
+            // the others' gaps between tokens while the long prompt was read, against those of the second before it
+            double from = longSample.StartMs, to = longSample.StartMs + longSample.TtftMs;
+            var gaps = ok.SelectMany(x => x.ArrivalsMs.Zip(x.ArrivalsMs.Skip(1), (a, b) => (a, b))).ToList();
+            var during = gaps.Where(g => g.b > from && g.a < to).Select(g => g.b - g.a).ToArray();
+            var before = gaps.Where(g => g.a >= from - 1000 && g.b <= from).Select(g => g.b - g.a).ToArray();
+            longReport = new Dictionary<string, object?>
+            {
+                ["prompt_tokens"] = plan.LongPrompt,
+                ["ttft_ms"] = longSample.TtftMs,
+                ["itl_ms_during"] = Percentiles(during),
+                ["itl_ms_mean_during"] = during.Length > 0 ? during.Average() : null,
+                ["itl_ms_before"] = Percentiles(before),
+                ["itl_ms_mean_before"] = before.Length > 0 ? before.Average() : null,
+            };
+        }
         double windowStart = Math.Min(warmup, seconds), windowEnd = seconds;
         long windowTokens = ok.Sum(x => (long)x.ArrivalsMs.Count(t => t >= windowStart * 1000 && t < windowEnd * 1000));
         long tokens = ok.Sum(x => (long)x.ArrivalsMs.Count);
@@ -138,6 +177,9 @@ internal static class LoadTestCommand
             ["ttft_ms"] = Percentiles(ttft),
             ["itl_ms"] = Percentiles(itl),
             ["e2e_ms"] = Percentiles(e2e),
+            ["unloaded_ttft_ms"] = unloaded.Count > 0 ? Percentiles([.. unloaded.Where(x => x.Status == 200).Select(x => x.TtftMs)]) : null,
+            ["unloaded_itl_ms"] = unloaded.Count > 0 ? Percentiles([.. unloaded.SelectMany(x => x.ArrivalsMs.Zip(x.ArrivalsMs.Skip(1), (a, b) => b - a))]) : null,
+            ["long_prompt"] = longReport,
         };
         string json = JsonSerializer.Serialize(result, new JsonSerializerOptions { WriteIndented = true });
         Console.WriteLine(json);

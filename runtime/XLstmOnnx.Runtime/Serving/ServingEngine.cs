@@ -319,7 +319,7 @@ public sealed class ServingEngine : IDisposable
     /// <summary>
     /// Reads prompts. Prompts whose rest is shorter than a chunk are read together, in one masked call (a masked
     /// position is an exact no-op of the recurrent form, which is all such a prompt runs), directly into the rows they
-    /// join. The others are read in pieces at batch 1, oldest first. With live sequences the pieces are paced: each
+    /// join. The others are read in pieces at batch 1: those read in one piece first, then the oldest. With live sequences the pieces are paced: each
     /// decode step earns <see cref="ServingOptions.PrefillShare"/> of its time as credit, and pieces are sized from the
     /// measured prefill speed to spend it (a short rest is read whole, going into debt). Without live sequences
     /// everything is read at once.
@@ -327,11 +327,13 @@ public sealed class ServingEngine : IDisposable
     private void Prefill()
     {
         ReadShort();
-        int k = 0;
-        while (k < _jobs.Count)
+        while (_jobs.Count > 0)
         {
             bool paced = _count > 0;
             if (paced && _credit <= 0) return;
+            // prompts that are read in one piece go first (a short request need not wait behind a long one), then the oldest
+            int k = _jobs.FindIndex(j => j.Request.Prompt.Length - j.Fed <= 4 * _chunk);
+            if (k < 0) k = 0;
             var job = _jobs[k];
             int piece = PieceLength(job, paced);
             long t0 = Stopwatch.GetTimestamp();
