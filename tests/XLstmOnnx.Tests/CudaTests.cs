@@ -123,4 +123,77 @@ public class CudaTests
         }
         Assert.That(Run(graph: true), Is.EqualTo(Run(graph: false)));
     }
+
+    /// <summary>
+    /// The serving engine on the GPU, with CUDA graphs per decode batch size: every stream under load (greedy, sampled,
+    /// penalised; rows joining, moving and leaving; prompts read in pieces) equals the same request served alone, and
+    /// the greedy ones equal the CPU engine's.
+    /// </summary>
+    [Test]
+    public void ServingOnCudaWithGraphsEqualsServedAloneAndTheCpu()
+    {
+        _ = CustomOpLibrary.Find() ?? throw new AssertionException($"{CustomOpLibrary.FileName} is not beside the tests (CUDA build of customops/).");
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "segmented"), tmp.Sub("m"),
+            new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
+        var rng = new Random(5);
+        var cases = Enumerable.Range(0, 24).Select(i => (
+            Prompt: Enumerable.Range(0, 1 + rng.Next(60)).Select(_ => 3 + rng.Next(95)).ToArray(),
+            Options: ((i % 4) switch
+            {
+                0 => new GenerationOptions { Temperature = 1.1, TopK = 20, TopP = 0.9, Seed = (ulong)i },
+                1 => new GenerationOptions { Greedy = true, RepetitionPenalty = 1.2 },
+                _ => new GenerationOptions { Greedy = true },
+            }) with { MaxNewTokens = 6 + rng.Next(20), IgnoreEos = true })).ToArray();
+        static int[] Collect(System.Threading.Channels.ChannelReader<Runtime.Serving.CompletionEvent> r) =>
+            r.ReadAllAsync().ToBlockingEnumerable().Select(e => e.Token).ToArray();
+        var options = new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefillRows = 2, PrefillChunkTokens = 8 };
+        int[][] Serve(ExecutionDevice device, bool alone)
+        {
+            using var s = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = device, CudaGraph = device == ExecutionDevice.Cuda });
+            using var engine = new Runtime.Serving.ServingEngine(s, options with { PrefixCacheBytes = alone ? 0 : null });
+            if (alone) return [.. cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options)))];
+            var readers = cases.Select(c => engine.Submit(c.Prompt, c.Options)).ToArray();
+            return [.. readers.Select(Collect)];
+        }
+        var loaded = Serve(ExecutionDevice.Cuda, alone: false);
+        Assert.That(loaded, Is.EqualTo(Serve(ExecutionDevice.Cuda, alone: true)), "under load equals alone, on the GPU");
+        var cpu = Serve(ExecutionDevice.Cpu, alone: false);
+        for (int i = 0; i < cases.Length; i++)
+        {
+            if (cases[i].Options.Greedy) Assert.That(loaded[i], Is.EqualTo(cpu[i]), $"request {i}: greedy on the GPU equals the CPU");
+        }
+    }
+
+    /// <summary>The exported sampler on the GPU chooses what it chooses on the CPU, for the same logits and draws.</summary>
+    [Test]
+    public void SamplerOnCudaEqualsCpu()
+    {
+        const int vocab = 50304, batch = 64;
+        var rng = new Random(3);
+        var logits = new float[batch * vocab];
+        for (int i = 0; i < logits.Length; i++) logits[i] = (float)(rng.NextDouble() * 8 - 4);
+        var parameters = new double[batch * SamplerModel.ParamCount];
+        var counts = new float[batch * vocab];
+        for (int r = 0; r < batch; r++)
+        {
+            var o = new GenerationOptions { Temperature = 0.6 + r % 5 * 0.2, TopK = r % 3 == 0 ? 50 : 0, TopP = r % 2 == 0 ? 0.9 : 1.0, MinP = r % 4 == 0 ? 0.05 : 0, RepetitionPenalty = r % 5 == 0 ? 1.2 : 1, Greedy = r % 7 == 0, Seed = (ulong)r };
+            new SequenceDecoder(o, new ModelManifest(), null, false).WriteParams(parameters.AsSpan(r * SamplerModel.ParamCount, SamplerModel.ParamCount));
+            for (int k = 0; k < 30; k++) counts[r * vocab + rng.Next(vocab)]++;
+        }
+        long[] Run(bool cuda)
+        {
+            using var so = new SessionOptions();
+            if (cuda) XLstmSession.AppendCuda(so, 0);
+            using var session = new InferenceSession(SamplerModel.Build(vocab), so);
+            using var l = OrtValue.CreateTensorValueFromMemory(logits, [batch, 1, vocab]);
+            using var p = OrtValue.CreateTensorValueFromMemory(parameters, [batch, SamplerModel.ParamCount]);
+            using var c = OrtValue.CreateTensorValueFromMemory(counts, [batch, vocab]);
+            using var v = OrtValue.CreateTensorValueFromMemory(new long[] { vocab }, [1]);
+            using var run = new RunOptions();
+            using var outputs = session.Run(run, [SamplerModel.Logits, SamplerModel.Params, SamplerModel.Counts, SamplerModel.VocabLimit], [l, p, c, v], [SamplerModel.NextToken]);
+            return outputs[0].GetTensorDataAsSpan<long>().ToArray();
+        }
+        Assert.That(Run(cuda: true), Is.EqualTo(Run(cuda: false)));
+    }
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Issue 11's serving run on the H200, in stages that each fit one 10-minute device call (back to back on one warm
+# machine: later stages use /tmp files of earlier ones). From the repository root, after the staged app was unpacked
+# (tools/serve/publish.sh prints the staging runs):
+#
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh build     # customops (CUDA), CUDA tests (CTest, NUnit), 7B export
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh serve     # bench (the engine) and serve under load, same run
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh profile   # kernel time of served steps, the previous engine and this one
+#
+# Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
+set -uo pipefail
+stage=${1:?stage: build, serve or profile}
+OUT=${OUT:-artifacts/gpu}
+R=/tmp/res/$stage
+mkdir -p "$R" "$OUT"
+APP=$PWD/.gpu-app                 # the published tests and CLI, inside the repository (tests find it by walking up)
+CLI=$APP/xlstm-onnx
+export XLSTM_CUSTOMOPS_PATH=/tmp/cb/libxlstm_customops.so
+M7=/tmp/m7b                       # xLSTM-7b config, random bf16 weights, custom ops, last logits, next_token
+PORT=18100
+t0=$(date +%s)
+say() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$R/summary.txt"; }
+finish() { tar czf "$OUT/$stage.tgz" -C /tmp/res "$stage"; cat "$R/summary.txt"; }
+
+serve() { # serve LABEL ARGS...: starts a server on $PORT in the background, waits until it answers
+  local label=$1; shift
+  "$@" --port $PORT --model-name x --log-level warning > "$R/serve-$label.log" 2>&1 &
+  server=$!
+  for _ in $(seq 240); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; sleep 0.5; done
+  say "server $label up: $(grep -h serving "$R/serve-$label.log" | head -1)"
+}
+stop() { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
+lt() { # lt NAME ARGS...: a load test against the server on $PORT
+  local name=$1; shift
+  "$CLI" loadtest --url http://127.0.0.1:$PORT --model-name x --out "$R/lt-$name.json" "$@" > "$R/lt-$name.log" 2>&1
+  say "loadtest $name rc=$?: $(python3 -c "import json; d=json.load(open('$R/lt-$name.json')); print({k: d.get(k) for k in ['ok', 'failed', 'checked_alone', 'mismatches_vs_alone', 'window_throughput_tokens_per_s', 'throughput_tokens_per_s']}, 'ttft p50', d['ttft_ms']['p50'], 'itl p50', d['itl_ms']['p50'])" 2>&1)"
+  curl -s 127.0.0.1:$PORT/metrics > "$R/metrics-$name.txt"
+}
+
+case $stage in
+build)
+  [[ -d $APP ]] || cp -a /tmp/xlstm/.gpu/app "$APP"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$R/gpu.txt"
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
+  say "customops build + CUDA CTest: rc=$? ($(grep -c '\[       OK \]' "$R/customops.log") OK, $(grep -c '\[  FAILED  \]' "$R/customops.log") FAILED lines)"
+  grep -E "error" "$R/build.log" | head -20
+  cp /tmp/cb/libxlstm_customops.so "$APP/"
+  bash tools/profile/build.sh /tmp/libkernel_trace.so 2>&1 | tee -a "$R/summary.txt"
+  "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" --results-directory "$R/nunit" --report-trx > "$R/nunit-cuda.log" 2>&1
+  say "NUnit CUDA tests rc=$?: $(grep -E 'total:|failed:|succeeded:|skipped:' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
+  grep -B2 -A12 "failed " "$R/nunit-cuda.log" | head -60
+  rm -rf $M7
+  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --output $M7 > "$R/export-7b.log" 2>&1
+  say "7B export rc=$?: $(grep -E '^exported' "$R/export-7b.log")"
+  ;;
+serve)
+  # the engine alone (Generator: all rows prefilled together, then greedy steps), same batch sizes as the loads below
+  "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1,8,32,64 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench.json" > "$R/bench.log" 2>&1
+  say "bench rc=$?"; tail -5 "$R/bench.log" | tee -a "$R/summary.txt"
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512 --max-prompt-tokens 20000
+  lt 64x1024 --clients 64 --seconds 50 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 4
+  lt 8x512 --clients 8 --seconds 20 --warmup-seconds 4 --max-tokens 512 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 4
+  lt long --clients 16 --seconds 25 --warmup-seconds 8 --max-tokens 4000 --prompt-tokens 64:160 --ignore-eos --long-prompt 16384 --check-alone 0
+  stop
+  serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
+  lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 8 --unloaded 6
+  stop
+  ;;
+profile)
+  # GPU kernel time (CUPTI) of a served load, the previous engine (one masked prefill over all slots, host sampling)
+  # against this one, same load; with the servers' step counts the tables give kernel time per served step
+  rm -rf /tmp/oldapp && cp -al "$APP" /tmp/oldapp && cp /tmp/xlstm/.gpu/old/*.dll /tmp/oldapp/
+  for v in old new; do
+    bin=$CLI; [[ $v == old ]] && bin=/tmp/oldapp/xlstm-onnx
+    extra=(); [[ $v == new ]] && extra=(--log-level warning)
+    CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-$v.tsv \
+      "$bin" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512 --port $PORT --model-name x "${extra[@]}" > "$R/serve-$v.log" 2>&1 &
+    server=$!
+    for _ in $(seq 240); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; sleep 0.5; done
+    "$CLI" loadtest --url http://127.0.0.1:$PORT --model-name x --clients 64 --seconds 30 --warmup-seconds 10 --max-tokens 1024 --prompt-tokens 64:160 \
+      --ignore-eos --check-alone 0 --out "$R/lt-profile-$v.json" > "$R/lt-profile-$v.log" 2>&1
+    curl -s 127.0.0.1:$PORT/metrics > "$R/metrics-profile-$v.txt"
+    stop
+    say "$v: $(python3 -c "import json; d=json.load(open('$R/lt-profile-$v.json')); print('window tok/s', d['window_throughput_tokens_per_s'], 'itl p50', d['itl_ms']['p50'])") $(grep -E '^xlstm_decode_step_seconds_(sum|count)' "$R/metrics-profile-$v.txt" | tr '\n' ' ')"
+    head -12 "$R/kernels-$v.tsv" | cut -c1-150 | tee -a "$R/summary.txt"
+  done
+  ;;
+*) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
+finish
