@@ -50,7 +50,7 @@ public class CustomOpTests
         var result = OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "segmented"), tmp.Sub("model"),
             new ExportOptions { MLstmKernels = MLstmKernels.Custom });
         var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(result.ModelPath));
-        var cells = model.Graph.Node.Where(n => n.OpType == MLstmCustomOpEmitter.ChunkwiseOp).ToList();
+        var cells = model.Graph.Node.Where(n => n.OpType == CustomOps.Chunkwise).ToList();
         Assert.Multiple(() =>
         {
             Assert.That(cells, Has.Count.EqualTo(2), "one cell per block");
@@ -62,7 +62,7 @@ public class CustomOpTests
             Assert.That(model.OpsetImport.Any(o => o.Domain == "ai.xlstm" && o.Version == 1), "opset import of ai.xlstm v1");
             // the fused fast path: one gates, one SwiGLU and one head-norm node per block; every residual add but the
             // last fused into the norm after it
-            foreach (var op in new[] { MLstmCustomOpEmitter.GatesOp, MLstmCustomOpEmitter.SwiGluOp, MLstmCustomOpEmitter.HeadNormGateOp })
+            foreach (var op in new[] { CustomOps.Gates, CustomOps.SwiGlu, CustomOps.HeadNormGate })
             {
                 Assert.That(model.Graph.Node.Count(n => n.OpType == op && n.Domain == "ai.xlstm"), Is.EqualTo(2), op);
             }
@@ -169,13 +169,13 @@ public class CustomOpTests
         var g = new OnnxGraph("mlstm");
         string[] names = ["q", "k", "v", "igate", "fgate", "C", "n", "m"];
         for (int i = 0; i < names.Length; i++) g.Input(names[i], i < 3 ? qkv : DataType.Float, null);
-        var outs = g.Node($"/{op}", op, names, 4, MLstmCustomOpEmitter.Domain,
+        var outs = g.Node($"/{op}", op, names, 4, CustomOps.Domain,
             Attr.Int("chunk_size", chunk), Attr.Int("max_inference_chunksize", 16384), Attr.Float("eps", 1e-6));
         string[] outNames = ["h", "C_out", "n_out", "m_out"];
         for (int i = 0; i < 4; i++) g.Output(outNames[i], outs[i], i == 0 ? qkv : DataType.Float, null);
         var model = new ModelProto { IrVersion = ExportOptions.IrVersion, Graph = g.Proto };
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
-        model.OpsetImport.Add(new OperatorSetIdProto { Domain = MLstmCustomOpEmitter.Domain, Version = MLstmCustomOpEmitter.DomainVersion });
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = CustomOps.Domain, Version = CustomOps.DomainVersion });
         return new InferenceSession(model.ToByteArray(), options);
     }
 

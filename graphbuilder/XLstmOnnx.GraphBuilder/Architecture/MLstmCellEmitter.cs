@@ -5,10 +5,11 @@ using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
 namespace XLstmOnnx.GraphBuilder.Architecture;
 
 /// <summary>
-/// The mLSTM cell from standard ONNX ops, on HF's native schedule (reference §4.5–4.6): the sequence is cut into
-/// segments of <c>max_inference_chunksize</c>; in each segment ⌊T/L⌋ whole chunks run in the chunkwise form and
-/// the remaining T mod L tokens in the recurrent form (which for S = 1 is the step kernel). Gate and state math
-/// is float32, m₀ = 0 means "start". Shapes use mlstm_kernels' letters: B, NH, S, DQK, DV, L.
+/// The mLSTM cell from standard ONNX ops, on HF's native schedule (<see cref="Schedule"/>; docs/hf-semantics.md,
+/// "The inference schedule"): the sequence is cut into segments of <c>max_inference_chunksize</c>; in each segment
+/// ⌊T/L⌋ whole chunks run in the chunkwise form and the remaining tokens in the recurrent form (which for S = 1 is
+/// the step kernel). Gate and state math is float32, m₀ = 0 means "start". Shapes use mlstm_kernels' letters:
+/// B, NH, S, DQK, DV, L.
 /// <code>
 ///   q,k,v,i,f ──► Loop over segments ──► Loop over chunks (chunkwise) ──► Loop over tail tokens (recurrent)
 ///   (C,n,m) carried through all three; h of each chunk/token appended along S
@@ -16,50 +17,44 @@ namespace XLstmOnnx.GraphBuilder.Architecture;
 /// </summary>
 internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
 {
+    private readonly Schedule _schedule = c.Schedule;
     private readonly long _l = c.ChunkSize;
-    private readonly float _scale = (float)Math.Pow(c.QkHeadDim, -0.5); // only q is scaled (trap 4)
+    private readonly float _scale = (float)Math.Pow(c.QkHeadDim, -0.5); // only q is scaled (docs/numerics.md, "Only q is scaled")
     private readonly float _eps = (float)c.Eps;
 
-    /// <summary>Emits the cell under <paramref name="path"/>; returns h [B,NH,S,DV] and the final C, n, m.</summary>
-    public (string H, string C, string N, string M) Emit(string path, string q, string k, string v, string iGate, string fGate,
-        string c0, string n0, string m0)
+    /// <summary>Emits the cell under <paramref name="path"/>; returns h [B,NH,S,DV] and the final state (all float32).</summary>
+    public (string H, CellState State) Emit(string path, string q, string k, string v, string iGate, string fGate, CellState past)
     {
         // log forget gate, stable: logsigmoid(f) = -softplus(-f)   [B,NH,S]
         string lf = g.Op($"{path}/logsigmoid/Neg_1", "Neg", [g.Op($"{path}/logsigmoid/Softplus", "Softplus", [g.Op($"{path}/logsigmoid/Neg_0", "Neg", [fGate])])]);
         var inputs = new CellInputs(q, k, v, iGate, lf);
         string seqLen = g.Op($"{path}/seq_len/Shape", "Shape", [q], Attr.Int("start", 2), Attr.Int("end", 3)); // [1]
-        long seg = c.MaxInferenceChunksize;
-        string nSeg = g.Op($"{path}/num_segments/Div", "Div", [g.Op($"{path}/num_segments/Add", "Add", [seqLen, g.Constant(seg - 1)]), g.Constant(seg)]);
+        string nSeg = _schedule.NumSegments(new OnnxPositionMath(g, path), seqLen);
         // h accumulates along S, starting empty: [B,NH,0,DV]
         string h0 = g.Op($"{path}/h_empty/Slice", "Slice", [v, g.Constant(0), g.Constant(0), g.Constant(2)]);
 
-        var body = g.Subgraph($"{path}/segments");
-        var (iter, carried) = LoopInputs(body, $"{path}/segments");
-        string segStart = body.Op($"{path}/segments/start/Mul", "Mul", [Vec(body, $"{path}/segments/iter", iter), g.Constant(seg)]);
-        string segEnd = body.Op($"{path}/segments/end/Min", "Min", [body.Op($"{path}/segments/end/Add", "Add", [segStart, g.Constant(seg)]), seqLen]);
-        string segLen = body.Op($"{path}/segments/len/Sub", "Sub", [segEnd, segStart]);
-        string nChunks = body.Op($"{path}/segments/num_chunks/Div", "Div", [segLen, g.Constant(_l)]);
-        string chunked = body.Op($"{path}/segments/chunked_len/Mul", "Mul", [nChunks, g.Constant(_l)]);
-        string tailLen = body.Op($"{path}/segments/tail_len/Sub", "Sub", [segLen, chunked]);
-        string tailStart = body.Op($"{path}/segments/tail_start/Add", "Add", [segStart, chunked]);
+        string sp = $"{path}/segments";
+        var body = g.Subgraph(sp);
+        var (iter, carried) = LoopInputs(body, sp);
+        var segment = _schedule.Split(new OnnxPositionMath(body, sp), Vec(body, $"{sp}/iter", iter), seqLen);
 
-        var chunkBody = EmitChunkBody(body, $"{path}/segments/chunks", inputs, segStart);
-        var afterChunks = body.Node($"{path}/segments/chunks/Loop", "Loop", [Scalar(body, $"{path}/segments/chunks/trip", nChunks), "", .. carried], 4, "",
+        var chunkBody = EmitChunkBody(body, $"{sp}/chunks", inputs, segment.Start);
+        var afterChunks = body.Node($"{sp}/chunks/Loop", "Loop", [Scalar(body, $"{sp}/chunks/trip", segment.Chunks), "", .. carried], 4, "",
             Attr.Graph("body", chunkBody));
-        var stepBody = EmitStepBody(body, $"{path}/segments/tail", inputs, tailStart);
-        var afterTail = body.Node($"{path}/segments/tail/Loop", "Loop", [Scalar(body, $"{path}/segments/tail/trip", tailLen), "", .. afterChunks], 4, "",
+        var stepBody = EmitStepBody(body, $"{sp}/tail", inputs, segment.TailStart);
+        var afterTail = body.Node($"{sp}/tail/Loop", "Loop", [Scalar(body, $"{sp}/tail/trip", segment.TailLength), "", .. afterChunks], 4, "",
             Attr.Graph("body", stepBody));
-        LoopOutputs(body, $"{path}/segments", afterTail);
+        LoopOutputs(body, sp, afterTail);
 
-        var outs = g.Node($"{path}/segments/Loop", "Loop", [Scalar(g, $"{path}/segments/trip", nSeg), "", c0, n0, m0, h0], 4, "",
+        var outs = g.Node($"{sp}/Loop", "Loop", [Scalar(g, $"{sp}/trip", nSeg), "", past.C, past.N, past.M, h0], 4, "",
             Attr.Graph("body", body));
-        return (outs[3], outs[0], outs[1], outs[2]);
+        return (outs[3], new CellState(outs[0], outs[1], outs[2]));
     }
 
     private sealed record CellInputs(string Q, string K, string V, string I, string LogF);
 
     /// <summary>
-    /// One chunk of L tokens in the chunkwise form (reference §4.4), from the chunk-start state (C, n, m):
+    /// One chunk of L tokens in the chunkwise form (docs/hf-semantics.md, "Chunkwise form"), from the chunk-start state (C, n, m):
     /// intra-chunk outputs with the stabilizer m_j = max(b_j + m, max_s(b_j − b_s + ĩ_s)), then the state at chunk end.
     /// </summary>
     private OnnxGraph EmitChunkBody(OnnxGraph parent, string p, CellInputs x, string segStart)
@@ -67,7 +62,7 @@ internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
         var b = parent.Subgraph(p);
         var (iter, st) = LoopInputs(b, p);
         string C = st[0], n = st[1], m = st[2], hAcc = st[3];
-        string p0 = b.Op($"{p}/pos/Add", "Add", [segStart, b.Op($"{p}/pos/Mul", "Mul", [Vec(b, $"{p}/iter", iter), g.Constant(_l)])]);
+        string p0 = _schedule.ChunkStart(new OnnxPositionMath(b, p), segStart, Vec(b, $"{p}/iter", iter));
         string p1 = b.Op($"{p}/pos_end/Add", "Add", [p0, g.Constant(_l)]);
         string Chunk(string name, string t) => b.Op($"{p}/{name}/Slice", "Slice", [t, p0, p1, g.Constant(2)]);
         string q = Chunk("q", x.Q), k = Chunk("k", x.K), v = Chunk("v", x.V); // [B,NH,L,DQK|DV]
@@ -82,7 +77,7 @@ internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
         string bRow = b.Op($"{p}/b_row/Unsqueeze", "Unsqueeze", [bb, g.Constant(-2)]);          // [B,NH,1,L]
         string iRow = b.Op($"{p}/i_row/Unsqueeze", "Unsqueeze", [ig, g.Constant(-2)]);          // [B,NH,1,L]
         string logD = b.Op($"{p}/logD/Add", "Add", [b.Op($"{p}/logD/Sub", "Sub", [bCol, bRow]), iRow]);
-        logD = b.Op($"{p}/logD/Where", "Where", [CausalMask(), logD, g.Constant(float.NegativeInfinity)]);
+        logD = b.Op($"{p}/logD/Where", "Where", [g.LowerTriangular(_l), logD, g.Constant(float.NegativeInfinity)]);
         string mIntra = b.Op($"{p}/m_intra/ReduceMax", "ReduceMax", [logD, g.Constant(-1)], Attr.Int("keepdims", 1)); // [B,NH,L,1]
         string mInter = b.Op($"{p}/m_inter/Add", "Add", [bCol, mPrev4]);                                            // [B,NH,L,1]
         string mj = b.Op($"{p}/m/Max", "Max", [mInter, mIntra]);
@@ -118,7 +113,7 @@ internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
         return b;
     }
 
-    /// <summary>One token in the recurrent form (reference §4.1, HF's step kernel).</summary>
+    /// <summary>One token in the recurrent form (docs/hf-semantics.md, "Recurrent step"; HF's step kernel).</summary>
     private OnnxGraph EmitStepBody(OnnxGraph parent, string p, CellInputs x, string tailStart)
     {
         var b = parent.Subgraph(p);
@@ -150,21 +145,12 @@ internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
         return b;
     }
 
-    /// <summary>h = num / (max(|q·n|, exp(−m)) + eps): eps outside the max (trap 2), abs kept (trap 3).</summary>
+    /// <summary>h = num / (max(|q·n|, exp(−m)) + eps): eps outside the max, abs kept (docs/numerics.md, "The denominator").</summary>
     private string Normalize(OnnxGraph b, string p, string num, string qn, string m)
     {
         string floor = b.Op($"{p}/den/Exp", "Exp", [b.Op($"{p}/den/Neg", "Neg", [m])]);
         string den = b.Op($"{p}/den/Add", "Add", [b.Op($"{p}/den/Max", "Max", [b.Op($"{p}/den/Abs", "Abs", [qn]), floor]), g.Constant(_eps)]);
         return b.Op($"{p}/h/Div", "Div", [num, den]);
-    }
-
-    /// <summary>[L, L] lower-triangular mask including the diagonal (s ≤ j).</summary>
-    private string CausalMask()
-    {
-        var mask = new bool[_l * _l];
-        for (long j = 0; j < _l; j++)
-            for (long s = 0; s <= j; s++) mask[j * _l + s] = true;
-        return g.ConstantTensor($"/model/constants/BOOL/causal_mask_{_l}", [_l, _l], mask);
     }
 
     /// <summary>Declares Loop body inputs: iteration (int64 scalar), condition, then C, n, m, h (float32).</summary>
@@ -191,4 +177,15 @@ internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
 
     /// <summary>A [1] int64 vector as a 0-D scalar (Loop's trip count).</summary>
     private string Scalar(OnnxGraph b, string p, string vec) => b.Op($"{p}/Reshape", "Reshape", [vec, g.Constant([])]);
+}
+
+/// <summary>Position arithmetic as int64 [1] nodes of <paramref name="graph"/>, named <c>{path}/{what}/{Op}</c>.</summary>
+internal sealed class OnnxPositionMath(OnnxGraph graph, string path) : IPositionMath<string>
+{
+    public string Const(long value) => graph.Constant(value);
+    public string Add(string what, string a, string b) => graph.Op($"{path}/{what}/Add", "Add", [a, b]);
+    public string Sub(string what, string a, string b) => graph.Op($"{path}/{what}/Sub", "Sub", [a, b]);
+    public string Mul(string what, string a, string b) => graph.Op($"{path}/{what}/Mul", "Mul", [a, b]);
+    public string Div(string what, string a, string b) => graph.Op($"{path}/{what}/Div", "Div", [a, b]); // int64: truncates (= floor, operands ≥ 0)
+    public string Min(string what, string a, string b) => graph.Op($"{path}/{what}/Min", "Min", [a, b]);
 }

@@ -2,7 +2,7 @@ using XLstmOnnx.GraphBuilder.Config;
 
 namespace XLstmOnnx.GraphBuilder.Checkpoint;
 
-/// <summary>What a weight does in the graph. Projections are always fused (one MatMul for q/k/v/o, one for i/f, one
+/// <summary>What a weight does in the graph. Projections are always concatenated (one Gemm for q/k/v/o, one for i/f, one
 /// for the FFN's gate and up), whatever the checkpoint's <c>weight_mode</c>.</summary>
 public enum WeightRole
 {
@@ -45,7 +45,7 @@ public sealed class WeightTable
     {
         long V = _c.VocabSize, E = _c.EmbeddingDim, H = _c.HiddenSize, NH = _c.NumHeads;
         long QK = _c.QkDim, DV = _c.VDim, UP = _c.FfnDim;
-        bool bias = _c.UseBias, fused = _c.IsFused;
+        bool bias = _c.UseBias, concatenated = _c.ConcatenatedWeights; // weight_mode "fused"
         var rows = new List<Row>
         {
             new(WeightRole.Embedding, -1, [new("backbone.embeddings.weight", [V, E])], true),
@@ -59,16 +59,16 @@ public sealed class WeightTable
             Part P(string name, params long[] shape) => new(name, shape);
             rows.Add(new(WeightRole.NormMlstm, i, [P(b + "norm_mlstm.weight", H)], true));
             rows.Add(new(WeightRole.NormMlstmBias, i, [P(b + "norm_mlstm.bias", H)], bias));
-            rows.Add(new(WeightRole.QkvoProj, i, fused
+            rows.Add(new(WeightRole.QkvoProj, i, concatenated
                 ? [P(m + "qkv_opreact.weight", 2 * QK + 2 * DV, H)]
                 : [P(m + "q.weight", QK, H), P(m + "k.weight", QK, H), P(m + "v.weight", DV, H), P(m + "ogate_preact.weight", DV, H)], true));
-            rows.Add(new(WeightRole.QkvoProjBias, i, fused
+            rows.Add(new(WeightRole.QkvoProjBias, i, concatenated
                 ? [P(m + "qkv_opreact.bias", 2 * QK + 2 * DV)]
                 : [P(m + "q.bias", QK), P(m + "k.bias", QK), P(m + "v.bias", DV), P(m + "ogate_preact.bias", DV)], bias));
-            rows.Add(new(WeightRole.IfGate, i, fused
+            rows.Add(new(WeightRole.IfGate, i, concatenated
                 ? [P(m + "ifgate_preact.weight", 2 * NH, H)]
                 : [P(m + "igate_preact.weight", NH, H), P(m + "fgate_preact.weight", NH, H)], true));
-            rows.Add(new(WeightRole.IfGateBias, i, fused // the gate linears always have a bias
+            rows.Add(new(WeightRole.IfGateBias, i, concatenated // the gate linears always have a bias
                 ? [P(m + "ifgate_preact.bias", 2 * NH)]
                 : [P(m + "igate_preact.bias", NH), P(m + "fgate_preact.bias", NH)], true));
             rows.Add(new(WeightRole.MultiheadNorm, i, [P(m + "multihead_norm.weight", DV)], true));
@@ -77,10 +77,10 @@ public sealed class WeightTable
             rows.Add(new(WeightRole.OutProjBias, i, [P(m + "out_proj.bias", H)], bias));
             rows.Add(new(WeightRole.NormFfn, i, [P(b + "norm_ffn.weight", H)], true));
             rows.Add(new(WeightRole.NormFfnBias, i, [P(b + "norm_ffn.bias", H)], bias));
-            rows.Add(new(WeightRole.FfnUpGateZ, i, fused
+            rows.Add(new(WeightRole.FfnUpGateZ, i, concatenated
                 ? [P(b + "ffn.proj_up_gate_z.weight", 2 * UP, H)]
                 : [P(b + "ffn.proj_up_gate.weight", UP, H), P(b + "ffn.proj_up.weight", UP, H)], true));
-            rows.Add(new(WeightRole.FfnUpGateZBias, i, fused
+            rows.Add(new(WeightRole.FfnUpGateZBias, i, concatenated
                 ? [P(b + "ffn.proj_up_gate_z.bias", 2 * UP)]
                 : [P(b + "ffn.proj_up_gate.bias", UP), P(b + "ffn.proj_up.bias", UP)], bias));
             rows.Add(new(WeightRole.FfnDown, i, [P(b + "ffn.proj_down.weight", H, UP)], true));

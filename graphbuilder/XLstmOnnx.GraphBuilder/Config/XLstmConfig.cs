@@ -45,7 +45,7 @@ public sealed record XLstmConfig
     public string StepKernel { get; init; } = "native";
     /// <summary>"train", "train_with_padding" or "inference". Exports always have inference semantics.</summary>
     public string Mode { get; init; } = "inference";
-    /// <summary>Chunk length L of the chunkwise form.</summary>
+    /// <summary>Chunk length L of the chunkwise form (HF's default; the one place it is written).</summary>
     public long ChunkSize { get; init; } = 64;
     /// <summary>Only read by HF in train modes.</summary>
     public bool ReturnLastStates { get; init; } = true;
@@ -92,8 +92,13 @@ public sealed record XLstmConfig
     public long CacheVDim => PythonMath.RoundUpToNextMultipleOf(HiddenSize * VDimFactor, 64);
     /// <summary>FFN width: round_up(H * ffn_proj_factor, ffn_round_up_to_multiple_of), Python float math (10944 for 7B).</summary>
     public long FfnDim => PythonMath.RoundUpToNextMultipleOf(HiddenSize * FfnProjFactor, FfnRoundUpToMultipleOf);
-    /// <summary>True when weights are stored concatenated (<c>weight_mode = "fused"</c>).</summary>
-    public bool IsFused => WeightMode == "fused";
+    /// <summary>
+    /// True when the checkpoint stores its projections concatenated (HF's <c>weight_mode = "fused"</c>): a storage
+    /// layout of the weights only, unrelated to the fused kernels of the ONNX Runtime fast path.
+    /// </summary>
+    public bool ConcatenatedWeights => WeightMode == "fused";
+    /// <summary>HF's inference schedule of the cell: <see cref="ChunkSize"/> and <see cref="MaxInferenceChunksize"/>.</summary>
+    public Schedule Schedule => new(ChunkSize, MaxInferenceChunksize);
 
     /// <summary>Reads and validates <paramref name="path"/> (an HF config.json).</summary>
     public static XLstmConfig Load(string path)
@@ -209,8 +214,7 @@ public sealed record XLstmConfig
         }
         if (NormEps <= 0 || double.IsNaN(NormEps)) Fail("norm_eps", "a positive number", NormEps);
         if (Eps < 0 || double.IsNaN(Eps)) Fail("eps", "a non-negative number", Eps);
-        if (ChunkSize <= 0) Fail("chunk_size", "a positive integer", ChunkSize);
-        if (MaxInferenceChunksize <= 0) Fail("max_inference_chunksize", "a positive integer", MaxInferenceChunksize);
+        if (Schedule.Invalid(ChunkSize, MaxInferenceChunksize) is { } schedule) Fail(schedule.Field, "a positive integer", schedule.Value);
         if (FfnProjFactor <= 0) Fail("ffn_proj_factor", "a positive number", FfnProjFactor);
         if (FfnRoundUpToMultipleOf <= 0) Fail("ffn_round_up_to_multiple_of", "a positive integer", FfnRoundUpToMultipleOf);
         if (FfnDim <= 0) Fail("ffn_proj_factor", "large enough for a positive FFN width", FfnProjFactor);

@@ -72,7 +72,7 @@ public sealed record ModelManifest
         Dtype = o.Dtype,
         Quantization = o.QuantizeBits is { } bits ? $"int{bits}-block{o.QuantizeBlockSize}" : null,
         MLstmKernels = o.MLstmKernels.ToString().ToLowerInvariant(),
-        CustomOpDomain = o.MLstmKernels == Export.MLstmKernels.Custom ? $"{MLstmCustomOpEmitter.Domain}:{MLstmCustomOpEmitter.DomainVersion}" : null,
+        CustomOpDomain = o.MLstmKernels == Export.MLstmKernels.Custom ? $"{CustomOps.Domain}:{CustomOps.DomainVersion}" : null,
         Input = o.InputsEmbeds ? StateNames.InputsEmbeds : StateNames.InputIds,
         AttentionMask = o.AttentionMask,
         Logits = o.LastLogitsOnly ? "last" : "all",

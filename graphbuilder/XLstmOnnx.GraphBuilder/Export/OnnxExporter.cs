@@ -81,7 +81,7 @@ public static class OnnxExporter
             if (graph.Proto.Node.Any(n => n.Domain == "com.microsoft")) model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.microsoft", Version = 1 });
             if (options.MLstmKernels == MLstmKernels.Custom)
             {
-                model.OpsetImport.Add(new OperatorSetIdProto { Domain = MLstmCustomOpEmitter.Domain, Version = MLstmCustomOpEmitter.DomainVersion });
+                model.OpsetImport.Add(new OperatorSetIdProto { Domain = CustomOps.Domain, Version = CustomOps.DomainVersion });
             }
             WriteWeights(graph, staging, external, weightBytes, progress, cancel);
             using (var fs = new FileStream(Path.Combine(staging, ModelFile), FileMode.CreateNew, FileAccess.Write))

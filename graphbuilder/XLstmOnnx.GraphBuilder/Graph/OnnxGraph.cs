@@ -68,7 +68,6 @@ public sealed class OnnxGraph
         return outs;
     }
 
-    /// <summary>Adds a single-output node and returns the output's name.</summary>
     /// <summary>A node whose optional outputs are left out where <paramref name="used"/> is false (their names come back empty).</summary>
     public string[] NodeWithOptionalOutputs(string name, string opType, IReadOnlyList<string> inputs, bool[] used, string domain = "", params Attr[] attrs)
     {
@@ -83,34 +82,53 @@ public sealed class OnnxGraph
         return outs;
     }
 
+    /// <summary>Adds a single-output node and returns the output's name.</summary>
     public string Op(string name, string opType, IReadOnlyList<string> inputs, params Attr[] attrs) =>
         Node(name, opType, inputs, 1, "", attrs)[0];
 
     /// <summary>A float32 scalar constant, created once: <c>/model/constants/FLOAT/{value}</c>.</summary>
     public string Constant(float value) => Root.ConstantCore(
-        $"/model/constants/FLOAT/{value.ToString("R", CultureInfo.InvariantCulture)}", DataType.Float, [],
+        $"{ConstantPrefix(DataType.Float)}{value.ToString("R", CultureInfo.InvariantCulture)}", DataType.Float, [],
         MemoryMarshal.AsBytes(new[] { value }.AsSpan()).ToArray());
 
     /// <summary>An int64 1-D constant (shapes, axes, indices), created once.</summary>
     public string Constant(params long[] values) => Root.ConstantCore(
-        $"/model/constants/INT64/[{string.Join(",", values)}]", DataType.Int64, [values.Length],
+        $"{ConstantPrefix(DataType.Int64)}[{string.Join(",", values)}]", DataType.Int64, [values.Length],
         MemoryMarshal.AsBytes(values.AsSpan()).ToArray());
 
     /// <summary>An int64 scalar (0-D) constant, created once.</summary>
     public string ScalarInt64(long value) => Root.ConstantCore(
-        $"/model/constants/INT64/{value}", DataType.Int64, [], BitConverter.GetBytes(value));
+        $"{ConstantPrefix(DataType.Int64)}{value}", DataType.Int64, [], BitConverter.GetBytes(value));
 
     /// <summary>A bool scalar constant.</summary>
     public string ScalarBool(bool value) => Root.ConstantCore(
-        $"/model/constants/BOOL/{value}", DataType.Bool, [], [value ? (byte)1 : (byte)0]);
+        $"{ConstantPrefix(DataType.Bool)}{value}", DataType.Bool, [], [value ? (byte)1 : (byte)0]);
 
-    /// <summary>A float32 constant of any shape under <paramref name="name"/>, created once per name.</summary>
-    public string ConstantTensor(string name, long[] shape, float[] values) => Root.ConstantCore(
-        name, DataType.Float, shape, MemoryMarshal.AsBytes(values.AsSpan()).ToArray());
+    /// <summary>
+    /// A vector of <paramref name="length"/> copies of <paramref name="value"/> in <paramref name="type"/> (float32,
+    /// float16 or bfloat16), created once: <c>/model/constants/FLOAT16/1x32</c> is 32 ones in float16.
+    /// </summary>
+    public string Filled(float value, long length, DataType type)
+    {
+        var values = new float[length];
+        Array.Fill(values, value);
+        string name = $"{ConstantPrefix(type)}{value.ToString("R", CultureInfo.InvariantCulture)}x{length}";
+        return Root.ConstantCore(name, type, [length], WeightBytes.Encode(values, type));
+    }
 
-    /// <summary>A bool constant of any shape under <paramref name="name"/>, created once per name.</summary>
-    public string ConstantTensor(string name, long[] shape, bool[] values) => Root.ConstantCore(
-        name, DataType.Bool, shape, values.Select(b => b ? (byte)1 : (byte)0).ToArray());
+    /// <summary>The bool [n, n] matrix that is true on and below the diagonal, created once: <c>/model/constants/BOOL/tril_8x8</c>.</summary>
+    public string LowerTriangular(long n)
+    {
+        var mask = new byte[n * n];
+        for (long j = 0; j < n; j++)
+        {
+            for (long s = 0; s <= j; s++) mask[j * n + s] = 1;
+        }
+        return Root.ConstantCore($"{ConstantPrefix(DataType.Bool)}tril_{n}x{n}", DataType.Bool, [n, n], mask);
+    }
+
+    /// <summary>Where constants of <paramref name="type"/> are named: <c>/model/constants/{TYPE}/</c>, the type as ONNX spells it.</summary>
+    public static string ConstantPrefix(DataType type) => $"/model/constants/{type.ToString().ToUpperInvariant()}/";
 
     private string ConstantCore(string name, DataType type, long[] shape, byte[] raw)
     {
@@ -149,11 +167,6 @@ public sealed class OnnxGraph
         RawWeights.Add((name, type, shape, bytes, make));
         return name;
     }
-
-    /// <summary>A constant of any shape in float32, float16 or bfloat16 under <paramref name="name"/>, created once per name.</summary>
-    public string ConstantTensor(string name, long[] shape, float[] values, DataType type) => type == DataType.Float
-        ? ConstantTensor(name, shape, values)
-        : Root.ConstantCore(name, type, shape, WeightBytes.Encode(values, type));
 
     /// <summary>Declares a graph input. A dim is a long (fixed), a string (symbolic) or null (unknown).</summary>
     public string Input(string name, DataType type, params object?[]? dims)

@@ -1,0 +1,22 @@
+namespace XLstmOnnx.GraphBuilder.Architecture;
+
+/// <summary>
+/// Our custom-op domain (customops/, libxlstm_customops.so): its name, version and ops, as exported graphs name them.
+/// Attributes and shapes: docs/exported-graph.md, "Custom ops".
+/// </summary>
+public static class CustomOps
+{
+    /// <summary>The domain; the model imports it at <see cref="DomainVersion"/>.</summary>
+    public const string Domain = "ai.xlstm";
+    public const int DomainVersion = 1;
+    /// <summary>The mLSTM cell on HF's schedule, any S ≥ 1 (S = 1: the step).</summary>
+    public const string Chunkwise = "MLstmChunkwise";
+    /// <summary>The mLSTM cell for one token (S = 1 only), for graphs that only decode; the exporter does not emit it.</summary>
+    public const string Step = "MLstmStep";
+    /// <summary>Gate soft cap, attention mask and head layout in one op.</summary>
+    public const string Gates = "MLstmGates";
+    /// <summary>silu(gate) ⊙ z over the fused FFN up projection.</summary>
+    public const string SwiGlu = "SwiGlu";
+    /// <summary>σ(o) ⊙ MultiHeadLayerNorm(h): the mLSTM layer's output before out_proj.</summary>
+    public const string HeadNormGate = "MultiHeadNormGate";
+}
