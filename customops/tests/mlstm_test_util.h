@@ -1,5 +1,6 @@
-// Test helpers: random problems with model-like gates, a plain double-precision recurrent reference (reference
-// §4.1 applied token by token: the definition the chunkwise form must reproduce), and error measures.
+// Test helpers: random problems with model-like gates, a plain double-precision recurrent reference (the recurrent
+// step of docs/hf-semantics.md applied token by token: the definition the chunkwise form must reproduce), and error
+// measures.
 #pragma once
 
 #include <algorithm>

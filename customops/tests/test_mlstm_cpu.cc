@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -142,6 +145,44 @@ TEST(MLstmCpu, ScheduleIsHfs) {
   EXPECT_EQ(SchedulePiece(0, 300, 128, 16384, 64), 64);   // a chunk larger than the kernel's tile is split
   EXPECT_EQ(SchedulePiece(64, 300, 128, 16384, 64), 64);
   EXPECT_EQ(SchedulePiece(256, 300, 128, 16384, 64), 1);  // 300 = 2·128 + 44 recurrent tokens
+}
+
+// The table the C# Schedule is tested against too (tests/golden/hf_schedule.txt): "S L SEGMENT: C8x2 R1x5 ...".
+TEST(MLstmCpu, ScheduleEqualsTheSharedTable) {
+  std::ifstream table(XLSTM_SCHEDULE_TABLE);
+  ASSERT_TRUE(table.good()) << "cannot read " << XLSTM_SCHEDULE_TABLE;
+  int cases = 0;
+  for (std::string line; std::getline(table, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream in(line);
+    int64_t S = 0, L = 0, segment = 0;
+    char colon = 0;
+    in >> S >> L >> segment >> colon;
+    ASSERT_EQ(colon, ':') << line;
+    std::string runs;
+    std::string last;
+    int count = 0;
+    auto flush = [&] {
+      if (count > 0) runs += (runs.empty() ? "" : " ") + last + "x" + std::to_string(count);
+    };
+    for (int64_t t = 0; t < S;) {
+      const int64_t len = SchedulePiece(t, S, L, segment, /*max_piece=*/L);
+      const std::string kind = (ScheduleIsChunk(t, S, L, segment) ? "C" : "R") + std::to_string(len);
+      if (kind == last) {
+        ++count;
+      } else {
+        flush();
+        last = kind, count = 1;
+      }
+      t += len;
+    }
+    flush();
+    std::string expected;
+    std::getline(in >> std::ws, expected);
+    EXPECT_EQ(runs, expected) << "S=" << S << " L=" << L << " segment=" << segment;
+    ++cases;
+  }
+  EXPECT_GE(cases, 100) << XLSTM_SCHEDULE_TABLE;
 }
 
 TEST(MLstmCpu, ThreadedEqualsSerial) {

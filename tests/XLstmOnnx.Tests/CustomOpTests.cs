@@ -164,13 +164,13 @@ public class CustomOpTests
     // ---- the op on its own: one node, inputs given by hand ----------------------------------------------------
 
     /// <summary>A model of one ai.xlstm node with free dims; q, k, v and h in <paramref name="qkv"/>.</summary>
-    private static InferenceSession OneNode(string op, DataType qkv, SessionOptions options, long chunk = 4)
+    private static InferenceSession OneNode(string op, DataType qkv, SessionOptions options, long chunk = 4, string? without = null)
     {
         var g = new OnnxGraph("mlstm");
         string[] names = ["q", "k", "v", "igate", "fgate", "C", "n", "m"];
         for (int i = 0; i < names.Length; i++) g.Input(names[i], i < 3 ? qkv : DataType.Float, null);
-        var outs = g.Node($"/{op}", op, names, 4, CustomOps.Domain,
-            Attr.Int("chunk_size", chunk), Attr.Int("max_inference_chunksize", 16384), Attr.Float("eps", 1e-6));
+        Attr[] attrs = [Attr.Int("chunk_size", chunk), Attr.Int("max_inference_chunksize", 16384), Attr.Float("eps", 1e-6)];
+        var outs = g.Node($"/{op}", op, names, 4, CustomOps.Domain, [.. attrs.Where(a => a.Proto.Name != without)]);
         string[] outNames = ["h", "C_out", "n_out", "m_out"];
         for (int i = 0; i < 4; i++) g.Output(outNames[i], outs[i], i == 0 ? qkv : DataType.Float, null);
         var model = new ModelProto { IrVersion = ExportOptions.IrVersion, Graph = g.Proto };
@@ -235,6 +235,48 @@ public class CustomOpTests
         using var step = OneNode("MLstmStep", DataType.Float, options);
         e = Assert.Throws<OnnxRuntimeException>(() => RunFloat(step, Inputs(1, 2, 3, 4, 6)))!;
         Assert.That(e.Message, Does.Contain("MLstmStep").And.Contain("input 'q'").And.Contain("[1,2,3,4]").And.Contain("S = 1"));
+    }
+
+    [TestCase(CustomOps.Chunkwise, "chunk_size")]
+    [TestCase(CustomOps.Chunkwise, "max_inference_chunksize")]
+    [TestCase(CustomOps.Chunkwise, "eps")]
+    [TestCase(CustomOps.Step, "eps")]
+    public void MissingCellAttributeIsAnErrorNamingTheOpAndTheAttribute(string op, string attribute)
+    {
+        using var options = OptionsWithLibrary();
+        using var session = OneNode(op, DataType.Float, options, without: attribute);
+        var e = Assert.Throws<OnnxRuntimeException>(() => RunFloat(session, Inputs(1, 2, 1, 4, 6)))!;
+        Assert.That(e.Message, Does.Contain($"{op}: attribute '{attribute}'").And.Contain("is missing"));
+    }
+
+    [TestCase(CustomOps.Gates, "soft_cap")]
+    [TestCase(CustomOps.HeadNormGate, "eps")]
+    public void MissingFusedOpAttributeIsAnErrorNamingTheOpAndTheAttribute(string op, string attribute)
+    {
+        using var options = OptionsWithLibrary();
+        var g = new OnnxGraph("fused");
+        string[] inputs = op == CustomOps.Gates ? ["gates", "attention_mask"] : ["h", "o", "weight", "bias"];
+        foreach (var name in inputs) g.Input(name, name == "attention_mask" ? DataType.Int64 : DataType.Float, null);
+        var outs = g.Node($"/{op}", op, inputs, op == CustomOps.Gates ? 2 : 1, CustomOps.Domain);
+        for (int i = 0; i < outs.Length; i++) g.Output($"out_{i}", outs[i], DataType.Float, null);
+        var model = new ModelProto { IrVersion = ExportOptions.IrVersion, Graph = g.Proto };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = CustomOps.Domain, Version = CustomOps.DomainVersion });
+        using var session = new InferenceSession(model.ToByteArray(), options);
+        // B = 1, S = 2, NH = 2, DV = 3
+        var values = op == CustomOps.Gates
+            ? new[] { OrtValue.CreateTensorValueFromMemory(new float[8], [2, 4]), OrtValue.CreateTensorValueFromMemory(new long[] { 1, 1 }, [1, 2]) }
+            : [OrtValue.CreateTensorValueFromMemory(new float[12], [1, 2, 2, 3]), OrtValue.CreateTensorValueFromMemory(new float[12], [2, 6]),
+               OrtValue.CreateTensorValueFromMemory(new float[6], [6]), OrtValue.CreateTensorValueFromMemory(new float[6], [6])];
+        try
+        {
+            var e = Assert.Throws<OnnxRuntimeException>(() => session.Run(new RunOptions(), inputs, values, [.. outs.Select((_, i) => $"out_{i}")]).Dispose())!;
+            Assert.That(e.Message, Does.Contain($"{op}: attribute '{attribute}'").And.Contain("is missing"));
+        }
+        finally
+        {
+            foreach (var v in values) v.Dispose();
+        }
     }
 
     [Test]

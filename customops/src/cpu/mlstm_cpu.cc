@@ -77,7 +77,7 @@ class HeadCell {
   float K(int64_t t, int64_t d) const { return ToFloat(k_[t * DK_ + d]); }
   float V(int64_t t, int64_t e) const { return ToFloat(v_[t * DV_ + e]); }
 
-  /// Reference §4.1 (mlstm_recurrent_step_native).
+  /// docs/hf-semantics.md, "Recurrent step" (HF's mlstm_recurrent_step_native).
   void Step(int64_t t) {
     const float scaI = i_[t];
     const float scaF_log = LogSigmoid(f_[t]);
@@ -104,8 +104,8 @@ class HeadCell {
     scaM_ = scaM_new;
   }
 
-  /// Reference §4.4 for one chunk of len tokens starting at t0: outputs from the chunk-start state, then the state
-  /// at the chunk's end.
+  /// docs/hf-semantics.md, "Chunkwise form", for one chunk of len tokens starting at t0: outputs from the
+  /// chunk-start state, then the state at the chunk's end.
   void Chunk(int64_t t0, int64_t len) {
     vecB_.resize(len);
     vecI_.resize(len);
@@ -206,9 +206,7 @@ void RunAll(const MLstmParams& p, const ParallelFor& parallel_for) {
 }
 
 void Check(const MLstmParams& p) {
-  if (p.seq < 1) throw std::invalid_argument("mLSTM: the sequence length must be at least 1");
-  if (p.chunk_size < 1) throw std::invalid_argument("mLSTM: chunk_size must be at least 1");
-  if (p.max_inference_chunksize < 1) throw std::invalid_argument("mLSTM: max_inference_chunksize must be at least 1");
+  if (const char* error = MLstmParamsError(p)) throw std::invalid_argument(error);
 }
 
 }  // namespace

@@ -21,7 +21,7 @@ struct GatesParams {
   float* igate = nullptr;
   float* fgate = nullptr;
   int64_t batch = 0, seq = 0, heads = 0;
-  float soft_cap = 0.0f;
+  float soft_cap = 0.0f;  // HF's gate_soft_cap, 0 for none: set from the op's attribute
 };
 
 /// y[n, j] = silu(x[n, j]) · x[n, F + j] for x [N, 2F] (gate columns first, then z), y [N, F]: HF's FFN
@@ -46,7 +46,7 @@ struct HeadNormGateParams {
   const void* bias = nullptr;
   void* y = nullptr;
   int64_t batch = 0, heads = 0, seq = 0, dv = 0;
-  float eps = 1e-6f;
+  float eps = -1.0f;  // HF's norm_eps: set from the op's attribute (no default)
 };
 
 }  // namespace xlstm

@@ -36,7 +36,7 @@ const char* MLstmChunkwiseKernelName(const MLstmParams& p) {
 }
 
 cudaError_t LaunchMLstmChunkwiseFw(const MLstmParams& p, cudaStream_t stream) {
-  if (p.seq < 1 || p.chunk_size < 1 || p.max_inference_chunksize < 1) return cudaErrorInvalidValue;
+  if (MLstmParamsError(p) != nullptr) return cudaErrorInvalidValue;
   if (p.seq == 1) return LaunchMLstmStepFw(p, stream);
   const bool tensor_core = p.cuda_path == CudaPath::kTensorCore ||
                            (p.cuda_path == CudaPath::kAuto && MLstmTensorCoreSupports(p));

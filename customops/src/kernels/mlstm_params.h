@@ -53,21 +53,34 @@ struct MLstmParams {
   int64_t seq = 0;                 // S (≥ 1)
   int64_t dqk = 0;                 // DQK
   int64_t dv = 0;                  // DV
-  int64_t chunk_size = 64;         // L: HF's chunk_size
-  int64_t max_inference_chunksize = 16384;  // HF's segment length (model-level segmentation)
-  float eps = 1e-6f;               // added to the denominator after the max (reference trap 2)
-  float qk_scale = 0.0f;           // DQK^-0.5, applied to q only (trap 4)
+  // The schedule settings and eps have no defaults here: they come from the node's attributes (the exporter writes
+  // the model's config.json values), and MLstmParamsError refuses a call that did not set them.
+  int64_t chunk_size = 0;               // L: HF's chunk_size (≥ 1)
+  int64_t max_inference_chunksize = 0;  // HF's segment length, model-level segmentation (≥ 1)
+  float eps = -1.0f;                    // ≥ 0, added to the denominator after the max (docs/numerics.md, "The denominator")
+  float qk_scale = 0.0f;                // DQK^-0.5, applied to q only (docs/numerics.md, "Only q is scaled")
   CudaPath cuda_path = CudaPath::kAuto;
 };
+
+/// Why the cell cannot run with p (a sequence length, schedule setting or eps that is not set or out of range),
+/// or nullptr. The ops check their attributes first and name them; this is the kernels' own precondition.
+inline const char* MLstmParamsError(const MLstmParams& p) {
+  if (p.seq < 1) return "mLSTM: the sequence length S must be at least 1";
+  if (p.chunk_size < 1) return "mLSTM: chunk_size must be at least 1 (not set?)";
+  if (p.max_inference_chunksize < 1) return "mLSTM: max_inference_chunksize must be at least 1 (not set?)";
+  if (!(p.eps >= 0.0f)) return "mLSTM: eps must be a non-negative number (not set?)";
+  return nullptr;
+}
 
 /// DQK^-0.5 as HF computes it (a Python float, rounded to float32 when it meets a float32 tensor).
 inline float QkScale(int64_t dqk) { return static_cast<float>(std::pow(static_cast<double>(dqk), -0.5)); }
 
-/// HF's native schedule, token by token: the sequence is cut into segments of max_inference_chunksize; in each
-/// segment of T tokens the first ⌊T/L⌋·L run in the chunkwise form, chunk by chunk, and the rest one token at a time
-/// in the recurrent form (a segment of one token is HF's step kernel: the same math). Returns the length of the
+/// HF's native schedule (docs/hf-semantics.md, "The inference schedule"), token by token: the sequence is cut into
+/// segments of max_inference_chunksize; in each segment of T tokens the first ⌊T/L⌋·L run in the chunkwise form,
+/// chunk by chunk, and the rest one token at a time in the recurrent form (a segment of one token is HF's step kernel: the same math). Returns the length of the
 /// piece that starts at token t: a chunk of L tokens (cut to at most max_piece when L is larger: the chunkwise form
-/// is exact over any split), or 1 for a recurrent token.
+/// is exact over any split), or 1 for a recurrent token. The C# Schedule (graph builder) states the same rules; both
+/// are tested against tests/golden/hf_schedule.txt.
 XLSTM_HOST_DEVICE inline int64_t SchedulePiece(int64_t t, int64_t seq, int64_t chunk, int64_t segment, int64_t max_piece) {
   const int64_t seg0 = (t / segment) * segment;
   const int64_t seg_len = (seq - seg0 < segment) ? seq - seg0 : segment;

@@ -1,10 +1,13 @@
-// The mLSTM decode step (S = 1), reference §4.1: a pure bandwidth problem (C is read and written once).
+// The mLSTM decode step (S = 1), docs/hf-semantics.md "Recurrent step": a pure bandwidth problem (C is read and
+// written once).
 //
 // Grid: one CTA per (b·NH + head, DV tile of DVT columns); 256 threads = TX column groups of 4 × TY rows of DQK.
 // Each thread streams its rows of C with 16-byte loads (U rows in flight), writes C' = f'·C + i'·k vᵀ, and
 // accumulates (q·s)ᵀC' for its 4 columns in double; the TY partial sums are reduced in shared memory. (Double sums cost
 // nothing here, the kernel is bound by reading C, and keep float32 models within 1e-4 of transformers.) n', m' and q·n' are
 // recomputed by every CTA of the head (DQK-long, negligible); the tile-0 CTA writes n' and m'.
+#include <atomic>
+
 #include "kernels/mlstm_cuda_common.cuh"
 #include "kernels/mlstm_fw.cuh"
 
@@ -12,6 +15,26 @@ namespace xlstm {
 namespace {
 
 constexpr int kStepThreads = 256;
+
+/// The current device's number of streaming multiprocessors, asked once per device and then cached, so a warm
+/// launch (as under CUDA-graph capture) makes no attribute query; cudaGetDevice only reads the thread's current
+/// device, which ONNX Runtime's CUDA provider sets to the session's device before it runs a kernel.
+cudaError_t CurrentDeviceSmCount(int* sm_count) {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cache[kCachedDevices];  // 0: not asked yet (static storage starts zeroed)
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const bool cacheable = device >= 0 && device < kCachedDevices;
+  int count = cacheable ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (count <= 0) {
+    err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    if (cacheable) cache[device].store(count, std::memory_order_relaxed);
+  }
+  *sm_count = count;
+  return cudaSuccess;
+}
 
 template <typename T, int DVT>
 __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParams p, int num_tiles) {
@@ -144,8 +167,11 @@ cudaError_t LaunchStep(const MLstmParams& p, cudaStream_t stream) {
 cudaError_t LaunchMLstmStepFw(const MLstmParams& p, cudaStream_t stream) {
   if (p.seq != 1) return cudaErrorInvalidValue;
   if (p.batch * p.heads == 0) return cudaSuccess;
-  // Wide tiles when there are enough CTAs to fill the GPU (2 per SM of an H200), narrow ones at small batch.
-  const bool wide = p.batch * p.heads * CeilDiv(p.dv, 64) >= 264;
+  // Wide tiles when there are enough CTAs to fill the GPU (2 per SM), narrow ones at small batch.
+  int sm_count = 0;
+  const cudaError_t err = CurrentDeviceSmCount(&sm_count);
+  if (err != cudaSuccess) return err;
+  const bool wide = p.batch * p.heads * CeilDiv(p.dv, 64) >= 2 * static_cast<int64_t>(sm_count);
   return XLSTM_DTYPE_SWITCH(p.dtype, [&] { return wide ? LaunchStep<T, 64>(p, stream) : LaunchStep<T, 16>(p, stream); });
 }
 

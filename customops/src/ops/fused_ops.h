@@ -1,10 +1,11 @@
 // The ONNX Runtime side of the fused ops around the cell (kernels/fused_params.h has the math):
 //
 //   ai.xlstm::MLstmGates(gates float [B·S, 2NH], attention_mask int64 [B, S]) -> (igate, fgate float [B, NH, S])
-//     attribute soft_cap (float, 0: none)
+//     attribute soft_cap (float, required; 0: no cap)
 //   ai.xlstm::SwiGlu(x T [N, 2F]) -> y T [N, F]
 //   ai.xlstm::MultiHeadNormGate(h T [B, NH, S, DV], o T [B·S, NH·DV], weight T [NH·DV], bias T [NH·DV]) -> y T [B·S, NH·DV]
-//     attribute eps (float, default 1e-6)
+//     attribute eps (float, required)
+// A missing attribute is an error that names the op and the attribute (no defaults).
 //   T: float, float16 or bfloat16.
 // Shapes are checked here (errors name the op, the input, the expected and the actual shape); the math is in the
 // CPU kernels (cpu/fused_cpu.h) and the CUDA launchers (kernels/fused_fw.cuh).
@@ -45,11 +46,13 @@ Ort::Status RunFused(OrtKernelContext* context, const Params& p) {
 
 template <bool kCuda>
 struct MLstmGatesKernel {
-  MLstmGatesKernel(const OrtApi* api, const OrtKernelInfo* info) : soft_cap_(FloatAttribute(api, info, "soft_cap", 0.0f)) {}
+  MLstmGatesKernel(const OrtApi* api, const OrtKernelInfo* info)
+      : soft_cap_(RequiredFloat(api, info, kGatesName, "soft_cap", "HF's gate_soft_cap, 0 for none", error_)) {}
 
   Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<float>& gates,
                       const Ort::Custom::Tensor<int64_t>& mask, Ort::Custom::Tensor<float>& igate,
                       Ort::Custom::Tensor<float>& fgate) {
+    if (!error_.empty()) return Ort::Status(error_.c_str(), ORT_INVALID_ARGUMENT);
     const auto& g = gates.Shape();
     const auto& m = mask.Shape();
     if (m.size() != 2) return ShapeError(kGatesName, "attention_mask", m, "rank 2 [B,S]");
@@ -67,6 +70,7 @@ struct MLstmGatesKernel {
   }
 
  private:
+  std::string error_;  // declared before soft_cap_: the constructor writes it while reading the attribute
   float soft_cap_;
 };
 
@@ -88,10 +92,13 @@ struct SwiGluKernel {
 
 template <typename T, bool kCuda>
 struct HeadNormGateKernel {
-  HeadNormGateKernel(const OrtApi* api, const OrtKernelInfo* info) : eps_(FloatAttribute(api, info, "eps", 1e-6f)) {}
+  HeadNormGateKernel(const OrtApi* api, const OrtKernelInfo* info)
+      : eps_(RequiredFloat(api, info, kHeadNormGateName, "eps", "HF's norm_eps", error_)) {}
 
   Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<T>& h, const Ort::Custom::Tensor<T>& o,
                       const Ort::Custom::Tensor<T>& weight, const Ort::Custom::Tensor<T>& bias, Ort::Custom::Tensor<T>& y) {
+    if (!error_.empty()) return Ort::Status(error_.c_str(), ORT_INVALID_ARGUMENT);
+    if (!(eps_ >= 0.0f)) return Ort::Status("MultiHeadNormGate: attribute 'eps' must be a non-negative number.", ORT_INVALID_ARGUMENT);
     const auto& hs = h.Shape();
     if (hs.size() != 4) return ShapeError(kHeadNormGateName, "h", hs, "rank 4 [B,NH,S,DV]");
     const int64_t B = hs[0], NH = hs[1], S = hs[2], DV = hs[3];
@@ -109,6 +116,7 @@ struct HeadNormGateKernel {
   }
 
  private:
+  std::string error_;  // declared before eps_: the constructor writes it while reading the attribute
   float eps_;
 };
 

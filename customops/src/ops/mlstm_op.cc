@@ -9,17 +9,15 @@ namespace xlstm::ops {
 
 namespace {
 
-/// An int64 attribute, or `fallback` when the node has none (required: fallback < 0 and the error names it).
-int64_t IntAttribute(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t fallback, bool* present) {
+/// The int64 attribute `name` of the node; when it is missing, sets `error` (if not yet set) naming the op and it.
+int64_t RequiredInt(const OrtApi* api, const OrtKernelInfo* info, const char* op, const char* name, const char* meaning,
+                    std::string& error) {
   int64_t value = 0;
   OrtStatus* status = api->KernelInfoGetAttribute_int64(info, name, &value);
-  if (status != nullptr) {
-    api->ReleaseStatus(status);
-    *present = false;
-    return fallback;
-  }
-  *present = true;
-  return value;
+  if (status == nullptr) return value;
+  api->ReleaseStatus(status);
+  if (error.empty()) error = MissingAttribute(op, name, "int", meaning);
+  return 0;
 }
 
 /// Expects `actual` to equal `expected`; otherwise writes the message that names the op, the input and both shapes.
@@ -42,33 +40,42 @@ void RunJob(void* data, size_t i) { (*static_cast<ParallelJob*>(data)->body)(sta
 
 }  // namespace
 
-float FloatAttribute(const OrtApi* api, const OrtKernelInfo* info, const char* name, float fallback) {
+std::string MissingAttribute(const char* op, const char* name, const char* type, const char* meaning) {
+  return std::string(op) + ": attribute '" + name + "' (" + type + ", " + meaning +
+         ") is missing; the exporter writes it on every node from the model's config.json. Re-export the model.";
+}
+
+float RequiredFloat(const OrtApi* api, const OrtKernelInfo* info, const char* op, const char* name, const char* meaning,
+                    std::string& error) {
   float value = 0.0f;
   OrtStatus* status = api->KernelInfoGetAttribute_float(info, name, &value);
-  if (status != nullptr) {
-    api->ReleaseStatus(status);
-    return fallback;
-  }
-  return value;
+  if (status == nullptr) return value;
+  api->ReleaseStatus(status);
+  if (error.empty()) error = MissingAttribute(op, name, "float", meaning);
+  return 0.0f;
 }
 
 MLstmAttributes::MLstmAttributes(const OrtApi* api, const OrtKernelInfo* info, Form form) {
-  bool present = false;
-  chunk_size = IntAttribute(api, info, "chunk_size", 64, &present);
-  if (!present && form == Form::kChunkwise) {
-    error = std::string(OpName(form)) + ": attribute 'chunk_size' is required (HF's chunk_size, e.g. 64).";
+  const std::string op = OpName(form);
+  if (form == Form::kChunkwise) {
+    chunk_size = RequiredInt(api, info, op.c_str(), "chunk_size", "HF's chunk_size", error);
+    max_inference_chunksize =
+        RequiredInt(api, info, op.c_str(), "max_inference_chunksize", "HF's max_inference_chunksize", error);
+  } else {
+    // S = 1: a segment of one token, the step form, whatever L and the segment length are
+    chunk_size = 1;
+    max_inference_chunksize = 1;
   }
-  max_inference_chunksize = IntAttribute(api, info, "max_inference_chunksize", 16384, &present);
-  eps = FloatAttribute(api, info, "eps", 1e-6f);
+  eps = RequiredFloat(api, info, op.c_str(), "eps", "HF's eps of the cell's denominator", error);
   if (error.empty() && chunk_size < 1) {
-    error = std::string(OpName(form)) + ": attribute 'chunk_size' must be at least 1; found " + std::to_string(chunk_size) + ".";
+    error = op + ": attribute 'chunk_size' must be at least 1; found " + std::to_string(chunk_size) + ".";
   }
   if (error.empty() && max_inference_chunksize < 1) {
-    error = std::string(OpName(form)) + ": attribute 'max_inference_chunksize' must be at least 1; found " +
+    error = op + ": attribute 'max_inference_chunksize' must be at least 1; found " +
             std::to_string(max_inference_chunksize) + ".";
   }
   if (error.empty() && !(eps >= 0.0f)) {
-    error = std::string(OpName(form)) + ": attribute 'eps' must be a non-negative number; found " + std::to_string(eps) + ".";
+    error = op + ": attribute 'eps' must be a non-negative number; found " + std::to_string(eps) + ".";
   }
 }
 

@@ -1,4 +1,4 @@
-// The ONNX Runtime side of the mLSTM ops (style rule 9: op -> launcher -> kernel). This layer reads attributes,
+// The ONNX Runtime side of the mLSTM ops (docs/style.md, "Op, launcher, kernel"). This layer reads attributes,
 // checks shapes (errors name the op, the input and both shapes), allocates the outputs and hands an MLstmParams to
 // the CPU kernels or the CUDA launchers. It holds no math.
 //
@@ -6,8 +6,9 @@
 //   ai.xlstm::MLstmStep     (q, k, v, igate, fgate, C, n, m) -> (h, C', n', m')   S = 1 only
 //     q, k [B,NH,S,DQK], v [B,NH,S,DV], h [B,NH,S,DV]: float, float16 or bfloat16 (one type per node)
 //     igate, fgate [B,NH,S], C [B,NH,DQK,DV], n [B,NH,DQK], m [B,NH,1]: float
-//     attributes: chunk_size (int, required by MLstmChunkwise), max_inference_chunksize (int, default 16384),
-//                 eps (float, default 1e-6)
+//     attributes, all required (no defaults: a missing one is an error naming the op and the attribute):
+//       MLstmChunkwise: chunk_size (int ≥ 1), max_inference_chunksize (int ≥ 1), eps (float ≥ 0)
+//       MLstmStep: eps (float ≥ 0)
 #pragma once
 
 #include <cstdint>
@@ -31,9 +32,9 @@ inline const char* OpName(Form form) { return form == Form::kChunkwise ? kChunkw
 
 /// The node's attributes; a bad value is kept as an error that Compute returns (no exception leaves CreateKernel).
 struct MLstmAttributes {
-  int64_t chunk_size = 64;
-  int64_t max_inference_chunksize = 16384;
-  float eps = 1e-6f;
+  int64_t chunk_size = 0;
+  int64_t max_inference_chunksize = 0;
+  float eps = -1.0f;
   std::string error;
 
   MLstmAttributes(const OrtApi* api, const OrtKernelInfo* info, Form form);
@@ -47,8 +48,12 @@ std::string CheckShapes(Form form, const std::vector<int64_t>& q, const std::vec
 
 std::string ShapeString(const std::vector<int64_t>& shape);
 
-/// A float attribute of the node, or `fallback` when it has none.
-float FloatAttribute(const OrtApi* api, const OrtKernelInfo* info, const char* name, float fallback);
+/// "<op>: attribute '<name>' (<type>, <meaning>) is missing; ...": what every op says about a missing attribute.
+std::string MissingAttribute(const char* op, const char* name, const char* type, const char* meaning);
+
+/// The float attribute `name` of the node; when it is missing, sets `error` (if not yet set) naming the op and it.
+float RequiredFloat(const OrtApi* api, const OrtKernelInfo* info, const char* op, const char* name, const char* meaning,
+                    std::string& error);
 
 /// ONNX Runtime's intra-op thread pool as a ParallelFor.
 ParallelFor OrtParallelFor(OrtKernelContext* context);
