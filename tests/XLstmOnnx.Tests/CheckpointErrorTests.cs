@@ -29,6 +29,32 @@ public class CheckpointErrorTests
     private static string Error(string path) => Assert.Throws<XLstmOnnxException>(() => SafetensorsFile.Open(path).Dispose())!.Message;
 
     [Test]
+    public void ReadsAfterDisposeThrowNamingTheFile()
+    {
+        string path = _tmp.Sub("closed.safetensors");
+        SafetensorsWriter.Write(path, [SafetensorsWriter.F32("w", [2, 3], [1, 2, 3, 4, 5, 6])]);
+        var file = SafetensorsFile.Open(path);
+        var slice = file.Get("w");
+        Assert.That(slice.ToFloat32(), Is.EqualTo(new float[] { 1, 2, 3, 4, 5, 6 }), "readable while open");
+        file.Dispose();
+        file.Dispose(); // a second Dispose is a no-op
+        Assert.Multiple(() =>
+        {
+            foreach (var (what, read) in new (string, Action)[]
+            {
+                ("a tensor view", () => slice.ToFloat32()),
+                ("a block of a tensor view", () => slice.ReadFloat32(0, new float[2])),
+                ("a lookup", () => file.Get("w")),
+                ("the tensor list", () => _ = file.Tensors.Count),
+            })
+            {
+                var e = Assert.Throws<ObjectDisposedException>(read, what)!;
+                Assert.That(e.Message, Does.Contain(path).And.Contain("closed"), what);
+            }
+        });
+    }
+
+    [Test]
     public void TruncatedBelowTheLengthField()
     {
         string path = _tmp.Sub("short.safetensors");

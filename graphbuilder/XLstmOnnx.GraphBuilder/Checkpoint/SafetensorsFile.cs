@@ -15,12 +15,13 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>Headers larger than this are refused (the safetensors reference implementation uses 100 MB).</summary>
     private const long MaxHeaderBytes = 100_000_000;
 
-    private readonly MemoryMappedFile? _map;
-    private readonly MemoryMappedViewAccessor? _view;
-    private readonly byte* _base;
+    private MemoryMappedFile? _map;
+    private MemoryMappedViewAccessor? _view;
+    private byte* _base;
     private readonly long _dataStart;
     private readonly Dictionary<string, TensorSlice> _tensors = new(StringComparer.Ordinal);
     private bool _pointerAcquired;
+    private bool _disposed;
 
     /// <summary>The file's path, as given.</summary>
     public string Path { get; }
@@ -29,7 +30,14 @@ public sealed unsafe class SafetensorsFile : IDisposable
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
     /// <summary>Tensors in header order.</summary>
-    public IReadOnlyCollection<TensorSlice> Tensors => _tensors.Values;
+    public IReadOnlyCollection<TensorSlice> Tensors
+    {
+        get
+        {
+            ThrowIfDisposed();
+            return _tensors.Values;
+        }
+    }
 
     private SafetensorsFile(string path)
     {
@@ -79,7 +87,11 @@ public sealed unsafe class SafetensorsFile : IDisposable
     }
 
     /// <summary>The tensor called <paramref name="name"/>, or null.</summary>
-    public TensorSlice? Find(string name) => _tensors.GetValueOrDefault(name);
+    public TensorSlice? Find(string name)
+    {
+        ThrowIfDisposed();
+        return _tensors.GetValueOrDefault(name);
+    }
 
     /// <summary>The tensor called <paramref name="name"/>; throws naming the file when it is absent.</summary>
     public TensorSlice Get(string name) =>
@@ -165,19 +177,30 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>The bytes of a tensor, in place (valid while this file is open).</summary>
     internal ReadOnlySpan<byte> Bytes(long offset, int length)
     {
-        ObjectDisposedException.ThrowIf(_view is null && length > 0, this);
+        ThrowIfDisposed();
         return new ReadOnlySpan<byte>(_base + _dataStart + offset, length);
     }
 
+    private void ThrowIfDisposed()
+    {
+        if (_disposed) throw new ObjectDisposedException(Path, $"{Path}: the safetensors file was closed; its tensors can no longer be read.");
+    }
+
+    /// <summary>Unmaps the file. Later reads of it or of its <see cref="TensorSlice"/>s throw <see cref="ObjectDisposedException"/>.</summary>
     public void Dispose()
     {
+        if (_disposed) return;
+        _disposed = true;
         if (_pointerAcquired)
         {
             _view!.SafeMemoryMappedViewHandle.ReleasePointer();
             _pointerAcquired = false;
         }
+        _base = null;
         _view?.Dispose();
+        _view = null;
         _map?.Dispose();
+        _map = null;
     }
 }
 
