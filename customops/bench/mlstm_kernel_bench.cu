@@ -6,8 +6,9 @@
 //
 //   xlstm_kernel_bench [--quick]
 //
-// TFLOP/s counts B·NH·S·(4·DQK·DV + L·(DQK+DV)) (performance-anchors §1a). GB/s counts the minimum traffic: q, k, v
-// in and h out in the input type, the gates, and the state read once and written once in float32.
+// TFLOP/s counts B·NH·S·(4·DQK·DV + L·(DQK+DV)) (docs/performance.md, "Counting FLOPs and bytes"). GB/s counts the
+// minimum traffic: q, k, v in and h out in the input type, the gates, and the state read once and written once in
+// float32.
 #include <cuda_runtime.h>
 
 #include <algorithm>

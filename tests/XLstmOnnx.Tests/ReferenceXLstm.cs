@@ -4,8 +4,9 @@ using XLstmOnnx.GraphBuilder.Config;
 namespace XLstmOnnx.Tests;
 
 /// <summary>
-/// A plain, slow C# xLSTM (double precision, recurrent form token by token, reference §8) over bound weights: an
-/// oracle independent of the ONNX graph's chunkwise form and of ONNX Runtime.
+/// A plain, slow C# xLSTM (double precision, recurrent form token by token; docs/hf-semantics.md, "The forward pass"
+/// and "Recurrent step") over bound weights: an oracle independent of the ONNX graph's chunkwise form and of ONNX
+/// Runtime.
 /// </summary>
 internal sealed class ReferenceXLstm
 {

@@ -29,7 +29,7 @@ import make_reference as mr  # noqa: E402
 # --------------------------------------------------------------------------------------------
 # model definitions
 # --------------------------------------------------------------------------------------------
-# Constraint (HF trap): hidden_size*qk_dim_factor and hidden_size*v_dim_factor must be
+# Constraint (docs/numerics.md, "Config pitfalls"): hidden_size*qk_dim_factor and hidden_size*v_dim_factor must be
 # multiples of 64, because xLSTMCache rounds the per-head state sizes up to that.
 
 MODELS = {
@@ -153,7 +153,7 @@ def build_model(name: str, spec: dict, out_dir: str, log=print):
 
     mr.disable_hf_init()
     cfg = xLSTMConfig(**spec["config"])
-    # cache/layer size agreement (HF trap): products must be multiples of 64
+    # cache/layer size agreement (docs/numerics.md, "Config pitfalls"): products must be multiples of 64
     for f in ("qk_dim_factor", "v_dim_factor"):
         prod = cfg.hidden_size * getattr(cfg, f)
         assert prod == int(prod) and int(prod) % 64 == 0 and int(prod) % cfg.num_heads == 0, (name, f, prod)

@@ -1,6 +1,7 @@
 // CPU mLSTM kernels: plain C++, float32 math, multithreaded over (B, NH). They are the CPU execution provider's
-// implementation and the oracle of the CUDA kernels. The math is reference §4 exactly (HF's native kernels):
-// the chunkwise form inside whole chunks, the recurrent form for the tail, on HF's segment/chunk schedule.
+// implementation and the oracle of the CUDA kernels. The math is HF's native kernels exactly
+// (docs/hf-semantics.md, "Recurrent step" and "Chunkwise form"): the chunkwise form inside whole chunks, the
+// recurrent form for the tail, on HF's segment/chunk schedule.
 // Gates, stabilizer and states are float32 as in HF; the long sums (q̄·C, M·V, q̄·n, Kᵀ·V, q·k) accumulate in float64
 // and are rounded once, so the oracle is at least as accurate as HF's float32 matmuls (on the fixtures HF's own
 // float32 logits are up to ~3e-4 from float64; float32 sums in another order than HF's BLAS can land on the far side

@@ -1,6 +1,7 @@
 // The chunkwise mLSTM forward on CUDA cores, float32 values with every dot product and sum accumulated in double
 // (as the CPU oracle does): the float32 path, where we verify against transformers to 1e-4, and the fallback for shapes
-// the tensor-core kernel does not take (DQK > 256, DQK or DV not a multiple of 8). Reference §4.4 on HF's schedule.
+// the tensor-core kernel does not take (DQK > 256, DQK or DV not a multiple of 8).
+// The math: docs/hf-semantics.md, "Chunkwise form", on HF's schedule.
 //
 // Grid: one CTA per (b·NH + head, DV tile of 32 columns), 256 threads. The CTA keeps its C tile [DQK × 32], n and
 // m in shared memory for the whole sequence and walks the schedule's pieces in order (a chunk of up to LC tokens,

@@ -1,5 +1,6 @@
 // The chunkwise mLSTM forward on tensor cores (float16 / bfloat16 q, k, v; float32 gates, accumulators and state).
-// Reference §4.4 on HF's schedule; design notes in performance-anchors §2.4 ("single pass, chunk-sequential").
+// docs/hf-semantics.md, "Chunkwise form", on HF's schedule; design in docs/performance.md, "The chunkwise kernels"
+// (single pass, chunk-sequential).
 //
 // Grid: one CTA per (b·NH + head, DV tile of 64 columns); 16 warps. The CTA walks the schedule's pieces in order
 // (chunks of up to LT = 64 tokens, recurrent tokens as one-token chunks) and keeps its C tile [KD × 64] in float32

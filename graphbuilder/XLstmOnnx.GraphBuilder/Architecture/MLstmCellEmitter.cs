@@ -5,10 +5,10 @@ using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
 namespace XLstmOnnx.GraphBuilder.Architecture;
 
 /// <summary>
-/// The mLSTM cell from standard ONNX ops, on HF's native schedule (<see cref="Schedule"/>; docs/hf-semantics.md,
-/// "The inference schedule"): the sequence is cut into segments of <c>max_inference_chunksize</c>; in each segment
-/// ⌊T/L⌋ whole chunks run in the chunkwise form and the remaining tokens in the recurrent form (which for S = 1 is
-/// the step kernel). Gate and state math is float32, m₀ = 0 means "start". Shapes use mlstm_kernels' letters:
+/// The mLSTM cell from standard ONNX ops, on HF's native schedule (<see cref="Schedule"/>;
+/// docs/hf-semantics.md, "The inference schedule"): the sequence is cut into segments of
+/// <c>max_inference_chunksize</c>; in each segment ⌊T/L⌋ whole chunks run in the chunkwise form and the remaining
+/// tokens in the recurrent form (which for S = 1 is the step kernel). Gate and state math is float32, m₀ = 0 means "start". Shapes use mlstm_kernels' letters:
 /// B, NH, S, DQK, DV, L.
 /// <code>
 ///   q,k,v,i,f ──► Loop over segments ──► Loop over chunks (chunkwise) ──► Loop over tail tokens (recurrent)

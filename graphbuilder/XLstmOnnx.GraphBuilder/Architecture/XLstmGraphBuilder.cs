@@ -7,8 +7,8 @@ using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
 namespace XLstmOnnx.GraphBuilder.Architecture;
 
 /// <summary>
-/// Turns a config and bound weights into the whole <c>xLSTMForCausalLM</c> graph (docs/hf-semantics.md, "The forward
-/// pass"; docs/exported-graph.md for its inputs, outputs and state):
+/// Turns a config and bound weights into the whole <c>xLSTMForCausalLM</c> graph
+/// (docs/hf-semantics.md, "The forward pass"; docs/exported-graph.md for its inputs, outputs and state):
 /// <code>
 ///   input_ids ─► embeddings ─► block 0 … block N−1 ─► out_norm ─► lm_head ─► soft cap ─► logits
 ///   past_state.i.{C,n,m} ─► block i ─► present_state.i.{C,n,m}
