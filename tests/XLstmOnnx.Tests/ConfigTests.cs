@@ -91,6 +91,6 @@ public class ConfigTests
         var again = XLstmConfig.Parse(c.ToJson(), "round trip");
         Assert.That(again with { Extra = c.Extra }, Is.EqualTo(c));
         Assert.That(again.Extra.Keys, Is.EquivalentTo(c.Extra.Keys), "fields we do not interpret survive");
-        Assert.That(c.ConcatenatedWeights && c.UseBias, "fixture is fused with bias");
+        Assert.That(c.ConcatenatedWeights && c.UseBias, "fixture has weight_mode fused (concatenated weights) and biases");
     }
 }

@@ -12,11 +12,11 @@ namespace XLstmOnnx.Tests;
 [TestFixture]
 public class ReferenceModelTests
 {
-    internal static XLstmConfig TinyConfig(bool fused = false, bool bias = false, bool tied = false, long chunk = 8, long maxChunk = 16384) => new()
+    internal static XLstmConfig TinyConfig(bool concatenated = false, bool bias = false, bool tied = false, long chunk = 8, long maxChunk = 16384) => new()
     {
         VocabSize = 97, HiddenSize = 64, EmbeddingDim = 64, NumBlocks = 2, NumHiddenLayers = 2, NumHeads = 2,
         QkDimFactor = 1.0, VDimFactor = 1.0, ChunkSize = chunk, MaxInferenceChunksize = maxChunk,
-        FfnProjFactor = 1.5, FfnRoundUpToMultipleOf = 16, WeightMode = fused ? "fused" : "single", UseBias = bias,
+        FfnProjFactor = 1.5, FfnRoundUpToMultipleOf = 16, WeightMode = concatenated ? "fused" : "single", UseBias = bias,
         TieWordEmbeddings = tied, GateSoftCap = 4.0, OutputLogitSoftCap = 6.0,
     };
 
@@ -25,12 +25,12 @@ public class ReferenceModelTests
     private const double Atol = 2e-4, Rtol = 1e-3;
 
     [TestCase(false, false, false, 8L, 16384L, TestName = "single, chunk 8")]
-    [TestCase(true, true, false, 8L, 16384L, TestName = "fused with bias, chunk 8")]
+    [TestCase(true, true, false, 8L, 16384L, TestName = "weight_mode fused with bias, chunk 8")]
     [TestCase(false, false, true, 4L, 16384L, TestName = "tied embeddings, chunk 4")]
     [TestCase(false, true, false, 8L, 11L, TestName = "segments of 11 with chunk 8")]
-    public void ExportMatchesPlainRecurrentReference(bool fused, bool bias, bool tied, long chunk, long maxChunk)
+    public void ExportMatchesPlainRecurrentReference(bool concatenated, bool bias, bool tied, long chunk, long maxChunk)
     {
-        var config = TinyConfig(fused, bias, tied, chunk, maxChunk);
+        var config = TinyConfig(concatenated, bias, tied, chunk, maxChunk);
         using var tmp = TestPaths.Temp();
         RandomCheckpoint.Write(config, tmp.Sub("ckpt"), SafetensorsDtype.F32, seed: 7);
         OnnxExporter.Export(tmp.Sub("ckpt"), tmp.Sub("onnx"), new ExportOptions());

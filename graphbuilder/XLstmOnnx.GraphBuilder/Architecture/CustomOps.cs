@@ -15,7 +15,7 @@ public static class CustomOps
     public const string Step = "MLstmStep";
     /// <summary>Gate soft cap, attention mask and head layout in one op.</summary>
     public const string Gates = "MLstmGates";
-    /// <summary>silu(gate) ⊙ z over the fused FFN up projection.</summary>
+    /// <summary>silu(gate) ⊙ z over the FFN's concatenated gate/up projection.</summary>
     public const string SwiGlu = "SwiGlu";
     /// <summary>σ(o) ⊙ MultiHeadLayerNorm(h): the mLSTM layer's output before out_proj.</summary>
     public const string HeadNormGate = "MultiHeadNormGate";

@@ -26,7 +26,7 @@ internal sealed class StandardLayerOps(GraphContext x) : ILayerOps
     {
         string gates = preactivations;
         long nh = x.C.NumHeads;
-        if (x.C.GateSoftCap is { } cap) gates = x.SoftCap($"{layer}/if_gate/soft_cap", gates, cap); // before the split, as HF's fused weights
+        if (x.C.GateSoftCap is { } cap) gates = x.SoftCap($"{layer}/if_gate/soft_cap", gates, cap); // before the split, as HF does with concatenated (weight_mode "fused") gates
         var split = G.Node($"{layer}/if_gate/Split", "Split", [gates, G.Constant(nh, nh)], 2, "", Attr.Int("axis", 1));
         string i = x.GateHeads($"{layer}/igate_heads", split[0]);
         string f = x.GateHeads($"{layer}/fgate_heads", split[1]);

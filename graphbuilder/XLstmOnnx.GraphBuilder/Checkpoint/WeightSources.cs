@@ -41,7 +41,7 @@ public sealed class CheckpointWeight(TensorSlice slice, long[] shape) : IWeightS
     public void ReadFloat32(long start, Span<float> dest) => slice.ReadFloat32(start, dest);
 }
 
-/// <summary>Sources concatenated along dimension 0 (fused projections): byte concatenation in row-major order.</summary>
+/// <summary>Sources concatenated along dimension 0 (concatenated projections): byte concatenation in row-major order.</summary>
 public sealed class ConcatWeight : IWeightSource
 {
     private readonly IWeightSource[] _parts;
