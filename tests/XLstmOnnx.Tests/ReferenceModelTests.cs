@@ -28,6 +28,7 @@ public class ReferenceModelTests
     [TestCase(true, true, false, 8L, 16384L, TestName = "weight_mode fused with bias, chunk 8")]
     [TestCase(false, false, true, 4L, 16384L, TestName = "tied embeddings, chunk 4")]
     [TestCase(false, true, false, 8L, 11L, TestName = "segments of 11 with chunk 8")]
+    [TestCase(false, false, false, 1L, 5L, TestName = "chunks of one token, segments of 5 (a one-token segment is a step)")]
     public void ExportMatchesPlainRecurrentReference(bool concatenated, bool bias, bool tied, long chunk, long maxChunk)
     {
         var config = TinyConfig(concatenated, bias, tied, chunk, maxChunk);
