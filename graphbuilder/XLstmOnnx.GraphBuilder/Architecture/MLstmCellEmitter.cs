@@ -8,8 +8,8 @@ namespace XLstmOnnx.GraphBuilder.Architecture;
 /// The mLSTM cell from standard ONNX ops, on HF's native schedule (<see cref="Schedule"/>;
 /// docs/hf-semantics.md, "The inference schedule"): the sequence is cut into segments of
 /// <c>max_inference_chunksize</c>; in each segment ⌊T/L⌋ whole chunks run in the chunkwise form and the remaining
-/// tokens in the recurrent form (which for S = 1 is the step kernel). Gate and state math is float32, m₀ = 0 means "start". Shapes use mlstm_kernels' letters:
-/// B, NH, S, DQK, DV, L.
+/// tokens in the recurrent form (which for S = 1 is the step kernel). Gate and state math is float32, m₀ = 0 means
+/// "start". Shapes use mlstm_kernels' letters: B, NH, S, DQK, DV, L.
 /// <code>
 ///   q,k,v,i,f ──► Loop over segments ──► Loop over chunks (chunkwise) ──► Loop over tail tokens (recurrent)
 ///   (C,n,m) carried through all three; h of each chunk/token appended along S
@@ -54,8 +54,9 @@ internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
     private sealed record CellInputs(string Q, string K, string V, string I, string LogF);
 
     /// <summary>
-    /// One chunk of L tokens in the chunkwise form (docs/hf-semantics.md, "Chunkwise form"), from the chunk-start state (C, n, m):
-    /// intra-chunk outputs with the stabilizer m_j = max(b_j + m, max_s(b_j − b_s + ĩ_s)), then the state at chunk end.
+    /// One chunk of L tokens in the chunkwise form (docs/hf-semantics.md, "Chunkwise form"), from the chunk-start
+    /// state (C, n, m): intra-chunk outputs with the stabilizer m_j = max(b_j + m, max_s(b_j − b_s + ĩ_s)), then the
+    /// state at chunk end.
     /// </summary>
     private OnnxGraph EmitChunkBody(OnnxGraph parent, string p, CellInputs x, string segStart)
     {
