@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using XLstmOnnx.GraphBuilder.Config;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.Runtime.Tokenization;
 
@@ -34,6 +35,7 @@ public sealed class Generator : IDisposable
     private readonly float[] _logits;                  // one row's logits on the host (LastLogits)
     private readonly int[] _chosen;
     private readonly long _padId;
+    private readonly Schedule _schedule;
 
     public Generator(XLstmSession model, int batch = 1)
     {
@@ -43,6 +45,7 @@ public sealed class Generator : IDisposable
         _m = model.Manifest;
         Batch = batch;
         _padId = _m.PadTokenId ?? 0;
+        _schedule = new Schedule(_m.ChunkSize, _m.MaxInferenceChunksize);
         _memory = DeviceMemory.For(model.Options);
         try
         {
@@ -158,10 +161,10 @@ public sealed class Generator : IDisposable
             Step();
             return;
         }
-        long seg = Math.Max(1, _m.MaxInferenceChunksize);
-        for (long a = 0; a < s; a += seg)
+        // HF reads long inputs in segments of max_inference_chunksize, each in its own call of the cell
+        foreach (var (a, length) in _schedule.Segments(s))
         {
-            int w = (int)Math.Min(seg, s - a);
+            int w = (int)length;
             var ids = new long[Batch * w];
             var mask = new long[Batch * w];
             for (int r = 0; r < Batch; r++)

@@ -122,8 +122,9 @@ public sealed class ServingEngine : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(_o.PrefillRows);
         _buckets = _o.Buckets();
         var m = session.Manifest;
-        _chunk = Math.Max(1, m.ChunkSize);
-        _segment = Math.Max(1, m.MaxInferenceChunksize);
+        var schedule = new GraphBuilder.Config.Schedule(m.ChunkSize, m.MaxInferenceChunksize); // throws naming a bad setting
+        _chunk = schedule.ChunkSize;
+        _segment = schedule.SegmentLength;
         _tokenizer = session.Tokenizer;
         _memory = DeviceMemory.For(session.Options);
         int cacheEntries = CacheEntries(m);
