@@ -164,7 +164,7 @@ string OrtIncludeDir()
 {
     var props = System.Xml.Linq.XDocument.Load("Directory.Packages.props");
     var version = props.Descendants("PackageVersion")
-        .First(e => (string)e.Attribute("Include") == "Microsoft.ML.OnnxRuntime.Gpu").Attribute("Version").Value;
+        .First(e => (string)e.Attribute("Include") == "Microsoft.ML.OnnxRuntime.Gpu.Linux").Attribute("Version").Value;
     var nuget = EnvironmentVariable("NUGET_PACKAGES")
         ?? System.IO.Path.Combine(EnvironmentVariable("HOME") ?? "", ".nuget", "packages");
     var dir = System.IO.Path.Combine(nuget, "microsoft.ml.onnxruntime.gpu.linux", version, "buildTransitive", "native", "include");
