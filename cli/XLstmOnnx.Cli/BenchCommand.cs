@@ -8,7 +8,7 @@ using XLstmOnnx.Runtime.Generation;
 namespace XLstmOnnx.Cli;
 
 /// <summary>
-/// <c>xlstm-onnx bench --model DIR [--batch 1,16] [--prompt 2048] [--new 256] [--reps 3] [--device cpu|cuda] [--cuda-graph]
+/// <c>xlstm-onnx bench --model DIR [--batch 1,16] [--prompt-tokens 2048] [--new-tokens 256] [--reps 3] [--device cpu|cuda] [--cuda-graph]
 /// [--out FILE] [--profile PREFIX]</c>: time to first token, prefill tokens/s, decode tokens/s and ms/token per batch size,
 /// and peak GPU memory, through the same Generator that generate and serve use. Prompts are seeded random ids;
 /// decoding is greedy (on the device when the model has next_token) with EOS ignored. Each batch size is warmed up at
@@ -20,8 +20,8 @@ internal static class BenchCommand
     {
         var model = new ModelOptions();
         var batches = new Option<string>("--batch") { Description = "Comma-separated batch sizes.", DefaultValueFactory = _ => "1" };
-        var prompt = new Option<int>("--prompt") { Description = "Prompt tokens per sequence.", DefaultValueFactory = _ => 512 };
-        var newTokens = new Option<int>("--new") { Description = "Tokens decoded per sequence.", DefaultValueFactory = _ => 64 };
+        var prompt = new Option<int>("--prompt-tokens") { Description = "Prompt tokens per sequence.", DefaultValueFactory = _ => 512 };
+        var newTokens = new Option<int>("--new-tokens") { Description = "Tokens decoded per sequence.", DefaultValueFactory = _ => 64 };
         var reps = new Option<int>("--reps") { Description = "Timed repetitions per batch size (medians are reported).", DefaultValueFactory = _ => 3 };
         var output = new Option<string?>("--out") { Description = "Write the results as JSON here." };
         var profile = new Option<string?>("--profile") { Description = "Write ONNX Runtime's per-node profile under this prefix (slows the run: its timings are not results)." };
@@ -30,7 +30,7 @@ internal static class BenchCommand
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             int p = r.GetValue(prompt), n = r.GetValue(newTokens), k = r.GetValue(reps);
-            if (p < 1 || n < 2) throw new XLstmOnnxException($"options --prompt and --new must be at least 1 and 2; found {p} and {n}.");
+            if (p < 1 || n < 2) throw new XLstmOnnxException($"options --prompt-tokens and --new-tokens must be at least 1 and 2; found {p} and {n}.");
             if (k < 1) throw new XLstmOnnxException($"option --reps must be at least 1; found {k}.");
             var sizes = SamplingOptions.ParseIds(r.GetValue(batches), "--batch");
             if (sizes.Length == 0 || sizes.Any(b => b < 1)) throw new XLstmOnnxException("option --batch needs batch sizes of at least 1, e.g. 1,16.");

@@ -17,8 +17,8 @@ internal static class ChatCommand
         var model = new ModelOptions();
         var sampling = new SamplingOptions();
         var system = new Option<string?>("--system") { Description = "Text read once before the first turn (e.g. instructions)." };
-        var user = new Option<string>("--user-prefix") { Description = "Text before each user turn.", DefaultValueFactory = _ => "\nUser: " };
-        var assistant = new Option<string>("--assistant-prefix") { Description = "Text before each reply.", DefaultValueFactory = _ => "\nAssistant:" };
+        var user = ChoiceOption.Text("--user-prefix", "Text before each user turn.", "\nUser: ");
+        var assistant = ChoiceOption.Text("--assistant-prefix", "Text before each reply.", "\nAssistant:");
         var cmd = new Command("chat", "Chat with a model on its live state (multi-turn). /reset, /save FILE, /load FILE, /exit.") { system, user, assistant };
         model.AddTo(cmd);
         sampling.AddTo(cmd);

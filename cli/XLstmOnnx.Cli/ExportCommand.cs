@@ -23,18 +23,14 @@ internal static class ExportCommand
         quantize.AcceptOnlyFromAmong("int4");
         var blockSize = new Option<int>("--block-size") { Description = "With --quantize: inputs per 4-bit block.", DefaultValueFactory = _ => 32 };
         var output = new Option<string>("--output") { Description = "Folder to write the exported model into (new, empty, or a previous export).", Required = true };
-        var dtype = new Option<string>("--dtype") { Description = "Weights and activations (gates, state and logits stay float32).", DefaultValueFactory = _ => "fp32" };
-        dtype.AcceptOnlyFromAmong("fp32", "fp16", "bf16");
+        var dtype = ChoiceOption.ForNames("--dtype", "Weights and activations: fp32, fp16 or bf16, any case (gates, state and logits stay float32).", "fp32", "fp32", "fp16", "bf16");
         var lastOnly = new Option<bool>("--last-logits-only") { Description = "Emit logits for the last position only ([B,1,V])." };
         var nextToken = new Option<bool>("--next-token") { Description = "With --last-logits-only: add a next_token output (argmax on the device; greedy steps copy ids, not logits)." };
         var embeds = new Option<bool>("--inputs-embeds") { Description = "Take inputs_embeds [B,S,E] instead of input_ids." };
         var hidden = new Option<bool>("--hidden-states") { Description = "Add hidden_states.{i} outputs (each block, then the final norm) for debugging." };
-        var external = new Option<ExternalDataMode>("--external-data") { Description = "Weights in model.onnx.data: auto (above 1 GiB), always or never.", DefaultValueFactory = _ => ExternalDataMode.Auto };
-        var kernels = new Option<MLstmKernels>("--mlstm-kernels")
-        {
-            Description = "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).",
-            DefaultValueFactory = _ => MLstmKernels.Onnx,
-        };
+        var external = ChoiceOption.ForEnum("--external-data", "Weights in model.onnx.data: auto (above 1 GiB), always or never.", ExternalDataMode.Auto);
+        var kernels = ChoiceOption.ForEnum("--mlstm-kernels",
+            "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).", MLstmKernels.Onnx);
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
             { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels };
         cmd.SetAction(r => CliErrors.Run(() =>

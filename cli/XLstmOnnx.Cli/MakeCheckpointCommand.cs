@@ -4,7 +4,7 @@ using XLstmOnnx.GraphBuilder.Config;
 
 namespace XLstmOnnx.Cli;
 
-/// <summary><c>xlstm-onnx make-checkpoint --config FILE --output DIR [--num-blocks N] [--dtype BF16] [--seed 0]</c>: a random HF checkpoint.</summary>
+/// <summary><c>xlstm-onnx make-checkpoint --config FILE --output DIR [--num-blocks N] [--dtype bf16] [--seed 0]</c>: a random HF checkpoint.</summary>
 internal static class MakeCheckpointCommand
 {
     public static Command Create()
@@ -12,8 +12,9 @@ internal static class MakeCheckpointCommand
         var config = new Option<string>("--config") { Description = "An HF xLSTM config.json (e.g. models/presets/xlstm-7b.json).", Required = true };
         var output = new Option<string>("--output") { Description = "Folder to write config.json and model.safetensors into.", Required = true };
         var blocks = new Option<int?>("--num-blocks") { Description = "Override num_blocks and num_hidden_layers (e.g. 2 for a 7B-width test)." };
-        var dtype = new Option<string>("--dtype") { Description = "Stored dtype: F32, F16 or BF16.", DefaultValueFactory = _ => "BF16" };
-        dtype.AcceptOnlyFromAmong("F32", "F16", "BF16");
+        // the names of export's --dtype, for safetensors' F32, F16 and BF16
+        var dtype = ChoiceOption.Create("--dtype", "Stored dtype: fp32, fp16 or bf16, any case (safetensors F32, F16, BF16).",
+            [("fp32", SafetensorsDtype.F32), ("fp16", SafetensorsDtype.F16), ("bf16", SafetensorsDtype.BF16)], SafetensorsDtype.BF16);
         var seed = new Option<int>("--seed") { Description = "Random seed.", DefaultValueFactory = _ => 0 };
         var cmd = new Command("make-checkpoint", "Write a random-weight HF checkpoint for a config (tests and benchmarks).") { config, output, blocks, dtype, seed };
         cmd.SetAction(r => CliErrors.Run(() =>
@@ -24,7 +25,7 @@ internal static class MakeCheckpointCommand
                 c = c with { NumBlocks = n, NumHiddenLayers = n };
                 c.Validate("--num-blocks");
             }
-            SafetensorsDtypes.TryParse(r.GetValue(dtype)!, out var dt);
+            SafetensorsDtype dt = r.GetValue(dtype);
             CliErrors.WithProgress("make-checkpoint", report =>
             {
                 RandomCheckpoint.Write(c, r.GetValue(output)!, dt, r.GetValue(seed), new Progress(p => report((double)p.Done / p.Total, "")));

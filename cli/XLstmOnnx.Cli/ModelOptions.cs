@@ -4,23 +4,26 @@ using XLstmOnnx.Runtime.Generation;
 
 namespace XLstmOnnx.Cli;
 
-/// <summary>Options shared by the commands that load a model: --model, --device, --device-id, --threads.</summary>
-internal sealed class ModelOptions
+/// <summary>
+/// Options shared by the commands that load a model: --model, --device, --device-id, --threads, and --cuda-graph where
+/// a command decodes step by step (generate, chat, bench, serve): the commands that run whole sequences (score, verify)
+/// have no decode step to capture, and do not offer it.
+/// </summary>
+internal sealed class ModelOptions(bool cudaGraph = true)
 {
     public readonly Option<string> Model = new("--model") { Description = "Exported model folder.", Required = true };
-    public readonly Option<string> Device = new("--device") { Description = "cpu or cuda.", DefaultValueFactory = _ => "cpu" };
+    public readonly Option<Choice<string>> Device = ChoiceOption.ForNames("--device", "cpu or cuda.", "cpu", "cpu", "cuda");
     public readonly Option<int> DeviceId = new("--device-id") { Description = "CUDA device ordinal." };
     public readonly Option<int> Threads = new("--threads") { Description = "Intra-op threads (0: ONNX Runtime's choice)." };
     public readonly Option<bool> CudaGraph = new("--cuda-graph") { Description = "With --device cuda: replay each decode step as a CUDA graph (models exported with --mlstm-kernels custom)." };
 
     public void AddTo(Command c)
     {
-        Device.AcceptOnlyFromAmong("cpu", "cuda");
         c.Options.Add(Model);
         c.Options.Add(Device);
         c.Options.Add(DeviceId);
         c.Options.Add(Threads);
-        c.Options.Add(CudaGraph);
+        if (cudaGraph) c.Options.Add(CudaGraph);
     }
 
     public XLstmSession Load(ParseResult r, string? profilePrefix = null) => XLstmSession.Load(r.GetValue(Model)!, new RuntimeOptions
@@ -29,7 +32,7 @@ internal sealed class ModelOptions
         Device = RuntimeOptions.ParseDevice(r.GetValue(Device)!),
         DeviceId = r.GetValue(DeviceId),
         Threads = r.GetValue(Threads),
-        CudaGraph = r.GetValue(CudaGraph),
+        CudaGraph = cudaGraph && r.GetValue(CudaGraph),
     });
 }
 

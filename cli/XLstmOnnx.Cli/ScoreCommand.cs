@@ -9,7 +9,7 @@ internal static class ScoreCommand
 {
     public static Command Create()
     {
-        var model = new ModelOptions();
+        var model = new ModelOptions(cudaGraph: false);
         var text = new Option<string>("--text") { Description = "UTF-8 text file to score.", Required = true };
         var window = new Option<int>("--window") { Description = "Tokens per call; the state carries over.", DefaultValueFactory = _ => 1024 };
         var cmd = new Command("score", "Mean next-token cross-entropy (transformers' labels loss) and perplexity over a text file.") { text, window };

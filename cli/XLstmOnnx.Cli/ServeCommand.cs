@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using XLstmOnnx.Cli.Serving;
 using XLstmOnnx.Runtime.Serving;
 
@@ -22,8 +23,9 @@ internal static class ServeCommand
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "Longest prompt accepted (400 above it).", DefaultValueFactory = _ => 8192 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens accepted (400 above it).", DefaultValueFactory = _ => 2048 };
         var name = new Option<string?>("--model-name") { Description = "Model id in the API (default: the folder's name)." };
+        var logLevel = ChoiceOption.ForEnum("--log-level", "Least level logged to stderr: information writes one line per request; warning only refused and failed ones.", LogLevel.Information);
         var cmd = new Command("serve", "OpenAI-compatible HTTP server with continuous batching and a prefix-state cache.")
-            { host, port, maxBatch, queue, cacheMb, prefillRows, prefillChunk, buckets, maxPrompt, maxTokens, name };
+            { host, port, maxBatch, queue, cacheMb, prefillRows, prefillChunk, buckets, maxPrompt, maxTokens, name, logLevel };
         model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
@@ -54,6 +56,7 @@ internal static class ServeCommand
                 ModelId = r.GetValue(name) ?? Path.GetFileName(Path.GetFullPath(r.GetValue(model.Model)!).TrimEnd('/')),
                 MaxPromptTokens = r.GetValue(maxPrompt),
                 MaxTokensLimit = r.GetValue(maxTokens),
+                LogLevel = r.GetValue(logLevel),
             };
             var (app, url) = OpenAiServer.StartAsync(engine, options).GetAwaiter().GetResult();
             Console.Error.WriteLine($"serving '{options.ModelId}' on {url} (OpenAI API under /v1; /health, /metrics); {engine.Options.MaxBatch} slots, "

@@ -11,7 +11,7 @@ internal static class VerifyCommand
 
     public static Command Create()
     {
-        var model = new ModelOptions();
+        var model = new ModelOptions(cudaGraph: false);
         var reference = new Option<string>("--reference") { Description = "Reference safetensors file (format: tools/reference/README.md).", Required = true };
         var atol = new Option<double>("--atol") { Description = "Absolute tolerance.", DefaultValueFactory = _ => 1e-4 };
         var rtol = new Option<double>("--rtol") { Description = "Relative tolerance: a value fails when |actual − expected| > atol + rtol·|expected|.", DefaultValueFactory = _ => 1e-3 };

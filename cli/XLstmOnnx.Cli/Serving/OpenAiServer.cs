@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 using System.Threading.Channels;
@@ -8,6 +9,8 @@ using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 using XLstmOnnx.Runtime.Generation;
 using XLstmOnnx.Runtime.Serving;
 
@@ -23,6 +26,13 @@ public sealed record ServerOptions
     public int MaxTokensLimit { get; init; } = 2048;
     public int MaxPromptTokens { get; init; } = 8192;
     public int MaxN { get; init; } = 8;
+    /// <summary>
+    /// Least level logged. Information (the default) writes one line per completion request (the request log); Warning
+    /// keeps only refused and failed requests; Debug and Trace add ASP.NET Core's own logs.
+    /// </summary>
+    public LogLevel LogLevel { get; init; } = LogLevel.Information;
+    /// <summary>Where the logs go; null: standard error, one line each.</summary>
+    public ILoggerProvider? Logs { get; init; }
 }
 
 /// <summary>An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.</summary>
@@ -34,11 +44,15 @@ public sealed class ApiError(int status, string message, string? param = null, s
 
 /// <summary>
 /// OpenAI-compatible HTTP API over a <see cref="ServingEngine"/>: /v1/completions and /v1/chat/completions (JSON or
-/// server-sent events), /v1/models, /health and /metrics (Prometheus). Bad requests get 4xx answers with OpenAI-style
-/// bodies; the engine keeps serving everyone else.
+/// server-sent events), /v1/models, /health and /metrics (the engine's <see cref="ServingMetrics"/> in Prometheus' text
+/// format, through OpenTelemetry's exporter). Bad requests get 4xx answers with OpenAI-style bodies; the engine keeps
+/// serving everyone else. Every completion request is logged once it ends (category <see cref="RequestLogCategory"/>).
 /// </summary>
-public static class OpenAiServer
+public static partial class OpenAiServer
 {
+    /// <summary>The logger category of the request log.</summary>
+    public const string RequestLogCategory = "XLstmOnnx.Serving.Requests";
+
     private static readonly JsonSerializerOptions Json = new()
     {
         DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never,
@@ -52,27 +66,96 @@ public static class OpenAiServer
     public static async Task<(WebApplication App, string Url)> StartAsync(ServingEngine engine, ServerOptions options)
     {
         var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        ConfigureLogging(builder.Logging, options);
         builder.WebHost.UseUrls($"http://{options.Host}:{options.Port}");
+        engine.Metrics.ModelName ??= options.ModelId;
+        builder.Services.AddOpenTelemetry()
+            .ConfigureResource(r => r.AddService("xlstm-onnx"))
+            .WithMetrics(m => m
+                .AddMeter(ServingMetrics.MeterName)
+                // this engine's instruments only: other engines in the process (tests, a host serving two models) have their own
+                .AddView(i => ReferenceEquals(i.Meter, engine.Metrics.Meter) ? null : MetricStreamConfiguration.Drop)
+                // no cached answers: a scrape right after a request sees it (the exporter caches for 300 ms by default)
+                .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0));
         var app = builder.Build();
         var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger(RequestLogCategory);
 
         app.MapGet("/health", () => Results.Json(new { status = "ok" }));
-        app.MapGet("/metrics", () => Results.Text(engine.Metrics.ToPrometheus(engine.Options.MaxBatch), "text/plain; version=0.0.4"));
+        app.MapPrometheusScrapingEndpoint("/metrics");
         app.MapGet("/v1/models", () => Results.Json(new
         {
             @object = "list",
             data = new[] { new { id = options.ModelId, @object = "model", created, owned_by = "xlstm-onnx" } },
         }));
-        app.MapPost("/v1/completions", ctx => Handle(ctx, engine, options, chat: false));
-        app.MapPost("/v1/chat/completions", ctx => Handle(ctx, engine, options, chat: true));
+        app.MapPost("/v1/completions", ctx => Handle(ctx, engine, options, log, chat: false));
+        app.MapPost("/v1/chat/completions", ctx => Handle(ctx, engine, options, log, chat: true));
         await app.StartAsync().ConfigureAwait(false);
         string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return (app, url);
     }
 
-    private static async Task Handle(HttpContext ctx, ServingEngine engine, ServerOptions options, bool chat)
+    private static void ConfigureLogging(ILoggingBuilder logging, ServerOptions options)
     {
+        logging.ClearProviders();
+        if (options.Logs is { } provider)
+        {
+            logging.AddProvider(provider);
+        }
+        else
+        {
+            logging.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace); // stdout stays free for the CLI's own output
+            logging.AddSimpleConsole(o =>
+            {
+                o.SingleLine = true;
+                o.UseUtcTimestamp = true;
+                o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
+            });
+        }
+        logging.SetMinimumLevel(options.LogLevel);
+        // ASP.NET Core logs every request at Information too: below Debug, keep only its warnings and errors
+        logging.AddFilter("Microsoft", options.LogLevel <= LogLevel.Debug ? options.LogLevel : (LogLevel)Math.Max((int)options.LogLevel, (int)LogLevel.Warning));
+    }
+
+    /// <summary>What the request log says about one request; filled in as the request runs.</summary>
+    private sealed class RequestRecord
+    {
+        public string? Id;
+        public int PromptTokens;
+        public int CompletionTokens;
+        public long FirstTokenAt;
+        public string? Error;
+    }
+
+    [LoggerMessage(EventId = 1, Level = LogLevel.Information,
+        Message = "{RequestId} {Route} {Status} prompt_tokens={PromptTokens} completion_tokens={CompletionTokens} ttft_ms={TtftMs} e2e_ms={E2eMs}")]
+    private static partial void LogFinished(ILogger logger, string requestId, string route, int status, int promptTokens, int completionTokens, double ttftMs, double e2eMs);
+
+    [LoggerMessage(EventId = 2, Level = LogLevel.Information,
+        Message = "{RequestId} {Route} {Status} cancelled: the client went away after {CompletionTokens} tokens, e2e_ms={E2eMs}")]
+    private static partial void LogCancelled(ILogger logger, string requestId, string route, int status, int completionTokens, double e2eMs);
+
+    [LoggerMessage(EventId = 3, Level = LogLevel.Warning, Message = "{RequestId} {Route} {Status} {Error} e2e_ms={E2eMs}")]
+    private static partial void LogRefused(ILogger logger, string requestId, string route, int status, string error, double e2eMs);
+
+    private static void Log(ILogger log, HttpContext ctx, RequestRecord rec, long started)
+    {
+        string id = rec.Id ?? ctx.TraceIdentifier, route = ctx.Request.Path.Value ?? "";
+        int status = ctx.Response.StatusCode;
+        double e2e = Math.Round(Stopwatch.GetElapsedTime(started).TotalMilliseconds, 1);
+        if (rec.Error is not null || status >= 400) LogRefused(log, id, route, status, rec.Error ?? "", e2e);
+        else if (ctx.RequestAborted.IsCancellationRequested) LogCancelled(log, id, route, status, rec.CompletionTokens, e2e);
+        else
+        {
+            double ttft = rec.FirstTokenAt == 0 ? double.NaN : Math.Round(Stopwatch.GetElapsedTime(started, rec.FirstTokenAt).TotalMilliseconds, 1);
+            LogFinished(log, id, route, status, rec.PromptTokens, rec.CompletionTokens, ttft, e2e);
+        }
+    }
+
+    private static async Task Handle(HttpContext ctx, ServingEngine engine, ServerOptions options, ILogger log, bool chat)
+    {
+        long started = Stopwatch.GetTimestamp();
+        var rec = new RequestRecord();
         try
         {
             JsonElement body;
@@ -94,22 +177,30 @@ public static class OpenAiServer
             }
             if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "The request body must be a JSON object.");
             var req = Parse(body, engine, options, chat);
-            await (req.Stream ? Stream(ctx, engine, req, chat) : Respond(ctx, engine, req, chat)).ConfigureAwait(false);
+            rec.PromptTokens = req.Prompt.Length * req.N;
+            await (req.Stream ? Stream(ctx, engine, req, chat, rec) : Respond(ctx, engine, req, chat, rec)).ConfigureAwait(false);
         }
         catch (ApiError e)
         {
+            rec.Error = e.Message;
             ctx.Response.StatusCode = e.Status;
             await ctx.Response.WriteAsJsonAsync(e.Body, Json).ConfigureAwait(false);
         }
         catch (XLstmOnnxException e)
         {
+            rec.Error = e.Message;
             ctx.Response.StatusCode = 400;
             await ctx.Response.WriteAsJsonAsync(new ApiError(400, e.Message).Body, Json).ConfigureAwait(false);
         }
         catch (Exception e) when (e is not OperationCanceledException && !ctx.Response.HasStarted)
         {
+            rec.Error = $"internal error: {e.Message}";
             ctx.Response.StatusCode = 500;
             await ctx.Response.WriteAsJsonAsync(new ApiError(500, $"internal error: {e.Message}", type: "server_error").Body, Json).ConfigureAwait(false);
+        }
+        finally
+        {
+            Log(log, ctx, rec, started);
         }
     }
 
@@ -233,22 +324,23 @@ public static class OpenAiServer
         return merged.Reader;
     }
 
-    private static string Finish(StopReason r) => r == StopReason.MaxNewTokens ? "length" : "stop";
+    private static string Finish(StopReason r) => ServingMetrics.FinishReason(r);
 
-    private static async Task Respond(HttpContext ctx, ServingEngine engine, Request r, bool chat)
+    private static async Task Respond(HttpContext ctx, ServingEngine engine, Request r, bool chat, RequestRecord rec)
     {
         var texts = Enumerable.Range(0, r.N).Select(_ => new StringBuilder()).ToArray();
         var ids = Enumerable.Range(0, r.N).Select(_ => new List<int>()).ToArray();
         var finish = new string?[r.N];
         int completion = 0;
+        string id = rec.Id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         await foreach (var (i, e) in Submit(engine, r, ctx.RequestAborted).ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
         {
+            if (completion == 0) rec.FirstTokenAt = Stopwatch.GetTimestamp();
             texts[i].Append(e.Text);
             ids[i].Add(e.Token);
-            completion++;
+            rec.CompletionTokens = ++completion;
             if (e.Finish != StopReason.None) finish[i] = Finish(e.Finish);
         }
-        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var usage = new { prompt_tokens = r.Prompt.Length * r.N, completion_tokens = completion, total_tokens = r.Prompt.Length * r.N + completion };
         object body = chat
@@ -265,18 +357,19 @@ public static class OpenAiServer
         await ctx.Response.WriteAsJsonAsync(body, Json).ConfigureAwait(false);
     }
 
-    private static async Task Stream(HttpContext ctx, ServingEngine engine, Request r, bool chat)
+    private static async Task Stream(HttpContext ctx, ServingEngine engine, Request r, bool chat, RequestRecord rec)
     {
         var events = Submit(engine, r, ctx.RequestAborted); // 429 is still answered as JSON
         ctx.Response.ContentType = "text/event-stream";
         ctx.Response.Headers.CacheControl = "no-cache";
-        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        string id = rec.Id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var started = new bool[r.N];
         try
         {
             await foreach (var (i, e) in events.ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
             {
+                if (rec.CompletionTokens++ == 0) rec.FirstTokenAt = Stopwatch.GetTimestamp();
                 string? reason = e.Finish == StopReason.None ? null : Finish(e.Finish);
                 object chunk = chat
                     ? new

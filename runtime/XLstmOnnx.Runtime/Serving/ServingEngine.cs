@@ -502,6 +502,7 @@ public sealed class ServingEngine : IDisposable
         var (text, finish) = live.Decoder.Accept(token);
         Metrics.CompletionTokens(1);
         live.Request.Events.Writer.TryWrite(new CompletionEvent(token, text, finish));
+        if (finish != StopReason.None) Metrics.Stopped(finish);
         return finish != StopReason.None;
     }
 
@@ -558,5 +559,6 @@ public sealed class ServingEngine : IDisposable
         _loop?.Join();
         DisposeBuffers();
         _stop.Dispose();
+        Metrics.Dispose();
     }
 }
