@@ -1,6 +1,7 @@
 // XLstmOnnx build script. Run through ./build.sh (Cake pinned in .config/dotnet-tools.json).
 //   ./build.sh --target=Test          build everything and run the whole test suite
 //   ./build.sh --target=Quickstart    the main job: export the shipped model (once, cached) and generate text on CPU
+//   ./build.sh --target=Pack          the NuGet packages and the xlstm-onnx dotnet tool, in artifacts/packages
 
 ///////////////////////////////////////////////////////////////////////////////
 // ARGUMENTS
@@ -25,6 +26,7 @@ var msbuild = new DotNetMSBuildSettings { TreatAllWarningsAs = MSBuildTreatAllWa
 var customOps = Directory("./customops");
 var customOpsBuild = customOps + Directory("build");
 var customOpsLibrary = customOpsBuild + File("libxlstm_customops.so");
+var packages = artifacts + Directory("packages");
 
 ///////////////////////////////////////////////////////////////////////////////
 // PRIVATE TASKS
@@ -87,6 +89,15 @@ Task("__StageCustomOps")
     }
 });
 
+Task("__Pack")
+    .Description("Packs the built solution: XLstmOnnx.GraphBuilder, XLstmOnnx.Runtime (+ symbols) and the xlstm-onnx tool, which carries libxlstm_customops.so.")
+    .Does(() =>
+{
+    CleanDirectory(packages);
+    DotNetPack(solution, new DotNetPackSettings { Configuration = configuration, NoBuild = true, OutputDirectory = packages, MSBuildSettings = msbuild });
+    Information("Install the tool from there: dotnet tool install --global --add-source {0} xlstm-onnx", packages);
+});
+
 Task("__Quickstart")
     .Does(() =>
 {
@@ -116,6 +127,8 @@ Task("Build").Description("Builds the solution (warnings are errors) and the cus
     .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps");
 Task("Test").Description("Builds and runs every test; prints 'N passed, N failed, N skipped'.")
     .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps").IsDependentOn("__RunTests");
+Task("Pack").Description("Builds, then packs the two libraries and the xlstm-onnx dotnet tool into artifacts/packages.")
+    .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps").IsDependentOn("__Pack");
 Task("Quickstart").Description("Exports the shipped model once and generates a continuation on the CPU.").IsDependentOn("__Build").IsDependentOn("__Quickstart");
 Task("Default").IsDependentOn("Test");
 

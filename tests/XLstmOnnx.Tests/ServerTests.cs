@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.AI;
+using Microsoft.Extensions.Logging.Abstractions;
 using XLstmOnnx.Cli.Serving;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.Runtime;
@@ -32,7 +33,7 @@ public class ServerTests
         OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), _model, new ExportOptions());
         _session = XLstmSession.Load(_model);
         _engine = new ServingEngine(_session, new ServingOptions { MaxBatch = 8, QueueCapacity = 64 });
-        (_app, string url) = await OpenAiServer.StartAsync(_engine, new ServerOptions { Port = 0, ModelId = "kjv", MaxPromptTokens = 512, MaxTokensLimit = 100_000 });
+        (_app, string url) = await OpenAiServer.StartAsync(_engine, new ServerOptions { Port = 0, ModelId = "kjv", MaxPromptTokens = 512, MaxTokensLimit = 100_000, Logs = NullLoggerProvider.Instance });
         _http = new HttpClient { BaseAddress = new Uri(url) };
     }
 
@@ -197,18 +198,18 @@ public class ServerTests
         var models = JsonDocument.Parse(await _http.GetStringAsync("/v1/models")).RootElement;
         Assert.That(models.GetProperty("data")[0].GetProperty("id").GetString(), Is.EqualTo("kjv"));
         Assert.That(await _http.GetStringAsync("/health"), Does.Contain("ok"));
-        double before = double.Parse(Metric("xlstm_completion_tokens_total"));
-        double finished = double.Parse(Metric("xlstm_requests_total{status=\"finished\"}"));
+        double before = double.Parse(Metric("xlstm_generation_tokens_total"));
+        double finished = double.Parse(Metric("xlstm_request_success_total{finished_reason=\"length\"}"));
         await Post("/v1/completions", new { model = "kjv", prompt = "And", max_tokens = 5, temperature = 0 });
-        Assert.That(double.Parse(Metric("xlstm_completion_tokens_total")), Is.EqualTo(before + 5));
-        Assert.That(double.Parse(Metric("xlstm_requests_total{status=\"finished\"}")), Is.EqualTo(finished + 1));
+        Assert.That(double.Parse(Metric("xlstm_generation_tokens_total")), Is.EqualTo(before + 5));
+        Assert.That(double.Parse(Metric("xlstm_request_success_total{finished_reason=\"length\"}")), Is.EqualTo(finished + 1));
         Assert.That(Metric("xlstm_time_to_first_token_seconds_count"), Is.Not.EqualTo("0"));
     }
 
     [Test]
     public async Task ADisconnectedClientFreesItsSlot()
     {
-        double cancelled = double.Parse(Metric("xlstm_requests_total{status=\"cancelled\"}"));
+        double cancelled = double.Parse(Metric("xlstm_request_success_total{finished_reason=\"abort\"}"));
         var uri = _http.BaseAddress!;
         using (var tcp = new System.Net.Sockets.TcpClient())
         {
@@ -222,9 +223,9 @@ public class ServerTests
             Assert.That(await stream.ReadAsync(buffer), Is.GreaterThan(0), "the stream started");
             tcp.Client.LingerState = new System.Net.Sockets.LingerOption(true, 0); // close with a reset, as a killed client does
         }
-        for (int i = 0; i < 100 && double.Parse(Metric("xlstm_requests_total{status=\"cancelled\"}")) == cancelled; i++) await Task.Delay(50);
-        Assert.That(double.Parse(Metric("xlstm_requests_total{status=\"cancelled\"}")), Is.EqualTo(cancelled + 1), "the engine dropped the sequence");
-        Assert.That(Metric("xlstm_batch_occupancy"), Is.EqualTo("0"), "its slot is free");
+        for (int i = 0; i < 100 && double.Parse(Metric("xlstm_request_success_total{finished_reason=\"abort\"}")) == cancelled; i++) await Task.Delay(50);
+        Assert.That(double.Parse(Metric("xlstm_request_success_total{finished_reason=\"abort\"}")), Is.EqualTo(cancelled + 1), "the engine dropped the sequence");
+        Assert.That(Metric("xlstm_num_requests_running"), Is.EqualTo("0"), "its slot is free");
     }
 
     [Test]
@@ -244,7 +245,7 @@ public class ServerTests
     {
         using var session = XLstmSession.Load(_model);
         using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 1, QueueCapacity = 1 });
-        var (app, url) = await OpenAiServer.StartAsync(engine, new ServerOptions { Port = 0, ModelId = "kjv" });
+        var (app, url) = await OpenAiServer.StartAsync(engine, new ServerOptions { Port = 0, ModelId = "kjv", Logs = NullLoggerProvider.Instance });
         await using var _ = app;
         using var http = new HttpClient { BaseAddress = new Uri(url) };
         var responses = await Task.WhenAll(Enumerable.Range(0, 12).Select(_ =>
@@ -271,9 +272,7 @@ public class ServerTests
         Assert.That(client.GetService(typeof(ChatClientMetadata)), Is.InstanceOf<ChatClientMetadata>());
     }
 
-    private string Metric(string name)
-    {
-        string text = _http.GetStringAsync("/metrics").GetAwaiter().GetResult();
-        return text.Split('\n').First(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..];
-    }
+    /// <summary>The value of a series, <c>name</c> or <c>name{label="value"}</c>, summed over its other labels (MetricsTests checks the format).</summary>
+    private string Metric(string selector) =>
+        PrometheusText.Parse(_http.GetStringAsync("/metrics").GetAwaiter().GetResult()).Value(selector).ToString(System.Globalization.CultureInfo.InvariantCulture);
 }

@@ -42,7 +42,7 @@ build)
   a=$("$CLI" generate --model /tmp/kjv --prompt "In the beginning" --greedy --max-new-tokens 40 --print-ids --device cuda 2>>"$R/kjv.log" | tail -1)
   b=$("$CLI" generate --model /tmp/kjv --prompt "In the beginning" --greedy --max-new-tokens 40 --print-ids --device cuda --cuda-graph 2>>"$R/kjv.log" | tail -1)
   say "kjv bf16 greedy, graph vs no graph: $([[ $a == "$b" ]] && echo EQUAL || echo "DIFFERENT: $a | $b")"
-  "$CLI" bench --model /tmp/kjv --device cuda --cuda-graph --batch 1,8 --prompt 100 --new 40 --reps 1 --out "$R/kjv-graph-bench.json" > "$R/kjv-bench.log" 2>&1
+  "$CLI" bench --model /tmp/kjv --device cuda --cuda-graph --batch 1,8 --prompt-tokens 100 --new-tokens 40 --reps 1 --out "$R/kjv-graph-bench.json" > "$R/kjv-bench.log" 2>&1
   say "kjv graph bench rc=$?: $(grep -h device_argmax_mismatches "$R/kjv-graph-bench.json" | tr -d ' \n')"
   cat "$R/kjv-bench.log" | tee -a "$R/summary.txt"
   # continuous batching with CUDA graphs: slots are reset and refilled between captured steps
@@ -67,7 +67,7 @@ kernels)
   ;;
 bench)
   for g in "" --cuda-graph; do
-    "$CLI" bench --model $M7 --device cuda $g --batch 1,16 --prompt 2048 --new 256 --reps 3 --out "$R/ours${g:+-graph}.json" 2>&1 | tee "$R/ours${g:+-graph}.log"
+    "$CLI" bench --model $M7 --device cuda $g --batch 1,16 --prompt-tokens 2048 --new-tokens 256 --reps 3 --out "$R/ours${g:+-graph}.json" 2>&1 | tee "$R/ours${g:+-graph}.log"
     say "ours ${g:-(no graph)} rc=${PIPESTATUS[0]}"
   done
   ;;
@@ -79,22 +79,22 @@ profile)
   [[ -f /tmp/libkernel_trace.so ]] || bash tools/profile/build.sh /tmp/libkernel_trace.so 2>&1 | tee -a "$R/summary.txt"; tail -3 /tmp/kernel_trace_build.log 2>/dev/null
   # GPU kernel time by kernel (CUPTI), captured decode at batch 1: 261 steps and two 16-token prompts
   CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-decode-b1.tsv \
-    "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1 --prompt 16 --new 257 --reps 1 > "$R/trace-decode.log" 2>&1
+    "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1 --prompt-tokens 16 --new-tokens 257 --reps 1 > "$R/trace-decode.log" 2>&1
   say "decode trace rc=$?: $(head -c 300 "$R/kernels-decode-b1.tsv" | tail -n +2 | head -3 | cut -c1-120 | tr '\n' '|')"
   CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-decode-b16.tsv \
-    "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 16 --prompt 16 --new 129 --reps 1 > "$R/trace-decode-b16.log" 2>&1
+    "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 16 --prompt-tokens 16 --new-tokens 129 --reps 1 > "$R/trace-decode-b16.log" 2>&1
   say "decode trace B16 rc=$?"
   CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-prefill-b1.tsv \
-    "$CLI" bench --model $M7 --device cuda --batch 1 --prompt 2048 --new 2 --reps 1 > "$R/trace-prefill.log" 2>&1
+    "$CLI" bench --model $M7 --device cuda --batch 1 --prompt-tokens 2048 --new-tokens 2 --reps 1 > "$R/trace-prefill.log" 2>&1
   say "prefill trace rc=$?"
   # ONNX Runtime's node profile of uncaptured steps: node count per call and where every node ran
-  (cd /tmp && "$CLI" bench --model $M7 --device cuda --batch 1 --prompt 16 --new 8 --reps 1 --profile /tmp/ortprof > "$R/ortprof.log" 2>&1)
+  (cd /tmp && "$CLI" bench --model $M7 --device cuda --batch 1 --prompt-tokens 16 --new-tokens 8 --reps 1 --profile /tmp/ortprof > "$R/ortprof.log" 2>&1)
   python3 tools/profile/summarize_ort_profile.py /tmp/ortprof*.json > "$R/ort-profile-summary.txt" 2>&1
   say "ORT profile: $(head -5 "$R/ort-profile-summary.txt" | tr '\n' '|')"
   rm -rf $Q7
   "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --quantize int4 --mlstm-kernels custom --last-logits-only --next-token --output $Q7 > "$R/export-int4.log" 2>&1
   say "int4 export rc=$?: $(grep -E '^exported' "$R/export-int4.log")"
-  "$CLI" bench --model $Q7 --device cuda --cuda-graph --batch 1,16 --prompt 2048 --new 256 --reps 3 --out "$R/ours-int4-graph.json" 2>&1 | tee "$R/int4.log"
+  "$CLI" bench --model $Q7 --device cuda --cuda-graph --batch 1,16 --prompt-tokens 2048 --new-tokens 256 --reps 3 --out "$R/ours-int4-graph.json" 2>&1 | tee "$R/int4.log"
   say "int4 bench rc=${PIPESTATUS[0]}"
   ;;
 accuracy)
