@@ -17,21 +17,23 @@ internal static class ServeCommand
         var maxBatch = new Option<int>("--max-batch") { Description = "Slots of the decode state pool: sequences decoded together at most.", DefaultValueFactory = _ => 8 };
         var queue = new Option<int>("--queue") { Description = "Requests that may wait; more get 429.", DefaultValueFactory = _ => 64 };
         var cacheMb = new Option<int?>("--prefix-cache-mb") { Description = "Device memory for cached prefix states (0: off; default: two states per slot, at most a quarter of the free GPU memory, 1 GiB on the CPU)." };
-        var prefillRows = new Option<int>("--prefill-rows") { Description = "Prompts read at the same time (each in its own row of state).", DefaultValueFactory = _ => 4 };
+        var prefillRows = new Option<int>("--prefill-rows") { Description = "Prompts read at the same time (each in its own row of state).", DefaultValueFactory = _ => 8 };
         var prefillChunk = new Option<int?>("--prefill-chunk") { Description = "Longest prompt piece read between decode steps while others decode (default: paced so prefill takes at most 0.9 of a step's time)." };
+        var gather = new Option<int>("--prefill-gather-steps") { Description = "Decode steps a short prompt may wait to be read together with others (0: at once).", DefaultValueFactory = _ => 2 };
         var buckets = new Option<string?>("--decode-buckets") { Description = "Batch sizes a decode step runs at, e.g. 1,8,64 (default: powers of two up to --max-batch, and --max-batch)." };
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "Longest prompt accepted (400 above it).", DefaultValueFactory = _ => 8192 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens accepted (400 above it).", DefaultValueFactory = _ => 2048 };
         var name = new Option<string?>("--model-name") { Description = "Model id in the API (default: the folder's name)." };
         var logLevel = ChoiceOption.ForEnum("--log-level", "Least level logged to stderr: information writes one line per request; warning only refused and failed ones.", LogLevel.Information);
         var cmd = new Command("serve", "OpenAI-compatible HTTP server with continuous batching and a prefix-state cache.")
-            { host, port, maxBatch, queue, cacheMb, prefillRows, prefillChunk, buckets, maxPrompt, maxTokens, name, logLevel };
+            { host, port, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, maxPrompt, maxTokens, name, logLevel };
         model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             if (r.GetValue(maxBatch) < 1) throw new XLstmOnnxException($"option --max-batch must be at least 1; found {r.GetValue(maxBatch)}.");
             if (r.GetValue(prefillRows) < 1) throw new XLstmOnnxException($"option --prefill-rows must be at least 1; found {r.GetValue(prefillRows)}.");
             if (r.GetValue(cacheMb) is < 0) throw new XLstmOnnxException($"option --prefix-cache-mb must be 0 (off) or positive; found {r.GetValue(cacheMb)}.");
+            if (r.GetValue(gather) < 0) throw new XLstmOnnxException($"option --prefill-gather-steps must be 0 or more; found {r.GetValue(gather)}.");
             if (r.GetValue(prefillChunk) is < 1) throw new XLstmOnnxException($"option --prefill-chunk must be positive; found {r.GetValue(prefillChunk)}.");
             var bucketList = r.GetValue(buckets) is { } list ? SamplingOptions.ParseIds(list, "--decode-buckets") : null;
             if (bucketList is not null && (bucketList.Length == 0 || bucketList.Any(b => b < 1 || b > r.GetValue(maxBatch))))
@@ -47,6 +49,7 @@ internal static class ServeCommand
                 PrefixCacheBytes = r.GetValue(cacheMb) is { } mb ? (long)mb << 20 : null,
                 PrefillRows = r.GetValue(prefillRows),
                 PrefillChunkTokens = r.GetValue(prefillChunk),
+                PrefillGatherSteps = r.GetValue(gather),
                 DecodeBuckets = bucketList,
             });
             var options = new ServerOptions

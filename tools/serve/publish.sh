@@ -9,8 +9,7 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 OLD_REV=${OLD_REV:-009aadd}
 rm -rf .gpu/app .gpu/old .gpu/ort-include /tmp/xlstm-cli-publish
-# EnableNUnitRunner only here: with it, dotnet test (VSTest) refuses the project on the .NET 10 SDK
-dotnet publish tests/XLstmOnnx.Tests -c Release -r linux-x64 --self-contained -p:OutputType=Exe -p:EnableNUnitRunner=true -o .gpu/app
+dotnet publish tests/XLstmOnnx.Tests -c Release -r linux-x64 --self-contained -p:XLstmTestExecutable=true -o .gpu/app
 dotnet publish cli/XLstmOnnx.Cli -c Release -r linux-x64 --self-contained -o /tmp/xlstm-cli-publish
 cp /tmp/xlstm-cli-publish/xlstm-onnx /tmp/xlstm-cli-publish/xlstm-onnx.dll /tmp/xlstm-cli-publish/xlstm-onnx.deps.json \
    /tmp/xlstm-cli-publish/xlstm-onnx.runtimeconfig.json .gpu/app/

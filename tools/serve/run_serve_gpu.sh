@@ -5,16 +5,17 @@
 #
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh build     # customops (CUDA), CUDA tests (CTest, NUnit), 7B export
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh serve     # bench (the engine) and serve under load, same run
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh extra     # a 16k prompt while others decode; one decode batch size
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh profile   # kernel time of served steps, the previous engine and this one
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve or profile}
+stage=${1:?stage: build, serve, extra or profile}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
-APP=$PWD/.gpu-app                 # the published tests and CLI, inside the repository (tests find it by walking up)
-CLI=$APP/xlstm-onnx
+APP=$PWD/.gpu-app                 # the published tests, inside the repository (tests find it by walking up); copied per call
+CLI=/tmp/xlstm/.gpu/app/xlstm-onnx
 export XLSTM_CUSTOMOPS_PATH=/tmp/cb/libxlstm_customops.so
 M7=/tmp/m7b                       # xLSTM-7b config, random bf16 weights, custom ops, last logits, next_token
 PORT=18100
@@ -26,7 +27,7 @@ serve() { # serve LABEL ARGS...: starts a server on $PORT in the background, wai
   local label=$1; shift
   "$@" --port $PORT --model-name x --log-level warning > "$R/serve-$label.log" 2>&1 &
   server=$!
-  for _ in $(seq 240); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; sleep 0.5; done
+  for _ in $(seq 240); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
   say "server $label up: $(grep -h serving "$R/serve-$label.log" | head -1)"
 }
 stop() { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
@@ -47,8 +48,8 @@ build)
   grep -E "error" "$R/build.log" | head -20
   cp /tmp/cb/libxlstm_customops.so "$APP/"
   bash tools/profile/build.sh /tmp/libkernel_trace.so 2>&1 | tee -a "$R/summary.txt"
-  "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" --results-directory "$R/nunit" --report-trx > "$R/nunit-cuda.log" 2>&1
-  say "NUnit CUDA tests rc=$?: $(grep -E 'total:|failed:|succeeded:|skipped:' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
+  "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" > "$R/nunit-cuda.log" 2>&1
+  say "NUnit CUDA tests rc=$?: $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
   grep -B2 -A12 "failed " "$R/nunit-cuda.log" | head -60
   rm -rf $M7
   "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --output $M7 > "$R/export-7b.log" 2>&1
@@ -61,23 +62,32 @@ serve)
   serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512 --max-prompt-tokens 20000
   lt 64x1024 --clients 64 --seconds 50 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 4
   lt 8x512 --clients 8 --seconds 20 --warmup-seconds 4 --max-tokens 512 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 4
-  lt long --clients 16 --seconds 25 --warmup-seconds 8 --max-tokens 4000 --prompt-tokens 64:160 --ignore-eos --long-prompt 16384 --check-alone 0
   stop
   serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
   lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 8 --unloaded 6
   stop
   ;;
+extra)
+  # the long prompt (16,384 tokens) read while 16 streams decode; then one decode batch size only (every step at 64 rows,
+  # as the previous engine did): whether streams under load then equal the requests alone
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512 --max-prompt-tokens 20000
+  lt long --clients 16 --seconds 25 --warmup-seconds 8 --max-tokens 2000 --prompt-tokens 64:160 --ignore-eos --long-prompt 16384 --check-alone 0
+  stop
+  serve one-bucket "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512 --decode-buckets 64
+  lt one-bucket --clients 16 --seconds 15 --warmup-seconds 3 --max-tokens 256 --prompt-tokens 64:160 --ignore-eos --check-alone 4
+  stop
+  ;;
 profile)
   # GPU kernel time (CUPTI) of a served load, the previous engine (one masked prefill over all slots, host sampling)
   # against this one, same load; with the servers' step counts the tables give kernel time per served step
-  rm -rf /tmp/oldapp && cp -al "$APP" /tmp/oldapp && cp /tmp/xlstm/.gpu/old/*.dll /tmp/oldapp/
+  rm -rf /tmp/oldapp && cp -al /tmp/xlstm/.gpu/app /tmp/oldapp && rm /tmp/oldapp/{xlstm-onnx.dll,XLstmOnnx.Runtime.dll,XLstmOnnx.GraphBuilder.dll} && cp /tmp/xlstm/.gpu/old/*.dll /tmp/oldapp/
   for v in old new; do
     bin=$CLI; [[ $v == old ]] && bin=/tmp/oldapp/xlstm-onnx
     extra=(); [[ $v == new ]] && extra=(--log-level warning)
     CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-$v.tsv \
       "$bin" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512 --port $PORT --model-name x "${extra[@]}" > "$R/serve-$v.log" 2>&1 &
     server=$!
-    for _ in $(seq 240); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; sleep 0.5; done
+    for _ in $(seq 240); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
     "$CLI" loadtest --url http://127.0.0.1:$PORT --model-name x --clients 64 --seconds 30 --warmup-seconds 10 --max-tokens 1024 --prompt-tokens 64:160 \
       --ignore-eos --check-alone 0 --out "$R/lt-profile-$v.json" > "$R/lt-profile-$v.log" 2>&1
     curl -s 127.0.0.1:$PORT/metrics > "$R/metrics-profile-$v.txt"

@@ -20,8 +20,13 @@ public sealed record ServingOptions
     public long? PrefixCacheBytes { get; init; }
     /// <summary>Prompts shorter than this are not cached (their prefill is cheaper than a state copy).</summary>
     public int PrefixCacheMinTokens { get; init; } = 8;
-    /// <summary>Prompts prefilled at the same time (each in its own staging row of state).</summary>
-    public int PrefillRows { get; init; } = 4;
+    /// <summary>Prompts being read at the same time (each in its own staging row of state until it joins).</summary>
+    public int PrefillRows { get; init; } = 8;
+    /// <summary>
+    /// With live sequences, short prompts wait up to this many decode steps for others to be read with them in one
+    /// call (fewer when they fill <see cref="PrefillRows"/> or the free slots); 0 reads each as soon as it comes.
+    /// </summary>
+    public int PrefillGatherSteps { get; init; } = 2;
     /// <summary>
     /// Longest prompt piece read between two decode steps while sequences are decoding; null: paced by time, so that
     /// prefill takes at most <see cref="PrefillShare"/> of a decode step's time on average (a long prompt is read in
@@ -87,6 +92,7 @@ public sealed class ServingEngine : IDisposable
         public int Set;              // the staging pool's set holding the row's state
         public int Start;            // tokens [0, Start) were taken from the prefix cache
         public int Fed;              // tokens [0, Fed) are in the state
+        public long Since;           // the decode step count when it was admitted
     }
 
     private readonly XLstmSession _session;
@@ -108,6 +114,7 @@ public sealed class ServingEngine : IDisposable
     private readonly Thread _loop;
     private readonly CancellationTokenSource _stop = new();
     private int _count;                                  // live rows
+    private long _steps;                                 // decode steps so far
     private int _set;                                    // the pool's set holding the live rows' state
     private int _queued;
     private double _stepSeconds, _prefillTokensPerSecond, _credit;
@@ -300,7 +307,7 @@ public sealed class ServingEngine : IDisposable
                 Join([req], row);
                 continue;
             }
-            var job = new Job(req, _freeStaging.Pop());
+            var job = new Job(req, _freeStaging.Pop()) { Since = _steps };
             if (hit is { } h)
             {
                 _cache.States!.CopyRow(0, h.Slot, _staging, job.Set, job.Row);
@@ -318,23 +325,26 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
-    /// Reads prompts. Prompts whose rest is shorter than a chunk are read together, in one masked call (a masked
-    /// position is an exact no-op of the recurrent form, which is all such a prompt runs), directly into the rows they
-    /// join. The others are read in pieces at batch 1: those read in one piece first, then the oldest. With live sequences the pieces are paced: each
-    /// decode step earns <see cref="ServingOptions.PrefillShare"/> of its time as credit, and pieces are sized from the
-    /// measured prefill speed to spend it (a short rest is read whole, going into debt). Without live sequences
-    /// everything is read at once.
+    /// Reads prompts. Those read whole now (with live sequences: up to four chunks, or --prefill-chunk) are read
+    /// together, directly in the rows they join: their whole chunks in one call, then their recurrent tails in another
+    /// (HF's own split of a segment; the left pads of each call are whole chunks or recurrent no-ops, so every row runs
+    /// the schedule it runs alone). With live sequences such a group waits up to <see cref="ServingOptions.PrefillGatherSteps"/>
+    /// decode steps for company, since one call of k prompts costs little more than one. Longer prompts are read in
+    /// pieces at batch 1, oldest first. With live sequences all of it is paced: each decode step earns
+    /// <see cref="ServingOptions.PrefillShare"/> of its time as credit, which reading spends (a group or a piece may go
+    /// into debt). Without live sequences everything is read at once.
     /// </summary>
     private void Prefill()
     {
-        ReadShort();
-        while (_jobs.Count > 0)
+        bool paced = _count > 0;
+        var whole = _jobs.Where(j => ReadsWhole(j, paced)).ToList();
+        if (whole.Count > 0 && (!paced || (_credit > 0 && Gathered(whole)))) ReadWhole(whole);
+        while (true)
         {
-            bool paced = _count > 0;
+            paced = _count > 0;
             if (paced && _credit <= 0) return;
-            // prompts that are read in one piece go first (a short request need not wait behind a long one), then the oldest
-            int k = _jobs.FindIndex(j => j.Request.Prompt.Length - j.Fed <= 4 * _chunk);
-            if (k < 0) k = 0;
+            int k = _jobs.FindIndex(j => !ReadsWhole(j, paced));
+            if (k < 0) return;
             var job = _jobs[k];
             int piece = PieceLength(job, paced);
             long t0 = Stopwatch.GetTimestamp();
@@ -349,6 +359,18 @@ public sealed class ServingEngine : IDisposable
         }
     }
 
+    /// <summary>Whether the rest of <paramref name="job"/>'s prompt is read in one go now: it stays inside its segment, and with live sequences it is short.</summary>
+    private bool ReadsWhole(Job job, bool paced)
+    {
+        int rest = job.Request.Prompt.Length - job.Fed;
+        if (rest > _segment - (job.Fed - job.Start) % _segment) return false;
+        return !paced || rest <= Math.Max(4 * _chunk, _o.PrefillChunkTokens ?? 0);
+    }
+
+    /// <summary>A group is read when it fills the free rows, or its oldest prompt has waited its steps.</summary>
+    private bool Gathered(List<Job> whole) =>
+        whole.Count >= Math.Min(_o.PrefillRows, _o.MaxBatch - _count) || _steps - whole.Min(j => j.Since) >= _o.PrefillGatherSteps;
+
     private void Spent(int tokens, double seconds, bool paced)
     {
         double rate = tokens / Math.Max(seconds, 1e-6);
@@ -356,36 +378,54 @@ public sealed class ServingEngine : IDisposable
         if (paced) _credit -= seconds;
     }
 
-    /// <summary>Every job whose rest is shorter than a chunk, in one call over the rows they join (left-padded and masked).</summary>
-    private void ReadShort()
+    /// <summary>
+    /// Reads the rest of every job of <paramref name="group"/> in the pool rows they join: rows with whole chunks to read
+    /// go through one call of them, rows with a recurrent tail through one call of those (rows ordered: tail only, both,
+    /// chunks only, so that each call covers a run of rows). After each call the rows come back to the live rows' set.
+    /// </summary>
+    private void ReadWhole(List<Job> group)
     {
-        var group = _jobs.Where(j => j.Request.Prompt.Length - j.Fed < _chunk).ToList();
-        if (group.Count == 0) return;
-        int first = _count, n = group.Count;
-        int seq = group.Max(j => j.Request.Prompt.Length - j.Fed);
-        var ids = new long[n * seq];
-        var mask = new long[n * seq];
-        long pad = _session.Manifest.PadTokenId ?? 0;
+        int Rest(Job j) => j.Request.Prompt.Length - j.Fed;
+        int Head(Job j) => (int)(Rest(j) / _chunk * _chunk);
+        var ordered = group.OrderBy(j => Head(j) == 0 ? 0 : Rest(j) > Head(j) ? 1 : 2).ToList();
+        int first = _count, n = ordered.Count;
         for (int g = 0; g < n; g++)
         {
-            var job = group[g];
+            var job = ordered[g];
             _staging.CopyRow(job.Set, job.Row, _pool, _set, first + g);
             _freeStaging.Push(job.Row);
             _jobs.Remove(job);
-            int rest = job.Request.Prompt.Length - job.Fed, offset = seq - rest;
-            for (int c = 0; c < seq; c++)
-            {
-                bool real = c >= offset;
-                ids[g * seq + c] = real ? job.Request.Prompt[job.Fed + c - offset] : pad;
-                mask[g * seq + c] = real ? 1 : 0;
-            }
         }
+        int tailOnly = ordered.Count(j => Head(j) == 0), tails = ordered.Count(j => Rest(j) > Head(j));
         long t0 = Stopwatch.GetTimestamp();
-        _runner.Prompt(_pool, _set, first, n, ids, mask, seq, first);
-        // the live rows stay in their set: the new rows come back to it
-        for (int g = 0; g < n; g++) _pool.CopyRow(1 - _set, first + g, _pool, _set, first + g);
-        Spent(n * seq, Stopwatch.GetElapsedTime(t0).TotalSeconds, _count > 0);
-        Join([.. group.Select(j => j.Request)], first);
+        int tokens = 0;
+        void Call(int from, int count, Func<Job, int> start, Func<Job, int> length)
+        {
+            if (count == 0) return;
+            int seq = Enumerable.Range(from, count).Max(g => length(ordered[g]));
+            var ids = new long[count * seq];
+            var mask = new long[count * seq];
+            long pad = _session.Manifest.PadTokenId ?? 0;
+            for (int i = 0; i < count; i++)
+            {
+                var job = ordered[from + i];
+                int len = length(job), offset = seq - len, at = start(job);
+                for (int c = 0; c < seq; c++)
+                {
+                    bool real = c >= offset;
+                    ids[i * seq + c] = real ? job.Request.Prompt[at + c - offset] : pad;
+                    mask[i * seq + c] = real ? 1 : 0;
+                }
+                tokens += len;
+            }
+            _runner.Prompt(_pool, _set, first + from, count, ids, mask, seq, first + from);
+            // the live rows stay in their set: the new rows come back to it
+            for (int i = 0; i < count; i++) _pool.CopyRow(1 - _set, first + from + i, _pool, _set, first + from + i);
+        }
+        Call(tailOnly, n - tailOnly, j => j.Fed, Head);                          // whole chunks: rows with some
+        Call(0, tails, j => j.Fed + Head(j), j => Rest(j) - Head(j));             // recurrent tails: rows with one
+        Spent(tokens, Stopwatch.GetElapsedTime(t0).TotalSeconds, _count > 0);
+        Join([.. ordered.Select(j => j.Request)], first);
     }
 
     /// <summary>
@@ -480,6 +520,7 @@ public sealed class ServingEngine : IDisposable
         _set = 1 - _set;
         var step = Stopwatch.GetElapsedTime(t0);
         Interlocked.Increment(ref _stepsByBatch[b]);
+        _steps++;
         Metrics.DecodeStep(step, _count);
         _stepSeconds = _stepSeconds == 0 ? step.TotalSeconds : 0.9 * _stepSeconds + 0.1 * step.TotalSeconds;
         _credit = Math.Min(_credit + _o.PrefillShare * step.TotalSeconds, 4 * _o.PrefillShare * _stepSeconds);
