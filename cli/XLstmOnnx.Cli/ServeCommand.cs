@@ -19,7 +19,7 @@ internal static class ServeCommand
         var cacheMb = new Option<int?>("--prefix-cache-mb") { Description = "Device memory for cached prefix states (0: off; default: two states per slot, at most a quarter of the free GPU memory, 1 GiB on the CPU)." };
         var prefillRows = new Option<int>("--prefill-rows") { Description = "Prompts read at the same time (each in its own row of state).", DefaultValueFactory = _ => 8 };
         var prefillChunk = new Option<int?>("--prefill-chunk") { Description = "Longest prompt piece read between decode steps while others decode (default: paced so prefill takes at most 0.9 of a step's time)." };
-        var gather = new Option<int>("--prefill-gather-steps") { Description = "Decode steps a short prompt may wait to be read together with others (0: at once).", DefaultValueFactory = _ => 2 };
+        var gather = new Option<int>("--prefill-gather-steps") { Description = "Decode steps a short prompt may wait to be read together with others (0: at once).", DefaultValueFactory = _ => 0 };
         var buckets = new Option<string?>("--decode-buckets") { Description = "Batch sizes a decode step runs at, e.g. 1,8,64 (default: powers of two up to --max-batch, and --max-batch)." };
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "Longest prompt accepted (400 above it).", DefaultValueFactory = _ => 8192 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens accepted (400 above it).", DefaultValueFactory = _ => 2048 };
