@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.RegularExpressions;
 using XLstmOnnx.Cli;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Export;
 
 namespace XLstmOnnx.Tests;
@@ -123,7 +124,7 @@ public class CliTests
             "--dtype", "FP16", "--mlstm-kernels", "Custom", "--external-data", "ALWAYS");
         Assert.That(r.Code, Is.Zero, r.Out + r.Err);
         var manifest = ModelManifest.Load(tmp.Sub("m"));
-        Assert.That((manifest.Dtype, manifest.MLstmKernels, manifest.ExternalDataFile), Is.EqualTo(("fp16", "custom", "model.onnx.data")));
+        Assert.That((manifest.Dtype, manifest.MLstmKernels, manifest.ExternalDataFile), Is.EqualTo((WeightDtype.Fp16, MLstmKernels.Custom, "model.onnx.data")));
     }
 
     [Test]
