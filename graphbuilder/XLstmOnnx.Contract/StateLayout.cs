@@ -55,15 +55,6 @@ public readonly record struct StateLayout(int Layers, long Heads, long QkHeadDim
         _ => "m",
     };
 
-    /// <summary>The part called <paramref name="name"/> ("C", "n" or "m"); throws naming the three.</summary>
-    public static StatePart Parse(string name) => name switch
-    {
-        "C" => StatePart.C,
-        "n" => StatePart.N,
-        "m" => StatePart.M,
-        _ => throw new ArgumentOutOfRangeException(nameof(name), name, "expected a state part: C, n or m"),
-    };
-
     /// <summary>The graph input <c>past_state.{layer}.{part}</c>.</summary>
     public static string PastName(int layer, StatePart part) => $"past_state.{Layer(layer)}.{Name(part)}";
 

@@ -12,7 +12,7 @@ namespace XLstmOnnx.Tests;
 [NonParallelizable] // redirects Console
 public class CliTests
 {
-    private static (int Code, string Out, string Err) Run(params string[] args)
+    internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var (o, e) = (Console.Out, Console.Error);
         using var outWriter = new StringWriter();
@@ -106,7 +106,7 @@ public class CliTests
         Assert.That(r.Out + r.Err, Does.Contain("int3"));
     }
 
-    private static IEnumerable<Command> Commands() => CliApp.Build().Subcommands;
+    internal static IEnumerable<Command> Commands() => CliApp.Build().Subcommands;
 
     private static Command CommandNamed(string name) => Commands().Single(c => c.Name == name);
 
