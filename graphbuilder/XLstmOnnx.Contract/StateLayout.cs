@@ -15,9 +15,9 @@ public enum StatePart
 
 /// <summary>
 /// The recurrent state of an exported model, in one place: its tensors' names, shapes and order. Per layer L the graph
-/// reads <c>past_state.L.{C,n,m}</c> and writes <c>present_state.L.{C,n,m}</c>, all float32 (docs/exported-graph.md,
-/// "State"). Where the state is a flat list of tensors (bindings, pools, snapshots) it is layer-major: tensor
-/// <see cref="Index"/>(L, part) = L · 3 + part.
+/// reads <c>past_state.L.{C,n,m}</c> and writes <c>present_state.L.{C,n,m}</c>, all float32
+/// (docs/exported-graph.md, "State"). Where the state is a flat list of tensors (bindings, pools, snapshots) it is
+/// layer-major: tensor <see cref="Index"/>(L, part) = L · 3 + part.
 /// </summary>
 /// <param name="Layers">Layers (blocks), each with one C, n and m.</param>
 /// <param name="Heads">NH.</param>

@@ -57,7 +57,7 @@ public class CliTests
         Assert.That(export.Code, Is.Zero, export.Out + export.Err);
         var inspect = Run("inspect", "--model", tmp.Sub("m"), "--run", "20");
         Assert.That(inspect.Code, Is.Zero, inspect.Out + inspect.Err);
-        Assert.That(inspect.Out, Does.Contain("layers 1").And.Contain("ran 20 tokens"));
+        Assert.That(inspect.Out, Does.Contain("layers 1").And.Contain("logits all;").And.Contain("ran 20 tokens"));
         var unknown = Run("export", "--random-weights", "--preset", "xlstm-huge", "--output", tmp.Sub("x"));
         Assert.That(unknown.Err, Does.Contain("xlstm-huge").And.Contain("xlstm-7b"), "lists the known presets");
     }
