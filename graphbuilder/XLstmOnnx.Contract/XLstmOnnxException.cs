@@ -16,8 +16,9 @@ public sealed class XLstmOnnxException : Exception
 
     /// <summary>
     /// The API parameter whose value is at fault, as the message names it: <c>Type.Property</c> for options
-    /// (<c>GenerationOptions.Temperature</c>), <c>Type.Method(parameter)</c> for arguments; null when the fault is not
-    /// in a parameter (a file, a model). Applications map it to their own names (the CLI to its flags).
+    /// (<c>GenerationOptions.Temperature</c>), <c>Type.Method(parameter)</c> or <c>Type(parameter)</c> for arguments of
+    /// methods and constructors; null when the fault is not in a parameter (a file, a model). Applications map it to
+    /// their own names (the CLI to its flags).
     /// </summary>
     public string? Parameter { get; }
 
