@@ -42,6 +42,8 @@ public class ParameterErrorTests
                 "ExportOptions.Dtype", "ExportOptions.Dtype must be fp32, fp16 or bf16; found 7.");
             ExpectError(() => RuntimeOptions.ParseDevice("tpu"), "RuntimeOptions.Device", "RuntimeOptions.Device must be cpu or cuda; found \"tpu\".");
             ExpectError(() => new ServingOptions { MaxBatch = 0 }.Validate(), "ServingOptions.MaxBatch", "ServingOptions.MaxBatch must be at least 1; found 0.");
+            ExpectError(() => new ServingOptions { PrefillGatherSteps = -1 }.Validate(), "ServingOptions.PrefillGatherSteps",
+                "ServingOptions.PrefillGatherSteps must be 0 (at once) or more; found -1.");
             ExpectError(() => new ServingOptions { MaxBatch = 4, DecodeBuckets = [2, 8] }.Validate(), "ServingOptions.DecodeBuckets",
                 "ServingOptions.DecodeBuckets must be sizes in [1, 4] (ServingOptions.MaxBatch); found \"2,8\".");
         });
@@ -63,6 +65,7 @@ public class ParameterErrorTests
             (["export", "--checkpoint", Fixture, "--output", tmp.Sub("n"), "--next-token"],
                 "option --next-token needs --last-logits-only (it is the argmax of the last position's logits)."),
             (["serve", "--model", tmp.Sub("m"), "--max-batch", "0"], "option --max-batch must be at least 1; found 0."),
+            (["serve", "--model", tmp.Sub("m"), "--prefill-gather-steps", "-1"], "option --prefill-gather-steps must be 0 (at once) or more; found -1."),
             (["serve", "--model", tmp.Sub("m"), "--max-batch", "4", "--decode-buckets", "2,8"],
                 "option --decode-buckets must be sizes in [1, 4] (--max-batch); found \"2,8\"."),
         ];
