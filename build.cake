@@ -90,7 +90,7 @@ Task("__StageCustomOps")
 });
 
 Task("__Pack")
-    .Description("Packs the built solution: XLstmOnnx.GraphBuilder, XLstmOnnx.Runtime (+ symbols) and the xlstm-onnx tool, which carries libxlstm_customops.so.")
+    .Description("Packs the built solution: XLstmOnnx.Contract, XLstmOnnx.GraphBuilder, XLstmOnnx.Runtime (+ symbols) and the xlstm-onnx tool, which carries libxlstm_customops.so.")
     .Does(() =>
 {
     CleanDirectory(packages);
@@ -127,7 +127,7 @@ Task("Build").Description("Builds the solution (warnings are errors) and the cus
     .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps");
 Task("Test").Description("Builds and runs every test; prints 'N passed, N failed, N skipped'.")
     .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps").IsDependentOn("__RunTests");
-Task("Pack").Description("Builds, then packs the two libraries and the xlstm-onnx dotnet tool into artifacts/packages.")
+Task("Pack").Description("Builds, then packs the three libraries and the xlstm-onnx dotnet tool into artifacts/packages.")
     .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps").IsDependentOn("__Pack");
 Task("Quickstart").Description("Exports the shipped model once and generates a continuation on the CPU.").IsDependentOn("__Build").IsDependentOn("__Quickstart");
 Task("Default").IsDependentOn("Test");

@@ -1,4 +1,11 @@
+using System.Text.RegularExpressions;
 using Spectre.Console;
+using XLstmOnnx.GraphBuilder.Checkpoint;
+using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.GraphBuilder.Graph;
+using XLstmOnnx.Runtime;
+using XLstmOnnx.Runtime.Generation;
+using XLstmOnnx.Runtime.Serving;
 
 namespace XLstmOnnx.Cli;
 
@@ -6,6 +13,65 @@ namespace XLstmOnnx.Cli;
 internal static class CliErrors
 {
     public const int BadInput = 2;
+
+    /// <summary>
+    /// The flag of each API parameter that the libraries' errors name (<c>GenerationOptions.Temperature</c> is
+    /// <c>--temperature</c>): the one place that knows both names. <see cref="Message"/> rewrites messages with it.
+    /// </summary>
+    public static readonly IReadOnlyDictionary<string, string> Flags = new Dictionary<string, string>(StringComparer.Ordinal)
+    {
+        [ExportOptions.Name(nameof(ExportOptions.Dtype))] = "--dtype",
+        [ExportOptions.Name(nameof(ExportOptions.QuantizeBits))] = "--quantize",
+        [ExportOptions.Name(nameof(ExportOptions.QuantizeBlockSize))] = "--block-size",
+        [ExportOptions.Name(nameof(ExportOptions.LastLogitsOnly))] = "--last-logits-only",
+        [ExportOptions.Name(nameof(ExportOptions.NextToken))] = "--next-token",
+        [ExportOptions.Name(nameof(ExportOptions.InputsEmbeds))] = "--inputs-embeds",
+        [ExportOptions.Name(nameof(ExportOptions.HiddenStates))] = "--hidden-states",
+        [ExportOptions.Name(nameof(ExportOptions.ExternalData))] = "--external-data",
+        [ExportOptions.Name(nameof(ExportOptions.MLstmKernels))] = "--mlstm-kernels",
+        [$"{nameof(Int4Quantizer)}(blockSize)"] = "--block-size",
+        [$"{nameof(RandomCheckpoint)}.{nameof(RandomCheckpoint.Write)}(dtype)"] = "--dtype",
+        [RuntimeOptions.Name(nameof(RuntimeOptions.Device))] = "--device",
+        [RuntimeOptions.Name(nameof(RuntimeOptions.DeviceId))] = "--device-id",
+        [RuntimeOptions.Name(nameof(RuntimeOptions.Threads))] = "--threads",
+        [RuntimeOptions.Name(nameof(RuntimeOptions.CudaGraph))] = "--cuda-graph",
+        [RuntimeOptions.Name(nameof(RuntimeOptions.ProfilePrefix))] = "--profile",
+        [GenerationOptions.Name(nameof(GenerationOptions.MaxNewTokens))] = "--max-new-tokens",
+        [GenerationOptions.Name(nameof(GenerationOptions.Greedy))] = "--greedy",
+        [GenerationOptions.Name(nameof(GenerationOptions.Temperature))] = "--temperature",
+        [GenerationOptions.Name(nameof(GenerationOptions.TopK))] = "--top-k",
+        [GenerationOptions.Name(nameof(GenerationOptions.TopP))] = "--top-p",
+        [GenerationOptions.Name(nameof(GenerationOptions.MinP))] = "--min-p",
+        [GenerationOptions.Name(nameof(GenerationOptions.RepetitionPenalty))] = "--repetition-penalty",
+        [GenerationOptions.Name(nameof(GenerationOptions.Seed))] = "--seed",
+        [GenerationOptions.Name(nameof(GenerationOptions.StopTokenIds))] = "--stop-token-ids",
+        [GenerationOptions.Name(nameof(GenerationOptions.StopStrings))] = "--stop",
+        [GenerationOptions.Name(nameof(GenerationOptions.IgnoreEos))] = "--ignore-eos",
+        [ServingOptions.Name(nameof(ServingOptions.MaxBatch))] = "--max-batch",
+        [ServingOptions.Name(nameof(ServingOptions.QueueCapacity))] = "--queue",
+        [ServingOptions.Name(nameof(ServingOptions.PrefixCacheBytes))] = "--prefix-cache-mb",
+        [ServingOptions.Name(nameof(ServingOptions.PrefillRows))] = "--prefill-rows",
+        [ServingOptions.Name(nameof(ServingOptions.PrefillChunkTokens))] = "--prefill-chunk",
+        [ServingOptions.Name(nameof(ServingOptions.PrefillGatherSteps))] = "--prefill-gather-steps",
+        [ServingOptions.Name(nameof(ServingOptions.DecodeBuckets))] = "--decode-buckets",
+    };
+
+    /// <summary>Any parameter of <see cref="Flags"/>, whole (<c>RuntimeOptions.Device</c> is not the start of <c>RuntimeOptions.DeviceId</c>).</summary>
+    private static readonly Regex Parameters = new(
+        @"(?<![\w.])(?:" + string.Join('|', Flags.Keys.OrderByDescending(k => k.Length).Select(Regex.Escape)) + @")(?!\w)",
+        RegexOptions.CultureInvariant);
+
+    /// <summary>
+    /// The message of <paramref name="e"/> in the CLI's words: every parameter named by its flag, and an error that
+    /// opens with its parameter reads "option --flag ..." (<c>GenerationOptions.Temperature must be positive</c> becomes
+    /// <c>option --temperature must be positive</c>).
+    /// </summary>
+    public static string Message(XLstmOnnxException e)
+    {
+        string text = Parameters.Replace(e.Message, m => Flags[m.Value]);
+        if (e.Parameter is { } p && Flags.TryGetValue(p, out var flag) && text.StartsWith(flag, StringComparison.Ordinal)) text = "option " + text;
+        return text;
+    }
 
     public static int Run(Func<int> action)
     {
@@ -15,7 +81,7 @@ internal static class CliErrors
         }
         catch (XLstmOnnxException e)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine($"error: {Message(e)}");
             return BadInput;
         }
     }

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Config;
 using XLstmOnnx.GraphBuilder.Export;
@@ -23,7 +24,8 @@ internal static class ExportCommand
         quantize.AcceptOnlyFromAmong("int4");
         var blockSize = new Option<int>("--block-size") { Description = "With --quantize: inputs per 4-bit block.", DefaultValueFactory = _ => 32 };
         var output = new Option<string>("--output") { Description = "Folder to write the exported model into (new, empty, or a previous export).", Required = true };
-        var dtype = ChoiceOption.ForNames("--dtype", "Weights and activations: fp32, fp16 or bf16, any case (gates, state and logits stay float32).", "fp32", "fp32", "fp16", "bf16");
+        var dtype = ChoiceOption.Create("--dtype", "Weights and activations: fp32, fp16 or bf16, any case (gates, state and logits stay float32).",
+            [.. Enum.GetValues<WeightDtype>().Select(d => (d.JsonName(), d))], WeightDtype.Fp32);
         var lastOnly = new Option<bool>("--last-logits-only") { Description = "Emit logits for the last position only ([B,1,V])." };
         var nextToken = new Option<bool>("--next-token") { Description = "With --last-logits-only: add a next_token output (argmax on the device; greedy steps copy ids, not logits)." };
         var embeds = new Option<bool>("--inputs-embeds") { Description = "Take inputs_embeds [B,S,E] instead of input_ids." };
@@ -37,7 +39,7 @@ internal static class ExportCommand
         {
             var options = new ExportOptions
             {
-                Dtype = r.GetValue(dtype)!,
+                Dtype = r.GetValue(dtype),
                 LastLogitsOnly = r.GetValue(lastOnly),
                 NextToken = r.GetValue(nextToken),
                 InputsEmbeds = r.GetValue(embeds),

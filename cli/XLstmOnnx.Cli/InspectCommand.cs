@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using XLstmOnnx.Contract;
 using XLstmOnnx.Runtime;
 
 namespace XLstmOnnx.Cli;
@@ -19,7 +20,7 @@ internal static class InspectCommand
             var m = session.Manifest;
             Console.WriteLine($"loaded {m.ModelFile}{(m.ExternalDataFile is null ? "" : $" + {m.ExternalDataFile}")} in {clock.Elapsed.TotalSeconds:F1} s");
             Console.WriteLine($"layers {m.NumLayers}, heads {m.NumHeads}, DQK {m.QkHeadDim}, DV {m.VHeadDim}, hidden {m.HiddenSize}, vocab {m.VocabSize}, chunk {m.ChunkSize}");
-            Console.WriteLine($"input {m.Input}; logits {m.Logits}; outputs {string.Join(", ", session.OutputNames.Take(4))}{(session.OutputNames.Count > 4 ? ", ..." : "")}");
+            Console.WriteLine($"input {m.Input}; logits {m.Logits.JsonName()}; outputs {string.Join(", ", session.OutputNames.Take(4))}{(session.OutputNames.Count > 4 ? ", ..." : "")}");
             int n = r.GetValue(run);
             if (n > 0)
             {

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Config;
 

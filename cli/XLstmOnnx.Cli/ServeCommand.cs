@@ -30,19 +30,11 @@ internal static class ServeCommand
         model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
-            if (r.GetValue(maxBatch) < 1) throw new XLstmOnnxException($"option --max-batch must be at least 1; found {r.GetValue(maxBatch)}.");
-            if (r.GetValue(prefillRows) < 1) throw new XLstmOnnxException($"option --prefill-rows must be at least 1; found {r.GetValue(prefillRows)}.");
+            // megabytes here, bytes in ServingOptions: this flag's range is checked in its own unit
             if (r.GetValue(cacheMb) is < 0) throw new XLstmOnnxException($"option --prefix-cache-mb must be 0 (off) or positive; found {r.GetValue(cacheMb)}.");
-            if (r.GetValue(gather) < 0) throw new XLstmOnnxException($"option --prefill-gather-steps must be 0 or more; found {r.GetValue(gather)}.");
-            if (r.GetValue(prefillChunk) is < 1) throw new XLstmOnnxException($"option --prefill-chunk must be positive; found {r.GetValue(prefillChunk)}.");
             var bucketList = r.GetValue(buckets) is { } list ? SamplingOptions.ParseIds(list, "--decode-buckets") : null;
-            if (bucketList is not null && (bucketList.Length == 0 || bucketList.Any(b => b < 1 || b > r.GetValue(maxBatch))))
-            {
-                throw new XLstmOnnxException($"option --decode-buckets: every size must lie in [1, {r.GetValue(maxBatch)}] (--max-batch); found \"{r.GetValue(buckets)}\".");
-            }
-            using var session = model.Load(r);
-            Console.Error.WriteLine("serve: allocating the state pool" + (session.Options.CudaGraph ? " and capturing a CUDA graph per decode batch size" : "") + " ...");
-            using var engine = new ServingEngine(session, new ServingOptions
+            if (bucketList is { Length: 0 }) throw new XLstmOnnxException($"option --decode-buckets: give at least one size; found \"{r.GetValue(buckets)}\".");
+            var serving = new ServingOptions
             {
                 MaxBatch = r.GetValue(maxBatch),
                 QueueCapacity = r.GetValue(queue),
@@ -51,7 +43,11 @@ internal static class ServeCommand
                 PrefillChunkTokens = r.GetValue(prefillChunk),
                 PrefillGatherSteps = r.GetValue(gather),
                 DecodeBuckets = bucketList,
-            });
+            };
+            serving.Validate(); // before the model loads
+            using var session = model.Load(r);
+            Console.Error.WriteLine("serve: allocating the state pool" + (session.Options.CudaGraph ? " and capturing a CUDA graph per decode batch size" : "") + " ...");
+            using var engine = new ServingEngine(session, serving);
             var options = new ServerOptions
             {
                 Host = r.GetValue(host)!,

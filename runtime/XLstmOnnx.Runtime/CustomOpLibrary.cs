@@ -18,7 +18,7 @@ public static class CustomOpLibrary
     public const string BuildHint =
         "Build it with './build.sh --target=Build' (the CMake project customops/, needs cmake and g++; it is copied beside "
         + "the runtime, CLI and tests), or by hand: cmake -S customops -B customops/build && cmake --build customops/build, "
-        + $"then set {EnvironmentVariable}=customops/build/{FileName}. Or re-export the model with '--mlstm-kernels onnx'.";
+        + $"then set {EnvironmentVariable}=customops/build/{FileName}. Or re-export the model with ExportOptions.MLstmKernels Onnx.";
 
     /// <summary>The library's path, or null when it is not built. Throws when XLSTM_CUSTOMOPS_PATH names a missing file.</summary>
     public static string? Find() =>

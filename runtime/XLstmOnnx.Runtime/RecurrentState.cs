@@ -1,4 +1,4 @@
-using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Contract;
 
 namespace XLstmOnnx.Runtime;
 
@@ -8,23 +8,23 @@ namespace XLstmOnnx.Runtime;
 /// </summary>
 public sealed class RecurrentState
 {
-    private readonly float[][] _tensors; // layer-major: [layer * 3 + part]
+    private readonly float[][] _tensors; // layer-major, as StateLayout.Index
 
     internal RecurrentState(ModelManifest manifest, int batch)
     {
         Manifest = manifest;
         Batch = batch;
-        _tensors = new float[manifest.NumLayers * 3][];
+        _tensors = new float[manifest.State.TensorCount][];
         Reset();
     }
 
     public ModelManifest Manifest { get; }
     public int Batch { get; }
 
-    /// <summary>The state tensor of <paramref name="layer"/>, part "C", "n" or "m", in row-major order.</summary>
-    public float[] this[int layer, string part] => _tensors[Index(layer, part)];
+    /// <summary>The state tensor of <paramref name="layer"/>'s <paramref name="part"/>, in row-major order.</summary>
+    public float[] this[int layer, StatePart part] => _tensors[Manifest.State.Index(layer, part)];
 
-    /// <summary>Tensor <paramref name="i"/> in past_state order (layer i / 3, part i % 3).</summary>
+    /// <summary>Tensor <paramref name="i"/> in past_state order (<see cref="StateLayout"/>'s layer-major list).</summary>
     internal float[] this[int i] => _tensors[i];
 
     internal void Set(int i, float[] values) => _tensors[i] = values;
@@ -32,21 +32,7 @@ public sealed class RecurrentState
     /// <summary>Back to zeros.</summary>
     public void Reset()
     {
-        for (int l = 0; l < Manifest.NumLayers; l++)
-        {
-            foreach (var part in GraphBuilder.Architecture.StateNames.Parts)
-            {
-                long n = Manifest.StateShape(part, Batch).Aggregate(1L, (a, b) => a * b);
-                _tensors[Index(l, part)] = new float[n];
-            }
-        }
+        var layout = Manifest.State;
+        for (int i = 0; i < _tensors.Length; i++) _tensors[i] = new float[layout.Elements(StateLayout.PartOf(i), Batch)];
     }
-
-    private static int Index(int layer, string part) => layer * 3 + part switch
-    {
-        "C" => 0,
-        "n" => 1,
-        "m" => 2,
-        _ => throw new ArgumentOutOfRangeException(nameof(part), part, "expected C, n or m"),
-    };
 }

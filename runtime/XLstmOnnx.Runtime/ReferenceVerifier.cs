@@ -1,5 +1,5 @@
-using XLstmOnnx.GraphBuilder.Architecture;
-using XLstmOnnx.GraphBuilder.Checkpoint;
+using XLstmOnnx.Contract;
+using XLstmOnnx.Contract.Safetensors;
 
 namespace XLstmOnnx.Runtime;
 
@@ -20,9 +20,9 @@ public static class ReferenceVerifier
     public static IReadOnlyList<CheckResult> Verify(XLstmSession session, string referencePath, double atol, double rtol,
         Action<string>? onCase = null)
     {
-        if (session.Manifest.Input != StateNames.InputIds)
+        if (session.Manifest.Input != GraphNames.InputIds)
         {
-            throw new XLstmOnnxException($"verify: the model takes '{session.Manifest.Input}'; reference files hold input_ids, so export without --inputs-embeds.");
+            throw new XLstmOnnxException($"verify: the model takes '{session.Manifest.Input}'; reference files hold {GraphNames.InputIds}, so export without ExportOptions.InputsEmbeds.");
         }
         using var file = SafetensorsFile.Open(referencePath);
         var cases = file.Tensors.Select(t => t.Name.Split('.')[0]).Distinct().Order(StringComparer.Ordinal).ToList();
@@ -49,7 +49,7 @@ public static class ReferenceVerifier
 
     private static (int B, int T) Dims2(TensorSlice ids)
     {
-        if (ids.Shape.Length != 2) throw new XLstmOnnxException($"{ids.File.Path}: '{ids.Name}' has shape {WeightSource.FormatShape(ids.Shape)}; expected [B, T].");
+        if (ids.Shape.Length != 2) throw new XLstmOnnxException($"{ids.File.Path}: '{ids.Name}' has shape {TensorSlice.FormatShape(ids.Shape)}; expected [B, T].");
         return ((int)ids.Shape[0], (int)ids.Shape[1]);
     }
 
@@ -79,11 +79,12 @@ public static class ReferenceVerifier
             {
                 throw new XLstmOnnxException($"case '{c.Name}': the reference has states for layer {l}; the model has {s.Manifest.NumLayers} layers.");
             }
-            foreach (var part in StateNames.Parts)
+            foreach (var part in StateLayout.Parts)
             {
-                var ref_ = c.Get($"state.{l}.{part}");
-                ExpectShape(ref_, s.Manifest.StateShape(part, batch));
-                yield return Compare(c.Name, $"state.{l}.{part}", state[l, part], ref_.ToFloat32(), atol, rtol);
+                string name = $"state.{l}.{StateLayout.Name(part)}";
+                var ref_ = c.Get(name);
+                ExpectShape(ref_, s.Manifest.State.Shape(part, batch));
+                yield return Compare(c.Name, name, state[l, part], ref_.ToFloat32(), atol, rtol);
             }
         }
     }
@@ -140,7 +141,7 @@ public static class ReferenceVerifier
     {
         if (!t.Shape.SequenceEqual(shape))
         {
-            throw new XLstmOnnxException($"{t.File.Path}: '{t.Name}' has shape {WeightSource.FormatShape(t.Shape)}; the model implies {WeightSource.FormatShape(shape)}.");
+            throw new XLstmOnnxException($"{t.File.Path}: '{t.Name}' has shape {TensorSlice.FormatShape(t.Shape)}; the model implies {TensorSlice.FormatShape(shape)}.");
         }
     }
 

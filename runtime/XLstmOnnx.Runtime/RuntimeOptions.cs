@@ -24,11 +24,14 @@ public sealed record RuntimeOptions
     /// <summary>Write ONNX Runtime's per-node profile (JSON) under this path prefix; null: off. Costs time: not for timed runs.</summary>
     public string? ProfilePrefix { get; init; }
 
-    /// <summary>Parses "cpu" or "cuda" (the CLI's --device); throws listing the valid names.</summary>
+    /// <summary>Parses "cpu" or "cuda", any case, to <see cref="Device"/>; throws naming it and the valid names.</summary>
     public static ExecutionDevice ParseDevice(string name) => name.ToLowerInvariant() switch
     {
         "cpu" => ExecutionDevice.Cpu,
         "cuda" => ExecutionDevice.Cuda,
-        _ => throw new XLstmOnnxException($"option --device must be cpu or cuda; found \"{name}\"."),
+        _ => throw XLstmOnnxException.MustBe(Name(nameof(Device)), "cpu or cuda", name),
     };
+
+    /// <summary>The API name of property <paramref name="property"/>, as errors give it: <c>RuntimeOptions.Device</c>.</summary>
+    public static string Name(string property) => $"{nameof(RuntimeOptions)}.{property}";
 }

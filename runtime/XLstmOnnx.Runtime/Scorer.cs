@@ -1,3 +1,5 @@
+using XLstmOnnx.Contract;
+
 namespace XLstmOnnx.Runtime;
 
 /// <summary>Mean next-token cross-entropy over scored positions, and its perplexity.</summary>
@@ -23,9 +25,9 @@ public static class Scorer
     /// <param name="progress">Fraction done.</param>
     public static ScoreResult Score(XLstmSession session, IReadOnlyList<int> ids, IReadOnlyList<int>? labels = null, int window = 1024, IProgress<double>? progress = null)
     {
-        if (session.Manifest.Logits != "all")
+        if (session.Manifest.Logits != LogitsOutput.All)
         {
-            throw new XLstmOnnxException($"{session.Directory}: scoring needs logits for every position; this model was exported with --last-logits-only.");
+            throw new XLstmOnnxException($"{session.Directory}: scoring needs logits for every position; this model was exported with ExportOptions.LastLogitsOnly.");
         }
         labels ??= ids;
         if (labels.Count != ids.Count) throw new XLstmOnnxException($"labels: expected {ids.Count} values (one per id); got {labels.Count}.");

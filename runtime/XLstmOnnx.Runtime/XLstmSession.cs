@@ -1,6 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
-using XLstmOnnx.GraphBuilder.Architecture;
-using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Contract;
 
 namespace XLstmOnnx.Runtime;
 
@@ -77,11 +76,16 @@ public sealed class XLstmSession : IDisposable
         }
         if (options.CudaGraph)
         {
-            if (options.Device != ExecutionDevice.Cuda) throw new XLstmOnnxException("option --cuda-graph needs --device cuda.");
-            if (manifest.MLstmKernels != "custom")
+            string cudaGraph = RuntimeOptions.Name(nameof(RuntimeOptions.CudaGraph));
+            if (options.Device != ExecutionDevice.Cuda)
             {
-                throw new XLstmOnnxException($"option --cuda-graph: {dir} has mlstm_kernels \"{manifest.MLstmKernels}\", whose Loop nodes cannot be captured; "
-                    + "export with --mlstm-kernels custom.");
+                throw XLstmOnnxException.InParameter(cudaGraph,
+                    $"{cudaGraph} needs {RuntimeOptions.Name(nameof(RuntimeOptions.Device))} {ExecutionDevice.Cuda}; found {options.Device}.");
+            }
+            if (manifest.MLstmKernels != MLstmKernels.Custom)
+            {
+                throw XLstmOnnxException.InParameter(cudaGraph, $"{cudaGraph}: {dir} has {ModelManifest.Field(nameof(ModelManifest.MLstmKernels))} "
+                    + $"\"{manifest.MLstmKernels.JsonName()}\", whose Loop nodes cannot be captured; export with ExportOptions.MLstmKernels {MLstmKernels.Custom}.");
             }
         }
         if (options.Device == ExecutionDevice.Cuda)
@@ -92,16 +96,12 @@ public sealed class XLstmSession : IDisposable
             }
             catch (OnnxRuntimeException e)
             {
-                throw new XLstmOnnxException($"option --device cuda: ONNX Runtime's CUDA execution provider could not start on device {options.DeviceId} "
-                    + $"(needs an NVIDIA GPU and the CUDA 13 libraries on LD_LIBRARY_PATH): {e.Message}", e);
+                string device = RuntimeOptions.Name(nameof(RuntimeOptions.Device));
+                throw XLstmOnnxException.InParameter(device, $"{device} {ExecutionDevice.Cuda}: ONNX Runtime's CUDA execution provider could not start on "
+                    + $"device {options.DeviceId} (needs an NVIDIA GPU and the CUDA 13 libraries on LD_LIBRARY_PATH): {e.Message}", e);
             }
         }
-        switch (manifest.MLstmKernels)
-        {
-            case "onnx": break;
-            case "custom": CustomOpLibrary.Register(sessionOptions, dir); break;
-            default: throw new XLstmOnnxException($"{dir}: field 'mlstm_kernels' of {ModelManifest.FileName} is \"{manifest.MLstmKernels}\"; expected \"onnx\" or \"custom\".");
-        }
+        if (manifest.MLstmKernels == MLstmKernels.Custom) CustomOpLibrary.Register(sessionOptions, dir);
         InferenceSession session;
         try
         {
@@ -146,8 +146,8 @@ public sealed class XLstmSession : IDisposable
     private static void Check(InferenceSession s, ModelManifest m, string path)
     {
         var expected = new List<string> { m.Input };
-        if (m.AttentionMask) expected.Add(StateNames.AttentionMask);
-        for (int l = 0; l < m.NumLayers; l++) expected.AddRange(StateNames.Parts.Select(p => StateNames.Past(l, p)));
+        if (m.AttentionMask) expected.Add(GraphNames.AttentionMask);
+        expected.AddRange(m.State.PastNames());
         foreach (var name in expected)
         {
             if (!s.InputMetadata.ContainsKey(name))
@@ -159,8 +159,8 @@ public sealed class XLstmSession : IDisposable
         {
             throw new XLstmOnnxException($"{path}: the model has {s.InputMetadata.Count} inputs; the manifest implies {expected.Count}.");
         }
-        if (!s.OutputMetadata.ContainsKey(StateNames.Logits)) throw new XLstmOnnxException($"{path}: the model has no 'logits' output.");
-        if (m.NextToken != s.OutputMetadata.ContainsKey(StateNames.NextToken))
+        if (!s.OutputMetadata.ContainsKey(GraphNames.Logits)) throw new XLstmOnnxException($"{path}: the model has no '{GraphNames.Logits}' output.");
+        if (m.NextToken != s.OutputMetadata.ContainsKey(GraphNames.NextToken))
         {
             throw new XLstmOnnxException($"{path}: the manifest says next_token is {(m.NextToken ? "" : "not ")}an output; the model {(m.NextToken ? "lacks it" : "has it")}.");
         }
@@ -179,7 +179,7 @@ public sealed class XLstmSession : IDisposable
     /// </summary>
     public Logits Run(ReadOnlySpan<long> ids, int seq, RecurrentState state, IDictionary<string, float[]>? hidden = null)
     {
-        if (Manifest.Input != StateNames.InputIds) throw new XLstmOnnxException($"{Directory}: the model takes '{Manifest.Input}', not input_ids.");
+        if (Manifest.Input != GraphNames.InputIds) throw new XLstmOnnxException($"{Directory}: the model takes '{Manifest.Input}', not input_ids.");
         CheckBatch(ids.Length, seq, state, 1);
         foreach (var id in ids)
         {
@@ -192,7 +192,7 @@ public sealed class XLstmSession : IDisposable
     /// <summary>Runs embeddings [batch, seq, E] (row-major) from <paramref name="state"/>; as <see cref="Run"/>.</summary>
     public Logits RunEmbeds(float[] embeds, int seq, RecurrentState state, IDictionary<string, float[]>? hidden = null)
     {
-        if (Manifest.Input != StateNames.InputsEmbeds) throw new XLstmOnnxException($"{Directory}: the model takes '{Manifest.Input}', not inputs_embeds.");
+        if (Manifest.Input != GraphNames.InputsEmbeds) throw new XLstmOnnxException($"{Directory}: the model takes '{Manifest.Input}', not inputs_embeds.");
         CheckBatch(embeds.Length, seq, state, (int)Manifest.EmbeddingDim);
         using var input = OrtValue.CreateTensorValueFromMemory(embeds, [state.Batch, seq, Manifest.EmbeddingDim]);
         return RunCore(input, seq, state, hidden);
@@ -211,9 +211,9 @@ public sealed class XLstmSession : IDisposable
     private Logits RunCore(OrtValue input, int seq, RecurrentState state, IDictionary<string, float[]>? hidden)
     {
         int batch = state.Batch;
-        int positions = Manifest.Logits == "all" ? seq : 1;
+        int positions = Manifest.Logits == LogitsOutput.All ? seq : 1;
         var logits = new float[(long)batch * positions * Manifest.VocabSize];
-        var present = new float[Manifest.NumLayers * 3][];
+        var present = new float[Manifest.State.TensorCount][];
         var owned = new List<OrtValue>();
         OrtValue Own(OrtValue v)
         {
@@ -227,7 +227,7 @@ public sealed class XLstmSession : IDisposable
             var presentValues = new OrtValue[present.Length];
             for (int i = 0; i < present.Length; i++)
             {
-                long[] shape = Manifest.StateShape(StateNames.Parts[i % 3], batch);
+                long[] shape = Manifest.State.Shape(StateLayout.PartOf(i), batch);
                 past[i] = Own(OrtValue.CreateTensorValueFromMemory(state[i], shape));
                 present[i] = new float[state[i].Length];
                 presentValues[i] = Own(OrtValue.CreateTensorValueFromMemory(present[i], shape));
@@ -235,7 +235,7 @@ public sealed class XLstmSession : IDisposable
             var logitsValue = Own(OrtValue.CreateTensorValueFromMemory(logits, [batch, positions, Manifest.VocabSize]));
             using var binding = _session.CreateIoBinding();
             Io.Bind(binding, input, mask, past, presentValues, logitsValue, next: null);
-            var hiddenNames = hidden is null ? [] : _session.OutputMetadata.Keys.Where(k => k.StartsWith("hidden_states.", StringComparison.Ordinal)).ToArray();
+            var hiddenNames = hidden is null ? [] : _session.OutputMetadata.Keys.Where(k => k.StartsWith(GraphNames.HiddenPrefix, StringComparison.Ordinal)).ToArray();
             foreach (var name in hiddenNames) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
             using var runOptions = UncapturedRunOptions();
             _session.RunWithBinding(runOptions, binding);

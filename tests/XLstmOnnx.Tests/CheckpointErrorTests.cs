@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Export;
 

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.RegularExpressions;
 using XLstmOnnx.Cli;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Export;
 
 namespace XLstmOnnx.Tests;
@@ -11,7 +12,7 @@ namespace XLstmOnnx.Tests;
 [NonParallelizable] // redirects Console
 public class CliTests
 {
-    private static (int Code, string Out, string Err) Run(params string[] args)
+    internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var (o, e) = (Console.Out, Console.Error);
         using var outWriter = new StringWriter();
@@ -56,7 +57,7 @@ public class CliTests
         Assert.That(export.Code, Is.Zero, export.Out + export.Err);
         var inspect = Run("inspect", "--model", tmp.Sub("m"), "--run", "20");
         Assert.That(inspect.Code, Is.Zero, inspect.Out + inspect.Err);
-        Assert.That(inspect.Out, Does.Contain("layers 1").And.Contain("ran 20 tokens"));
+        Assert.That(inspect.Out, Does.Contain("layers 1").And.Contain("logits all;").And.Contain("ran 20 tokens"));
         var unknown = Run("export", "--random-weights", "--preset", "xlstm-huge", "--output", tmp.Sub("x"));
         Assert.That(unknown.Err, Does.Contain("xlstm-huge").And.Contain("xlstm-7b"), "lists the known presets");
     }
@@ -105,7 +106,7 @@ public class CliTests
         Assert.That(r.Out + r.Err, Does.Contain("int3"));
     }
 
-    private static IEnumerable<Command> Commands() => CliApp.Build().Subcommands;
+    internal static IEnumerable<Command> Commands() => CliApp.Build().Subcommands;
 
     private static Command CommandNamed(string name) => Commands().Single(c => c.Name == name);
 
@@ -123,7 +124,7 @@ public class CliTests
             "--dtype", "FP16", "--mlstm-kernels", "Custom", "--external-data", "ALWAYS");
         Assert.That(r.Code, Is.Zero, r.Out + r.Err);
         var manifest = ModelManifest.Load(tmp.Sub("m"));
-        Assert.That((manifest.Dtype, manifest.MLstmKernels, manifest.ExternalDataFile), Is.EqualTo(("fp16", "custom", "model.onnx.data")));
+        Assert.That((manifest.Dtype, manifest.MLstmKernels, manifest.ExternalDataFile), Is.EqualTo((WeightDtype.Fp16, MLstmKernels.Custom, "model.onnx.data")));
     }
 
     [Test]

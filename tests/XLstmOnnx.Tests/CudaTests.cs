@@ -1,4 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.Runtime;
 using XLstmOnnx.Runtime.Generation;
@@ -64,7 +65,7 @@ public class CudaTests
     {
         string dir = Path.Combine(TestPaths.Fixtures, fixture);
         using var tmp = TestPaths.Temp();
-        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = "bf16", MLstmKernels = kernels });
+        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = WeightDtype.Bf16, MLstmKernels = kernels });
         using var session = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = ExecutionDevice.Cuda });
         var greedy = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), double.PositiveInfinity, 0).Where(r => r.Check == "greedy_ids");
         Assert.That(greedy.Select(r => r.Violations), Is.All.Zero);
@@ -75,7 +76,7 @@ public class CudaTests
     {
         string dir = Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm");
         using var tmp = TestPaths.Temp();
-        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = "bf16" });
+        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = WeightDtype.Bf16 });
         using var session = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = ExecutionDevice.Cuda });
         // measured 0.20; 0.5 leaves room for another kernel choice, and is far below what a wrong graph gives (several units)
         var logits = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), 0.5, 0).Where(r => r.Check.Contains("logits", StringComparison.Ordinal));
@@ -185,7 +186,7 @@ public class CudaTests
         {
             using var so = new SessionOptions();
             if (cuda) XLstmSession.AppendCuda(so, 0);
-            using var session = new InferenceSession(SamplerModel.Build(vocab), so);
+            using var session = new InferenceSession(SamplerBuilder.Build(vocab), so);
             using var l = OrtValue.CreateTensorValueFromMemory(logits, [batch, 1, vocab]);
             using var p = OrtValue.CreateTensorValueFromMemory(parameters, [batch, SamplerModel.ParamCount]);
             using var c = OrtValue.CreateTensorValueFromMemory(counts, [batch, vocab]);

@@ -1,5 +1,6 @@
 using Google.Protobuf;
 using Microsoft.ML.OnnxRuntime;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Architecture;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.GraphBuilder.Graph;
@@ -30,7 +31,7 @@ public class CustomOpTests
         using var tmp = TestPaths.Temp();
         OnnxExporter.Export(dir, tmp.Sub("model"), new ExportOptions { MLstmKernels = MLstmKernels.Custom });
         using var session = XLstmSession.Load(tmp.Sub("model"));
-        Assert.That(session.Manifest.MLstmKernels, Is.EqualTo("custom"));
+        Assert.That(session.Manifest.MLstmKernels, Is.EqualTo(MLstmKernels.Custom));
         Assert.That(session.Manifest.CustomOpDomain, Is.EqualTo("ai.xlstm:1"));
         var results = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), Atol, Rtol);
         Assert.Multiple(() =>
@@ -108,9 +109,11 @@ public class CustomOpTests
         using var tmp = TestPaths.Temp();
         OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "fused_bias"), tmp.Sub("onnx"), new ExportOptions());
         var cpu = Assert.Throws<XLstmOnnxException>(() => XLstmSession.Load(tmp.Sub("onnx"), new RuntimeOptions { CudaGraph = true }));
-        Assert.That(cpu!.Message, Does.Contain("--cuda-graph needs --device cuda"));
+        Assert.That(cpu!.Message, Does.StartWith("RuntimeOptions.CudaGraph needs RuntimeOptions.Device Cuda; found Cpu"));
+        Assert.That(cpu.Parameter, Is.EqualTo("RuntimeOptions.CudaGraph"));
         var loops = Assert.Throws<XLstmOnnxException>(() => XLstmSession.Load(tmp.Sub("onnx"), new RuntimeOptions { CudaGraph = true, Device = ExecutionDevice.Cuda }));
-        Assert.That(loops!.Message, Does.Contain("mlstm_kernels \"onnx\"").And.Contain("--mlstm-kernels custom"));
+        Assert.That(loops!.Message, Does.StartWith("RuntimeOptions.CudaGraph: ").And.Contain("mlstm_kernels \"onnx\"").And.Contain("ExportOptions.MLstmKernels Custom"));
+        Assert.That(loops.Parameter, Is.EqualTo("RuntimeOptions.CudaGraph"));
     }
 
     [Test]
@@ -150,7 +153,7 @@ public class CustomOpTests
             Environment.SetEnvironmentVariable(CustomOpLibrary.EnvironmentVariable, tmp.Sub("nowhere/libxlstm_customops.so"));
             var e = Assert.Throws<XLstmOnnxException>(() => XLstmSession.Load(tmp.Sub("model")).Dispose())!;
             Assert.That(e.Message, Does.Contain(tmp.Sub("model")).And.Contain("mLSTM custom ops")
-                .And.Contain(CustomOpLibrary.EnvironmentVariable).And.Contain("customops/").And.Contain("--mlstm-kernels onnx"));
+                .And.Contain(CustomOpLibrary.EnvironmentVariable).And.Contain("customops/").And.Contain("ExportOptions.MLstmKernels Onnx"));
         }
         finally
         {

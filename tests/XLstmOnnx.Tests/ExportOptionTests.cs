@@ -17,7 +17,8 @@ public class ExportOptionTests
         var e = Assert.Throws<XLstmOnnxException>(() => OnnxExporter.Export(Fixture, tmp.Sub("m"), new ExportOptions { NextToken = true }));
         Assert.Multiple(() =>
         {
-            Assert.That(e!.Message, Does.Contain("--next-token").And.Contain("--last-logits-only"));
+            Assert.That(e!.Message, Does.StartWith("ExportOptions.NextToken needs ExportOptions.LastLogitsOnly"));
+            Assert.That(e.Parameter, Is.EqualTo("ExportOptions.NextToken"));
             Assert.That(Directory.Exists(tmp.Sub("m")), Is.False, "nothing written");
         });
     }

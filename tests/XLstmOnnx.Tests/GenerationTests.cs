@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using XLstmOnnx.Cli;
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.Runtime;
@@ -187,12 +188,13 @@ public class GenerationTests
         Assert.That(r.Reasons[0], Is.EqualTo(StopReason.StopToken));
     }
 
-    [TestCase(0, 1.0, "--temperature")]
-    [TestCase(1, 0.0, "--top-p")]
-    public void BadSamplingOptionsNameTheOption(double temperature, double topP, string option)
+    [TestCase(0, 1.0, "GenerationOptions.Temperature must be positive (or GenerationOptions.Greedy for argmax); found 0.")]
+    [TestCase(1, 0.0, "GenerationOptions.TopP must be in (0, 1]; found 0.")]
+    public void BadSamplingOptionsNameTheParameter(double temperature, double topP, string message)
     {
         var e = Assert.Throws<XLstmOnnxException>(() => new GenerationOptions { Temperature = temperature, TopP = topP }.Validate());
-        Assert.That(e!.Message, Does.Contain(option));
+        Assert.That(e!.Message, Is.EqualTo(message));
+        Assert.That(e.Parameter, Is.EqualTo(message[..message.IndexOf(' ')]));
     }
 
     [Test]

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Architecture;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Export;

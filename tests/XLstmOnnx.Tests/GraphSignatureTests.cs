@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Architecture;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Export;
@@ -26,15 +27,15 @@ public class GraphSignatureTests
     [
         ("onnx fp32", new ExportOptions()),
         ("custom fp32", new ExportOptions { MLstmKernels = MLstmKernels.Custom }),
-        ("onnx fp16", new ExportOptions { Dtype = "fp16" }),
-        ("custom fp16", new ExportOptions { Dtype = "fp16", MLstmKernels = MLstmKernels.Custom }),
-        ("onnx bf16", new ExportOptions { Dtype = "bf16" }),
-        ("custom bf16", new ExportOptions { Dtype = "bf16", MLstmKernels = MLstmKernels.Custom }),
+        ("onnx fp16", new ExportOptions { Dtype = WeightDtype.Fp16 }),
+        ("custom fp16", new ExportOptions { Dtype = WeightDtype.Fp16, MLstmKernels = MLstmKernels.Custom }),
+        ("onnx bf16", new ExportOptions { Dtype = WeightDtype.Bf16 }),
+        ("custom bf16", new ExportOptions { Dtype = WeightDtype.Bf16, MLstmKernels = MLstmKernels.Custom }),
         ("onnx last next hidden", new ExportOptions { LastLogitsOnly = true, NextToken = true, HiddenStates = true }),
         ("custom last next hidden", new ExportOptions { LastLogitsOnly = true, NextToken = true, HiddenStates = true, MLstmKernels = MLstmKernels.Custom }),
         ("onnx embeds no-mask", new ExportOptions { InputsEmbeds = true, AttentionMask = false }),
         ("custom embeds no-mask", new ExportOptions { InputsEmbeds = true, AttentionMask = false, MLstmKernels = MLstmKernels.Custom }),
-        ("onnx int4 bf16", new ExportOptions { QuantizeBits = 4, Dtype = "bf16" }),
+        ("onnx int4 bf16", new ExportOptions { QuantizeBits = 4, Dtype = WeightDtype.Bf16 }),
         ("custom int4", new ExportOptions { QuantizeBits = 4, MLstmKernels = MLstmKernels.Custom }),
     ];
 

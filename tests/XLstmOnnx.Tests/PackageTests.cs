@@ -56,6 +56,7 @@ public class PackageTests
 
     private static string? Field(XElement metadata, string name) => metadata.Elements().FirstOrDefault(e => e.Name.LocalName == name)?.Value;
 
+    [TestCase("XLstmOnnx.Contract")]
     [TestCase("XLstmOnnx.GraphBuilder")]
     [TestCase("XLstmOnnx.Runtime")]
     public void ALibraryPackageDeclaresWhatItIs(string id)
@@ -90,7 +91,19 @@ public class PackageTests
         Assert.That(dependencies["Microsoft.ML.OnnxRuntime.Managed"], Does.StartWith("1.31."));
         Assert.That(dependencies.Keys.Where(k => k.StartsWith("Microsoft.ML.OnnxRuntime", StringComparison.Ordinal) && k is not "Microsoft.ML.OnnxRuntime.Managed" and not "Microsoft.ML.OnnxRuntime.Extensions"),
             Is.Empty, "the application chooses the native runtime (CPU or GPU)");
-        Assert.That(dependencies, Does.ContainKey("XLstmOnnx.GraphBuilder").WithValue(_version));
+        Assert.That(dependencies, Does.ContainKey("XLstmOnnx.Contract").WithValue(_version));
+        Assert.That(dependencies.Keys, Does.Not.Contain("XLstmOnnx.GraphBuilder").And.Not.Contain("Google.Protobuf"), "the runtime needs the contract, not the exporter");
+    }
+
+    [Test]
+    public void TheContractDependsOnNothing()
+    {
+        using var zip = ZipFile.OpenRead(Package("XLstmOnnx.Contract"));
+        var dependencies = Nuspec(zip).Descendants().Where(e => e.Name.LocalName == "dependency").Select(e => e.Attribute("id")!.Value);
+        Assert.That(dependencies, Is.Empty);
+        using var exporter = ZipFile.OpenRead(Package("XLstmOnnx.GraphBuilder"));
+        var exporterDependencies = Nuspec(exporter).Descendants().Where(e => e.Name.LocalName == "dependency").ToDictionary(e => e.Attribute("id")!.Value, e => e.Attribute("version")!.Value);
+        Assert.That(exporterDependencies, Does.ContainKey("XLstmOnnx.Contract").WithValue(_version));
     }
 
     [Test]

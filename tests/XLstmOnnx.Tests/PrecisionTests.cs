@@ -1,3 +1,4 @@
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.Runtime;
 
@@ -14,7 +15,7 @@ public class PrecisionTests
     public void Fp16GreedyTokensEqualTransformers(string dir)
     {
         using var tmp = TestPaths.Temp();
-        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = "fp16" });
+        OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = WeightDtype.Fp16 });
         using var session = XLstmSession.Load(tmp.Sub("m"));
         // logits are far from fp32 here (no tolerance asked of them: the random fixtures are built to stress gates and
         // caps), but greedy decoding must pick the same tokens: every fixture's greedy case has a top-1/top-2 gap >= 0.07
@@ -29,7 +30,7 @@ public class PrecisionTests
     {
         string dir = Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm");
         using var tmp = TestPaths.Temp();
-        var result = OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = "fp16" });
+        var result = OnnxExporter.Export(dir, tmp.Sub("m"), new ExportOptions { Dtype = WeightDtype.Fp16 });
         Assert.That(result.WeightBytes, Is.LessThan(4_000_000), "weights stored as 2-byte floats (3.8 MB of fp16 in the checkpoint, gates 4 bytes)");
         using var session = XLstmSession.Load(tmp.Sub("m"));
         // observed max |error| 2.6e-2 on logits of magnitude up to ~17: fp16's 11-bit significand through 3 blocks; 5e-2 is twice that

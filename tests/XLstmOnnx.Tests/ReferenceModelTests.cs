@@ -1,3 +1,5 @@
+using XLstmOnnx.Contract;
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Config;
 using XLstmOnnx.GraphBuilder.Export;
@@ -55,9 +57,9 @@ public class ReferenceModelTests
         }
         for (int l = 0; l < config.NumBlocks; l++)
         {
-            var r = ReferenceVerifier.Compare("state", "C", state[l, "C"], refState.C[l].Select(d => (float)d).ToArray(), Atol, Rtol);
+            var r = ReferenceVerifier.Compare("state", "C", state[l, StatePart.C], refState.C[l].Select(d => (float)d).ToArray(), Atol, Rtol);
             Assert.That(r.Violations, Is.Zero, $"layer {l} C: max abs error {r.MaxAbsError:E2}");
-            Assert.That(state[l, "m"], Is.EqualTo(refState.M[l].Select(d => (float)d).ToArray()).Within(1e-4), $"layer {l} m");
+            Assert.That(state[l, StatePart.M], Is.EqualTo(refState.M[l].Select(d => (float)d).ToArray()).Within(1e-4), $"layer {l} m");
         }
     }
 }

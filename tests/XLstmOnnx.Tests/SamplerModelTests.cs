@@ -1,4 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.Runtime.Generation;
 
@@ -16,7 +17,7 @@ public class SamplerModelTests
     private static (long[] Next, float[] LogProb, float[] Counts) Run(float[] logits, double[] parameters, float[] counts, long vocabLimit)
     {
         int batch = logits.Length / Vocab;
-        using var session = new InferenceSession(SamplerModel.Build(Vocab));
+        using var session = new InferenceSession(SamplerBuilder.Build(Vocab));
         using var l = OrtValue.CreateTensorValueFromMemory(logits, [batch, 1, Vocab]);
         using var p = OrtValue.CreateTensorValueFromMemory(parameters, [batch, SamplerModel.ParamCount]);
         using var c = OrtValue.CreateTensorValueFromMemory(counts, [batch, Vocab]);

@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.Runtime;
 using XLstmOnnx.Runtime.Generation;
@@ -176,7 +177,8 @@ public class ServingEngineTests
         // 126 GiB free of 140 (an H200 after 14 GB of weights): fits, and the default cache is two states a slot
         Assert.That(ServingEngine.Plan(m, o, (126 * GiB, 140 * GiB)), Is.EqualTo(128));
         var e = Assert.Throws<XLstmOnnxException>(() => ServingEngine.Plan(m, o with { MaxBatch = 256 }, (60 * GiB, 80 * GiB)))!;
-        Assert.That(e.Message, Does.Contain("MaxBatch 256").And.Contain("2 × 256 × 128 MiB").And.Contain("free after the weights").And.Contain("--max-batch"));
+        Assert.That(e.Message, Does.Contain("ServingOptions.MaxBatch 256").And.Contain("2 × 256 × 128 MiB").And.Contain("of float32 state")
+            .And.Contain("free after the weights").And.Contain("Lower ServingOptions.MaxBatch or ServingOptions.PrefixCacheBytes"));
         // host memory is not budgeted; the default cache is capped at 1 GiB there
         Assert.That(ServingEngine.Plan(m, o, null), Is.EqualTo(7));
     }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Export;
 

@@ -1,3 +1,4 @@
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Graph;
 

@@ -1,3 +1,4 @@
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Config;
 using XLstmOnnx.GraphBuilder.Export;
@@ -21,7 +22,7 @@ internal sealed class GraphContext
         G = graph;
         C = config;
         O = options;
-        T = options.Dtype switch { "fp16" => DataType.Float16, "bf16" => DataType.Bfloat16, _ => DataType.Float };
+        T = options.Dtype switch { WeightDtype.Fp16 => DataType.Float16, WeightDtype.Bf16 => DataType.Bfloat16, _ => DataType.Float };
     }
 
     public OnnxGraph G { get; }

@@ -1,3 +1,4 @@
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Config;
 using XLstmOnnx.GraphBuilder.Graph;
 using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;

@@ -1,3 +1,4 @@
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Config;
 using XLstmOnnx.GraphBuilder.Export;
@@ -25,6 +26,7 @@ public sealed class XLstmGraphBuilder
     private readonly BoundWeights _w;
     private readonly ExportOptions _o;
     private readonly ILayerOps _ops;
+    private readonly StateLayout _state;
 
     private XLstmGraphBuilder(XLstmConfig config, BoundWeights weights, ExportOptions options)
     {
@@ -32,6 +34,7 @@ public sealed class XLstmGraphBuilder
         _c = config;
         _w = weights;
         _o = options;
+        _state = new StateLayout(checked((int)config.NumBlocks), config.NumHeads, config.QkHeadDim, config.VHeadDim);
         // --mlstm-kernels custom: the ONNX Runtime fast path, our fused kernels; otherwise standard ops only
         _ops = options.MLstmKernels == MLstmKernels.Custom ? new FusedLayerOps(_x) : new StandardLayerOps(_x);
     }
@@ -62,12 +65,12 @@ public sealed class XLstmGraphBuilder
         logits = _o.LastLogitsOnly
             ? G.Op("/model/logits/Unsqueeze", "Unsqueeze", [logits, G.Constant(1)])
             : G.Op("/model/logits/Reshape", "Reshape", [logits, _x.ShapeBS(_c.VocabSize)]);
-        G.Output(StateNames.Logits, logits, DataType.Float, "batch", _o.LastLogitsOnly ? 1L : "sequence", _c.VocabSize);
+        G.Output(GraphNames.Logits, logits, DataType.Float, "batch", _o.LastLogitsOnly ? 1L : "sequence", _c.VocabSize);
         if (_o.NextToken)
         {
             // [B,1,V] -> [B,1]: greedy decoding reads B ids instead of B·V logits (ties: the first index, as ONNX specifies)
             string next = G.Op("/model/next_token/ArgMax", "ArgMax", [logits], Attr.Int("axis", 2), Attr.Int("keepdims", 0));
-            G.Output(StateNames.NextToken, next, DataType.Int64, "batch", 1L);
+            G.Output(GraphNames.NextToken, next, DataType.Int64, "batch", 1L);
         }
         if (_o.HiddenStates) MakeHiddenStates(hidden);
     }
@@ -81,7 +84,7 @@ public sealed class XLstmGraphBuilder
             string hs = _x.ToFloat($"/model/hidden_states.{i}", hidden[i]);
             string h = last ? G.Op($"/model/hidden_states.{i}/Unsqueeze", "Unsqueeze", [hs, G.Constant(1)])
                 : G.Op($"/model/hidden_states.{i}/Reshape", "Reshape", [hs, _x.ShapeBS(_c.HiddenSize)]);
-            G.Output(StateNames.Hidden(i), h, DataType.Float, "batch", last ? 1L : "sequence", _c.HiddenSize);
+            G.Output(GraphNames.Hidden(i), h, DataType.Float, "batch", last ? 1L : "sequence", _c.HiddenSize);
         }
     }
 
@@ -91,18 +94,18 @@ public sealed class XLstmGraphBuilder
         string x;
         if (_o.InputsEmbeds)
         {
-            x = G.Input(StateNames.InputsEmbeds, DataType.Float, "batch", "sequence", _c.EmbeddingDim);
+            x = G.Input(GraphNames.InputsEmbeds, DataType.Float, "batch", "sequence", _c.EmbeddingDim);
             x = _x.ToModelType("/model/inputs_embeds", x);
         }
         else
         {
-            string ids = G.Input(StateNames.InputIds, DataType.Int64, "batch", "sequence");
+            string ids = G.Input(GraphNames.InputIds, DataType.Int64, "batch", "sequence");
             x = G.Op("/model/embeddings/Gather", "Gather", [_x.Weight("/model/embeddings", "weight", _w[WeightRole.Embedding]), ids]);
         }
         _x.BatchAndSequence = G.Op("/model/batch_and_sequence/Shape", "Shape", [x], Attr.Int("start", 0), Attr.Int("end", 2)); // [B, S]
         if (_o.AttentionMask)
         {
-            string mask = _x.MaskInput = G.Input(StateNames.AttentionMask, DataType.Int64, "batch", "sequence");
+            string mask = _x.MaskInput = G.Input(GraphNames.AttentionMask, DataType.Int64, "batch", "sequence");
             string b = G.Op("/model/attention_mask/Cast", "Cast", [mask], Attr.Int("to", (long)DataType.Bool));
             _x.Mask = G.Op("/model/attention_mask/Unsqueeze", "Unsqueeze", [b, G.Constant(1)]); // [B,S] -> [B,1,S], broadcasts over heads
         }
@@ -157,25 +160,20 @@ public sealed class XLstmGraphBuilder
 
     /// <summary>Layer <paramref name="i"/>'s state inputs past_state.i.{C,n,m}.</summary>
     private CellState PastState(int i) => new(
-        G.Input(StateNames.Past(i, "C"), DataType.Float, StateDims("C")),
-        G.Input(StateNames.Past(i, "n"), DataType.Float, StateDims("n")),
-        G.Input(StateNames.Past(i, "m"), DataType.Float, StateDims("m")));
+        G.Input(StateLayout.PastName(i, StatePart.C), DataType.Float, StateDims(StatePart.C)),
+        G.Input(StateLayout.PastName(i, StatePart.N), DataType.Float, StateDims(StatePart.N)),
+        G.Input(StateLayout.PastName(i, StatePart.M), DataType.Float, StateDims(StatePart.M)));
 
     /// <summary>Layer <paramref name="i"/>'s state outputs present_state.i.{C,n,m}.</summary>
     private void PresentState(int i, CellState s)
     {
-        G.Output(StateNames.Present(i, "C"), s.C, DataType.Float, StateDims("C"));
-        G.Output(StateNames.Present(i, "n"), s.N, DataType.Float, StateDims("n"));
-        G.Output(StateNames.Present(i, "m"), s.M, DataType.Float, StateDims("m"));
+        G.Output(StateLayout.PresentName(i, StatePart.C), s.C, DataType.Float, StateDims(StatePart.C));
+        G.Output(StateLayout.PresentName(i, StatePart.N), s.N, DataType.Float, StateDims(StatePart.N));
+        G.Output(StateLayout.PresentName(i, StatePart.M), s.M, DataType.Float, StateDims(StatePart.M));
     }
 
-    /// <summary>The dims of a state part: C [batch, NH, DQK, DV], n [batch, NH, DQK], m [batch, NH, 1].</summary>
-    private object[] StateDims(string part) => part switch
-    {
-        "C" => ["batch", _c.NumHeads, _c.QkHeadDim, _c.VHeadDim],
-        "n" => ["batch", _c.NumHeads, _c.QkHeadDim],
-        _ => ["batch", _c.NumHeads, 1L],
-    };
+    /// <summary>The dims of a state part: C [batch, NH, DQK, DV], n [batch, NH, DQK], m [batch, NH, 1] (<see cref="StateLayout"/>).</summary>
+    private object[] StateDims(StatePart part) => ["batch", .. _state.RowShape(part).Cast<object>()];
 
     /// <summary>[B·S, H] -> [B, S, H] -> last position [B, H].</summary>
     private string MakeLastPosition(string x)

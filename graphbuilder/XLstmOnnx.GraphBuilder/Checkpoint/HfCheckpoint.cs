@@ -1,4 +1,5 @@
 using System.Text.Json;
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Config;
 
 namespace XLstmOnnx.GraphBuilder.Checkpoint;

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Config;
 
 namespace XLstmOnnx.GraphBuilder.Checkpoint;
@@ -18,7 +19,7 @@ public static class RandomCheckpoint
     /// <summary>Writes config.json and model.safetensors (one file) into <paramref name="dir"/>.</summary>
     public static void Write(XLstmConfig config, string dir, SafetensorsDtype dtype, int seed, IProgress<(long Done, long Total)>? progress = null)
     {
-        if (!dtype.IsWeightType()) throw new XLstmOnnxException($"option --dtype must be F32, F16 or BF16; found {dtype}.");
+        if (!dtype.IsWeightType()) throw XLstmOnnxException.MustBe($"{nameof(RandomCheckpoint)}.{nameof(Write)}({nameof(dtype)})", "F32, F16 or BF16", dtype);
         Directory.CreateDirectory(dir);
         var entries = new List<SafetensorsWriter.Entry>();
         long total = 0, done = 0;

@@ -1,3 +1,5 @@
+using XLstmOnnx.Contract.Safetensors;
+
 namespace XLstmOnnx.GraphBuilder.Checkpoint;
 
 /// <summary>
@@ -28,8 +30,6 @@ public static class WeightSource
         s.ReadFloat32(0, a);
         return a;
     }
-
-    public static string FormatShape(IEnumerable<long> shape) => $"[{string.Join(", ", shape)}]";
 }
 
 /// <summary>One checkpoint tensor, seen with the given shape (same element count).</summary>

@@ -1,3 +1,4 @@
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Config;
 
 namespace XLstmOnnx.GraphBuilder.Checkpoint;
@@ -125,12 +126,12 @@ public sealed class WeightTable
                 {
                     if (row.TiedTo is not null) { tiedAndAbsent = true; break; } // tied lm_head may be left out of the file
                     throw new XLstmOnnxException(
-                        $"{source}: missing tensor '{part.Name}' (expected shape {WeightSource.FormatShape(part.Shape)} for {mode}).");
+                        $"{source}: missing tensor '{part.Name}' (expected shape {TensorSlice.FormatShape(part.Shape)} for {mode}).");
                 }
                 if (!slice.Shape.SequenceEqual(part.Shape))
                 {
                     throw new XLstmOnnxException(
-                        $"{source}: tensor '{part.Name}' has shape {WeightSource.FormatShape(slice.Shape)}; config.json implies {WeightSource.FormatShape(part.Shape)}.");
+                        $"{source}: tensor '{part.Name}' has shape {TensorSlice.FormatShape(slice.Shape)}; config.json implies {TensorSlice.FormatShape(part.Shape)}.");
                 }
                 if (!slice.Dtype.IsWeightType())
                 {

@@ -1,3 +1,5 @@
+using XLstmOnnx.Contract;
+
 namespace XLstmOnnx.GraphBuilder.Export;
 
 /// <summary>Where initializer bytes go.</summary>
@@ -11,26 +13,14 @@ public enum ExternalDataMode
     Never,
 }
 
-/// <summary>How the mLSTM cell is emitted.</summary>
-public enum MLstmKernels
-{
-    /// <summary>Standard ONNX ops only (Loop over chunks and tail tokens): portable, needs no custom-op library.</summary>
-    Onnx,
-    /// <summary>
-    /// One <c>ai.xlstm::MLstmChunkwise</c> node per layer (CPU and CUDA kernels in libxlstm_customops.so, customops/):
-    /// no control flow in the graph, so CUDA-graph capture works; the runtime must register the library.
-    /// </summary>
-    Custom,
-}
-
 /// <summary>Options of one export. Defaults give the full-logits, input_ids, fp32 model.</summary>
 public sealed record ExportOptions
 {
     /// <summary>
-    /// Weights and activations: "fp32", "fp16" or "bf16". Gate pre-activations, the mLSTM state and stabilizer, norm
-    /// statistics and logits are float32 whatever this is (HF computes gates in the model dtype; we keep them exact).
+    /// Weights and activations. Gate pre-activations, the mLSTM state and stabilizer, norm statistics and logits are
+    /// float32 whatever this is (HF computes gates in the model dtype; we keep them exact).
     /// </summary>
-    public string Dtype { get; init; } = "fp32";
+    public WeightDtype Dtype { get; init; } = WeightDtype.Fp32;
     /// <summary>
     /// 4 to store the large projections (q/k/v/o, out_proj, FFN, lm_head) as 4-bit blocks for com.microsoft::MatMulNBits;
     /// null keeps them in <see cref="Dtype"/>. Embeddings, gates and norms are never quantized.
@@ -64,25 +54,28 @@ public sealed record ExportOptions
     /// <summary>IR version matching opset 23.</summary>
     public const int IrVersion = 11;
 
-    /// <summary>Checks the options; throws naming the option.</summary>
+    /// <summary>Checks the options; throws naming the parameter (<c>ExportOptions.Dtype</c>), expected and found.</summary>
     public void Validate()
     {
-        if (Dtype is not ("fp32" or "fp16" or "bf16"))
+        if (!Enum.IsDefined(Dtype)) throw XLstmOnnxException.MustBe(Name(nameof(Dtype)), ContractNames.Alternatives(ContractNames.JsonNames<WeightDtype>()), (int)Dtype);
+        if (!Enum.IsDefined(MLstmKernels))
         {
-            throw new XLstmOnnxException($"option --dtype must be fp32, fp16 or bf16; found \"{Dtype}\".");
+            throw XLstmOnnxException.MustBe(Name(nameof(MLstmKernels)), ContractNames.Alternatives(ContractNames.JsonNames<MLstmKernels>()), (int)MLstmKernels);
         }
-        if (QuantizeBits is { } bits && bits != 4) throw new XLstmOnnxException($"option --quantize must be int4; found int{bits}.");
+        if (!Enum.IsDefined(ExternalData)) throw XLstmOnnxException.MustBe(Name(nameof(ExternalData)), "Auto, Always or Never", (int)ExternalData);
+        if (QuantizeBits is { } bits && bits != 4) throw XLstmOnnxException.MustBe(Name(nameof(QuantizeBits)), "4 or null", bits);
         if (QuantizeBlockSize < 16 || (QuantizeBlockSize & (QuantizeBlockSize - 1)) != 0)
         {
-            throw new XLstmOnnxException($"option --block-size must be a power of two of at least 16; found {QuantizeBlockSize}.");
+            throw XLstmOnnxException.MustBe(Name(nameof(QuantizeBlockSize)), "a power of two of at least 16", QuantizeBlockSize);
         }
         if (NextToken && !LastLogitsOnly)
         {
-            throw new XLstmOnnxException("option --next-token needs --last-logits-only (it is the argmax of the last position's logits).");
+            throw XLstmOnnxException.InParameter(Name(nameof(NextToken)),
+                $"{Name(nameof(NextToken))} needs {Name(nameof(LastLogitsOnly))} (it is the argmax of the last position's logits).");
         }
-        if (ExternalDataThresholdBytes <= 0)
-        {
-            throw new XLstmOnnxException($"external-data threshold must be positive; found {ExternalDataThresholdBytes}.");
-        }
+        if (ExternalDataThresholdBytes <= 0) throw XLstmOnnxException.MustBe(Name(nameof(ExternalDataThresholdBytes)), "positive", ExternalDataThresholdBytes);
     }
+
+    /// <summary>The API name of property <paramref name="property"/>, as errors give it: <c>ExportOptions.Dtype</c>.</summary>
+    public static string Name(string property) => $"{nameof(ExportOptions)}.{property}";
 }

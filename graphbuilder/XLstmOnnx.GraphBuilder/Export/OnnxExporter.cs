@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Google.Protobuf;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Architecture;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Config;
@@ -61,8 +62,9 @@ public static class OnnxExporter
         };
         if (!external && weightBytes > int.MaxValue - (64L << 20))
         {
-            throw new XLstmOnnxException(
-                $"option --external-data never: the weights take {weightBytes} bytes, over protobuf's 2 GiB limit for one model.onnx; use auto or always.");
+            string parameter = ExportOptions.Name(nameof(ExportOptions.ExternalData));
+            throw XLstmOnnxException.InParameter(parameter,
+                $"{parameter} {ExternalDataMode.Never}: the weights take {weightBytes} bytes, over protobuf's 2 GiB limit for one model.onnx; use {ExternalDataMode.Auto} or {ExternalDataMode.Always}.");
         }
 
         string target = Path.GetFullPath(outputDir);
@@ -101,14 +103,9 @@ public static class OnnxExporter
             }
             // token ids in: the model generates, so the sampler for its logits goes beside it
             bool sampler = !options.InputsEmbeds;
-            if (sampler) File.WriteAllBytes(Path.Combine(staging, SamplerModel.FileName), SamplerModel.Build(config.VocabSize));
+            if (sampler) File.WriteAllBytes(Path.Combine(staging, SamplerModel.FileName), SamplerBuilder.Build(config.VocabSize));
             File.WriteAllText(Path.Combine(staging, "config.json"), config.ToJson());
-            File.WriteAllText(Path.Combine(staging, ModelManifest.FileName),
-                (ModelManifest.For(config, options, external ? DataFile : null, copied) with
-                {
-                    SamplerFile = sampler ? SamplerModel.FileName : null,
-                    SamplerVersion = sampler ? SamplerModel.Version : 0,
-                }).ToJson());
+            File.WriteAllText(Path.Combine(staging, ModelManifest.FileName), Manifest(config, options, external ? DataFile : null, copied, sampler).ToJson());
             AtomicFolder.Commit(staging, target);
         }
         catch
@@ -119,6 +116,39 @@ public static class OnnxExporter
         return new ExportResult(target, Path.Combine(target, ModelFile), external ? Path.Combine(target, DataFile) : null,
             weightBytes, graph.Proto.Node.Count, clock.Elapsed);
     }
+
+    /// <summary>The manifest of a model exported from <paramref name="c"/> with <paramref name="o"/>.</summary>
+    internal static ModelManifest Manifest(XLstmConfig c, ExportOptions o, string? externalDataFile, IReadOnlyList<string> tokenizerFiles, bool sampler) => new()
+    {
+        Producer = $"XLstmOnnx {typeof(OnnxExporter).Assembly.GetName().Version}",
+        ModelFile = ModelFile,
+        ExternalDataFile = externalDataFile,
+        Dtype = o.Dtype,
+        Quantization = o.QuantizeBits is { } bits ? $"int{bits}-block{o.QuantizeBlockSize}" : null,
+        StateDtype = StateDtype.Float32,
+        MLstmKernels = o.MLstmKernels,
+        CustomOpDomain = o.MLstmKernels == MLstmKernels.Custom ? $"{CustomOps.Domain}:{CustomOps.DomainVersion}" : null,
+        Input = o.InputsEmbeds ? GraphNames.InputsEmbeds : GraphNames.InputIds,
+        AttentionMask = o.AttentionMask,
+        Logits = o.LastLogitsOnly ? LogitsOutput.Last : LogitsOutput.All,
+        HiddenStates = o.HiddenStates,
+        NextToken = o.NextToken,
+        NumLayers = checked((int)c.NumBlocks),
+        NumHeads = c.NumHeads,
+        QkHeadDim = c.QkHeadDim,
+        VHeadDim = c.VHeadDim,
+        VocabSize = c.VocabSize,
+        HiddenSize = c.HiddenSize,
+        EmbeddingDim = c.EmbeddingDim,
+        ChunkSize = c.ChunkSize,
+        MaxInferenceChunksize = c.MaxInferenceChunksize,
+        BosTokenId = c.BosTokenId,
+        EosTokenId = c.EosTokenId,
+        PadTokenId = c.PadTokenId,
+        SamplerFile = sampler ? SamplerModel.FileName : null,
+        SamplerVersion = sampler ? SamplerModel.Version : 0,
+        TokenizerFiles = tokenizerFiles,
+    };
 
     /// <summary>Streams every weight as float32, into model.onnx.data (aligned) or into the proto's raw_data.</summary>
     private static void WriteWeights(OnnxGraph graph, string dir, bool external, long total, IProgress<ExportProgress>? progress, CancellationToken cancel)

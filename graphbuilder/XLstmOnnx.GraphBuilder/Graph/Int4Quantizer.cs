@@ -40,7 +40,10 @@ public sealed class Int4Quantizer(IWeightSource weight, int blockSize, DataType 
 
     private void Compute()
     {
-        if (blockSize < 16 || (blockSize & (blockSize - 1)) != 0) throw new XLstmOnnxException($"option --block-size must be a power of two of at least 16; found {blockSize}.");
+        if (blockSize < 16 || (blockSize & (blockSize - 1)) != 0)
+        {
+            throw XLstmOnnxException.MustBe($"{nameof(Int4Quantizer)}({nameof(blockSize)})", "a power of two of at least 16", blockSize);
+        }
         var b = new byte[BBytes];
         var scales = new float[N * KBlocks];
         var zeros = new byte[ZerosBytes];

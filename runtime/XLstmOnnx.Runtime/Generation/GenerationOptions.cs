@@ -26,19 +26,23 @@ public sealed record GenerationOptions
     /// <summary>Do not stop at the model's eos_token_id.</summary>
     public bool IgnoreEos { get; init; }
 
-    /// <summary>Throws naming the option when a value is out of range.</summary>
+    /// <summary>Throws naming the parameter (<c>GenerationOptions.Temperature</c>), expected and found when a value is out of range.</summary>
     public void Validate()
     {
-        void Fail(string option, string expected, object actual) =>
-            throw new XLstmOnnxException($"option {option} must be {expected}; found {actual}.");
-        if (MaxNewTokens < 0) Fail("--max-new-tokens", "zero or positive", MaxNewTokens);
-        if (!Greedy && !(Temperature > 0)) Fail("--temperature", "positive (use --greedy for argmax)", Temperature);
-        if (TopK < 0) Fail("--top-k", "zero (off) or positive", TopK);
-        if (!(TopP > 0 && TopP <= 1)) Fail("--top-p", "in (0, 1]", TopP);
-        if (!(MinP >= 0 && MinP < 1)) Fail("--min-p", "in [0, 1)", MinP);
-        if (!(RepetitionPenalty > 0)) Fail("--repetition-penalty", "positive", RepetitionPenalty);
-        if (StopStrings.Any(string.IsNullOrEmpty)) Fail("--stop", "non-empty strings", "an empty string");
+        if (MaxNewTokens < 0) throw XLstmOnnxException.MustBe(Name(nameof(MaxNewTokens)), "zero or positive", MaxNewTokens);
+        if (!Greedy && !(Temperature > 0)) throw XLstmOnnxException.MustBe(Name(nameof(Temperature)), $"positive (or {Name(nameof(Greedy))} for argmax)", Temperature);
+        if (TopK < 0) throw XLstmOnnxException.MustBe(Name(nameof(TopK)), "zero (off) or positive", TopK);
+        if (!(TopP > 0 && TopP <= 1)) throw XLstmOnnxException.MustBe(Name(nameof(TopP)), "in (0, 1]", TopP);
+        if (!(MinP >= 0 && MinP < 1)) throw XLstmOnnxException.MustBe(Name(nameof(MinP)), "in [0, 1)", MinP);
+        if (!(RepetitionPenalty > 0)) throw XLstmOnnxException.MustBe(Name(nameof(RepetitionPenalty)), "positive", RepetitionPenalty);
+        if (StopStrings.Any(string.IsNullOrEmpty))
+        {
+            throw XLstmOnnxException.InParameter(Name(nameof(StopStrings)), $"{Name(nameof(StopStrings))} must be non-empty strings; found an empty string.");
+        }
     }
+
+    /// <summary>The API name of property <paramref name="property"/>, as errors give it: <c>GenerationOptions.Temperature</c>.</summary>
+    public static string Name(string property) => $"{nameof(GenerationOptions)}.{property}";
 }
 
 /// <summary>Why a sequence stopped.</summary>

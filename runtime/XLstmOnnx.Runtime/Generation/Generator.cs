@@ -1,6 +1,5 @@
 using System.Diagnostics;
-using XLstmOnnx.GraphBuilder.Config;
-using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Contract;
 using XLstmOnnx.Runtime.Tokenization;
 
 namespace XLstmOnnx.Runtime.Generation;

@@ -1,4 +1,4 @@
-using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Contract;
 using XLstmOnnx.Runtime.Tokenization;
 
 namespace XLstmOnnx.Runtime.Generation;

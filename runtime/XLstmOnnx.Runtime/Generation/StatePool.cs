@@ -1,7 +1,6 @@
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
-using XLstmOnnx.GraphBuilder.Architecture;
-using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Contract;
 
 namespace XLstmOnnx.Runtime.Generation;
 
@@ -23,26 +22,26 @@ internal sealed class StatePool : IDisposable
     private readonly DeviceMemory _memory;
     private readonly DeviceAllocation[] _sets;
     private readonly int _layers;
-    private readonly long[] _partOffset = new long[3];   // within a layer
-    private readonly long[] _rowBytes = new long[3];     // per part
-    private readonly long[][] _rowShape = new long[3][];  // per part, without the batch axis
+    private readonly long[] _partOffset = new long[StateLayout.PartsPerLayer];   // within a layer
+    private readonly long[] _rowBytes = new long[StateLayout.PartsPerLayer];     // per part
+    private readonly long[][] _rowShape = new long[StateLayout.PartsPerLayer][];  // per part, without the batch axis
     private readonly long _layerStride;
 
     public StatePool(ModelManifest manifest, DeviceMemory memory, int rows, int sets, string what)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
         if (sets is not (1 or 2)) throw new ArgumentOutOfRangeException(nameof(sets), sets, "one or two buffer sets");
-        if (manifest.StateDtype != "float32")
+        if (manifest.StateDtype != StateDtype.Float32)
         {
-            throw new XLstmOnnxException($"field 'state_dtype' of {ModelManifest.FileName} is \"{manifest.StateDtype}\"; this runtime keeps float32 states.");
+            throw new XLstmOnnxException($"field '{ModelManifest.Field(nameof(ModelManifest.StateDtype))}' of {ModelManifest.FileName} is \"{manifest.StateDtype.JsonName()}\"; this runtime keeps float32 states.");
         }
         _memory = memory;
         _layers = manifest.NumLayers;
         Rows = rows;
         long offset = 0;
-        for (int p = 0; p < 3; p++)
+        for (int p = 0; p < StateLayout.PartsPerLayer; p++)
         {
-            _rowShape[p] = manifest.StateShape(StateNames.Parts[p], 1)[1..];
+            _rowShape[p] = manifest.State.RowShape((StatePart)p);
             _rowBytes[p] = _rowShape[p].Aggregate(1L, (a, b) => a * b) * sizeof(float);
             _partOffset[p] = offset;
             offset += AlignUp(_rowBytes[p] * rows);
@@ -66,7 +65,7 @@ internal sealed class StatePool : IDisposable
     public int Sets => _sets.Length;
 
     /// <summary>Tensors per set: every layer's C, n and m, layer-major (the graph's past_state order).</summary>
-    public int TensorCount => _layers * 3;
+    public int TensorCount => _layers * StateLayout.PartsPerLayer;
 
     /// <summary>Bytes of one row's state (every layer's C, n, m).</summary>
     public long RowBytes => _rowBytes.Sum() * _layers;
@@ -75,19 +74,20 @@ internal sealed class StatePool : IDisposable
     public static long BytesFor(ModelManifest manifest, int rows, int sets)
     {
         long stride = 0;
-        foreach (var part in StateNames.Parts) stride += AlignUp(manifest.StateShape(part, rows).Aggregate(1L, (a, b) => a * b) * sizeof(float));
+        foreach (var part in StateLayout.Parts) stride += AlignUp(manifest.State.Elements(part, rows) * sizeof(float));
         return stride * manifest.NumLayers * sets;
     }
 
     /// <summary>Bytes of one row's state of <paramref name="manifest"/>'s model.</summary>
-    public static long RowBytesFor(ModelManifest manifest) =>
-        StateNames.Parts.Sum(p => manifest.StateShape(p, 1).Aggregate(1L, (a, b) => a * b) * sizeof(float)) * manifest.NumLayers;
+    public static long RowBytesFor(ModelManifest manifest) => manifest.State.RowBytes;
 
-    /// <summary>The shape of tensor <paramref name="i"/> (layer i / 3, part i % 3) for <paramref name="rows"/> rows.</summary>
-    public long[] Shape(int i, long rows) => [rows, .. _rowShape[i % 3]];
+    /// <summary>The shape of tensor <paramref name="i"/> (<see cref="StateLayout"/>'s layer-major order) for <paramref name="rows"/> rows.</summary>
+    public long[] Shape(int i, long rows) => [rows, .. _rowShape[PartOf(i)]];
 
     private IntPtr At(int set, int tensor, int row) =>
-        _sets[set].Address + (nint)((tensor / 3) * _layerStride + _partOffset[tensor % 3] + row * _rowBytes[tensor % 3]);
+        _sets[set].Address + (nint)(StateLayout.LayerOf(tensor) * _layerStride + _partOffset[PartOf(tensor)] + row * _rowBytes[PartOf(tensor)]);
+
+    private static int PartOf(int tensor) => (int)StateLayout.PartOf(tensor);
 
     /// <summary>
     /// Tensor views of rows [<paramref name="start"/>, start + <paramref name="count"/>) of set <paramref name="set"/>, in
@@ -99,7 +99,7 @@ internal sealed class StatePool : IDisposable
         var views = new OrtValue[TensorCount];
         for (int i = 0; i < views.Length; i++)
         {
-            views[i] = _memory.View(At(set, i, start), TensorElementType.Float, Shape(i, count), _rowBytes[i % 3] * count);
+            views[i] = _memory.View(At(set, i, start), TensorElementType.Float, Shape(i, count), _rowBytes[PartOf(i)] * count);
         }
         return views;
     }
@@ -108,7 +108,7 @@ internal sealed class StatePool : IDisposable
     public void Zero(int set, int start, int count)
     {
         CheckRows(start, count);
-        for (int p = 0; p < 3; p++) _memory.Zero2D(At(set, p, start), _layerStride, _rowBytes[p] * count, _layers);
+        for (int p = 0; p < StateLayout.PartsPerLayer; p++) _memory.Zero2D(At(set, p, start), _layerStride, _rowBytes[p] * count, _layers);
         _memory.Wait();
     }
 
@@ -118,7 +118,7 @@ internal sealed class StatePool : IDisposable
         CheckRows(row, 1);
         to.CheckRows(toRow, 1);
         if (to._layers != _layers || !to._rowBytes.SequenceEqual(_rowBytes)) throw new ArgumentException("the pools belong to different models", nameof(to));
-        for (int p = 0; p < 3; p++) _memory.Copy2D(to.At(toSet, p, toRow), to._layerStride, At(set, p, row), _layerStride, _rowBytes[p], _layers);
+        for (int p = 0; p < StateLayout.PartsPerLayer; p++) _memory.Copy2D(to.At(toSet, p, toRow), to._layerStride, At(set, p, row), _layerStride, _rowBytes[p], _layers);
         _memory.Wait();
     }
 
@@ -129,7 +129,7 @@ internal sealed class StatePool : IDisposable
         var tensors = new float[TensorCount][];
         for (int i = 0; i < tensors.Length; i++)
         {
-            tensors[i] = new float[_rowBytes[i % 3] / sizeof(float) * count];
+            tensors[i] = new float[_rowBytes[PartOf(i)] / sizeof(float) * count];
             _memory.Download<float>(At(set, i, start), tensors[i]);
         }
         return tensors;
@@ -143,7 +143,7 @@ internal sealed class StatePool : IDisposable
         CheckRows(start, count);
         for (int i = 0; i < tensors.Count; i++)
         {
-            long expected = _rowBytes[i % 3] / sizeof(float) * count;
+            long expected = _rowBytes[PartOf(i)] / sizeof(float) * count;
             if (tensors[i].LongLength != expected) throw new ArgumentException($"state tensor {i} has {tensors[i].LongLength} values; {count} rows have {expected}", nameof(tensors));
             _memory.Upload<float>(tensors[i], At(set, i, start));
         }

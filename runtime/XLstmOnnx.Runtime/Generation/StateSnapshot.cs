@@ -1,6 +1,5 @@
-using XLstmOnnx.GraphBuilder.Architecture;
-using XLstmOnnx.GraphBuilder.Checkpoint;
-using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Contract;
+using XLstmOnnx.Contract.Safetensors;
 
 namespace XLstmOnnx.Runtime.Generation;
 
@@ -24,7 +23,7 @@ public sealed class StateSnapshot
 
     internal ModelManifest Manifest { get; }
     public int Batch { get; }
-    /// <summary>Layer-major: [layer * 3 + part] with parts C, n, m.</summary>
+    /// <summary>Layer-major, as <see cref="StateLayout.Index"/>.</summary>
     internal float[][] Tensors { get; }
     /// <summary>Per row: a sampled token not yet fed to the state, or null.</summary>
     internal int[]?[] Pending { get; }
@@ -33,12 +32,12 @@ public sealed class StateSnapshot
     public void Save(string path)
     {
         var entries = new List<SafetensorsWriter.Entry>();
-        for (int l = 0; l < Manifest.NumLayers; l++)
+        var layout = Manifest.State;
+        for (int l = 0; l < layout.Layers; l++)
         {
-            for (int p = 0; p < 3; p++)
+            foreach (var part in StateLayout.Parts)
             {
-                string part = StateNames.Parts[p];
-                entries.Add(SafetensorsWriter.F32($"state.{l}.{part}", Manifest.StateShape(part, Batch), Tensors[l * 3 + p]));
+                entries.Add(SafetensorsWriter.F32(TensorName(l, part), layout.Shape(part, Batch), Tensors[layout.Index(l, part)]));
             }
         }
         long[] pending = Pending.Select(p => p is { Length: > 0 } ? (long)p[0] : -1L).ToArray();
@@ -67,24 +66,27 @@ public sealed class StateSnapshot
         }
         var pendingSlice = f.Get("pending");
         int batch = (int)pendingSlice.Shape[0];
-        var tensors = new float[manifest.NumLayers * 3][];
-        for (int l = 0; l < manifest.NumLayers; l++)
+        var layout = manifest.State;
+        var tensors = new float[layout.TensorCount][];
+        for (int l = 0; l < layout.Layers; l++)
         {
-            for (int p = 0; p < 3; p++)
+            foreach (var part in StateLayout.Parts)
             {
-                string part = StateNames.Parts[p];
-                var t = f.Get($"state.{l}.{part}");
-                var expected = manifest.StateShape(part, batch);
+                var t = f.Get(TensorName(l, part));
+                var expected = layout.Shape(part, batch);
                 if (!t.Shape.SequenceEqual(expected) || t.Dtype != SafetensorsDtype.F32)
                 {
-                    throw new XLstmOnnxException($"{path}: tensor 'state.{l}.{part}' is {t.Dtype}{WeightSource.FormatShape(t.Shape)}; expected F32{WeightSource.FormatShape(expected)}.");
+                    throw new XLstmOnnxException($"{path}: tensor '{t.Name}' is {t.Dtype}{TensorSlice.FormatShape(t.Shape)}; expected F32{TensorSlice.FormatShape(expected)}.");
                 }
-                tensors[l * 3 + p] = t.ToFloat32();
+                tensors[layout.Index(l, part)] = t.ToFloat32();
             }
         }
         var pending = pendingSlice.ToInt64().Select(v => v >= 0 ? new[] { (int)v } : null).ToArray();
         return new StateSnapshot(manifest, batch, tensors, pending);
     }
+
+    /// <summary>The file's name of layer <paramref name="layer"/>'s <paramref name="part"/>: state.L.C, state.L.n, state.L.m.</summary>
+    private static string TensorName(int layer, StatePart part) => $"state.{layer}.{StateLayout.Name(part)}";
 
     private static string Signature(ModelManifest m) =>
         $"layers={m.NumLayers} heads={m.NumHeads} dqk={m.QkHeadDim} dv={m.VHeadDim} hidden={m.HiddenSize} vocab={m.VocabSize}";

@@ -1,7 +1,6 @@
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
-using XLstmOnnx.GraphBuilder.Architecture;
-using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Contract;
 
 namespace XLstmOnnx.Runtime.Generation;
 
@@ -12,26 +11,16 @@ namespace XLstmOnnx.Runtime.Generation;
 /// </summary>
 internal sealed class ModelIo(ModelManifest manifest)
 {
-    private readonly string[] _past = Names(manifest, StateNames.Past);
-    private readonly string[] _present = Names(manifest, StateNames.Present);
+    private readonly string[] _past = manifest.State.PastNames();
+    private readonly string[] _present = manifest.State.PresentNames();
 
     public ModelManifest Manifest => manifest;
 
-    /// <summary>The state input names, layer-major: past_state.L.{C,n,m} at L * 3 + part (the pool's tensor order).</summary>
+    /// <summary>The state input names in <see cref="StateLayout"/>'s layer-major order (the pool's tensor order).</summary>
     public IReadOnlyList<string> Past => _past;
 
     /// <summary>The state output names, in the same order as <see cref="Past"/>.</summary>
     public IReadOnlyList<string> Present => _present;
-
-    private static string[] Names(ModelManifest m, Func<int, string, string> name)
-    {
-        var names = new string[m.NumLayers * 3];
-        for (int l = 0; l < m.NumLayers; l++)
-        {
-            for (int p = 0; p < 3; p++) names[l * 3 + p] = name(l, StateNames.Parts[p]);
-        }
-        return names;
-    }
 
     /// <summary>Binds one call. <paramref name="mask"/> is ignored by models without attention_mask; <paramref name="next"/> may be null.</summary>
     public void Bind(OrtIoBinding b, OrtValue input, OrtValue? mask, IReadOnlyList<OrtValue> past, IReadOnlyList<OrtValue> present, OrtValue? logits, OrtValue? next)
@@ -39,15 +28,15 @@ internal sealed class ModelIo(ModelManifest manifest)
         b.BindInput(manifest.Input, input);
         if (manifest.AttentionMask)
         {
-            b.BindInput(StateNames.AttentionMask, mask ?? throw new ArgumentNullException(nameof(mask), "the model takes attention_mask"));
+            b.BindInput(GraphNames.AttentionMask, mask ?? throw new ArgumentNullException(nameof(mask), "the model takes attention_mask"));
         }
         for (int i = 0; i < _past.Length; i++)
         {
             b.BindInput(_past[i], past[i]);
             b.BindOutput(_present[i], present[i]);
         }
-        if (logits is not null) b.BindOutput(StateNames.Logits, logits);
-        if (next is not null && manifest.NextToken) b.BindOutput(StateNames.NextToken, next);
+        if (logits is not null) b.BindOutput(GraphNames.Logits, logits);
+        if (next is not null && manifest.NextToken) b.BindOutput(GraphNames.NextToken, next);
     }
 }
 
@@ -86,7 +75,7 @@ internal sealed class StepRunner : IDisposable
     /// <param name="pool">The pool whose rows [0, n) decode steps run over (double-buffered).</param>
     public StepRunner(XLstmSession model, DeviceMemory memory, StatePool pool)
     {
-        if (model.Manifest.Input != StateNames.InputIds) throw new XLstmOnnxException($"{model.Directory}: generation needs an input_ids model; this one takes {model.Manifest.Input}.");
+        if (model.Manifest.Input != GraphNames.InputIds) throw new XLstmOnnxException($"{model.Directory}: generation needs an input_ids model; this one takes {model.Manifest.Input}.");
         if (pool.Sets != 2) throw new ArgumentException("decode steps need a double-buffered pool", nameof(pool));
         _model = model;
         _m = model.Manifest;
@@ -190,7 +179,7 @@ internal sealed class StepRunner : IDisposable
         var present = pool.Views(1 - set, start, count);
         using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [count, seq]);
         using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [count, seq]);
-        bool all = _m.Logits == "all";
+        bool all = _m.Logits == LogitsOutput.All;
         using var logits = all ? null : LogitsView(outRow, count);
         using var next = _memory.View(_next.Address + outRow * 8, TensorElementType.Int64, [count, 1], count * 8L);
         using var run = _model.UncapturedRunOptions();
@@ -198,13 +187,13 @@ internal sealed class StepRunner : IDisposable
         try
         {
             _io.Bind(binding, idsValue, maskValue, past, present, logits, next);
-            if (all) binding.BindOutputToDevice(StateNames.Logits, _memory.Info); // [count, seq, V], made by ONNX Runtime
+            if (all) binding.BindOutputToDevice(GraphNames.Logits, _memory.Info); // [count, seq, V], made by ONNX Runtime
             _model.Session.RunWithBinding(run, binding);
             binding.SynchronizeBoundOutputs();
             if (all)
             {
                 using var outputs = binding.GetOutputValues();
-                var full = outputs[Array.IndexOf(binding.GetOutputNames(), StateNames.Logits)];
+                var full = outputs[Array.IndexOf(binding.GetOutputNames(), GraphNames.Logits)];
                 long row = _vocab * 4;
                 IntPtr at = DeviceBuffer.Of(full, _model.Options.DeviceId).Address;
                 _memory.Copy2D(LogitsAt(outRow), row, at + (nint)((seq - 1) * row), seq * row, row, count);

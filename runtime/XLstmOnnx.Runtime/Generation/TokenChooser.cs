@@ -1,6 +1,6 @@
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
-using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Contract;
 
 namespace XLstmOnnx.Runtime.Generation;
 
@@ -157,7 +157,7 @@ internal sealed class TokenChooser : IDisposable
         if (m.SamplerFile is null || m.SamplerVersion != SamplerModel.Version)
         {
             throw new XLstmOnnxException($"{_model.Directory}: sampling needs {SamplerModel.FileName} version {SamplerModel.Version} beside the model "
-                + $"(field 'sampler_file' of {ModelManifest.FileName} is {(m.SamplerFile is null ? "null" : $"\"{m.SamplerFile}\" version {m.SamplerVersion}")}); re-export the model.");
+                + $"(field '{ModelManifest.Field(nameof(ModelManifest.SamplerFile))}' of {ModelManifest.FileName} is {(m.SamplerFile is null ? "null" : $"\"{m.SamplerFile}\" version {m.SamplerVersion}")}); re-export the model.");
         }
         string path = Path.Combine(_model.Directory, m.SamplerFile);
         if (!File.Exists(path)) throw new XLstmOnnxException($"{_model.Directory}: {m.SamplerFile} named by {ModelManifest.FileName} is missing; re-export the model.");

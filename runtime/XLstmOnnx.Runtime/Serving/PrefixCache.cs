@@ -1,4 +1,4 @@
-using XLstmOnnx.GraphBuilder.Export;
+using XLstmOnnx.Contract;
 using XLstmOnnx.Runtime.Generation;
 
 namespace XLstmOnnx.Runtime.Serving;

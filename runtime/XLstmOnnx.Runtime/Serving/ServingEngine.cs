@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Threading.Channels;
+using XLstmOnnx.Contract;
 using XLstmOnnx.Runtime.Generation;
 using XLstmOnnx.Runtime.Tokenization;
 
@@ -49,9 +50,26 @@ public sealed record ServingOptions
     public int[] Buckets()
     {
         var b = DecodeBuckets ?? Enumerable.Range(0, 31).Select(i => 1 << i).TakeWhile(x => x < MaxBatch).ToArray();
-        if (b.Any(x => x < 1 || x > MaxBatch)) throw new XLstmOnnxException($"ServingOptions.DecodeBuckets must lie in [1, {MaxBatch}] (MaxBatch); found {string.Join(",", b)}.");
+        if (b.Any(x => x < 1 || x > MaxBatch))
+        {
+            throw XLstmOnnxException.MustBe(Name(nameof(DecodeBuckets)), $"sizes in [1, {MaxBatch}] ({Name(nameof(MaxBatch))})", string.Join(",", b));
+        }
         return [.. b.Append(MaxBatch).Distinct().Order()];
     }
+
+    /// <summary>Checks the options; throws naming the parameter (<c>ServingOptions.MaxBatch</c>), expected and found.</summary>
+    public void Validate()
+    {
+        if (MaxBatch < 1) throw XLstmOnnxException.MustBe(Name(nameof(MaxBatch)), "at least 1", MaxBatch);
+        if (PrefillRows < 1) throw XLstmOnnxException.MustBe(Name(nameof(PrefillRows)), "at least 1", PrefillRows);
+        if (PrefixCacheBytes is < 0) throw XLstmOnnxException.MustBe(Name(nameof(PrefixCacheBytes)), "0 (off), positive or null (the default)", PrefixCacheBytes);
+        if (PrefillChunkTokens is < 1) throw XLstmOnnxException.MustBe(Name(nameof(PrefillChunkTokens)), "positive or null (paced)", PrefillChunkTokens);
+        if (PrefillGatherSteps < 0) throw XLstmOnnxException.MustBe(Name(nameof(PrefillGatherSteps)), "0 (at once) or more", PrefillGatherSteps);
+        Buckets();
+    }
+
+    /// <summary>The API name of property <paramref name="property"/>, as errors give it: <c>ServingOptions.MaxBatch</c>.</summary>
+    public static string Name(string property) => $"{nameof(ServingOptions)}.{property}";
 }
 
 /// <summary>One streamed piece of a completion: a token, the text it completes (may be empty), and the end.</summary>
@@ -127,11 +145,10 @@ public sealed class ServingEngine : IDisposable
         ArgumentNullException.ThrowIfNull(session);
         _session = session;
         _o = options ?? new ServingOptions();
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(_o.MaxBatch);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(_o.PrefillRows);
+        _o.Validate();
         _buckets = _o.Buckets();
         var m = session.Manifest;
-        var schedule = new GraphBuilder.Config.Schedule(m.ChunkSize, m.MaxInferenceChunksize); // throws naming a bad setting
+        var schedule = new Schedule(m.ChunkSize, m.MaxInferenceChunksize); // throws naming a bad setting
         _chunk = schedule.ChunkSize;
         _segment = schedule.SegmentLength;
         _tokenizer = session.Tokenizer;
@@ -139,7 +156,7 @@ public sealed class ServingEngine : IDisposable
         int cacheEntries = CacheEntries(m);
         try
         {
-            _pool = new StatePool(m, _memory, _o.MaxBatch, 2, $"the state pool (--max-batch {_o.MaxBatch})");
+            _pool = new StatePool(m, _memory, _o.MaxBatch, 2, $"the state pool ({ServingOptions.Name(nameof(ServingOptions.MaxBatch))} {_o.MaxBatch})");
             _staging = new StatePool(m, _memory, _o.PrefillRows, 2, $"the prefill rows ({_o.PrefillRows})");
             _runner = new StepRunner(session, _memory, _pool);
             _chooser = new TokenChooser(session, _runner, _memory);
@@ -167,14 +184,14 @@ public sealed class ServingEngine : IDisposable
     public ServingMetrics Metrics { get; } = new();
 
     /// <summary>Entries of the prefix cache: the option, or the default (see <see cref="ServingOptions.PrefixCacheBytes"/>); checks that everything fits.</summary>
-    private int CacheEntries(GraphBuilder.Export.ModelManifest m) => Plan(m, _o, _memory.Available());
+    private int CacheEntries(ModelManifest m) => Plan(m, _o, _memory.Available());
 
     /// <summary>
     /// How many prefix-cache entries the engine keeps for <paramref name="m"/>'s model with <paramref name="o"/>, given
     /// the device's free and total memory (null: host memory, not budgeted); throws naming every size when the state
     /// pool, the prefill rows, the cache and the headroom for activations do not fit.
     /// </summary>
-    internal static int Plan(GraphBuilder.Export.ModelManifest m, ServingOptions o, (long Free, long Total)? device)
+    internal static int Plan(ModelManifest m, ServingOptions o, (long Free, long Total)? device)
     {
         long row = StatePool.RowBytesFor(m);
         long pool = StatePool.BytesFor(m, o.MaxBatch, 2) + StatePool.BytesFor(m, o.PrefillRows, 2);
@@ -189,11 +206,11 @@ public sealed class ServingEngine : IDisposable
             if (need > d.Free)
             {
                 throw new XLstmOnnxException(
-                    $"the serving state does not fit in GPU memory: the state pool for MaxBatch {o.MaxBatch} (--max-batch) takes 2 × {o.MaxBatch} × {DeviceMemory.Mib(row)} "
-                    + $"and the prefill rows 2 × {o.PrefillRows} × {DeviceMemory.Mib(row)} ({DeviceMemory.Mib(pool)} of {m.StateDtype} state), "
+                    $"the serving state does not fit in GPU memory: the state pool for {ServingOptions.Name(nameof(o.MaxBatch))} {o.MaxBatch} takes 2 × {o.MaxBatch} × {DeviceMemory.Mib(row)} "
+                    + $"and the prefill rows 2 × {o.PrefillRows} × {DeviceMemory.Mib(row)} ({DeviceMemory.Mib(pool)} of {m.StateDtype.JsonName()} state), "
                     + $"the prefix cache {DeviceMemory.Mib(budget)}, buffers {DeviceMemory.Mib(buffers)}, plus {DeviceMemory.Mib(headroom)} for activations: "
                     + $"{DeviceMemory.Mib(need)} in all; {DeviceMemory.Mib(d.Free)} of {DeviceMemory.Mib(d.Total)} are free after the weights. "
-                    + "Lower MaxBatch (--max-batch) or PrefixCacheBytes (--prefix-cache-mb).");
+                    + $"Lower {ServingOptions.Name(nameof(o.MaxBatch))} or {ServingOptions.Name(nameof(o.PrefixCacheBytes))}.");
             }
         }
         return (int)Math.Min(int.MaxValue, budget / row);

@@ -1,4 +1,4 @@
-namespace XLstmOnnx.GraphBuilder.Checkpoint;
+namespace XLstmOnnx.Contract.Safetensors;
 
 /// <summary>Element types a safetensors header may name.</summary>
 public enum SafetensorsDtype

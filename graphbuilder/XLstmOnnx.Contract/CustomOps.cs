@@ -1,4 +1,4 @@
-namespace XLstmOnnx.GraphBuilder.Architecture;
+namespace XLstmOnnx.Contract;
 
 /// <summary>
 /// Our custom-op domain (customops/, libxlstm_customops.so): its name, version and ops, as exported graphs name them.

@@ -1,10 +1,8 @@
 using System.Buffers.Binary;
 using System.IO.MemoryMappedFiles;
-using System.Runtime.InteropServices;
-using System.Text;
 using System.Text.Json;
 
-namespace XLstmOnnx.GraphBuilder.Checkpoint;
+namespace XLstmOnnx.Contract.Safetensors;
 
 /// <summary>
 /// One safetensors file: an 8-byte little-endian header length, a JSON header, then the tensor bytes. The body is
@@ -201,66 +199,5 @@ public sealed unsafe class SafetensorsFile : IDisposable
         _view = null;
         _map?.Dispose();
         _map = null;
-    }
-}
-
-/// <summary>Writes safetensors files (used for random checkpoints, saved states and tests).</summary>
-public static class SafetensorsWriter
-{
-    /// <summary>One tensor to write: its name, dtype, shape and raw little-endian bytes.</summary>
-    public sealed record Entry(string Name, SafetensorsDtype Dtype, long[] Shape, Action<Stream> WriteBytes, long ByteLength);
-
-    /// <summary>An entry for float32 values.</summary>
-    public static Entry F32(string name, long[] shape, float[] values) =>
-        new(name, SafetensorsDtype.F32, shape, s => s.Write(MemoryMarshal.AsBytes(values.AsSpan())), values.LongLength * 4);
-
-    /// <summary>An entry for int64 values.</summary>
-    public static Entry I64(string name, long[] shape, long[] values) =>
-        new(name, SafetensorsDtype.I64, shape, s => s.Write(MemoryMarshal.AsBytes(values.AsSpan())), values.LongLength * 8);
-
-    /// <summary>Writes <paramref name="entries"/> to <paramref name="path"/> through a temporary file and a rename.</summary>
-    public static void Write(string path, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null)
-    {
-        var header = new Dictionary<string, object>();
-        if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
-        long offset = 0;
-        foreach (var e in entries)
-        {
-            header[e.Name] = new Dictionary<string, object>
-            {
-                ["dtype"] = e.Dtype.ToString(),
-                ["shape"] = e.Shape,
-                ["data_offsets"] = new[] { offset, offset + e.ByteLength },
-            };
-            offset += e.ByteLength;
-        }
-        byte[] json = JsonSerializer.SerializeToUtf8Bytes(header);
-        int padded = (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned
-        string tmp = path + $".tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
-        try
-        {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-            {
-                Span<byte> len = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
-                fs.Write(len);
-                fs.Write(json);
-                for (int i = json.Length; i < padded; i++) fs.WriteByte((byte)' ');
-                foreach (var e in entries)
-                {
-                    long before = fs.Position;
-                    e.WriteBytes(fs);
-                    if (fs.Position - before != e.ByteLength)
-                    {
-                        throw new InvalidOperationException($"tensor '{e.Name}' wrote {fs.Position - before} bytes, declared {e.ByteLength}");
-                    }
-                }
-            }
-            File.Move(tmp, path, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-        }
     }
 }

@@ -1,4 +1,4 @@
-namespace XLstmOnnx.GraphBuilder.Config;
+namespace XLstmOnnx.Contract;
 
 /// <summary>
 /// Integer arithmetic on token positions, for <see cref="Schedule"/>: on numbers (<see cref="Schedule.Numbers"/>)

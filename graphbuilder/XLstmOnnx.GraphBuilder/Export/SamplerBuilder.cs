@@ -1,41 +1,26 @@
 using Google.Protobuf;
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Graph;
 using XLstmOnnx.GraphBuilder.Onnx;
+using static XLstmOnnx.Contract.SamplerModel;
 using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
 
 namespace XLstmOnnx.GraphBuilder.Export;
 
 /// <summary>
-/// Writes <c>sampler.onnx</c>: the next token of every row of a batch from its last logits, on whatever device the
-/// logits are (it runs in a session on the model's execution provider, so only B ids come back to the host). One
-/// algorithm for greedy and sampled rows, in transformers' order: repetition penalty, then temperature, top-k, top-p,
-/// min-p, then a draw with the row's own uniform number (the host's seeded generator per sequence: the same seed gives
-/// the same draws alone or in a batch). Standard ONNX ops only, so CPU and CUDA run the same graph.
+/// Writes <c>sampler.onnx</c> (its contract: <see cref="SamplerModel"/>): the next token of every row of a batch from its
+/// last logits, on whatever device the logits are (it runs in a session on the model's execution provider, so only B ids
+/// come back to the host). One algorithm for greedy and sampled rows, in transformers' order: repetition penalty, then
+/// temperature, top-k, top-p, min-p, then a draw with the row's own uniform number (the host's seeded generator per
+/// sequence: the same seed gives the same draws alone or in a batch). Standard ONNX ops only, so CPU and CUDA run the
+/// same graph.
 /// <para>
 /// The draw walks the candidates from the most likely down (a stable sort: ties by lower id), subtracting
 /// probabilities from u·total, as the runtime's reference sampler does; sums are taken in float64 (as the reference).
 /// </para>
 /// </summary>
-public static class SamplerModel
+public static class SamplerBuilder
 {
-    public const string FileName = "sampler.onnx";
-
-    /// <summary>Version of the contract below; the manifest records it and the runtime checks it.</summary>
-    public const int Version = 1;
-
-    // inputs
-    public const string Logits = "logits";            // float [B, 1, V]: the model's last logits
-    public const string Params = "params";            // double [B, ParamCount]: per-row settings, columns below
-    public const string Counts = "counts";            // float [B, V]: occurrences of each id in the row's prompt and output
-    public const string VocabLimit = "vocab_limit";   // int64 [1]: ids at or above it are never chosen (padded embeddings)
-    // outputs
-    public const string NextToken = "next_token";     // int64 [B, 1]
-    public const string LogProb = "logprob";          // float [B, 1]: log-softmax of the raw logits at next_token
-    public const string CountsOut = "counts_out";     // float [B, V]: counts with next_token added
-
-    /// <summary>Columns of <see cref="Params"/>.</summary>
-    public const int InvTemperature = 0, TopK = 1, TopP = 2, MinP = 3, RepetitionPenalty = 4, Greedy = 5, Uniform = 6, ParamCount = 7;
-
     /// <summary>The sampler for a vocabulary of <paramref name="vocab"/> logits.</summary>
     public static byte[] Build(long vocab)
     {
@@ -123,7 +108,7 @@ public static class SamplerModel
         g.Output(NextToken, next, DataType.Int64, "batch", 1L);
         g.Output(LogProb, logProb, DataType.Float, "batch", 1L);
         g.Output(CountsOut, countsOut, DataType.Float, "batch", vocab);
-        var model = new ModelProto { IrVersion = ExportOptions.IrVersion, ProducerName = "XLstmOnnx", Graph = g.Proto, DocString = "xlstm-onnx sampler v" + Version };
+        var model = new ModelProto { IrVersion = ExportOptions.IrVersion, ProducerName = "XLstmOnnx", Graph = g.Proto, DocString = "xlstm-onnx sampler v" + SamplerModel.Version };
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
         return model.ToByteArray();
     }

@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 
-namespace XLstmOnnx.GraphBuilder.Checkpoint;
+namespace XLstmOnnx.Contract.Safetensors;
 
 /// <summary>
 /// A lazy view of one tensor in a memory-mapped safetensors file. Values are converted to float32 only when read,
@@ -75,5 +75,8 @@ public sealed class TensorSlice
         return result;
     }
 
-    public override string ToString() => $"{Name} {Dtype}[{string.Join(", ", Shape)}]";
+    public override string ToString() => $"{Name} {Dtype}{FormatShape(Shape)}";
+
+    /// <summary>A shape as messages write it: [2, 3, 4].</summary>
+    public static string FormatShape(IEnumerable<long> shape) => $"[{string.Join(", ", shape)}]";
 }

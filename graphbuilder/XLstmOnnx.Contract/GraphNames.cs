@@ -1,0 +1,24 @@
+namespace XLstmOnnx.Contract;
+
+/// <summary>
+/// Names of the exported graph's inputs and outputs other than the state (whose names are <see cref="StateLayout"/>'s).
+/// Shapes and types: docs/exported-graph.md, "Inputs and outputs".
+/// </summary>
+public static class GraphNames
+{
+    /// <summary>int64 [B, S]: token ids.</summary>
+    public const string InputIds = "input_ids";
+    /// <summary>float32 [B, S, E]: embeddings, instead of <see cref="InputIds"/> (exported with inputs_embeds).</summary>
+    public const string InputsEmbeds = "inputs_embeds";
+    /// <summary>int64 [B, S]: 1 for a real token, 0 for padding, which leaves the recurrent state untouched.</summary>
+    public const string AttentionMask = "attention_mask";
+    /// <summary>float32 [B, S, V], or [B, 1, V] when the manifest's logits are <see cref="LogitsOutput.Last"/>.</summary>
+    public const string Logits = "logits";
+    /// <summary>int64 [B, 1]: argmax of the last logits (exported with next_token).</summary>
+    public const string NextToken = "next_token";
+    /// <summary>The prefix of the hidden-state outputs: each block's output, then the final normed output.</summary>
+    public const string HiddenPrefix = "hidden_states.";
+
+    /// <summary>Hidden-state output <paramref name="index"/>: float32 [B, S, H].</summary>
+    public static string Hidden(int index) => HiddenPrefix + index.ToString(System.Globalization.CultureInfo.InvariantCulture);
+}

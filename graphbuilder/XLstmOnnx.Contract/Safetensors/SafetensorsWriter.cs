@@ -1,0 +1,86 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+
+namespace XLstmOnnx.Contract.Safetensors;
+
+/// <summary>Writes safetensors files (used for random checkpoints, saved states and tests).</summary>
+public static class SafetensorsWriter
+{
+    /// <summary>One tensor to write: its name, dtype, shape and raw little-endian bytes.</summary>
+    public sealed record Entry(string Name, SafetensorsDtype Dtype, long[] Shape, Action<Stream> WriteBytes, long ByteLength);
+
+    /// <summary>An entry for float32 values.</summary>
+    public static Entry F32(string name, long[] shape, float[] values) =>
+        new(name, SafetensorsDtype.F32, shape, s => s.Write(MemoryMarshal.AsBytes(values.AsSpan())), values.LongLength * 4);
+
+    /// <summary>An entry for int64 values.</summary>
+    public static Entry I64(string name, long[] shape, long[] values) =>
+        new(name, SafetensorsDtype.I64, shape, s => s.Write(MemoryMarshal.AsBytes(values.AsSpan())), values.LongLength * 8);
+
+    /// <summary>Writes <paramref name="entries"/> to <paramref name="path"/> through a temporary file and a rename.</summary>
+    public static void Write(string path, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        byte[] json = Header(entries, metadata);
+        int padded = (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned
+        string tmp = path + $".tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
+        try
+        {
+            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+            {
+                Span<byte> len = stackalloc byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
+                fs.Write(len);
+                fs.Write(json);
+                for (int i = json.Length; i < padded; i++) fs.WriteByte((byte)' ');
+                foreach (var e in entries)
+                {
+                    long before = fs.Position;
+                    e.WriteBytes(fs);
+                    if (fs.Position - before != e.ByteLength)
+                    {
+                        throw new InvalidOperationException($"tensor '{e.Name}' wrote {fs.Position - before} bytes, declared {e.ByteLength}");
+                    }
+                }
+            }
+            File.Move(tmp, path, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(tmp)) File.Delete(tmp);
+        }
+    }
+
+    /// <summary>The JSON header: <c>__metadata__</c> (when given), then each tensor's dtype, shape and data_offsets.</summary>
+    private static byte[] Header(IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata)
+    {
+        using var buffer = new MemoryStream();
+        using (var w = new Utf8JsonWriter(buffer))
+        {
+            w.WriteStartObject();
+            if (metadata is { Count: > 0 })
+            {
+                w.WriteStartObject("__metadata__");
+                foreach (var (key, value) in metadata) w.WriteString(key, value);
+                w.WriteEndObject();
+            }
+            long offset = 0;
+            foreach (var e in entries)
+            {
+                w.WriteStartObject(e.Name);
+                w.WriteString("dtype", e.Dtype.ToString());
+                w.WriteStartArray("shape");
+                foreach (long d in e.Shape) w.WriteNumberValue(d);
+                w.WriteEndArray();
+                w.WriteStartArray("data_offsets");
+                w.WriteNumberValue(offset);
+                w.WriteNumberValue(offset + e.ByteLength);
+                w.WriteEndArray();
+                w.WriteEndObject();
+                offset += e.ByteLength;
+            }
+            w.WriteEndObject();
+        }
+        return buffer.ToArray();
+    }
+}
