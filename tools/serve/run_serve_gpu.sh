@@ -10,7 +10,7 @@
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra or profile}
+stage=${1:?stage: build, serve, extra, profile or final}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -65,6 +65,26 @@ serve)
   stop
   serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
   lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 8 --unloaded 6
+  stop
+  ;;
+final)
+  # the shipped defaults after run 2, on a fresh machine, in one call: build and CUDA tests, then the two loads the last
+  # change touched, with the engine's figures of the same run
+  [[ -d $APP/XLstmOnnx.Tests ]] || { rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; }
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
+  say "customops build + CUDA CTest: rc=$? ($(grep -h 'failed' "$R/cuda_tests.log" | tr '\n' ' '))"
+  "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" > "$R/nunit-cuda.log" 2>&1
+  say "NUnit CUDA tests rc=$?: $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
+  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --output $M7 > "$R/export-7b.log" 2>&1
+  say "7B export rc=$?"
+  "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 32,64 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench.json" > "$R/bench.log" 2>&1
+  say "bench rc=$?"; tail -2 "$R/bench.log" | tee -a "$R/summary.txt"
+  serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
+  lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 6
+  stop
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
   stop
   ;;
 extra)
