@@ -344,12 +344,11 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
-    /// Reads prompts. Those read whole now (with live sequences: up to four chunks, or --prefill-chunk) are read
-    /// together, directly in the rows they join: their whole chunks in one call, then their recurrent tails in another
-    /// (HF's own split of a segment; the left pads of each call are whole chunks or recurrent no-ops, so every row runs
-    /// the schedule it runs alone). With live sequences such a group waits up to <see cref="ServingOptions.PrefillGatherSteps"/>
-    /// decode steps for company, since one call of k prompts costs little more than one. Longer prompts are read in
-    /// pieces at batch 1, oldest first. With live sequences all of it is paced: each decode step earns
+    /// Reads prompts. A group (see <see cref="ReadsWhole"/>) is read directly in the rows it joins: alone in one call,
+    /// several with their whole chunks in one call and their recurrent tails in another (HF's own split of a segment;
+    /// the left pads of each call are whole chunks or recurrent no-ops, so every row runs the schedule it runs alone).
+    /// With live sequences a group may wait up to <see cref="ServingOptions.PrefillGatherSteps"/> decode steps for company.
+    /// The other prompts are read at batch 1, those read in one piece first, then the oldest in pieces. With live sequences all of it is paced: each decode step earns
     /// <see cref="ServingOptions.PrefillShare"/> of its time as credit, which reading spends (a group or a piece may go
     /// into debt). Without live sequences everything is read at once.
     /// </summary>
@@ -378,12 +377,17 @@ public sealed class ServingEngine : IDisposable
         }
     }
 
-    /// <summary>Whether the rest of <paramref name="job"/>'s prompt is read in one go now: it stays inside its segment, and with live sequences it is short.</summary>
+    /// <summary>
+    /// Whether <paramref name="job"/> is read in the group: without live sequences, when its rest stays inside its segment;
+    /// with live sequences, only when its rest is shorter than a chunk (one call, recurrent no-op pads). A group of
+    /// longer prompts takes two calls, and on the H200 such groups read while others decode cost more time to first
+    /// token than they saved (tools/serve/README.md): with live sequences those are read one by one.
+    /// </summary>
     private bool ReadsWhole(Job job, bool paced)
     {
         int rest = job.Request.Prompt.Length - job.Fed;
         if (rest > _segment - (job.Fed - job.Start) % _segment) return false;
-        return !paced || rest <= Math.Max(4 * _chunk, _o.PrefillChunkTokens ?? 0);
+        return !paced || rest < _chunk;
     }
 
     /// <summary>A group is read when it fills the free rows, or its oldest prompt has waited its steps.</summary>
