@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using XLstmOnnx.Contract;
 using XLstmOnnx.Runtime.Tokenization;
 
@@ -35,6 +36,7 @@ public sealed class Generator : IDisposable
     private readonly int[] _chosen;
     private readonly long _padId;
     private readonly Schedule _schedule;
+    private GenerationRun? _run;                       // the run in progress: ended by any other call that moves the state
 
     public Generator(XLstmSession model, int batch = 1)
     {
@@ -114,6 +116,7 @@ public sealed class Generator : IDisposable
     /// <summary>Back to the zero state ("start"), forgetting pending tokens.</summary>
     public void Reset()
     {
+        EndRun();
         _pool.Zero(_set, 0, Batch);
         Array.Clear(_pending);
         Array.Clear(_fresh);
@@ -125,24 +128,48 @@ public sealed class Generator : IDisposable
 
     /// <summary>
     /// Feeds tokens to each row (a row may get none: its state stays as it is). A chosen token that was not yet fed goes
-    /// first. Long inputs are fed in segments of max_inference_chunksize, as HF does.
+    /// first. Long inputs are fed in segments of max_inference_chunksize, as HF does. Ends the <see cref="GenerationRun"/>
+    /// in progress, if any (<see cref="GenerationRun.Append(IReadOnlyList{IReadOnlyList{int}})"/> appends within a run).
     /// </summary>
     public void Append(IReadOnlyList<IReadOnlyList<int>> tokens)
     {
-        ArgumentNullException.ThrowIfNull(tokens);
-        if (tokens.Count != Batch) throw new ArgumentException($"expected {Batch} rows, got {tokens.Count}", nameof(tokens));
-        var rows = new int[Batch][];
-        for (int r = 0; r < Batch; r++)
-        {
-            foreach (int t in tokens[r]) CheckId(t);
-            rows[r] = _pending[r] is { } p ? [p, .. tokens[r]] : [.. tokens[r]];
-            _pending[r] = null;
-        }
-        Feed(rows);
+        EndRun();
+        AppendCore(tokens);
     }
 
     /// <summary>Feeds one row's tokens for a batch of one (multi-turn chat on the live state).</summary>
     public void Append(ReadOnlySpan<int> tokens) => Append([tokens.ToArray()]);
+
+    /// <summary>Feeds each row its pending token (if any) and <paramref name="tokens"/>; checks every id before anything moves.</summary>
+    internal void AppendCore(IReadOnlyList<IReadOnlyList<int>> tokens, string parameter = "Generator.Append(tokens)")
+    {
+        CheckRows(tokens, parameter);
+        var rows = new int[Batch][];
+        for (int r = 0; r < Batch; r++) rows[r] = _pending[r] is { } p ? [p, .. tokens[r]] : [.. tokens[r]];
+        Array.Clear(_pending);
+        Feed(rows);
+    }
+
+    /// <summary>Throws naming <paramref name="parameter"/> unless <paramref name="tokens"/> has one list per row, of ids in the vocabulary.</summary>
+    internal void CheckRows(IReadOnlyList<IReadOnlyList<int>> tokens, string parameter)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        if (tokens.Count != Batch)
+        {
+            throw XLstmOnnxException.InParameter(parameter, $"{parameter} must have one list per row of the generator's batch, {Batch}; found {tokens.Count}.");
+        }
+        for (int r = 0; r < Batch; r++)
+        {
+            if (tokens[r] is null) throw XLstmOnnxException.InParameter(parameter, $"{parameter}: row {r} is null; give an empty list to feed it nothing.");
+            foreach (int t in tokens[r])
+            {
+                if (t < 0 || t >= _m.VocabSize)
+                {
+                    throw XLstmOnnxException.InParameter(parameter, $"{parameter}: row {r} has token id {t}, outside the model's vocabulary [0, {_m.VocabSize}).");
+                }
+            }
+        }
+    }
 
     private void Feed(int[][] rows)
     {
@@ -196,74 +223,184 @@ public sealed class Generator : IDisposable
     /// every row stops. <paramref name="onToken"/> sees each (row, token, text) as the token is chosen: the text is what
     /// the token makes safe to show (nothing of a stop string; the row's last token also carries what was held back),
     /// empty without a tokenizer. The last chosen token of each row stays pending: it is fed at the start of the next
-    /// <see cref="Append(IReadOnlyList{IReadOnlyList{int}})"/> or Generate.
+    /// <see cref="Append(IReadOnlyList{IReadOnlyList{int}})"/> or Generate. The same loop as <see cref="Start"/> and
+    /// <see cref="GenerationRun.Step"/>, run to the end.
     /// </summary>
     public GenerationResult Generate(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, Action<int, int, string>? onToken = null)
     {
-        ArgumentNullException.ThrowIfNull(prompts);
+        using var run = Start(prompts, options, decodeText: onToken is not null);
+        while (run.Step(out var tokens))
+        {
+            if (onToken is null) continue;
+            foreach (ref readonly var t in tokens) onToken(t.Row, t.Token, t.Text);
+        }
+        return run.Result();
+    }
+
+    /// <summary>
+    /// Feeds <paramref name="prompts"/> (one per row; empty ones continue from the live state) and returns a run that
+    /// chooses one token per row at each <see cref="GenerationRun.Step"/>, for callers that drive their own loop: look
+    /// at each token, stop whenever they like, or append tokens mid-generation (<see cref="GenerationRun.Append(IReadOnlyList{IReadOnlyList{int}})"/>).
+    /// A chosen token is fed to the model at the next step, so a run left early leaves the state consistent: the last
+    /// chosen token of each row is pending, fed first by whatever comes next (<see cref="Append(IReadOnlyList{IReadOnlyList{int}})"/>,
+    /// <see cref="Generate"/>, another run), and kept by <see cref="Snapshot"/>. One run at a time: any call that moves the
+    /// state (Append, Generate, Start, GenerateAsync, Reset, Restore) ends the run in progress.
+    /// </summary>
+    /// <param name="prompts">One token list per row of the batch.</param>
+    /// <param name="options">How tokens are chosen and when each row stops.</param>
+    /// <param name="decodeText">
+    /// Whether <see cref="GeneratedToken.Text"/> is filled (needs the model's tokenizer). Without text a step allocates
+    /// nothing on the managed heap; stop strings decode the text whatever this says.
+    /// </param>
+    /// <returns>The run; disposing it ends it (the state stays where the last step left it).</returns>
+    public GenerationRun Start(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, bool decodeText = true)
+    {
         ArgumentNullException.ThrowIfNull(options);
+        CheckRows(prompts, "Generator.Start(prompts)");
         options.Validate();
         if (options.StopStrings.Count > 0 && Tokenizer is null)
         {
-            throw new XLstmOnnxException($"GenerationOptions.StopStrings needs the model's tokenizer.json, which {_model.Directory} does not have.");
+            throw XLstmOnnxException.InParameter(GenerationOptions.Name(nameof(GenerationOptions.StopStrings)),
+                $"{GenerationOptions.Name(nameof(GenerationOptions.StopStrings))} needs the model's tokenizer.json, which {_model.Directory} does not have.");
         }
+        EndRun();
         var clock = Stopwatch.StartNew();
         var decoders = new SequenceDecoder?[Batch];
-        var outputs = new List<int>[Batch];
-        var reasons = new StopReason[Batch];
-        for (int r = 0; r < Batch; r++)
-        {
-            decoders[r] = new SequenceDecoder(options, _m, Tokenizer, onToken is not null);
-            outputs[r] = new List<int>(options.MaxNewTokens);
-        }
-        if (decoders[0]!.NeedsCounts)
-        {
-            for (int r = 0; r < Batch; r++) _chooser.SetCounts(r, [.. History(r), .. prompts[r]]);
-        }
+        for (int r = 0; r < Batch; r++) decoders[r] = new SequenceDecoder(options, _m, Tokenizer, decodeText);
         bool anyInput = Enumerable.Range(0, Batch).Any(r => prompts[r].Count > 0 || _pending[r] is not null);
         if (!anyInput && Empty) throw new XLstmOnnxException("Generate needs a prompt: the state is empty (after Reset) and no tokens were given.");
-        Append(prompts);
+        int[][]? counted = null;
+        if (decoders[0]!.NeedsCounts)
+        {
+            // the repetition penalty counts the row's known tokens: its pending one and the prompt
+            counted = new int[Batch][];
+            for (int r = 0; r < Batch; r++)
+            {
+                counted[r] = [.. History(r), .. prompts[r]];
+                _chooser.SetCounts(r, counted[r]);
+            }
+        }
+        AppendCore(prompts, "Generator.Start(prompts)");
         for (int r = 0; r < Batch; r++)
         {
             if (!_fresh[r]) throw new XLstmOnnxException($"Generate: row {r} has no token to continue from (give it a prompt).");
         }
-        TimeSpan ttft = TimeSpan.Zero, decodeStart = TimeSpan.Zero;
-        int steps = 0;
-        for (int step = 0; step < options.MaxNewTokens; step++)
+        _run = new GenerationRun(this, options, decoders, counted, clock);
+        return _run;
+    }
+
+    /// <summary>
+    /// Streams a continuation of <paramref name="prompt"/> for a generator of batch 1 (an empty prompt continues from the
+    /// live state): each token as it is chosen, with its text (<see cref="GeneratedToken.Text"/>) and, on the last one,
+    /// why generation stopped. The same tokens as <see cref="Generate"/> with the same options. Nothing runs until the
+    /// stream is enumerated; each model call then runs on the thread pool, so the enumerating thread is never blocked.
+    /// Cancellation is checked before each step: the tokens of a step already running are still delivered, then the
+    /// enumeration throws <see cref="OperationCanceledException"/>. Stopping early (cancelling, or leaving the
+    /// <c>await foreach</c>) leaves the state as <see cref="Start"/> describes: the last delivered token is pending.
+    /// </summary>
+    /// <param name="prompt">The tokens to read first.</param>
+    /// <param name="options">How tokens are chosen and when generation stops.</param>
+    /// <param name="cancellationToken">Stops the stream before the next token.</param>
+    public IAsyncEnumerable<GeneratedToken> GenerateAsync(IReadOnlyList<int> prompt, GenerationOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        if (Batch != 1)
         {
-            _chooser.Choose(decoders, 0, Batch, _chosen);
-            bool active = false;
-            for (int r = 0; r < Batch; r++)
-            {
-                if (decoders[r] is not { } d) continue;
-                int token = _chosen[r];
-                outputs[r].Add(token);
-                var (text, finish) = d.Accept(token);
-                onToken?.Invoke(r, token, text);
-                _runner.Ids[r] = token;
-                _runner.Mask[r] = 1;
-                if (finish != StopReason.None)
-                {
-                    // a stopped row reads nothing more: its last token stays pending and its state untouched
-                    reasons[r] = finish;
-                    _pending[r] = token;
-                    decoders[r] = null;
-                    _runner.Ids[r] = _padId;
-                    _runner.Mask[r] = 0;
-                }
-                else active = true;
-            }
-            if (step == 0)
-            {
-                ttft = clock.Elapsed;
-                decodeStart = clock.Elapsed;
-            }
-            if (!active) break;
-            Step();
-            steps++;
+            throw XLstmOnnxException.InParameter("Generator.GenerateAsync(prompt)",
+                $"Generator.GenerateAsync(prompt) streams one sequence; this generator has batch {Batch}: give one prompt per row (Generator.GenerateAsync(prompts)).");
         }
-        var decode = clock.Elapsed - decodeStart;
-        return new GenerationResult(outputs.Select(o => o.ToArray()).ToArray(), reasons, ttft, decode, steps);
+        return GenerateAsync([prompt], options, cancellationToken);
+    }
+
+    /// <summary>
+    /// Streams the continuations of <paramref name="prompts"/> (one per row; empty ones continue from the live state):
+    /// at each step, the token of every row still generating, in row order (<see cref="GeneratedToken.Row"/>). Otherwise as
+    /// <see cref="GenerateAsync(IReadOnlyList{int}, GenerationOptions, CancellationToken)"/>.
+    /// </summary>
+    /// <param name="prompts">One token list per row of the batch.</param>
+    /// <param name="options">How tokens are chosen and when each row stops.</param>
+    /// <param name="cancellationToken">Stops the stream before the next step.</param>
+    public IAsyncEnumerable<GeneratedToken> GenerateAsync(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, CancellationToken cancellationToken = default)
+    {
+        // checked now, not at the first MoveNextAsync: a bad argument fails where it is passed
+        ArgumentNullException.ThrowIfNull(options);
+        CheckRows(prompts, "Generator.GenerateAsync(prompts)");
+        options.Validate();
+        int[][] copy = [.. prompts.Select(p => p.ToArray())]; // the caller may change its lists before the stream starts
+        return Stream(copy, options, cancellationToken);
+    }
+
+    private async IAsyncEnumerable<GeneratedToken> Stream(int[][] prompts, GenerationOptions options, [EnumeratorCancellation] CancellationToken cancel)
+    {
+        cancel.ThrowIfCancellationRequested();
+        using var run = await Task.Run(() => Start(prompts, options)).ConfigureAwait(false);
+        var buffer = new GeneratedToken[Batch];
+        // each step on the thread pool, through one reusable work item: the stream allocates nothing per token but its text
+        var step = new ThreadPoolCall<int>(() => run.Step(out var tokens) ? Copy(tokens, buffer) : -1);
+        while (true)
+        {
+            cancel.ThrowIfCancellationRequested();
+            int n = await step.RunAsync().ConfigureAwait(false);
+            if (n < 0) yield break;
+            for (int i = 0; i < n; i++) yield return buffer[i];
+        }
+    }
+
+    private static int Copy(ReadOnlySpan<GeneratedToken> tokens, GeneratedToken[] to)
+    {
+        tokens.CopyTo(to);
+        return tokens.Length;
+    }
+
+    /// <summary>Ends the run in progress (its Step then throws): the state stays as its last step left it.</summary>
+    private void EndRun()
+    {
+        _run?.End();
+        _run = null;
+    }
+
+    /// <summary>Called by <paramref name="run"/> when it is disposed.</summary>
+    internal void Ended(GenerationRun run)
+    {
+        if (ReferenceEquals(_run, run)) _run = null;
+    }
+
+    /// <summary>Whether row <paramref name="row"/> holds a chosen token not yet fed.</summary>
+    internal bool HasPending(int row) => _pending[row] is not null;
+
+    /// <summary>Row <paramref name="row"/>'s logits are those after its last token (so a token can be chosen from them).</summary>
+    internal bool IsFresh(int row) => _fresh[row];
+
+    /// <summary>Chooses the next token of every row with a decoder into <paramref name="tokens"/> (indexed by row).</summary>
+    internal void Choose(SequenceDecoder?[] decoders, int[] tokens) => _chooser.Choose(decoders, 0, Batch, tokens);
+
+    /// <summary>Records <paramref name="token"/> as row <paramref name="row"/>'s chosen, not yet fed, token.</summary>
+    internal void SetPending(int row, int token) => _pending[row] = token;
+
+    /// <summary>Replaces row <paramref name="row"/>'s token counts (repetition penalty) by those of <paramref name="tokens"/>.</summary>
+    internal void SetCounts(int row, ReadOnlySpan<int> tokens) => _chooser.SetCounts(row, tokens);
+
+    /// <summary>
+    /// One decode step: every row with a decoder reads its pending token, the others nothing (their pending token stays).
+    /// Allocates nothing after the first step of a parity.
+    /// </summary>
+    internal void FeedPending(SequenceDecoder?[] decoders)
+    {
+        for (int r = 0; r < Batch; r++)
+        {
+            if (decoders[r] is not null && _pending[r] is { } p)
+            {
+                _runner.Ids[r] = p;
+                _runner.Mask[r] = 1;
+                _pending[r] = null;
+            }
+            else
+            {
+                _runner.Ids[r] = _padId;
+                _runner.Mask[r] = 0;
+            }
+        }
+        Step();
     }
 
     /// <summary>Tokens a row's repetition penalty counts before a new prompt: only the pending one is known here.</summary>
@@ -277,6 +414,7 @@ public sealed class Generator : IDisposable
     public void Restore(StateSnapshot snapshot)
     {
         ArgumentNullException.ThrowIfNull(snapshot);
+        EndRun();
         if (snapshot.Batch != Batch) throw new XLstmOnnxException($"state snapshot has batch {snapshot.Batch}; this generator has batch {Batch}.");
         if (snapshot.Manifest.NumLayers != _m.NumLayers || snapshot.Manifest.QkHeadDim != _m.QkHeadDim || snapshot.Manifest.VHeadDim != _m.VHeadDim || snapshot.Manifest.NumHeads != _m.NumHeads)
         {
@@ -293,13 +431,9 @@ public sealed class Generator : IDisposable
         if ((uint)row >= (uint)Batch) throw new ArgumentOutOfRangeException(nameof(row), row, $"rows are 0 to {Batch - 1}");
     }
 
-    private void CheckId(int t)
-    {
-        if (t < 0 || t >= _m.VocabSize) throw new XLstmOnnxException($"token id {t} is outside the model's vocabulary [0, {_m.VocabSize}).");
-    }
-
     public void Dispose()
     {
+        EndRun();
         _chooser?.Dispose();
         _runner?.Dispose();
         _pool?.Dispose();
