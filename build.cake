@@ -1,5 +1,5 @@
 // XLstmOnnx build script. Run through ./build.sh (Cake pinned in .config/dotnet-tools.json).
-//   ./build.sh --target=Test          build everything and run the whole test suite
+//   ./build.sh --target=Test          build everything, run the whole test suite and the sample (samples/)
 //   ./build.sh --target=Quickstart    the main job: export the shipped model (once, cached) and generate text on CPU
 //   ./build.sh --target=Pack          the NuGet packages and the xlstm-onnx dotnet tool, in artifacts/packages
 
@@ -19,6 +19,7 @@ var solution = File("./XLstmOnnx.sln");
 var artifacts = Directory("./artifacts");
 var testResults = artifacts + Directory("test-results");
 var cliProject = File("./cli/XLstmOnnx.Cli/XLstmOnnx.Cli.csproj");
+var sampleProject = File("./samples/XLstmOnnx.Sample/XLstmOnnx.Sample.csproj");
 var shippedCheckpoint = Directory("./models/kjv-xlstm");
 var shippedModel = artifacts + Directory("models/kjv-xlstm");
 var prompt = Argument<string>("prompt", "And God said");
@@ -98,24 +99,34 @@ Task("__Pack")
     Information("Install the tool from there: dotnet tool install --global --add-source {0} xlstm-onnx", packages);
 });
 
-Task("__Quickstart")
+Task("__ExportShippedModel")
+    .Description("Exports models/kjv-xlstm to artifacts/models/kjv-xlstm, unless the export there is newer than the checkpoint.")
     .Does(() =>
 {
-    var cli = $"run --project {cliProject} -c {configuration} --no-build --";
     var manifest = shippedModel + File("xlstm_runtime.json");
     bool fresh = FileExists(manifest)
         && System.IO.File.GetLastWriteTimeUtc(manifest.Path.FullPath) > System.IO.File.GetLastWriteTimeUtc(shippedCheckpoint + File("model.safetensors"));
     if (fresh)
     {
         Information("Using the exported model in {0}.", shippedModel);
+        return;
     }
-    else
-    {
-        Information("Exporting {0} (an xLSTM trained with transformers, see models/kjv-xlstm/README.md) to ONNX ...", shippedCheckpoint);
-        Run("dotnet", $"{cli} export --checkpoint {shippedCheckpoint} --output {shippedModel}");
-    }
+    Information("Exporting {0} (an xLSTM trained with transformers, see models/kjv-xlstm/README.md) to ONNX ...", shippedCheckpoint);
+    Run("dotnet", $"run --project {cliProject} -c {configuration} --no-build -- export --checkpoint {shippedCheckpoint} --output {shippedModel}");
+});
+
+Task("__Quickstart")
+    .Does(() =>
+{
     Information("Generating on the CPU:");
-    Run("dotnet", $"{cli} generate --model {shippedModel} --prompt \"{prompt}\" --max-new-tokens 80 --temperature 0.8 --top-p 0.9 --repetition-penalty 1.1 --seed 1");
+    Run("dotnet", $"run --project {cliProject} -c {configuration} --no-build -- generate --model {shippedModel} --prompt \"{prompt}\" --max-new-tokens 80 --temperature 0.8 --top-p 0.9 --repetition-penalty 1.1 --seed 1");
+});
+
+Task("__RunSample")
+    .Description("Runs samples/XLstmOnnx.Sample (the library used from .NET) against the shipped model's export; fails when it does.")
+    .Does(() =>
+{
+    Run("dotnet", $"run --project {sampleProject} -c {configuration} --no-build -- {shippedModel}");
 });
 
 ///////////////////////////////////////////////////////////////////////////////
@@ -125,11 +136,13 @@ Task("__Quickstart")
 Task("Clean").Description("Removes build output and artifacts.").IsDependentOn("__Clean");
 Task("Build").Description("Builds the solution (warnings are errors) and the custom-op library (customops/).")
     .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps");
-Task("Test").Description("Builds and runs every test; prints 'N passed, N failed, N skipped'.")
-    .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps").IsDependentOn("__RunTests");
+Task("Test").Description("Builds and runs every test (prints 'N passed, N failed, N skipped'), then runs the sample against the shipped model.")
+    .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps").IsDependentOn("__RunTests")
+    .IsDependentOn("__ExportShippedModel").IsDependentOn("__RunSample");
 Task("Pack").Description("Builds, then packs the three libraries and the xlstm-onnx dotnet tool into artifacts/packages.")
     .IsDependentOn("__Build").IsDependentOn("__BuildCustomOps").IsDependentOn("__StageCustomOps").IsDependentOn("__Pack");
-Task("Quickstart").Description("Exports the shipped model once and generates a continuation on the CPU.").IsDependentOn("__Build").IsDependentOn("__Quickstart");
+Task("Quickstart").Description("Exports the shipped model once and generates a continuation on the CPU.")
+    .IsDependentOn("__Build").IsDependentOn("__ExportShippedModel").IsDependentOn("__Quickstart");
 Task("Default").IsDependentOn("Test");
 
 ///////////////////////////////////////////////////////////////////////////////

@@ -228,6 +228,22 @@ public class GenerationRunTests
         }
     }
 
+    /// <summary>An error of a step (here: the generator moved on under the stream) reaches the reader of the stream.</summary>
+    [Test]
+    public void AnAppendInsideTheStreamEndsIt()
+    {
+        using var g = new Generator(_session, 1);
+        int seen = 0;
+        Assert.That(async () =>
+        {
+            await foreach (var t in g.GenerateAsync(Prompt, Greedy))
+            {
+                if (++seen == 2) g.Append([5]); // not the run's Append: it ends the run
+            }
+        }, Throws.InvalidOperationException.With.Message.Contains("has ended"));
+        Assert.That(seen, Is.EqualTo(2));
+    }
+
     [Test]
     public void OtherCallsEndTheRunAndBadArgumentsNameTheParameter()
     {

@@ -72,6 +72,42 @@ public class ShippedModelTests
         Assert.That(ppl, Is.InRange(1.0, 23.6), output);
     }
 
+    /// <summary>The streamed text equals Generate's, a stop string cut the same way, and nothing of it is shown.</summary>
+    [Test]
+    public async Task StreamedTextEqualsGenerate()
+    {
+        using var session = Runtime.XLstmSession.Load(_model);
+        var tokenizer = session.Tokenizer!;
+        int[] prompt = tokenizer.Encode("And God said");
+        var free = new Runtime.Generation.GenerationOptions { Greedy = true, MaxNewTokens = 40, IgnoreEos = true };
+        string freeText;
+        using (var g = new Runtime.Generation.Generator(session))
+        {
+            var text = new System.Text.StringBuilder();
+            g.Generate([prompt], free, (_, _, piece) => text.Append(piece));
+            freeText = text.ToString();
+        }
+        // a stop string from the middle of the free text, so that it is held back over several tokens before it is cut
+        string stop = freeText.Trim().Split(' ')[4] + " ";
+        var o = free with { StopStrings = [stop] };
+        string expected;
+        Runtime.Generation.GenerationResult result;
+        using (var g = new Runtime.Generation.Generator(session))
+        {
+            var text = new System.Text.StringBuilder();
+            result = g.Generate([prompt], o, (_, _, piece) => text.Append(piece));
+            expected = text.ToString();
+        }
+        Assert.That(result.Reasons[0], Is.EqualTo(Runtime.Generation.StopReason.StopString));
+        Assert.That(expected, Is.EqualTo(freeText[..freeText.IndexOf(stop, StringComparison.Ordinal)]), "the text before the stop string");
+        using var h = new Runtime.Generation.Generator(session);
+        var streamed = new List<Runtime.Generation.GeneratedToken>();
+        await foreach (var t in h.GenerateAsync(prompt, o)) streamed.Add(t);
+        Assert.That(string.Concat(streamed.Select(t => t.Text)), Is.EqualTo(expected));
+        Assert.That(streamed.Select(t => t.Token), Is.EqualTo(result.Tokens[0]));
+        Assert.That(streamed[^1].Finish, Is.EqualTo(Runtime.Generation.StopReason.StopString));
+    }
+
     private static (string Stdout, string Stderr) RunProcess(string stdin, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };

@@ -330,6 +330,16 @@ public sealed class Generator : IDisposable
         return Stream(copy, options, cancellationToken);
     }
 
+    /// <summary>
+    /// Streams a continuation of the live state (what was appended or generated before) for every row, with no new
+    /// prompt; the same as <see cref="GenerateAsync(IReadOnlyList{IReadOnlyList{int}}, GenerationOptions, CancellationToken)"/>
+    /// with an empty prompt per row.
+    /// </summary>
+    /// <param name="options">How tokens are chosen and when each row stops.</param>
+    /// <param name="cancellationToken">Stops the stream before the next step.</param>
+    public IAsyncEnumerable<GeneratedToken> GenerateAsync(GenerationOptions options, CancellationToken cancellationToken = default) =>
+        GenerateAsync([.. Enumerable.Range(0, Batch).Select(_ => Array.Empty<int>())], options, cancellationToken);
+
     private async IAsyncEnumerable<GeneratedToken> Stream(int[][] prompts, GenerationOptions options, [EnumeratorCancellation] CancellationToken cancel)
     {
         cancel.ThrowIfCancellationRequested();
