@@ -38,6 +38,9 @@ public sealed class Generator : IDisposable
     private readonly Schedule _schedule;
     private GenerationRun? _run;                       // the run in progress: ended by any other call that moves the state
 
+    /// <summary>A generator of <paramref name="batch"/> sequences over <paramref name="model"/>, from the zero state.</summary>
+    /// <param name="model">The loaded export; not owned (several generators may share it).</param>
+    /// <param name="batch">Sequences generated together, one row each.</param>
     public Generator(XLstmSession model, int batch = 1)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -65,8 +68,13 @@ public sealed class Generator : IDisposable
         _chosen = new int[batch];
     }
 
+    /// <summary>Sequences generated together, one row each.</summary>
     public int Batch { get; }
+
+    /// <summary>The export's contract (sizes, token ids, state layout).</summary>
     public ModelManifest Manifest => _m;
+
+    /// <summary>The export's tokenizer (tokenizer.json), or null when it has none.</summary>
     public HfTokenizer? Tokenizer => _model.Tokenizer;
 
     /// <summary>Whether the model computes the argmax on the device (exported with --next-token).</summary>
@@ -133,6 +141,7 @@ public sealed class Generator : IDisposable
     /// </summary>
     public void Append(IReadOnlyList<IReadOnlyList<int>> tokens)
     {
+        CheckRows(tokens, "Generator.Append(tokens)"); // a bad argument leaves the run in progress as it is
         EndRun();
         AppendCore(tokens);
     }
@@ -228,7 +237,7 @@ public sealed class Generator : IDisposable
     /// </summary>
     public GenerationResult Generate(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, Action<int, int, string>? onToken = null)
     {
-        using var run = Start(prompts, options, decodeText: onToken is not null);
+        using var run = StartCore(prompts, options, onToken is not null, "Generator.Generate(prompts)");
         while (run.Step(out var tokens))
         {
             if (onToken is null) continue;
@@ -253,10 +262,14 @@ public sealed class Generator : IDisposable
     /// nothing on the managed heap; stop strings decode the text whatever this says.
     /// </param>
     /// <returns>The run; disposing it ends it (the state stays where the last step left it).</returns>
-    public GenerationRun Start(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, bool decodeText = true)
+    public GenerationRun Start(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, bool decodeText = true) =>
+        StartCore(prompts, options, decodeText, "Generator.Start(prompts)");
+
+    /// <summary><see cref="Start"/>, with errors in the prompts naming <paramref name="parameter"/>.</summary>
+    private GenerationRun StartCore(IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options, bool decodeText, string parameter)
     {
         ArgumentNullException.ThrowIfNull(options);
-        CheckRows(prompts, "Generator.Start(prompts)");
+        CheckRows(prompts, parameter);
         options.Validate();
         if (options.StopStrings.Count > 0 && Tokenizer is null)
         {
@@ -280,7 +293,7 @@ public sealed class Generator : IDisposable
                 _chooser.SetCounts(r, counted[r]);
             }
         }
-        AppendCore(prompts, "Generator.Start(prompts)");
+        AppendCore(prompts, parameter);
         for (int r = 0; r < Batch; r++)
         {
             if (!_fresh[r]) throw new XLstmOnnxException($"Generate: row {r} has no token to continue from (give it a prompt).");
@@ -343,7 +356,7 @@ public sealed class Generator : IDisposable
     private async IAsyncEnumerable<GeneratedToken> Stream(int[][] prompts, GenerationOptions options, [EnumeratorCancellation] CancellationToken cancel)
     {
         cancel.ThrowIfCancellationRequested();
-        using var run = await Task.Run(() => Start(prompts, options)).ConfigureAwait(false);
+        using var run = await Task.Run(() => StartCore(prompts, options, true, "Generator.GenerateAsync(prompts)")).ConfigureAwait(false);
         var buffer = new GeneratedToken[Batch];
         // each step on the thread pool, through one reusable work item: the stream allocates nothing per token but its text
         var step = new ThreadPoolCall<int>(() => run.Step(out var tokens) ? Copy(tokens, buffer) : -1);
