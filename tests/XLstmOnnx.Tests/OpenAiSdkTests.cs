@@ -219,6 +219,14 @@ public class OpenAiSdkTests
         }
         Assert.That(values[0], Is.EqualTo(LogSoftmaxAfter(_session.Tokenizer!.Encode(Prompt)).Max()).Within(1e-4));
 
+        // sampled: the chosen token is in each top dict even when it is not among the most likely
+        var sampled = await Complete(new { prompt = Prompt, max_tokens = 16, temperature = 2.0, seed = 11, logprobs = 1, ignore_eos = true });
+        var slp = sampled.GetProperty("choices")[0].GetProperty("logprobs");
+        var stokens = slp.GetProperty("tokens").EnumerateArray().Select(t => t.GetString()!).ToList();
+        var stops = slp.GetProperty("top_logprobs").EnumerateArray().ToList();
+        for (int i = 0; i < stokens.Count; i++) Assert.That(stops[i].EnumerateObject().Select(p => p.Name), Does.Contain(stokens[i]), $"token {i}");
+        Assert.That(stops.Count(t => t.EnumerateObject().Count() == 2), Is.GreaterThan(0), "some sampled token was not the most likely (the check has teeth)");
+
         var chunks = await CompleteStreaming(new { prompt = Prompt, max_tokens = 10, temperature = 0, logprobs = 3, ignore_eos = true });
         var streamed = chunks.Select(c => c.GetProperty("choices")[0].GetProperty("logprobs")).ToList();
         Assert.That(streamed.Select(s => s.GetProperty("tokens")[0].GetString()), Is.EqualTo(tokens));
