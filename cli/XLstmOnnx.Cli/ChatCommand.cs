@@ -28,7 +28,7 @@ internal static class ChatCommand
             var tokenizer = session.Tokenizer ?? throw new XLstmOnnxException($"chat needs {session.Directory}/tokenizer.json.");
             string userPrefix = r.GetValue(user)!, assistantPrefix = r.GetValue(assistant)!;
             // a reply ends where the model starts the next user turn
-            var options = sampling.Build(r, [userPrefix.TrimEnd()]);
+            var options = sampling.Build(r, session.GenerationDefaults, [userPrefix.TrimEnd()]);
             using var generator = new Generator(session, 1);
             bool started = false, userPrefixWritten = false;
             if (r.GetValue(system) is { Length: > 0 } sys)
@@ -36,7 +36,7 @@ internal static class ChatCommand
                 generator.Append(tokenizer.Encode(sys));
                 started = true;
             }
-            Console.Error.WriteLine("chat: type a message; /reset, /save FILE, /load FILE, /exit");
+            Console.Error.WriteLine($"chat: type a message; /reset, /save FILE, /load FILE, /exit{SamplingOptions.SeedNote(options)}");
             while (true)
             {
                 Console.Write("> ");

@@ -43,6 +43,8 @@ internal static class CliErrors
         [GenerationOptions.Name(nameof(GenerationOptions.TopP))] = "--top-p",
         [GenerationOptions.Name(nameof(GenerationOptions.MinP))] = "--min-p",
         [GenerationOptions.Name(nameof(GenerationOptions.RepetitionPenalty))] = "--repetition-penalty",
+        [GenerationOptions.Name(nameof(GenerationOptions.PresencePenalty))] = "--presence-penalty",
+        [GenerationOptions.Name(nameof(GenerationOptions.FrequencyPenalty))] = "--frequency-penalty",
         [GenerationOptions.Name(nameof(GenerationOptions.Seed))] = "--seed",
         [GenerationOptions.Name(nameof(GenerationOptions.StopTokenIds))] = "--stop-token-ids",
         [GenerationOptions.Name(nameof(GenerationOptions.StopStrings))] = "--stop",

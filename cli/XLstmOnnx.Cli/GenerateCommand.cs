@@ -28,7 +28,7 @@ internal static class GenerateCommand
                 : text is not null ? (tokenizer ?? throw new XLstmOnnxException($"option --prompt needs {session.Directory}/tokenizer.json; give --prompt-ids instead.")).Encode(text)
                 : r.GetValue(loadState) is not null ? []
                 : throw new XLstmOnnxException("give --prompt TEXT or --prompt-ids 1,2,3.");
-            var options = sampling.Build(r);
+            var options = sampling.Build(r, session.GenerationDefaults);
             using var generator = new Generator(session, 1);
             if (r.GetValue(loadState) is { } load) generator.Restore(StateSnapshot.Load(load, session.Manifest));
             else if (ids.Length == 0) throw new XLstmOnnxException("the prompt has no tokens; give at least one (or --load-state).");
@@ -43,7 +43,7 @@ internal static class GenerateCommand
             });
             if (printText) stdout.WriteLine();
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"prompt {ids.Length} tokens, generated {result.Tokens[0].Length} ({result.Reasons[0]}); time to first token {result.TimeToFirstToken.TotalMilliseconds:F0} ms, decode {result.DecodeTokensPerSecond:F1} tokens/s on {session.Options.Device.ToString().ToLowerInvariant()}"));
+                $"prompt {ids.Length} tokens, generated {result.Tokens[0].Length} ({result.Reasons[0]}); time to first token {result.TimeToFirstToken.TotalMilliseconds:F0} ms, decode {result.DecodeTokensPerSecond:F1} tokens/s on {session.Options.Device.ToString().ToLowerInvariant()}{SamplingOptions.SeedNote(options)}"));
             if (r.GetValue(saveState) is { } save) generator.Snapshot().Save(save);
             if (r.GetValue(printIds)) stdout.WriteLine(string.Join(' ', result.Tokens[0]));
             return 0;

@@ -18,9 +18,10 @@ public sealed class XLstmSession : IDisposable
 {
     private readonly InferenceSession _session;
 
-    private XLstmSession(InferenceSession session, ModelManifest manifest, string dir, RuntimeOptions options)
+    private XLstmSession(InferenceSession session, ModelManifest manifest, string dir, RuntimeOptions options, Generation.GenerationDefaults defaults)
     {
         _session = session;
+        GenerationDefaults = defaults;
         Manifest = manifest;
         Directory = dir;
         Options = options;
@@ -58,11 +59,15 @@ public sealed class XLstmSession : IDisposable
     public ModelManifest Manifest { get; }
     public string Directory { get; }
 
+    /// <summary>The model's decoding defaults (its generation_config.json; neutral ones when it has none), read at load.</summary>
+    public Generation.GenerationDefaults GenerationDefaults { get; }
+
     /// <summary>Loads the exported model in <paramref name="dir"/>; the caller disposes the result.</summary>
     public static XLstmSession Load(string dir, RuntimeOptions? options = null)
     {
         options ??= new RuntimeOptions();
         var manifest = ModelManifest.Load(dir);
+        var defaults = Generation.GenerationDefaults.Load(dir); // before the session: a bad file fails fast
         string path = Path.Combine(dir, manifest.ModelFile);
         if (!File.Exists(path)) throw new XLstmOnnxException($"{dir}: {manifest.ModelFile} named by {ModelManifest.FileName} is missing.");
         using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
@@ -114,7 +119,7 @@ public sealed class XLstmSession : IDisposable
         try
         {
             Check(session, manifest, path);
-            return new XLstmSession(session, manifest, dir, options);
+            return new XLstmSession(session, manifest, dir, options, defaults);
         }
         catch
         {

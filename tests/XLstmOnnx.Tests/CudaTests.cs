@@ -176,13 +176,18 @@ public class CudaTests
         for (int i = 0; i < logits.Length; i++) logits[i] = (float)(rng.NextDouble() * 8 - 4);
         var parameters = new double[batch * SamplerModel.ParamCount];
         var counts = new float[batch * vocab];
+        var outputCounts = new float[batch * vocab];
+        var bias = new float[batch * vocab];
         for (int r = 0; r < batch; r++)
         {
-            var o = new GenerationOptions { Temperature = 0.6 + r % 5 * 0.2, TopK = r % 3 == 0 ? 50 : 0, TopP = r % 2 == 0 ? 0.9 : 1.0, MinP = r % 4 == 0 ? 0.05 : 0, RepetitionPenalty = r % 5 == 0 ? 1.2 : 1, Greedy = r % 7 == 0, Seed = (ulong)r };
+            var o = new GenerationOptions { Temperature = 0.6 + r % 5 * 0.2, TopK = r % 3 == 0 ? 50 : 0, TopP = r % 2 == 0 ? 0.9 : 1.0, MinP = r % 4 == 0 ? 0.05 : 0, RepetitionPenalty = r % 5 == 0 ? 1.2 : 1,
+                PresencePenalty = r % 6 == 0 ? 0.8 : 0, FrequencyPenalty = r % 4 == 1 ? 0.5 : 0, Greedy = r % 7 == 0, Seed = (ulong)r };
             new SequenceDecoder(o, new ModelManifest(), null, false).WriteParams(parameters.AsSpan(r * SamplerModel.ParamCount, SamplerModel.ParamCount));
             for (int k = 0; k < 30; k++) counts[r * vocab + rng.Next(vocab)]++;
+            for (int k = 0; k < 10; k++) outputCounts[r * vocab + rng.Next(vocab)]++;
+            if (r % 3 == 1) for (int k = 0; k < 8; k++) bias[r * vocab + rng.Next(vocab)] = (float)(rng.NextDouble() * 10 - 5);
         }
-        long[] Run(bool cuda)
+        (long[] Next, long[] TopIds) Run(bool cuda)
         {
             using var so = new SessionOptions();
             if (cuda) XLstmSession.AppendCuda(so, 0);
@@ -190,11 +195,17 @@ public class CudaTests
             using var l = OrtValue.CreateTensorValueFromMemory(logits, [batch, 1, vocab]);
             using var p = OrtValue.CreateTensorValueFromMemory(parameters, [batch, SamplerModel.ParamCount]);
             using var c = OrtValue.CreateTensorValueFromMemory(counts, [batch, vocab]);
+            using var o = OrtValue.CreateTensorValueFromMemory(outputCounts, [batch, vocab]);
+            using var b = OrtValue.CreateTensorValueFromMemory(bias, [batch, vocab]);
             using var v = OrtValue.CreateTensorValueFromMemory(new long[] { vocab }, [1]);
             using var run = new RunOptions();
-            using var outputs = session.Run(run, [SamplerModel.Logits, SamplerModel.Params, SamplerModel.Counts, SamplerModel.VocabLimit], [l, p, c, v], [SamplerModel.NextToken]);
-            return outputs[0].GetTensorDataAsSpan<long>().ToArray();
+            using var outputs = session.Run(run, [SamplerModel.Logits, SamplerModel.Params, SamplerModel.Counts, SamplerModel.OutputCounts, SamplerModel.Bias, SamplerModel.VocabLimit],
+                [l, p, c, o, b, v], [SamplerModel.NextToken, SamplerModel.TopIds]);
+            return (outputs[0].GetTensorDataAsSpan<long>().ToArray(), outputs[1].GetTensorDataAsSpan<long>().ToArray());
         }
-        Assert.That(Run(cuda: true), Is.EqualTo(Run(cuda: false)));
+        var (gpu, gpuTop) = Run(cuda: true);
+        var (cpu, cpuTop) = Run(cuda: false);
+        Assert.That(gpu, Is.EqualTo(cpu));
+        Assert.That(gpuTop, Is.EqualTo(cpuTop), "the top ids (logprobs) too");
     }
 }

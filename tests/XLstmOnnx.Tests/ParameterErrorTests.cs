@@ -96,6 +96,10 @@ public class ParameterErrorTests
         ServingOptions.Name(nameof(ServingOptions.PrefixCacheMinTokens)),
         ServingOptions.Name(nameof(ServingOptions.PrefillShare)),
         ServingOptions.Name(nameof(ServingOptions.WarmUp)),
+        // OpenAI API fields of the server and the library: what the CLI prints is text
+        GenerationOptions.Name(nameof(GenerationOptions.LogitBias)),
+        GenerationOptions.Name(nameof(GenerationOptions.LogProbs)),
+        GenerationOptions.Name(nameof(GenerationOptions.TopLogProbs)),
     ];
 
     [Test]

@@ -39,7 +39,7 @@ public class ServingEngineTests
 
     private sealed record Case(int[] Prompt, GenerationOptions Options);
 
-    /// <summary>Prompts of 1 to 70 tokens (below a chunk, a few chunks, across the 20-token segments); greedy, sampled and penalised.</summary>
+    /// <summary>Prompts of 1 to 70 tokens (below a chunk, a few chunks, across the 20-token segments); greedy, sampled, penalised and biased.</summary>
     private static List<Case> Cases(int count, int seed)
     {
         var rng = new Random(seed);
@@ -48,26 +48,39 @@ public class ServingEngineTests
         {
             int length = i % 4 == 0 ? 1 + rng.Next(7) : 1 + rng.Next(70);
             var prompt = Enumerable.Range(0, length).Select(_ => 3 + rng.Next(95)).ToArray();
-            var o = (i % 5) switch
+            var o = (i % 7) switch
             {
                 0 or 1 or 2 => new GenerationOptions { Greedy = true },
                 3 => new GenerationOptions { Temperature = 1.2, TopP = 0.9, Seed = (ulong)i },
-                _ => new GenerationOptions { Greedy = true, RepetitionPenalty = 1.3 },
+                4 => new GenerationOptions { Greedy = true, RepetitionPenalty = 1.3 },
+                // OpenAI's penalties (output counts move with the row) and log-probabilities
+                5 => new GenerationOptions { Greedy = true, PresencePenalty = 1.0, FrequencyPenalty = 0.5, LogProbs = true, TopLogProbs = 3 },
+                // a logit bias (a dense row, rewritten when the sequence lands in another row)
+                _ => new GenerationOptions { Temperature = 0.9, Seed = (ulong)i, LogitBias = new Dictionary<int, float> { [3 + rng.Next(95)] = 5, [3 + rng.Next(95)] = -100 } },
             };
             cases.Add(new Case(prompt, o with { MaxNewTokens = 5 + rng.Next(30), IgnoreEos = true }));
         }
         return cases;
     }
 
-    private static async Task<int[]> Collect(ChannelReader<CompletionEvent> events)
+    /// <summary>The ids of a stream; each event's log-probabilities checked against what was asked for.</summary>
+    private static async Task<int[]> Collect(ChannelReader<CompletionEvent> events, GenerationOptions? options = null)
     {
         var ids = new List<int>();
-        await foreach (var e in events.ReadAllAsync()) ids.Add(e.Token);
+        await foreach (var e in events.ReadAllAsync())
+        {
+            ids.Add(e.Token);
+            if (options is null) continue;
+            Assert.That(e.LogProb.HasValue, Is.EqualTo(options.LogProbs), "a log-probability exactly when asked for");
+            Assert.That(e.TopLogProbs?.Length ?? 0, Is.EqualTo(options.TopLogProbs));
+            if (options is { Greedy: true, TopLogProbs: > 0, PresencePenalty: 0, FrequencyPenalty: 0 }) Assert.That(e.TopLogProbs![0].Token, Is.EqualTo(e.Token));
+            if (e.TopLogProbs is { } top) Assert.That(e.LogProb, Is.LessThanOrEqualTo(top[0].LogProb));
+        }
         return [.. ids];
     }
 
     private static int[][] ServeAll(ServingEngine engine, IReadOnlyList<Case> cases) =>
-        Task.WhenAll(cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options)))).GetAwaiter().GetResult();
+        Task.WhenAll(cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options), c.Options))).GetAwaiter().GetResult();
 
     private static int[] ServeAlone(ServingEngine engine, Case c) => Collect(engine.Submit(c.Prompt, c.Options)).GetAwaiter().GetResult();
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Threading.Channels;
@@ -44,9 +45,10 @@ public sealed class ApiError(int status, string message, string? param = null, s
 
 /// <summary>
 /// OpenAI-compatible HTTP API over a <see cref="ServingEngine"/>: /v1/completions and /v1/chat/completions (JSON or
-/// server-sent events), /v1/models, /health and /metrics (the engine's <see cref="ServingMetrics"/> in Prometheus' text
-/// format, through OpenTelemetry's exporter). Bad requests get 4xx answers with OpenAI-style bodies; the engine keeps
-/// serving everyone else. Every completion request is logged once it ends (category <see cref="RequestLogCategory"/>).
+/// server-sent events; request fields: <see cref="OpenAiRequest"/>), /v1/models and /v1/models/{id}, vLLM's /tokenize and
+/// /detokenize, /health and /metrics (the engine's <see cref="ServingMetrics"/> in Prometheus' text format, through
+/// OpenTelemetry's exporter). Bad requests and unknown routes get 4xx answers with OpenAI-style bodies; the engine keeps
+/// serving everyone else. The seed a request sampled with is in the <see cref="SeedHeader"/> response header. Every completion request is logged once it ends (category <see cref="RequestLogCategory"/>).
 /// </summary>
 public static partial class OpenAiServer
 {
@@ -81,15 +83,29 @@ public static partial class OpenAiServer
         var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger(RequestLogCategory);
 
+        // an unknown route (404) or method (405) answers OpenAI's error shape, never an empty body
+        app.UseStatusCodePages(async context =>
+        {
+            var http = context.HttpContext;
+            string what = http.Response.StatusCode == 405 ? $"Method {http.Request.Method} is not allowed on {http.Request.Path}" : $"Unknown route: {http.Request.Method} {http.Request.Path}";
+            await http.Response.WriteAsJsonAsync(new ApiError(http.Response.StatusCode, what, type: "invalid_request_error", code: http.Response.StatusCode == 405 ? "method_not_allowed" : "not_found").Body, Json).ConfigureAwait(false);
+        });
+        var modelInfo = new { id = options.ModelId, @object = "model", created, owned_by = "xlstm-onnx" };
         app.MapGet("/health", () => Results.Json(new { status = "ok" }));
         app.MapPrometheusScrapingEndpoint("/metrics");
-        app.MapGet("/v1/models", () => Results.Json(new
-        {
-            @object = "list",
-            data = new[] { new { id = options.ModelId, @object = "model", created, owned_by = "xlstm-onnx" } },
-        }));
+        app.MapGet("/v1/models", () => Results.Json(new { @object = "list", data = new[] { modelInfo } }));
+        app.MapGet("/v1/models/{**id}", (string id) => id == options.ModelId ? Results.Json(modelInfo)
+            : Results.Json(new ApiError(404, $"The model '{id}' does not exist; this server serves '{options.ModelId}'.", "model", code: "model_not_found").Body, Json, statusCode: 404));
         app.MapPost("/v1/completions", ctx => Handle(ctx, engine, options, log, chat: false));
         app.MapPost("/v1/chat/completions", ctx => Handle(ctx, engine, options, log, chat: true));
+        // vLLM's tokenizer endpoints
+        app.MapPost("/tokenize", ctx => Answer(ctx, body =>
+        {
+            var ids = OpenAiRequest.Tokenize(body, engine, options, out bool strs);
+            var tokens = new TokenText(engine.Session.Tokenizer);
+            return new { count = ids.Length, max_model_len = options.MaxPromptTokens, tokens = ids, token_strs = strs ? ids.Select(i => tokens.Of(i).Text).ToArray() : null };
+        }));
+        app.MapPost("/detokenize", ctx => Answer(ctx, body => new { prompt = OpenAiRequest.Detokenize(body, engine, options) }));
         await app.StartAsync().ConfigureAwait(false);
         string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return (app, url);
@@ -115,6 +131,48 @@ public static partial class OpenAiServer
         logging.SetMinimumLevel(options.LogLevel);
         // ASP.NET Core logs every request at Information too: below Debug, keep only its warnings and errors
         logging.AddFilter("Microsoft", options.LogLevel <= LogLevel.Debug ? options.LogLevel : (LogLevel)Math.Max((int)options.LogLevel, (int)LogLevel.Warning));
+    }
+
+    /// <summary>The request body as a JSON object; 4xx ApiErrors for what is not.</summary>
+    private static async Task<JsonElement> ReadBody(HttpContext ctx)
+    {
+        using var buffer = new MemoryStream();
+        await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
+        if (buffer.Length > MaxBodyBytes) throw new ApiError(413, $"The request body has {buffer.Length} bytes; at most {MaxBodyBytes} are accepted.");
+        // JsonDocument only checks string contents when they are read: check the whole body first
+        if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length))) throw new ApiError(400, "The request body is not valid UTF-8.");
+        JsonElement body;
+        try
+        {
+            using var doc = JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length));
+            body = doc.RootElement.Clone();
+        }
+        catch (JsonException e)
+        {
+            throw new ApiError(400, $"The request body is not valid JSON: {e.Message}");
+        }
+        if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "The request body must be a JSON object.");
+        return body;
+    }
+
+    /// <summary>A small JSON endpoint (/tokenize, /detokenize): the answer, or the error in OpenAI's shape.</summary>
+    private static async Task Answer(HttpContext ctx, Func<JsonElement, object> answer)
+    {
+        try
+        {
+            var result = answer(await ReadBody(ctx).ConfigureAwait(false));
+            await ctx.Response.WriteAsJsonAsync(result, Json).ConfigureAwait(false);
+        }
+        catch (ApiError e)
+        {
+            ctx.Response.StatusCode = e.Status;
+            await ctx.Response.WriteAsJsonAsync(e.Body, Json).ConfigureAwait(false);
+        }
+        catch (XLstmOnnxException e)
+        {
+            ctx.Response.StatusCode = 400;
+            await ctx.Response.WriteAsJsonAsync(new ApiError(400, e.Message).Body, Json).ConfigureAwait(false);
+        }
     }
 
     /// <summary>What the request log says about one request; filled in as the request runs.</summary>
@@ -158,26 +216,9 @@ public static partial class OpenAiServer
         var rec = new RequestRecord();
         try
         {
-            JsonElement body;
-            using (var buffer = new MemoryStream())
-            {
-                await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
-                if (buffer.Length > MaxBodyBytes) throw new ApiError(413, $"The request body has {buffer.Length} bytes; at most {MaxBodyBytes} are accepted.");
-                // JsonDocument only checks string contents when they are read: check the whole body first
-                if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length))) throw new ApiError(400, "The request body is not valid UTF-8.");
-                try
-                {
-                    using var doc = JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length));
-                    body = doc.RootElement.Clone();
-                }
-                catch (JsonException e)
-                {
-                    throw new ApiError(400, $"The request body is not valid JSON: {e.Message}");
-                }
-            }
-            if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "The request body must be a JSON object.");
-            var req = Parse(body, engine, options, chat);
-            rec.PromptTokens = req.Prompt.Length * req.N;
+            var body = await ReadBody(ctx).ConfigureAwait(false);
+            var req = OpenAiRequest.Parse(body, engine, options, chat);
+            rec.PromptTokens = req.PromptTokens;
             await (req.Stream ? Stream(ctx, engine, req, chat, rec) : Respond(ctx, engine, req, chat, rec)).ConfigureAwait(false);
         }
         catch (ApiError e)
@@ -204,98 +245,20 @@ public static partial class OpenAiServer
         }
     }
 
-    /// <param name="TokenIds">vLLM's <c>return_token_ids</c>: each choice also carries the ids it generated (models without a tokenizer, tests).</param>
-    private sealed record Request(int[] Prompt, GenerationOptions Options, int N, bool Stream, string Model, bool TokenIds);
+    /// <summary>The response header that reports the seed used: choice <c>index</c> sampled with seed + index (send it as <c>seed</c> to repeat).</summary>
+    public const string SeedHeader = "x-seed";
 
-    private static Request Parse(JsonElement b, ServingEngine engine, ServerOptions o, bool chat)
+    /// <summary>Submits every choice (index = prompt × n + j, seed + index) and merges their events.</summary>
+    private static ChannelReader<(int Index, CompletionEvent Event)> Submit(ServingEngine engine, ApiRequest r, CancellationToken cancel)
     {
-        var tokenizer = engine.Session.Tokenizer;
-        string model = Str(b, "model") ?? throw new ApiError(400, "you must provide a model parameter", "model");
-        if (model != o.ModelId) throw new ApiError(404, $"The model '{model}' does not exist; this server serves '{o.ModelId}'.", "model", "invalid_request_error", "model_not_found");
-        int[] prompt;
-        var stops = new List<string>();
-        if (chat)
-        {
-            if (!b.TryGetProperty("messages", out var ms) || ms.ValueKind != JsonValueKind.Array || ms.GetArrayLength() == 0)
-            {
-                throw new ApiError(400, "'messages' must be a non-empty array of {role, content}.", "messages");
-            }
-            var list = new List<(string, string)>();
-            foreach (var m in ms.EnumerateArray())
-            {
-                string role = m.ValueKind == JsonValueKind.Object ? Str(m, "role") ?? "" : "";
-                if (!ChatTemplate.Roles.Contains(role)) throw new ApiError(400, $"message role must be system, user or assistant; found \"{role}\".", "messages");
-                string content = Str(m, "content") ?? throw new ApiError(400, "every message needs a string 'content'.", "messages");
-                list.Add((role, content));
-            }
-            prompt = (tokenizer ?? throw new ApiError(400, "this model has no tokenizer; use /v1/completions with token ids.")).Encode(ChatTemplate.Render(list));
-            stops.Add(ChatTemplate.StopString);
-        }
-        else
-        {
-            if (!b.TryGetProperty("prompt", out var p)) throw new ApiError(400, "you must provide a prompt", "prompt");
-            if (p.ValueKind == JsonValueKind.String)
-            {
-                prompt = (tokenizer ?? throw new ApiError(400, "this model has no tokenizer; give the prompt as token ids.", "prompt")).Encode(p.GetString()!);
-            }
-            else if (p.ValueKind == JsonValueKind.Array && p.EnumerateArray().All(x => x.ValueKind == JsonValueKind.Number))
-            {
-                long vocab = engine.Session.Manifest.VocabSize;
-                prompt = p.EnumerateArray().Select(x => x.TryGetInt32(out int id) && id >= 0 && id < vocab ? id
-                    : throw new ApiError(400, $"token id {x.GetRawText()} is not in [0, {vocab}).", "prompt")).ToArray();
-            }
-            else throw new ApiError(400, "'prompt' must be a string or an array of token ids.", "prompt");
-        }
-        if (prompt.Length == 0) throw new ApiError(400, "the prompt is empty.", chat ? "messages" : "prompt");
-        if (prompt.Length > o.MaxPromptTokens)
-        {
-            throw new ApiError(400, $"The prompt has {prompt.Length} tokens; this server takes at most {o.MaxPromptTokens}.", chat ? "messages" : "prompt", code: "context_length_exceeded");
-        }
-        int maxTokens = Int(b, "max_tokens") ?? Int(b, "max_completion_tokens") ?? (chat ? 256 : 16);
-        if (maxTokens < 1 || maxTokens > o.MaxTokensLimit) throw new ApiError(400, $"'max_tokens' must be between 1 and {o.MaxTokensLimit}; found {maxTokens}.", "max_tokens");
-        double temperature = Num(b, "temperature") ?? 1.0;
-        if (temperature < 0 || temperature > 2) throw new ApiError(400, $"'temperature' must be between 0 and 2; found {temperature}.", "temperature");
-        double topP = Num(b, "top_p") ?? 1.0;
-        if (!(topP > 0 && topP <= 1)) throw new ApiError(400, $"'top_p' must be in (0, 1]; found {topP}.", "top_p");
-        int n = Int(b, "n") ?? 1;
-        if (n < 1 || n > o.MaxN) throw new ApiError(400, $"'n' must be between 1 and {o.MaxN}; found {n}.", "n");
-        if (b.TryGetProperty("stop", out var st) && st.ValueKind != JsonValueKind.Null)
-        {
-            if (st.ValueKind == JsonValueKind.String) stops.Add(st.GetString()!);
-            else if (st.ValueKind == JsonValueKind.Array && st.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String) && st.GetArrayLength() <= 4) stops.AddRange(st.EnumerateArray().Select(x => x.GetString()!));
-            else throw new ApiError(400, "'stop' must be a string or an array of at most 4 strings.", "stop");
-            if (stops.Any(string.IsNullOrEmpty)) throw new ApiError(400, "'stop' strings must not be empty.", "stop");
-        }
-        long? seed = b.TryGetProperty("seed", out var sd) && sd.ValueKind != JsonValueKind.Null
-            ? (sd.TryGetInt64(out long v) ? v : throw new ApiError(400, "'seed' must be an integer.", "seed")) : null;
-        bool stream = b.TryGetProperty("stream", out var sm) && sm.ValueKind == JsonValueKind.True;
-        // vLLM's extension: keep generating past the end-of-text token (benchmarks, tests)
-        bool ignoreEos = b.TryGetProperty("ignore_eos", out var ie) && ie.ValueKind == JsonValueKind.True;
-        bool tokenIds = b.TryGetProperty("return_token_ids", out var ti) && ti.ValueKind == JsonValueKind.True;
-        var options = new GenerationOptions
-        {
-            MaxNewTokens = maxTokens,
-            Greedy = temperature == 0,
-            Temperature = temperature == 0 ? 1.0 : temperature,
-            TopP = topP,
-            Seed = seed is { } s ? unchecked((ulong)s) : (ulong)Random.Shared.NextInt64(),
-            StopStrings = stops,
-            IgnoreEos = ignoreEos,
-        };
-        return new Request(prompt, options, n, stream, model, tokenIds);
-    }
-
-    /// <summary>Submits the n choices; choice i samples with seed + i.</summary>
-    private static ChannelReader<(int Index, CompletionEvent Event)> Submit(ServingEngine engine, Request r, CancellationToken cancel)
-    {
-        if (engine.Options.QueueCapacity - engine.Metrics.QueueDepth < r.N && r.N > 1)
+        if (engine.Options.QueueCapacity - engine.Metrics.QueueDepth < r.Choices && r.Choices > 1)
         {
             throw new ApiError(429, "The server is busy: too many requests are waiting; retry later.", type: "rate_limit_error", code: "rate_limit_exceeded");
         }
         var readers = new List<ChannelReader<CompletionEvent>>();
         try
         {
-            for (int i = 0; i < r.N; i++) readers.Add(engine.Submit(r.Prompt, r.Options with { Seed = r.Options.Seed + (ulong)i }, cancel));
+            for (int i = 0; i < r.Choices; i++) readers.Add(engine.Submit(r.Prompts[i / r.N].Ids, r.Options with { Seed = r.Seed + (ulong)i }, cancel));
         }
         catch (QueueFullException e)
         {
@@ -326,61 +289,171 @@ public static partial class OpenAiServer
 
     private static string Finish(StopReason r) => ServingMetrics.FinishReason(r);
 
-    private static async Task Respond(HttpContext ctx, ServingEngine engine, Request r, bool chat, RequestRecord rec)
+    /// <summary>What one choice has produced so far.</summary>
+    private sealed class Choice
     {
-        var texts = Enumerable.Range(0, r.N).Select(_ => new StringBuilder()).ToArray();
-        var ids = Enumerable.Range(0, r.N).Select(_ => new List<int>()).ToArray();
-        var finish = new string?[r.N];
+        public readonly StringBuilder Text = new();
+        public readonly List<int> Ids = [];
+        public readonly ChatReply Reply = new();
+        public string? Finish;
+        public int Offset;                                   // text_offset of the next token (completions)
+        public readonly List<object> Content = [];           // chat: logprobs.content entries
+        public readonly List<string> Tokens = [];            // completions: logprobs.tokens ...
+        public readonly List<float> TokenLogProbs = [];
+        public readonly List<Dictionary<string, float>> Tops = [];
+        public readonly List<int> Offsets = [];
+    }
+
+    /// <summary>Token strings and bytes as OpenAI reports them in logprobs.</summary>
+    private sealed class TokenText(Runtime.Tokenization.HfTokenizer? tokenizer)
+    {
+        private readonly Dictionary<int, (string Text, int[]? Bytes)> _cache = [];
+
+        /// <summary>
+        /// The token's text and UTF-8 bytes: a token that is not whole UTF-8 (part of a character) reads "bytes:\xe2\x80"
+        /// (OpenAI's form); without a tokenizer, "token_id:N" (vLLM's) and no bytes.
+        /// </summary>
+        public (string Text, int[]? Bytes) Of(int id)
+        {
+            if (_cache.TryGetValue(id, out var known)) return known;
+            if (tokenizer is null || id >= tokenizer.Count) return _cache[id] = ($"token_id:{id}", null);
+            byte[] bytes = tokenizer.TokenBytes(id);
+            string text = System.Text.Unicode.Utf8.IsValid(bytes) ? Encoding.UTF8.GetString(bytes) : "bytes:" + string.Concat(bytes.Select(b => $"\\x{b:x2}"));
+            return _cache[id] = (text, [.. bytes.Select(b => (int)b)]);
+        }
+
+        /// <summary>Characters the token adds to the text (for text_offset).</summary>
+        public int Length(int id) => tokenizer is null || id >= tokenizer.Count ? 0 : Encoding.UTF8.GetString(tokenizer.TokenBytes(id)).Length;
+    }
+
+    /// <summary>JSON has no infinity: an id the model cannot produce (masked) reads OpenAI's floor, -9999.</summary>
+    private static float Lp(float logProb) => float.IsNegativeInfinity(logProb) ? -9999f : logProb;
+
+    /// <summary>Adds event <paramref name="e"/>'s text and log-probabilities to <paramref name="c"/>; returns the text to send and the logprobs of this token alone.</summary>
+    private static (string Text, object? LogProbs) Take(Choice c, CompletionEvent e, ApiRequest r, bool chat, TokenText tokens)
+    {
+        string text = chat ? c.Reply.Next(e.Text) : e.Text;
+        c.Text.Append(text);
+        c.Ids.Add(e.Token);
+        if (e.Finish != StopReason.None) c.Finish = Finish(e.Finish);
+        if (!r.LogProbs || e.LogProb is not { } lp) return (text, null);
+        var (token, bytes) = tokens.Of(e.Token);
+        var top = e.TopLogProbs ?? [];
+        if (chat)
+        {
+            object entry = new
+            {
+                token, logprob = Lp(lp), bytes,
+                top_logprobs = top.Select(t => tokens.Of(t.Token) is var (tt, tb) ? new { token = tt, logprob = Lp(t.LogProb), bytes = tb } : null).ToArray(),
+            };
+            c.Content.Add(entry);
+            return (text, new { content = new[] { entry }, refusal = (object?)null });
+        }
+        // completions: the top tokens by text (the first of equal texts) and always the chosen one
+        var dict = new Dictionary<string, float>();
+        foreach (var t in top) dict.TryAdd(tokens.Of(t.Token).Text, Lp(t.LogProb));
+        dict.TryAdd(token, Lp(lp));
+        int offset = c.Offset;
+        c.Offset += tokens.Length(e.Token);
+        c.Tokens.Add(token);
+        c.TokenLogProbs.Add(Lp(lp));
+        c.Tops.Add(dict);
+        c.Offsets.Add(offset);
+        return (text, new { tokens = new[] { token }, token_logprobs = new[] { Lp(lp) }, top_logprobs = new[] { dict }, text_offset = new[] { offset } });
+    }
+
+    private static object Usage(ApiRequest r, int completion) =>
+        new { prompt_tokens = r.PromptTokens, completion_tokens = completion, total_tokens = r.PromptTokens + completion };
+
+    private static async Task Respond(HttpContext ctx, ServingEngine engine, ApiRequest r, bool chat, RequestRecord rec)
+    {
+        var choices = Enumerable.Range(0, r.Choices).Select(_ => new Choice()).ToArray();
+        var tokens = new TokenText(engine.Session.Tokenizer);
+        for (int i = 0; i < r.Choices; i++)
+        {
+            if (r.Echo) choices[i].Text.Append(r.Prompts[i / r.N].Text);
+        }
         int completion = 0;
         string id = rec.Id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         await foreach (var (i, e) in Submit(engine, r, ctx.RequestAborted).ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
         {
             if (completion == 0) rec.FirstTokenAt = Stopwatch.GetTimestamp();
-            texts[i].Append(e.Text);
-            ids[i].Add(e.Token);
+            Take(choices[i], e, r, chat, tokens);
             rec.CompletionTokens = ++completion;
-            if (e.Finish != StopReason.None) finish[i] = Finish(e.Finish);
         }
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var usage = new { prompt_tokens = r.Prompt.Length * r.N, completion_tokens = completion, total_tokens = r.Prompt.Length * r.N + completion };
+        var usage = Usage(r, completion);
+        ctx.Response.Headers[SeedHeader] = r.Seed.ToString(CultureInfo.InvariantCulture);
         object body = chat
             ? new
             {
                 id, @object = "chat.completion", created, model = r.Model, usage,
-                choices = Enumerable.Range(0, r.N).Select(i => new { index = i, message = new { role = "assistant", content = texts[i].ToString() }, finish_reason = finish[i] }),
+                choices = choices.Select((c, i) => new
+                {
+                    index = i,
+                    message = new { role = "assistant", content = c.Text.ToString() },
+                    logprobs = r.LogProbs ? new { content = c.Content, refusal = (object?)null } : null,
+                    finish_reason = c.Finish,
+                }),
             }
             : new
             {
                 id, @object = "text_completion", created, model = r.Model, usage,
-                choices = Enumerable.Range(0, r.N).Select(i => new { index = i, text = texts[i].ToString(), logprobs = (object?)null, finish_reason = finish[i], token_ids = r.TokenIds ? ids[i] : null }),
+                choices = choices.Select((c, i) => new
+                {
+                    index = i,
+                    text = c.Text.ToString(),
+                    logprobs = r.LogProbs ? new { tokens = c.Tokens, token_logprobs = c.TokenLogProbs, top_logprobs = c.Tops, text_offset = c.Offsets } : null,
+                    finish_reason = c.Finish,
+                    token_ids = r.TokenIds ? c.Ids : null,
+                }),
             };
         await ctx.Response.WriteAsJsonAsync(body, Json).ConfigureAwait(false);
     }
 
-    private static async Task Stream(HttpContext ctx, ServingEngine engine, Request r, bool chat, RequestRecord rec)
+    private static async Task Stream(HttpContext ctx, ServingEngine engine, ApiRequest r, bool chat, RequestRecord rec)
     {
         var events = Submit(engine, r, ctx.RequestAborted); // 429 is still answered as JSON
         ctx.Response.ContentType = "text/event-stream";
         ctx.Response.Headers.CacheControl = "no-cache";
+        ctx.Response.Headers[SeedHeader] = r.Seed.ToString(CultureInfo.InvariantCulture);
         string id = rec.Id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var started = new bool[r.N];
+        var choices = Enumerable.Range(0, r.Choices).Select(_ => new Choice()).ToArray();
+        var tokens = new TokenText(engine.Session.Tokenizer);
+        var started = new bool[r.Choices];
+        // with include_usage every chunk carries "usage": null, and a last one the totals (OpenAI's shape)
+        object? NoUsage() => null;
+        async Task Send(object chunk)
+        {
+            await ctx.Response.WriteAsync("data: " + JsonSerializer.Serialize(chunk, Json) + "\n\n", ctx.RequestAborted).ConfigureAwait(false);
+            await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+        }
+        object Chunk(int index, string text, object? logprobs, string? reason, int[]? ids, bool first) => chat
+            ? (r.IncludeUsage
+                ? new { id, @object = "chat.completion.chunk", created, model = r.Model, choices = new[] { ChatChoice(index, text, logprobs, reason, first) }, usage = NoUsage() }
+                : new { id, @object = "chat.completion.chunk", created, model = r.Model, choices = new[] { ChatChoice(index, text, logprobs, reason, first) } })
+            : (r.IncludeUsage
+                ? new { id, @object = "text_completion", created, model = r.Model, choices = new[] { new { index, text, logprobs, finish_reason = reason, token_ids = ids } }, usage = NoUsage() }
+                : new { id, @object = "text_completion", created, model = r.Model, choices = new[] { new { index, text, logprobs, finish_reason = reason, token_ids = ids } } });
         try
         {
+            if (r.Echo)
+            {
+                // the prompt first, as a chunk of its own per choice
+                for (int i = 0; i < r.Choices; i++) await Send(Chunk(i, r.Prompts[i / r.N].Text!, null, null, r.TokenIds ? [] : null, false)).ConfigureAwait(false);
+            }
             await foreach (var (i, e) in events.ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
             {
                 if (rec.CompletionTokens++ == 0) rec.FirstTokenAt = Stopwatch.GetTimestamp();
+                var (text, logprobs) = Take(choices[i], e, r, chat, tokens);
                 string? reason = e.Finish == StopReason.None ? null : Finish(e.Finish);
-                object chunk = chat
-                    ? new
-                    {
-                        id, @object = "chat.completion.chunk", created, model = r.Model,
-                        choices = new[] { new { index = i, delta = started[i] ? new { role = (string?)null, content = e.Text } : new { role = (string?)"assistant", content = e.Text }, finish_reason = reason } },
-                    }
-                    : new { id, @object = "text_completion", created, model = r.Model, choices = new[] { new { index = i, text = e.Text, logprobs = (object?)null, finish_reason = reason, token_ids = r.TokenIds ? new[] { e.Token } : null } } };
+                await Send(Chunk(i, text, logprobs, reason, r.TokenIds ? [e.Token] : null, !started[i])).ConfigureAwait(false);
                 started[i] = true;
-                await ctx.Response.WriteAsync("data: " + JsonSerializer.Serialize(chunk, Json) + "\n\n", ctx.RequestAborted).ConfigureAwait(false);
-                await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+            }
+            if (r.IncludeUsage)
+            {
+                await Send(new { id, @object = chat ? "chat.completion.chunk" : "text_completion", created, model = r.Model, choices = Array.Empty<object>(), usage = Usage(r, rec.CompletionTokens) }).ConfigureAwait(false);
             }
             await ctx.Response.WriteAsync("data: [DONE]\n\n", ctx.RequestAborted).ConfigureAwait(false);
         }
@@ -390,21 +463,11 @@ public static partial class OpenAiServer
         }
     }
 
-    private static string? Str(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) ? v.ValueKind == JsonValueKind.String ? v.GetString() : v.ValueKind == JsonValueKind.Null ? null
-            : throw new ApiError(400, $"'{name}' must be a string; found {v.ValueKind}.", name) : null;
-
-    private static int? Int(JsonElement e, string name)
+    private static object ChatChoice(int index, string text, object? logprobs, string? reason, bool first) => new
     {
-        if (!e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
-        if (v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long l)) return l > int.MaxValue ? int.MaxValue : l < int.MinValue ? int.MinValue : (int)l;
-        throw new ApiError(400, $"'{name}' must be an integer; found {v.GetRawText()}.", name);
-    }
-
-    private static double? Num(JsonElement e, string name)
-    {
-        if (!e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
-        if (v.ValueKind == JsonValueKind.Number) return v.GetDouble();
-        throw new ApiError(400, $"'{name}' must be a number; found {v.GetRawText()}.", name);
-    }
+        index,
+        delta = first ? new { role = (string?)"assistant", content = text } : new { role = (string?)null, content = text },
+        logprobs,
+        finish_reason = reason,
+    };
 }

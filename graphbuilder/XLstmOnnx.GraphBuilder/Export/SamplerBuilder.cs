@@ -10,8 +10,9 @@ namespace XLstmOnnx.GraphBuilder.Export;
 /// <summary>
 /// Writes <c>sampler.onnx</c> (its contract: <see cref="SamplerModel"/>): the next token of every row of a batch from its
 /// last logits, on whatever device the logits are (it runs in a session on the model's execution provider, so only B ids
-/// come back to the host). One algorithm for greedy and sampled rows, in transformers' order: repetition penalty, then
-/// temperature, top-k, top-p, min-p, then a draw with the row's own uniform number (the host's seeded generator per
+/// come back to the host). One algorithm for greedy and sampled rows: the row's logit bias, transformers' repetition
+/// penalty, OpenAI's frequency and presence penalties (vLLM's order), then in transformers' order temperature, top-k,
+/// top-p, min-p, then a draw with the row's own uniform number (the host's seeded generator per
 /// sequence: the same seed gives the same draws alone or in a batch). Standard ONNX ops only, so CPU and CUDA run the
 /// same graph.
 /// <para>
@@ -28,6 +29,8 @@ public static class SamplerBuilder
         g.Input(Logits, DataType.Float, "batch", 1L, vocab);
         g.Input(Params, DataType.Double, "batch", (long)ParamCount);
         g.Input(Counts, DataType.Float, "batch", vocab);
+        g.Input(OutputCounts, DataType.Float, "batch", vocab);
+        g.Input(Bias, DataType.Float, "batch", vocab);
         g.Input(VocabLimit, DataType.Int64, 1L);
 
         string Col(int c, string name) => g.Op($"/sampler/params/{name}/Slice", "Slice", [Params, g.Constant(c), g.Constant(c + 1), g.Constant(1)]); // [B,1] double
@@ -39,14 +42,26 @@ public static class SamplerBuilder
         string inVocab = g.Op("/sampler/vocab/Less", "Less", [ids, VocabLimit]);                                                    // [V]
         string x = g.Op("/sampler/vocab/Where", "Where", [inVocab, flat, g.Constant(float.NegativeInfinity)]);
 
+        // OpenAI's logit_bias, added first (vLLM applies it before the penalties)
+        string biased = g.Op("/sampler/bias/Add", "Add", [x, Bias]);
+
         // transformers' RepetitionPenaltyLogitsProcessor: seen ids' positive logits divided, negative multiplied
         string penalty = AsFloat(Col(RepetitionPenalty, "repetition_penalty"), "repetition_penalty");                            // [B,1]
         string seen = g.Op("/sampler/penalty/Greater", "Greater", [Counts, g.Constant(0f)]);
-        string positive = g.Op("/sampler/penalty/GreaterPositive", "Greater", [x, g.Constant(0f)]);
-        string divided = g.Op("/sampler/penalty/Div", "Div", [x, penalty]);
-        string multiplied = g.Op("/sampler/penalty/Mul", "Mul", [x, penalty]);
+        string positive = g.Op("/sampler/penalty/GreaterPositive", "Greater", [biased, g.Constant(0f)]);
+        string divided = g.Op("/sampler/penalty/Div", "Div", [biased, penalty]);
+        string multiplied = g.Op("/sampler/penalty/Mul", "Mul", [biased, penalty]);
         string penalised = g.Op("/sampler/penalty/WherePositive", "Where", [positive, divided, multiplied]);
-        string scores = g.Op("/sampler/penalty/WhereSeen", "Where", [seen, penalised, x]);                                        // [B,V]
+        string repeated = g.Op("/sampler/penalty/WhereSeen", "Where", [seen, penalised, biased]);                                // [B,V]
+
+        // OpenAI's penalties over the output only: logits - frequency·count - presence·(count > 0) (vLLM's order)
+        string frequency = AsFloat(Col(FrequencyPenalty, "frequency_penalty"), "frequency_penalty");                             // [B,1]
+        string presence = AsFloat(Col(PresencePenalty, "presence_penalty"), "presence_penalty");
+        string byCount = g.Op("/sampler/frequency/Mul", "Mul", [OutputCounts, frequency]);
+        string afterFrequency = g.Op("/sampler/frequency/Sub", "Sub", [repeated, byCount]);
+        string present = g.Op("/sampler/presence/Cast", "Cast", [g.Op("/sampler/presence/Greater", "Greater", [OutputCounts, g.Constant(0f)])], Attr.Int("to", (long)DataType.Float));
+        string byPresence = g.Op("/sampler/presence/Mul", "Mul", [present, presence]);
+        string scores = g.Op("/sampler/presence/Sub", "Sub", [afterFrequency, byPresence]);                                     // [B,V]
 
         string greedyId = g.Op("/sampler/greedy/ArgMax", "ArgMax", [scores], Attr.Int("axis", 1), Attr.Int("keepdims", 1));     // [B,1], first max
 
@@ -100,14 +115,24 @@ public static class SamplerBuilder
 
         string logSoftmax = g.Op("/sampler/logprob/LogSoftmax", "LogSoftmax", [x], Attr.Int("axis", 1));
         string logProb = g.Op("/sampler/logprob/GatherElements", "GatherElements", [logSoftmax, next], Attr.Int("axis", 1));
+        // OpenAI's top_logprobs: the most likely ids of the raw distribution (sorted; ties: lower id first)
+        int topCount = TopCountFor(vocab);
+        string[] topValuesAndIds = g.Node("/sampler/top/TopK", "TopK", [logSoftmax, g.Constant((long)topCount)], 2, "",
+            Attr.Int("axis", 1), Attr.Int("largest", 1), Attr.Int("sorted", 1));
 
         string counted = g.Op("/sampler/counts/GatherElements", "GatherElements", [Counts, next], Attr.Int("axis", 1));
         string plusOne = g.Op("/sampler/counts/Add", "Add", [counted, g.Constant(1f)]);
         string countsOut = g.Op("/sampler/counts/ScatterElements", "ScatterElements", [Counts, next, plusOne], Attr.Int("axis", 1));
+        string outputCounted = g.Op("/sampler/output_counts/GatherElements", "GatherElements", [OutputCounts, next], Attr.Int("axis", 1));
+        string outputPlusOne = g.Op("/sampler/output_counts/Add", "Add", [outputCounted, g.Constant(1f)]);
+        string outputCountsOut = g.Op("/sampler/output_counts/ScatterElements", "ScatterElements", [OutputCounts, next, outputPlusOne], Attr.Int("axis", 1));
 
         g.Output(NextToken, next, DataType.Int64, "batch", 1L);
         g.Output(LogProb, logProb, DataType.Float, "batch", 1L);
         g.Output(CountsOut, countsOut, DataType.Float, "batch", vocab);
+        g.Output(OutputCountsOut, outputCountsOut, DataType.Float, "batch", vocab);
+        g.Output(TopIds, topValuesAndIds[1], DataType.Int64, "batch", (long)topCount);
+        g.Output(TopLogProbs, topValuesAndIds[0], DataType.Float, "batch", (long)topCount);
         var model = new ModelProto { IrVersion = ExportOptions.IrVersion, ProducerName = "XLstmOnnx", Graph = g.Proto, DocString = "xlstm-onnx sampler v" + SamplerModel.Version };
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
         return model.ToByteArray();

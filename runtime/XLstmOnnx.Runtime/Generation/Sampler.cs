@@ -2,7 +2,9 @@ namespace XLstmOnnx.Runtime.Generation;
 
 /// <summary>
 /// The plain reference of the exported sampler (<c>sampler.onnx</c>, which chooses tokens on the device for generation
-/// and serving): the same steps in transformers' order, one sequence at a time, on the host. Tests hold the sampler to it.
+/// and serving): the same steps, one sequence at a time, on the host: the logit bias, transformers' repetition penalty,
+/// OpenAI's frequency and presence penalties (vLLM's order), then temperature, top-k, top-p, min-p and a draw in
+/// transformers' order. Tests hold the sampler to it.
 /// The random generator (SplitMix64) is the decoders' own, so a seed means the same draws everywhere.
 /// </summary>
 public sealed class Sampler
@@ -13,6 +15,7 @@ public sealed class Sampler
     private readonly int[] _order;
     private readonly float[] _keys;
     private readonly bool[] _seen;
+    private readonly int[] _outputCounts;
     private ulong _rng;
 
     /// <param name="options">Sampling settings.</param>
@@ -25,6 +28,7 @@ public sealed class Sampler
         _order = new int[vocab];
         _keys = new float[vocab];
         _seen = new bool[vocab];
+        _outputCounts = new int[vocab];
         _rng = options.Seed;
     }
 
@@ -34,17 +38,39 @@ public sealed class Sampler
         if ((uint)token < (uint)_vocab) _seen[token] = true;
     }
 
+    /// <summary>Counts a generated token: the repetition penalty sees it, and so do the frequency and presence penalties (output only).</summary>
+    public void ObserveOutput(int token)
+    {
+        Observe(token);
+        if ((uint)token < (uint)_vocab) _outputCounts[token]++;
+    }
+
     /// <summary>The next token given the last position's logits.</summary>
     public int Next(ReadOnlySpan<float> logits)
     {
         var s = _scores.AsSpan();
         logits[.._vocab].CopyTo(s);
+        if (_o.LogitBias is { } bias)
+        {
+            foreach (var (id, b) in bias) if ((uint)id < (uint)_vocab) s[id] += b;
+        }
         if (_o.RepetitionPenalty != 1.0)
         {
             float p = (float)_o.RepetitionPenalty;
             for (int i = 0; i < s.Length; i++)
             {
                 if (_seen[i]) s[i] = s[i] > 0 ? s[i] / p : s[i] * p; // transformers' RepetitionPenaltyLogitsProcessor
+            }
+        }
+        if (_o.FrequencyPenalty != 0 || _o.PresencePenalty != 0)
+        {
+            // OpenAI's formula, in the graph's float steps: logits - frequency·count - presence·(count > 0)
+            float f = (float)_o.FrequencyPenalty, p = (float)_o.PresencePenalty;
+            for (int i = 0; i < s.Length; i++)
+            {
+                float c = _outputCounts[i];
+                s[i] -= f * c;
+                s[i] -= p * (c > 0 ? 1f : 0f);
             }
         }
         if (_o.Greedy) return ArgMax(s);

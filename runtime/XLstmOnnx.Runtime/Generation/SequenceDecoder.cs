@@ -35,11 +35,20 @@ internal sealed class SequenceDecoder
     /// <summary>The last accepted token.</summary>
     public int LastToken { get; private set; }
 
-    /// <summary>Argmax with no penalty: the model's own next_token (or a host argmax) is the choice.</summary>
-    public bool PlainGreedy => Options.Greedy && Options.RepetitionPenalty == 1.0;
+    /// <summary>
+    /// Argmax of the raw logits, nothing reported beside the id: the model's own next_token (or a host argmax) is the
+    /// choice. A bias, a penalty or log-probabilities need the sampler.
+    /// </summary>
+    public bool PlainGreedy => Options.Greedy && !NeedsCounts && !HasBias && !WantsLogProbs;
 
-    /// <summary>The repetition penalty reads the counts of the row's tokens.</summary>
-    public bool NeedsCounts => Options.RepetitionPenalty != 1.0;
+    /// <summary>The penalties read the counts of the row's tokens (the repetition penalty all of them, the frequency and presence penalties the output's).</summary>
+    public bool NeedsCounts => Options.RepetitionPenalty != 1.0 || Options.FrequencyPenalty != 0 || Options.PresencePenalty != 0;
+
+    /// <summary>The row adds a logit bias.</summary>
+    public bool HasBias => Options.LogitBias is { Count: > 0 };
+
+    /// <summary>The chosen token's log-probability is reported (and the top ones when <see cref="GenerationOptions.TopLogProbs"/> > 0).</summary>
+    public bool WantsLogProbs => Options.LogProbs || Options.TopLogProbs > 0;
 
     /// <summary>The sampler's settings for this row's next choice (one row of SamplerModel's params); draws a number when sampling.</summary>
     public void WriteParams(Span<double> row)
@@ -50,6 +59,8 @@ internal sealed class SequenceDecoder
         row[SamplerModel.MinP] = Options.MinP;
         row[SamplerModel.RepetitionPenalty] = (float)Options.RepetitionPenalty;
         row[SamplerModel.Greedy] = Options.Greedy ? 1 : 0;
+        row[SamplerModel.PresencePenalty] = Options.PresencePenalty;
+        row[SamplerModel.FrequencyPenalty] = Options.FrequencyPenalty;
         row[SamplerModel.Uniform] = Options.Greedy ? 0 : NextUniform(ref _rng);
     }
 

@@ -72,8 +72,22 @@ public sealed record ServingOptions
     public static string Name(string property) => $"{nameof(ServingOptions)}.{property}";
 }
 
-/// <summary>One streamed piece of a completion: a token, the text it completes (may be empty), and the end.</summary>
-public readonly record struct CompletionEvent(int Token, string Text, StopReason Finish);
+/// <summary>
+/// One streamed piece of a completion: a token, the text it completes (may be empty), and the end; with
+/// <see cref="GenerationOptions.LogProbs"/> the token's log-probability, with <see cref="GenerationOptions.TopLogProbs"/>
+/// the most likely tokens at that position (of the model's raw distribution, as the sampler reports them).
+/// </summary>
+public readonly record struct CompletionEvent(int Token, string Text, StopReason Finish)
+{
+    /// <summary>The log-probability of <see cref="Token"/>; null when not asked for.</summary>
+    public float? LogProb { get; init; }
+
+    /// <summary>The <see cref="GenerationOptions.TopLogProbs"/> most likely tokens, most likely first; null when not asked for.</summary>
+    public TokenLogProb[]? TopLogProbs { get; init; }
+}
+
+/// <summary>A token and its log-probability.</summary>
+public readonly record struct TokenLogProb(int Token, float LogProb);
 
 /// <summary>Refused because the queue is full.</summary>
 public sealed class QueueFullException(int capacity) : Exception($"the request queue is full ({capacity} waiting); retry later");
@@ -195,7 +209,7 @@ public sealed class ServingEngine : IDisposable
     {
         long row = StatePool.RowBytesFor(m);
         long pool = StatePool.BytesFor(m, o.MaxBatch, 2) + StatePool.BytesFor(m, o.PrefillRows, 2);
-        long buffers = o.MaxBatch * m.VocabSize * 4L * 4; // logits, sampler counts (two sets), cached logits
+        long buffers = o.MaxBatch * m.VocabSize * 4L * 7; // logits, sampler counts and output counts (two sets each), logit bias, cached logits
         long budget = o.PrefixCacheBytes ?? Math.Min(2L * o.MaxBatch * row,
             device is { } a ? Math.Max(0, (a.Free - pool - buffers) / 4) : 1L << 30);
         if (device is { } d)
@@ -237,6 +251,10 @@ public sealed class ServingEngine : IDisposable
         foreach (int t in prompt)
         {
             if (t < 0 || t >= vocab) throw new XLstmOnnxException($"prompt: token id {t} is outside the model's vocabulary [0, {vocab}).");
+        }
+        foreach (int id in options.LogitBias?.Keys ?? Enumerable.Empty<int>())
+        {
+            if (id >= vocab) throw XLstmOnnxException.MustBe($"{GenerationOptions.Name(nameof(GenerationOptions.LogitBias))}[{id}]", $"a token id in [0, {vocab})", id);
         }
         if (_failure is not null) throw new XLstmOnnxException($"the serving engine stopped after an error: {_failure.Message}", _failure);
         if (options.StopStrings.Count > 0 && _tokenizer is null) throw new XLstmOnnxException("GenerationOptions.StopStrings needs the model's tokenizer.json.");
@@ -570,11 +588,24 @@ public sealed class ServingEngine : IDisposable
     private bool Emit(int row, int token)
     {
         var live = _live[row]!;
-        var (text, finish) = live.Decoder.Accept(token);
+        var d = live.Decoder;
+        var (text, finish) = d.Accept(token);
         Metrics.CompletionTokens(1);
-        live.Request.Events.Writer.TryWrite(new CompletionEvent(token, text, finish));
+        var e = new CompletionEvent(token, text, finish);
+        if (d.WantsLogProbs) e = e with { LogProb = _chooser.LogProbs[row], TopLogProbs = Top(row, d.Options.TopLogProbs) };
+        live.Request.Events.Writer.TryWrite(e);
         if (finish != StopReason.None) Metrics.Stopped(finish);
         return finish != StopReason.None;
+    }
+
+    /// <summary>Row <paramref name="row"/>'s <paramref name="count"/> most likely tokens of the last choice; null for none.</summary>
+    private TokenLogProb[]? Top(int row, int count)
+    {
+        if (count == 0) return null;
+        int k = _chooser.TopCount;
+        var top = new TokenLogProb[Math.Min(count, k)];
+        for (int i = 0; i < top.Length; i++) top[i] = new TokenLogProb((int)_chooser.TopIds[row * k + i], _chooser.TopLogProbs[row * k + i]);
+        return top;
     }
 
     private void DropCancelled()

@@ -7,9 +7,17 @@ namespace XLstmOnnx.Runtime.Serving;
 /// <summary>
 /// <see cref="IChatClient"/> (Microsoft.Extensions.AI) over a <see cref="ServingEngine"/>: .NET applications get xLSTM
 /// chat, streaming included, with the engine's continuous batching and prefix-state cache. The engine is not owned.
+/// Decoding starts from the model's <see cref="GenerationDefaults"/> (generation_config.json); <see cref="ChatOptions"/>
+/// overrides them (a <see cref="ChatOptions.Temperature"/> of 0 is greedy, above 0 samples). Without
+/// <see cref="ChatOptions.Seed"/> the seed is random; the one used is in the response's (or the first update's)
+/// <see cref="ChatResponse.AdditionalProperties"/> under <see cref="SeedProperty"/>. The reply text is the server's:
+/// one leading space dropped (<see cref="ChatReply"/>).
 /// </summary>
 public sealed class XLstmChatClient(ServingEngine engine, string modelId) : IChatClient
 {
+    /// <summary>The key of the seed used in AdditionalProperties (a long: pass it as <see cref="ChatOptions.Seed"/> to repeat).</summary>
+    public const string SeedProperty = "seed";
+
     private readonly ChatClientMetadata _metadata = new("xlstm-onnx", null, modelId);
 
     public async Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
@@ -17,50 +25,68 @@ public sealed class XLstmChatClient(ServingEngine engine, string modelId) : ICha
         var text = new System.Text.StringBuilder();
         ChatFinishReason? finish = null;
         int tokens = 0;
-        await foreach (var e in Run(messages, options, cancellationToken).ConfigureAwait(false))
+        var (events, prompt, seed) = Run(messages, options, cancellationToken);
+        var reply = new ChatReply();
+        await foreach (var e in events.ConfigureAwait(false))
         {
-            text.Append(e.Text);
+            text.Append(reply.Next(e.Text));
             tokens++;
             if (e.Finish != StopReason.None) finish = Reason(e.Finish);
         }
-        return new ChatResponse(new ChatMessage(ChatRole.Assistant, text.ToString().TrimStart()))
+        return new ChatResponse(new ChatMessage(ChatRole.Assistant, text.ToString()))
         {
             ModelId = modelId,
             FinishReason = finish,
-            Usage = new UsageDetails { OutputTokenCount = tokens },
+            Usage = new UsageDetails { InputTokenCount = prompt, OutputTokenCount = tokens, TotalTokenCount = prompt + tokens },
+            AdditionalProperties = new() { [SeedProperty] = seed },
         };
     }
 
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        await foreach (var e in Run(messages, options, cancellationToken).ConfigureAwait(false))
+        var (events, prompt, seed) = Run(messages, options, cancellationToken);
+        var reply = new ChatReply();
+        bool first = true;
+        int tokens = 0;
+        await foreach (var e in events.ConfigureAwait(false))
         {
-            yield return new ChatResponseUpdate(ChatRole.Assistant, e.Text)
+            tokens++;
+            var update = new ChatResponseUpdate(ChatRole.Assistant, reply.Next(e.Text))
             {
                 ModelId = modelId,
                 FinishReason = e.Finish == StopReason.None ? null : Reason(e.Finish),
             };
+            if (first) update.AdditionalProperties = new() { [SeedProperty] = seed };
+            if (e.Finish != StopReason.None)
+            {
+                update.Contents.Add(new UsageContent(new UsageDetails { InputTokenCount = prompt, OutputTokenCount = tokens, TotalTokenCount = prompt + tokens }));
+            }
+            first = false;
+            yield return update;
         }
     }
 
-    private IAsyncEnumerable<CompletionEvent> Run(IEnumerable<ChatMessage> messages, ChatOptions? options, CancellationToken cancel)
+    private (IAsyncEnumerable<CompletionEvent> Events, int PromptTokens, long Seed) Run(IEnumerable<ChatMessage> messages, ChatOptions? options, CancellationToken cancel)
     {
         var tokenizer = engine.Session.Tokenizer ?? throw new XLstmOnnxException($"{engine.Session.Directory}: chat needs tokenizer.json.");
         var list = messages.Select(m => (m.Role.Value, m.Text)).ToList();
         if (options?.Instructions is { Length: > 0 } instructions) list.Insert(0, ("system", instructions));
         var prompt = tokenizer.Encode(ChatTemplate.Render(list));
-        var o = new GenerationOptions
+        long seed = options?.Seed ?? Random.Shared.NextInt64();
+        var o = engine.Session.GenerationDefaults.Options(256);
+        if (options?.MaxOutputTokens is { } max) o = o with { MaxNewTokens = max };
+        if (options?.Temperature is { } t) o = t == 0 ? o with { Greedy = true } : o with { Greedy = false, Temperature = t };
+        if (options?.TopP is { } p) o = o with { TopP = p };
+        if (options?.TopK is { } k) o = o with { TopK = k };
+        if (options?.PresencePenalty is { } presence) o = o with { PresencePenalty = presence };
+        if (options?.FrequencyPenalty is { } frequency) o = o with { FrequencyPenalty = frequency };
+        o = o with
         {
-            MaxNewTokens = options?.MaxOutputTokens ?? 256,
-            Greedy = options?.Temperature is 0,
-            Temperature = options?.Temperature is > 0 and var t ? t : 1.0,
-            TopP = options?.TopP ?? 1.0,
-            TopK = options?.TopK ?? 0,
-            Seed = options?.Seed is { } seed ? (ulong)seed : 0,
+            Seed = unchecked((ulong)seed),
             StopStrings = [ChatTemplate.StopString, .. options?.StopSequences ?? []],
         };
-        return engine.Submit(prompt, o, cancel).ReadAllAsync(cancel);
+        return (engine.Submit(prompt, o, cancel).ReadAllAsync(cancel), prompt.Length, seed);
     }
 
     private static ChatFinishReason Reason(StopReason r) => r == StopReason.MaxNewTokens ? ChatFinishReason.Length : ChatFinishReason.Stop;

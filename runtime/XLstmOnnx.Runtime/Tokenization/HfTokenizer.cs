@@ -170,6 +170,14 @@ public sealed class HfTokenizer
         return Encoding.UTF8.GetString(bytes.ToArray());
     }
 
+    /// <summary>The bytes token <paramref name="id"/> stands for (a piece of UTF-8 text, not always a whole character).</summary>
+    public byte[] TokenBytes(int id)
+    {
+        var bytes = new List<byte>();
+        AppendBytes(id, bytes, skipSpecialTokens: false);
+        return [.. bytes];
+    }
+
     /// <summary>True for special added tokens (e.g. end of text).</summary>
     public bool IsSpecial(int id) => id >= 0 && id < _isSpecial.Length && _isSpecial[id];
 
