@@ -202,6 +202,37 @@ public class GenerationRunTests
     }
 
     [Test]
+    public void AnAppendKeepsTheGeneratedTokensCountedForTheFrequencyPenalty()
+    {
+        // OpenAI's frequency penalty counts generated tokens only, the repetition penalty every token read or generated;
+        // an append in the middle must keep both as they are on the device (an earlier merge reset the generated ones)
+        var o = new GenerationOptions { Greedy = true, MaxNewTokens = 20, IgnoreEos = true, FrequencyPenalty = 0.5, RepetitionPenalty = 1.1 };
+        using var g = new Generator(_session, 1);
+        using var run = g.Start([Prompt], o);
+        var generated = new List<int>();
+        for (int i = 0; i < 6; i++)
+        {
+            Assert.That(run.Step(out var t));
+            generated.Add(t[0].Token);
+        }
+        int[] tool = [40, 41, 42, 40];
+        run.Append(tool);
+        float[] Histogram(IEnumerable<int> tokens)
+        {
+            var h = new float[_session.Manifest.VocabSize];
+            foreach (int t in tokens) h[t]++;
+            return h;
+        }
+        var (all, output) = g.Counts(0);
+        Assert.That(output, Is.EqualTo(Histogram(generated)), "generated-only counts after the append");
+        Assert.That(all, Is.EqualTo(Histogram([.. Prompt, .. generated, .. tool])), "all counts after the append");
+        // and the device keeps counting the next choices
+        Assert.That(run.Step(out var next));
+        generated.Add(next[0].Token);
+        Assert.That(g.Counts(0).Generated, Is.EqualTo(Histogram(generated)), "generated-only counts one step later");
+    }
+
+    [Test]
     public void AppendInABatchFeedsEachRowItsTokens()
     {
         int[][] prompts = [Prompt, [9, 8, 7, 6]];

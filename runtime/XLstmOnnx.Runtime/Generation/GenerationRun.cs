@@ -152,7 +152,7 @@ public sealed class GenerationRun : IDisposable
             {
                 if (_decoders[r] is null || tokens[r].Count == 0) continue;
                 _counted[r].AddRange(tokens[r]);
-                _g.SetCounts(r, [.. _counted[r], .. _outputs[r]]);
+                _g.SetCounts(r, [.. _counted[r]], [.. _outputs[r]]);
             }
         }
         _g.AppendCore(tokens, parameter);

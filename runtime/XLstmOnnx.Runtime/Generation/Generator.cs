@@ -400,8 +400,11 @@ public sealed class Generator : IDisposable
     /// <summary>Records <paramref name="token"/> as row <paramref name="row"/>'s chosen, not yet fed, token.</summary>
     internal void SetPending(int row, int token) => _pending[row] = token;
 
-    /// <summary>Replaces row <paramref name="row"/>'s token counts (repetition penalty) by those of <paramref name="tokens"/>.</summary>
-    internal void SetCounts(int row, ReadOnlySpan<int> tokens) => _chooser.SetCounts(row, tokens);
+    /// <summary>Replaces row <paramref name="row"/>'s token counts: <paramref name="read"/> and <paramref name="generated"/> for the repetition penalty, <paramref name="generated"/> alone for the frequency and presence penalties.</summary>
+    internal void SetCounts(int row, ReadOnlySpan<int> read, ReadOnlySpan<int> generated) => _chooser.SetCounts(row, read, generated);
+
+    /// <summary>Row <paramref name="row"/>'s token counts on the device (tests).</summary>
+    internal (float[] All, float[] Generated) Counts(int row) => _chooser.ReadCounts(row);
 
     /// <summary>
     /// One decode step: every row with a decoder reads its pending token, the others nothing (their pending token stays).

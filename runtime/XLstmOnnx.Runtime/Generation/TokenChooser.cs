@@ -170,14 +170,41 @@ internal sealed class TokenChooser : IDisposable
     /// Sets row <paramref name="row"/>'s token counts to those of <paramref name="tokens"/> (its prompt), for the repetition
     /// penalty, and its output counts (frequency and presence penalties) to zero: a new sequence starts in the row.
     /// </summary>
-    public void SetCounts(int row, ReadOnlySpan<int> tokens)
+    public void SetCounts(int row, ReadOnlySpan<int> tokens) => SetCounts(row, tokens, []);
+
+    /// <summary>
+    /// Sets row <paramref name="row"/>'s counts for a sequence that has read <paramref name="read"/> and generated
+    /// <paramref name="generated"/> so far (tokens appended in the middle of a generation): the repetition penalty counts
+    /// both, the frequency and presence penalties only the generated ones.
+    /// </summary>
+    public void SetCounts(int row, ReadOnlySpan<int> read, ReadOnlySpan<int> generated)
     {
         EnsureSampler();
         var counts = new float[_vocab];
-        foreach (int t in tokens) if ((uint)t < (uint)_vocab) counts[t]++;
+        var output = new float[_vocab];
+        foreach (int t in read) if ((uint)t < (uint)_vocab) counts[t]++;
+        foreach (int t in generated)
+        {
+            if ((uint)t >= (uint)_vocab) continue;
+            counts[t]++;
+            output[t]++;
+        }
         _memory.Upload<float>(counts, _counts[_countsSet]!.Address + (nint)(row * _vocab * 4));
-        _memory.Zero(_outputCounts[_countsSet]!.Address + (nint)(row * _vocab * 4), _vocab * 4);
+        _memory.Upload<float>(output, _outputCounts[_countsSet]!.Address + (nint)(row * _vocab * 4));
         _memory.Wait();
+    }
+
+    /// <summary>Row <paramref name="row"/>'s token counts as the next sampler run reads them (all, and generated only); for inspection.</summary>
+    internal (float[] All, float[] Generated) ReadCounts(int row)
+    {
+        var all = new float[_vocab];
+        var generated = new float[_vocab];
+        if (_counts[_countsSet] is { } c)
+        {
+            _memory.Download<float>(c.Address + (nint)(row * _vocab * 4), all);
+            _memory.Download<float>(_outputCounts[_countsSet]!.Address + (nint)(row * _vocab * 4), generated);
+        }
+        return (all, generated);
     }
 
     /// <summary>Moves row <paramref name="from"/>'s counts (both kinds) to row <paramref name="to"/> (a row that moves in the pool).</summary>
