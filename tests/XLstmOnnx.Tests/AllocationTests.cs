@@ -8,13 +8,28 @@ namespace XLstmOnnx.Tests;
 [TestFixture]
 public class AllocationTests
 {
+    private TempDir _tmp = null!;
+    private XLstmSession _session = null!;
+
+    [OneTimeSetUp]
+    public void Export()
+    {
+        _tmp = TestPaths.Temp();
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "single_basic"), _tmp.Sub("m"), new ExportOptions { LastLogitsOnly = true });
+        _session = XLstmSession.Load(_tmp.Sub("m"));
+    }
+
+    [OneTimeTearDown]
+    public void Cleanup()
+    {
+        _session.Dispose();
+        _tmp.Dispose();
+    }
+
     [Test]
     public void DecodeStepsDoNotAllocate()
     {
-        using var tmp = TestPaths.Temp();
-        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "single_basic"), tmp.Sub("m"), new ExportOptions { LastLogitsOnly = true });
-        using var session = XLstmSession.Load(tmp.Sub("m"));
-        using var g = new Generator(session, 2);
+        using var g = new Generator(_session, 2);
         long Allocated(int tokens)
         {
             var o = new GenerationOptions { MaxNewTokens = tokens, IgnoreEos = true, Temperature = 0.9, TopK = 20, TopP = 0.9, RepetitionPenalty = 1.2, Seed = 1 };
@@ -36,10 +51,7 @@ public class AllocationTests
     [Test]
     public void RunStepsDoNotAllocate()
     {
-        using var tmp = TestPaths.Temp();
-        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "single_basic"), tmp.Sub("m"), new ExportOptions { LastLogitsOnly = true });
-        using var session = XLstmSession.Load(tmp.Sub("m"));
-        using var g = new Generator(session, 2);
+        using var g = new Generator(_session, 2);
         long Allocated(int tokens)
         {
             var o = new GenerationOptions { MaxNewTokens = tokens, IgnoreEos = true, Temperature = 0.9, TopK = 20, TopP = 0.9, RepetitionPenalty = 1.2, Seed = 1 };
@@ -71,10 +83,7 @@ public class AllocationTests
     [Test]
     public async Task StreamedStepsDoNotAllocate()
     {
-        using var tmp = TestPaths.Temp();
-        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "single_basic"), tmp.Sub("m"), new ExportOptions { LastLogitsOnly = true });
-        using var session = XLstmSession.Load(tmp.Sub("m"));
-        using var g = new Generator(session, 1);
+        using var g = new Generator(_session, 1);
         async Task<long> Allocated(int tokens)
         {
             var o = new GenerationOptions { MaxNewTokens = tokens, IgnoreEos = true, Temperature = 0.9, TopK = 20, RepetitionPenalty = 1.2, Seed = 1 };

@@ -20,12 +20,11 @@ namespace XLstmOnnx.Tests;
 [NonParallelizable]
 public class MetricsTests
 {
-    private TempDir _tmp = null!;
-    private string _model = "";
-    private XLstmSession _session = null!;
-    private ServingEngine _engine = null!;
-    private WebApplication _app = null!;
-    private HttpClient _http = null!;
+    private ShippedModelServer _server = null!;
+    private string _model => _server.Model;
+    private XLstmSession _session => _server.Session;
+    private ServingEngine _engine => _server.Engine;
+    private HttpClient _http => _server.Http;
     private readonly LogCapture _logs = new();
 
     private static readonly Dictionary<string, string> Model = new() { ["model_name"] = "kjv" };
@@ -40,26 +39,11 @@ public class MetricsTests
     ];
 
     [OneTimeSetUp]
-    public async Task Start()
-    {
-        _tmp = TestPaths.Temp();
-        _model = _tmp.Sub("kjv");
-        OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), _model, new ExportOptions());
-        _session = XLstmSession.Load(_model);
-        _engine = new ServingEngine(_session, new ServingOptions { MaxBatch = 4, QueueCapacity = 16 });
-        (_app, string url) = await OpenAiServer.StartAsync(_engine, new ServerOptions { Port = 0, ModelId = "kjv", Logs = _logs });
-        _http = new HttpClient { BaseAddress = new Uri(url) };
-    }
+    public async Task Start() => _server = await ShippedModelServer.StartAsync(new ServingOptions { MaxBatch = 4, QueueCapacity = 16 },
+        new ServerOptions { ModelId = "kjv", Logs = _logs });
 
     [OneTimeTearDown]
-    public async Task Stop()
-    {
-        _http.Dispose();
-        await _app.DisposeAsync();
-        _engine.Dispose();
-        _session.Dispose();
-        _tmp.Dispose();
-    }
+    public async Task Stop() => await _server.DisposeAsync();
 
     private async Task<PrometheusText> Scrape(HttpClient? http = null)
     {

@@ -29,11 +29,10 @@ namespace XLstmOnnx.Tests;
 [NonParallelizable]
 public class OpenAiSdkTests
 {
-    private TempDir _tmp = null!;
-    private XLstmSession _session = null!;
-    private ServingEngine _engine = null!;
-    private WebApplication _app = null!;
-    private HttpClient _http = null!;
+    private ShippedModelServer _server = null!;
+    private XLstmSession _session => _server.Session;
+    private ServingEngine _engine => _server.Engine;
+    private HttpClient _http => _server.Http;
     private OpenAIClientOptions _sdk = null!;
     private ChatClient _chat = null!;
     private Uri _completionsUri = null!;
@@ -43,27 +42,16 @@ public class OpenAiSdkTests
     [OneTimeSetUp]
     public async Task Start()
     {
-        _tmp = TestPaths.Temp();
-        string model = _tmp.Sub("kjv");
-        OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), model, new ExportOptions());
-        _session = XLstmSession.Load(model);
-        _engine = new ServingEngine(_session, new ServingOptions { MaxBatch = 8, QueueCapacity = 64 });
-        (_app, string url) = await OpenAiServer.StartAsync(_engine, new ServerOptions { Port = 0, ModelId = "kjv", MaxPromptTokens = 512, Logs = NullLoggerProvider.Instance });
-        _http = new HttpClient { BaseAddress = new Uri(url) };
+        _server = await ShippedModelServer.StartAsync(new ServingOptions { MaxBatch = 8, QueueCapacity = 64 },
+            new ServerOptions { ModelId = "kjv", MaxPromptTokens = 512, Logs = NullLoggerProvider.Instance });
+        string url = _server.Url;
         _sdk = new OpenAIClientOptions { Endpoint = new Uri(url + "/v1"), RetryPolicy = new ClientRetryPolicy(0) };
         _chat = new ChatClient("kjv", new ApiKeyCredential("unused"), _sdk);
         _completionsUri = new Uri(url + "/v1/completions");
     }
 
     [OneTimeTearDown]
-    public async Task Stop()
-    {
-        _http.Dispose();
-        await _app.DisposeAsync();
-        _engine.Dispose();
-        _session.Dispose();
-        _tmp.Dispose();
-    }
+    public async Task Stop() => await _server.DisposeAsync();
 
     private static ChatCompletionOptions Greedy(int max = 24) => new() { Temperature = 0, MaxOutputTokenCount = max };
 

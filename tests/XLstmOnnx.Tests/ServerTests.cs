@@ -17,35 +17,19 @@ namespace XLstmOnnx.Tests;
 [NonParallelizable]
 public class ServerTests
 {
-    private TempDir _tmp = null!;
-    private string _model = "";
-    private XLstmSession _session = null!;
-    private ServingEngine _engine = null!;
-    private WebApplication _app = null!;
-    private HttpClient _http = null!;
+    private ShippedModelServer _server = null!;
+    private string _model => _server.Model;
+    private XLstmSession _session => _server.Session;
+    private ServingEngine _engine => _server.Engine;
+    private HttpClient _http => _server.Http;
     private const string Prompt = "And Moses said unto the LORD";
 
     [OneTimeSetUp]
-    public async Task Start()
-    {
-        _tmp = TestPaths.Temp();
-        _model = _tmp.Sub("kjv");
-        OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), _model, new ExportOptions());
-        _session = XLstmSession.Load(_model);
-        _engine = new ServingEngine(_session, new ServingOptions { MaxBatch = 8, QueueCapacity = 64 });
-        (_app, string url) = await OpenAiServer.StartAsync(_engine, new ServerOptions { Port = 0, ModelId = "kjv", MaxPromptTokens = 512, MaxTokensLimit = 100_000, Logs = NullLoggerProvider.Instance });
-        _http = new HttpClient { BaseAddress = new Uri(url) };
-    }
+    public async Task Start() => _server = await ShippedModelServer.StartAsync(new ServingOptions { MaxBatch = 8, QueueCapacity = 64 },
+        new ServerOptions { ModelId = "kjv", MaxPromptTokens = 512, MaxTokensLimit = 100_000, Logs = NullLoggerProvider.Instance });
 
     [OneTimeTearDown]
-    public async Task Stop()
-    {
-        _http.Dispose();
-        await _app.DisposeAsync();
-        _engine.Dispose();
-        _session.Dispose();
-        _tmp.Dispose();
-    }
+    public async Task Stop() => await _server.DisposeAsync();
 
     private async Task<JsonElement> Post(string path, object body, HttpStatusCode expected = HttpStatusCode.OK)
     {
