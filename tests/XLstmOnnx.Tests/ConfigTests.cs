@@ -93,4 +93,56 @@ public class ConfigTests
         Assert.That(again.Extra.Keys, Is.EquivalentTo(c.Extra.Keys), "fields we do not interpret survive");
         Assert.That(c.ConcatenatedWeights && c.UseBias, "fixture has weight_mode fused (concatenated weights) and biases");
     }
+
+    /// <summary>The float fields of transformers' xLSTMConfig: its strict config refuses a JSON integer for any of them.</summary>
+    private static readonly string[] FloatFields = ["norm_eps", "qk_dim_factor", "v_dim_factor", "eps", "ffn_proj_factor", "gate_soft_cap", "output_logit_soft_cap"];
+
+    [Test]
+    public void MakeCheckpointWritesAConfigTransformersLoads()
+    {
+        using var tmp = TestPaths.Temp();
+        // the tiny preset with the 7B preset's Triton kernel names and float fields written as integers
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(TestPaths.RepoRoot, "models", "presets", "xlstm-tiny.json")))!.AsObject();
+        config["chunkwise_kernel"] = "chunkwise--triton_xl_chunk";
+        config["sequence_kernel"] = "native_sequence__triton";
+        config["step_kernel"] = "triton";
+        config["v_dim_factor"] = 1;
+        config["gate_soft_cap"] = 15;
+        File.WriteAllText(tmp.Sub("config.json"), config.ToJsonString());
+        var r = CliTests.Run("make-checkpoint", "--config", tmp.Sub("config.json"), "--output", tmp.Sub("ckpt"));
+        Assert.That(r.Code, Is.Zero, r.Out + r.Err);
+        string text = File.ReadAllText(Path.Combine(tmp.Sub("ckpt"), "config.json"));
+        using var doc = System.Text.Json.JsonDocument.Parse(text);
+        var root = doc.RootElement;
+        Assert.Multiple(() =>
+        {
+            foreach (var field in FloatFields)
+            {
+                string raw = root.GetProperty(field).GetRawText();
+                Assert.That(raw, Does.Contain(".").Or.Contain("e"), $"{field} is written as a float (Python's json: 1.0, 1e-06), found {raw}");
+            }
+            Assert.That(root.GetProperty("v_dim_factor").GetRawText(), Is.EqualTo("1.0"));
+            Assert.That(root.GetProperty("gate_soft_cap").GetRawText(), Is.EqualTo("15.0"));
+            Assert.That(root.GetProperty("output_logit_soft_cap").GetRawText(), Is.EqualTo("30.0"));
+            Assert.That(root.GetProperty("norm_eps").GetRawText(), Is.EqualTo("1e-06"));
+            Assert.That(root.GetProperty("chunkwise_kernel").GetString(), Is.AnyOf("chunkwise--native_autograd", "parallel--native_autograd"));
+            Assert.That(root.GetProperty("sequence_kernel").GetString(), Is.EqualTo("native_sequence__native"));
+            Assert.That(root.GetProperty("step_kernel").GetString(), Is.EqualTo("native"));
+            Assert.That(root.GetProperty("num_blocks").GetRawText(), Is.EqualTo("1"), "integers stay integers");
+        });
+        Assert.That(XLstmConfig.Parse(text, "written").VDimFactor, Is.EqualTo(1.0), "and it reads back");
+    }
+
+    [Test]
+    public void EveryConfigWeWriteKeepsFloatsFloats()
+    {
+        var c = XLstmConfig.Parse("{\"v_dim_factor\": 1, \"gate_soft_cap\": 15, \"ffn_proj_factor\": 3}", "ints.json");
+        using var doc = System.Text.Json.JsonDocument.Parse(c.ToJson());
+        foreach (var field in FloatFields)
+        {
+            string raw = doc.RootElement.GetProperty(field).GetRawText();
+            Assert.That(raw, Does.Contain(".").Or.Contain("e"), $"{field}: {raw}");
+        }
+        Assert.That(doc.RootElement.GetProperty("ffn_proj_factor").GetRawText(), Is.EqualTo("3.0"));
+    }
 }

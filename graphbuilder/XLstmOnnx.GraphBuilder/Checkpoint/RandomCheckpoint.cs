@@ -16,7 +16,10 @@ public static class RandomCheckpoint
     public static BoundWeights Bind(XLstmConfig config, int seed) =>
         new WeightTable(config).Bind((row, part) => Source(row, part, seed));
 
-    /// <summary>Writes config.json and model.safetensors (one file) into <paramref name="dir"/>.</summary>
+    /// <summary>
+    /// Writes config.json and model.safetensors (one file) into <paramref name="dir"/>; the config carries kernel names
+    /// transformers loads (<see cref="KernelNames.ForTransformers"/>), the weights do not depend on them.
+    /// </summary>
     public static void Write(XLstmConfig config, string dir, SafetensorsDtype dtype, int seed, IProgress<(long Done, long Total)>? progress = null)
     {
         if (!dtype.IsWeightType()) throw XLstmOnnxException.MustBe($"{nameof(RandomCheckpoint)}.{nameof(Write)}({nameof(dtype)})", "F32, F16 or BF16", dtype);
@@ -39,7 +42,7 @@ public static class RandomCheckpoint
             }
         }
         SafetensorsWriter.Write(Path.Combine(dir, HfCheckpoint.SingleFile), entries, new Dictionary<string, string> { ["format"] = "pt" });
-        File.WriteAllText(Path.Combine(dir, HfCheckpoint.ConfigFile), config.ToJson());
+        File.WriteAllText(Path.Combine(dir, HfCheckpoint.ConfigFile), KernelNames.ForTransformers(config).ToJson());
     }
 
     private static RandomWeight Source(WeightTable.Row row, WeightTable.Part part, int seed)

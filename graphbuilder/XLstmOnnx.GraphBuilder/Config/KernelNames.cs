@@ -38,6 +38,24 @@ public static class KernelNames
     public static readonly IReadOnlyList<string> Step = ["native", "triton"];
 
     /// <summary>
+    /// The kernel names transformers accepts without the xlstm package (its config Literals: §1.1 of the xLSTM notes):
+    /// chunkwise and parallel kernels become their native autograd form, sequence and step kernels the native ones.
+    /// </summary>
+    public static readonly (IReadOnlyList<string> Chunkwise, string Sequence, string Step) Transformers =
+        (["chunkwise--native_autograd", "parallel--native_autograd"], "native_sequence__native", "native");
+
+    /// <summary>
+    /// <paramref name="config"/> with the kernel names of <see cref="Transformers"/> (a Triton chunkwise kernel becomes
+    /// <c>chunkwise--native_autograd</c>): the same mLSTM, in a config.json that transformers loads.
+    /// </summary>
+    public static XLstmConfig ForTransformers(XLstmConfig config) => config with
+    {
+        ChunkwiseKernel = config.ChunkwiseKernel.StartsWith("parallel--", StringComparison.Ordinal) ? Transformers.Chunkwise[1] : Transformers.Chunkwise[0],
+        SequenceKernel = Transformers.Sequence,
+        StepKernel = Transformers.Step,
+    };
+
+    /// <summary>
     /// The "siging" kernels use a sigmoid input gate instead of the exponential one: different math, so we refuse them.
     /// </summary>
     private static bool IsDifferentMath(string name) => name.Contains("siging", StringComparison.Ordinal);

@@ -250,9 +250,9 @@ public sealed record XLstmConfig
         o["norm_reduction_force_float32"] = NormReductionForceFloat32;
         o["tie_word_embeddings"] = TieWordEmbeddings;
         o["add_out_norm"] = AddOutNorm;
-        o["norm_eps"] = NormEps;
-        o["qk_dim_factor"] = QkDimFactor;
-        o["v_dim_factor"] = VDimFactor;
+        o["norm_eps"] = Float(NormEps);
+        o["qk_dim_factor"] = Float(QkDimFactor);
+        o["v_dim_factor"] = Float(VDimFactor);
         o["chunkwise_kernel"] = ChunkwiseKernel;
         o["sequence_kernel"] = SequenceKernel;
         o["step_kernel"] = StepKernel;
@@ -260,12 +260,12 @@ public sealed record XLstmConfig
         o["chunk_size"] = ChunkSize;
         o["return_last_states"] = ReturnLastStates;
         o["autocast_kernel_dtype"] = AutocastKernelDtype;
-        o["eps"] = Eps;
+        o["eps"] = Float(Eps);
         o["inference_state_dtype"] = InferenceStateDtype;
-        o["ffn_proj_factor"] = FfnProjFactor;
+        o["ffn_proj_factor"] = Float(FfnProjFactor);
         o["ffn_round_up_to_multiple_of"] = FfnRoundUpToMultipleOf;
-        o["gate_soft_cap"] = GateSoftCap;
-        o["output_logit_soft_cap"] = OutputLogitSoftCap;
+        o["gate_soft_cap"] = Float(GateSoftCap);
+        o["output_logit_soft_cap"] = Float(OutputLogitSoftCap);
         o["weight_mode"] = WeightMode;
         o["use_cache"] = UseCache;
         o["pad_token_id"] = PadTokenId;
@@ -273,6 +273,19 @@ public sealed record XLstmConfig
         o["eos_token_id"] = EosTokenId;
         o["max_inference_chunksize"] = MaxInferenceChunksize;
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
+
+    /// <summary>
+    /// A float field as Python's json writes it: always with a fraction or an exponent (<c>1.0</c>, <c>1e-06</c>), never
+    /// as a JSON integer: transformers' strict config refuses an int where it declares a float (<c>v_dim_factor: 1</c>).
+    /// </summary>
+    internal static JsonNode? Float(double? value)
+    {
+        if (value is not { } x) return null;
+        if (!double.IsFinite(x)) throw new XLstmOnnxException($"config: {Format(x)} has no JSON form.");
+        string text = x.ToString("R", CultureInfo.InvariantCulture).Replace("E", "e", StringComparison.Ordinal);
+        if (!text.Contains('.') && !text.Contains('e')) text += ".0";
+        return JsonNode.Parse(text); // a JsonElement value: written back exactly as parsed
     }
 
     internal static string Format(object? v) => v switch
