@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Config;
@@ -33,8 +34,9 @@ internal static class ExportCommand
         var external = ChoiceOption.ForEnum("--external-data", "Weights in model.onnx.data: auto (above 1 GiB), always or never.", ExternalDataMode.Auto);
         var kernels = ChoiceOption.ForEnum("--mlstm-kernels",
             "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).", MLstmKernels.Onnx);
+        var allowNonFinite = new Option<bool>("--allow-non-finite") { Description = "Export weights that hold NaN or Inf (refused by default, naming the tensor and index)." };
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
-            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels };
+            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels, allowNonFinite };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new ExportOptions
@@ -48,14 +50,38 @@ internal static class ExportCommand
                 MLstmKernels = r.GetValue(kernels),
                 QuantizeBits = r.GetValue(quantize) is null ? null : 4,
                 QuantizeBlockSize = r.GetValue(blockSize),
+                AllowNonFinite = r.GetValue(allowNonFinite),
             };
+            // SIGTERM and SIGINT cancel the export, which then removes its staging folder (SIGKILL cannot be caught: the
+            // next export to the same place removes what it left)
+            using var cancel = new CancellationTokenSource();
+            PosixSignal? caught = null;
+            void Stop(PosixSignalContext c)
+            {
+                c.Cancel = true; // not the default exit: let the export unwind and clean up
+                caught = c.Signal;
+                cancel.Cancel();
+            }
+            using var onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
+            using var onInt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
             long peakAnon = 0;
             var progress = (Action<double, string> report) => new Progress(p =>
             {
                 peakAnon = Math.Max(peakAnon, MemoryStats.AnonymousBytes());
                 report(p.BytesTotal == 0 ? 1 : (double)p.BytesDone / p.BytesTotal, p.Tensor);
             });
-            ExportResult result;
+            ExportResult? result;
+            ExportResult? Interruptible(Func<ExportResult> export)
+            {
+                try
+                {
+                    return export();
+                }
+                catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+                {
+                    return null;
+                }
+            }
             if (r.GetValue(random))
             {
                 if (r.GetValue(checkpoint) is not null) throw new XLstmOnnxException("options --checkpoint and --random-weights exclude each other; give one.");
@@ -70,12 +96,18 @@ internal static class ExportCommand
                     c = c with { NumBlocks = n, NumHiddenLayers = Math.Max(n, 1) };
                     c.Validate("--num-blocks");
                 }
-                result = CliErrors.WithProgress("export", report => OnnxExporter.ExportModel(c, RandomCheckpoint.Bind(c, r.GetValue(seed)), r.GetValue(output)!, options, [], progress(report)));
+                result = CliErrors.WithProgress("export", report => Interruptible(() =>
+                    OnnxExporter.ExportModel(c, RandomCheckpoint.Bind(c, r.GetValue(seed)), r.GetValue(output)!, options, [], progress(report), cancel.Token)));
             }
             else
             {
                 string dir = r.GetValue(checkpoint) ?? throw new XLstmOnnxException("give --checkpoint DIR (an HF checkpoint folder) or --random-weights.");
-                result = CliErrors.WithProgress("export", report => OnnxExporter.Export(dir, r.GetValue(output)!, options, progress(report)));
+                result = CliErrors.WithProgress("export", report => Interruptible(() => OnnxExporter.Export(dir, r.GetValue(output)!, options, progress(report), cancel.Token)));
+            }
+            if (result is null)
+            {
+                Console.Error.WriteLine($"export: stopped by {caught}; nothing was written to {r.GetValue(output)}");
+                return 128 + (caught == PosixSignal.SIGINT ? 2 : 15); // the shell's code for death by that signal
             }
             Console.WriteLine($"exported {result.NodeCount} nodes, {result.WeightBytes / 1048576.0:F1} MiB of weights{(result.DataPath is null ? "" : " (external data)")} "
                 + $"to {result.OutputDir} in {result.Elapsed.TotalSeconds:F1} s");

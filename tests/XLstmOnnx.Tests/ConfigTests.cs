@@ -128,7 +128,7 @@ public class ConfigTests
             Assert.That(root.GetProperty("chunkwise_kernel").GetString(), Is.AnyOf("chunkwise--native_autograd", "parallel--native_autograd"));
             Assert.That(root.GetProperty("sequence_kernel").GetString(), Is.EqualTo("native_sequence__native"));
             Assert.That(root.GetProperty("step_kernel").GetString(), Is.EqualTo("native"));
-            Assert.That(root.GetProperty("num_blocks").GetRawText(), Is.EqualTo("1"), "integers stay integers");
+            Assert.That(root.GetProperty("num_blocks").GetRawText(), Is.EqualTo("2"), "integers stay integers");
         });
         Assert.That(XLstmConfig.Parse(text, "written").VDimFactor, Is.EqualTo(1.0), "and it reads back");
     }

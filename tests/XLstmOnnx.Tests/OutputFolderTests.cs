@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
 using XLstmOnnx.GraphBuilder.Export;
 
 namespace XLstmOnnx.Tests;
@@ -33,9 +35,99 @@ public class OutputFolderTests
         Directory.CreateDirectory(tmp.Sub("model"));
         File.WriteAllText(Path.Combine(tmp.Sub("model"), "notes.txt"), "mine");
         var e = Assert.Throws<XLstmOnnxException>(() => OnnxExporter.Export(Fixture, tmp.Sub("model"), new ExportOptions()));
-        Assert.That(e!.Message, Does.Contain("not an XLstmOnnx export"));
+        Assert.That(e!.Message, Does.Contain("not an XLstmOnnx export").And.Contain("notes.txt"));
         Assert.That(File.ReadAllText(Path.Combine(tmp.Sub("model"), "notes.txt")), Is.EqualTo("mine"));
     }
+
+    [Test]
+    public void RefusesToReplaceAnExportThatHoldsTheUsersFiles()
+    {
+        using var tmp = TestPaths.Temp();
+        string model = tmp.Sub("model");
+        OnnxExporter.Export(Fixture, model, new ExportOptions());
+        File.WriteAllText(Path.Combine(model, "notes.txt"), "mine");
+        Directory.CreateDirectory(Path.Combine(model, "runs"));
+        File.WriteAllText(Path.Combine(model, "runs", "bench.json"), "{}");
+        var e = Assert.Throws<XLstmOnnxException>(() => OnnxExporter.Export(Fixture, model, new ExportOptions()))!;
+        Assert.That(e.Message, Does.Contain(model).And.Contain("2 foreign entries").And.Contain("notes.txt, runs"));
+        Assert.That(File.ReadAllText(Path.Combine(model, "notes.txt")), Is.EqualTo("mine"));
+        Assert.That(File.Exists(Path.Combine(model, "runs", "bench.json")));
+        Assert.That(Directory.GetFileSystemEntries(tmp.Path), Is.EqualTo(new[] { model }), "no staging folder left");
+        // a folder named like one of our files is not ours either
+        File.Delete(Path.Combine(model, "notes.txt"));
+        Directory.Delete(Path.Combine(model, "runs"), recursive: true);
+        File.Delete(Path.Combine(model, "generation_config.json"));
+        Directory.CreateDirectory(Path.Combine(model, "generation_config.json"));
+        e = Assert.Throws<XLstmOnnxException>(() => OnnxExporter.Export(Fixture, model, new ExportOptions()))!;
+        Assert.That(e.Message, Does.Contain("1 foreign entry").And.Contain("generation_config.json"));
+    }
+
+    [Test]
+    public void StalePartialFoldersOfKilledExportsAreRemovedLiveOnesKept()
+    {
+        using var tmp = TestPaths.Temp();
+        string model = tmp.Sub("model");
+        // what SIGKILL leaves: a staging folder whose lock file nobody holds (and a previous version's, without a lock)
+        string killed = tmp.Sub($".model.partial-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(killed);
+        File.WriteAllText(Path.Combine(killed, AtomicFolder.LockFile), "");
+        File.WriteAllBytes(Path.Combine(killed, OnnxExporter.DataFile), new byte[1000]);
+        string older = tmp.Sub($".model.partial-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(older);
+        File.WriteAllBytes(Path.Combine(older, OnnxExporter.DataFile), new byte[1000]);
+        Directory.SetLastWriteTimeUtc(older, DateTime.UtcNow.AddHours(-1));
+        string oldCommit = tmp.Sub($".model.old-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(oldCommit);
+        // another export writing now: its lock is held
+        string live = tmp.Sub($".model.partial-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(live);
+        using (new FileStream(Path.Combine(live, AtomicFolder.LockFile), FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None))
+        {
+            // someone else's folders that look alike are not ours
+            string other = tmp.Sub($".other.partial-{Guid.NewGuid():N}");
+            Directory.CreateDirectory(other);
+            OnnxExporter.Export(Fixture, model, new ExportOptions());
+            Assert.That(Directory.GetFileSystemEntries(tmp.Path).Order(), Is.EqualTo(new[] { live, model, other }.Order()));
+        }
+        OnnxExporter.Export(Fixture, model, new ExportOptions());
+        Assert.That(Directory.Exists(live), Is.False, "its export has ended (lock released): the next export removes it");
+        Assert.That(File.Exists(Path.Combine(model, AtomicFolder.LockFile)), Is.False, "the lock does not stay in the export");
+    }
+
+    [TestCase("TERM")]
+    [TestCase("INT")]
+    public void ASignalDuringExportRemovesItsPartialFolder(string signal)
+    {
+        using var tmp = TestPaths.Temp();
+        string model = tmp.Sub("model");
+        // 7B width, one block: seconds of writing, long enough to be interrupted in the middle
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { "exec", Path.Combine(AppContext.BaseDirectory, "xlstm-onnx.dll"), "export", "--random-weights", "--preset", "xlstm-7b",
+            "--num-blocks", "1", "--external-data", "always", "--output", model })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using var p = Process.Start(psi)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var clock = Stopwatch.StartNew();
+        string? data = null;
+        while (data is null && !p.HasExited && clock.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            data = Directory.EnumerateDirectories(tmp.Path, ".model.partial-*").Select(d => Path.Combine(d, OnnxExporter.DataFile))
+                .FirstOrDefault(f => File.Exists(f) && new FileInfo(f).Length > 0);
+            Thread.Sleep(20);
+        }
+        Assert.That(data, Is.Not.Null, "the export was writing weights");
+        Assert.That(Kill(p.Id, signal == "TERM" ? 15 : 2), Is.Zero);
+        Assert.That(p.WaitForExit(60_000), "the export stops");
+        Assert.That(p.ExitCode, Is.EqualTo(signal == "TERM" ? 143 : 130), stderr.Result);
+        Assert.That(stderr.Result, Does.Contain($"stopped by SIG{signal}"));
+        Assert.That(Directory.GetFileSystemEntries(tmp.Path), Is.Empty, "neither the model nor its staging folder is left: " + stdout.Result);
+    }
+
+    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
 
     [Test]
     public void ReplacesAPreviousExportWhole()

@@ -37,7 +37,12 @@ public class ParameterErrorTests
                 "GenerationOptions.Temperature must be positive (or GenerationOptions.Greedy for argmax); found 0.");
             ExpectError(() => new GenerationOptions { MinP = 1.5 }.Validate(), "GenerationOptions.MinP", "GenerationOptions.MinP must be in [0, 1); found 1.5.");
             ExpectError(() => OnnxExporter.Export(Fixture, tmp.Sub("q"), new ExportOptions { QuantizeBits = 4, QuantizeBlockSize = 24 }),
-                "ExportOptions.QuantizeBlockSize", "ExportOptions.QuantizeBlockSize must be a power of two of at least 16; found 24.");
+                "ExportOptions.QuantizeBlockSize", "ExportOptions.QuantizeBlockSize must be one of 16, 32, 64, 128, 256 (the block sizes ONNX Runtime's MatMulNBits loads); found 24.");
+            // a power of two, but ONNX Runtime 1.31 refuses to load MatMulNBits with it
+            ExpectError(() => OnnxExporter.Export(Fixture, tmp.Sub("q"), new ExportOptions { QuantizeBits = 4, QuantizeBlockSize = 512 }),
+                "ExportOptions.QuantizeBlockSize", "ExportOptions.QuantizeBlockSize must be one of 16, 32, 64, 128, 256 (the block sizes ONNX Runtime's MatMulNBits loads); found 512.");
+            ExpectError(() => OnnxExporter.Export(Fixture, "", new ExportOptions()),
+                "OnnxExporter.Export(outputDir)", "OnnxExporter.Export(outputDir) must be a folder path; found \"\".");
             ExpectError(() => OnnxExporter.Export(Fixture, tmp.Sub("d"), new ExportOptions { Dtype = (WeightDtype)7 }),
                 "ExportOptions.Dtype", "ExportOptions.Dtype must be fp32, fp16 or bf16; found 7.");
             ExpectError(() => RuntimeOptions.ParseDevice("tpu"), "RuntimeOptions.Device", "RuntimeOptions.Device must be cpu or cuda; found \"tpu\".");
@@ -61,7 +66,10 @@ public class ParameterErrorTests
                 "option --temperature must be positive (or --greedy for argmax); found 0."),
             (["generate", "--model", tmp.Sub("m"), "--prompt-ids", "1,2", "--cuda-graph"], "option --cuda-graph needs --device Cuda; found Cpu."),
             (["export", "--checkpoint", Fixture, "--output", tmp.Sub("q"), "--quantize", "int4", "--block-size", "24"],
-                "option --block-size must be a power of two of at least 16; found 24."),
+                "option --block-size must be one of 16, 32, 64, 128, 256 (the block sizes ONNX Runtime's MatMulNBits loads); found 24."),
+            (["export", "--checkpoint", Fixture, "--output", tmp.Sub("q"), "--quantize", "int4", "--block-size", "512"],
+                "option --block-size must be one of 16, 32, 64, 128, 256 (the block sizes ONNX Runtime's MatMulNBits loads); found 512."),
+            (["export", "--checkpoint", Fixture, "--output", ""], "option --output must be a folder path; found \"\"."),
             (["export", "--checkpoint", Fixture, "--output", tmp.Sub("n"), "--next-token"],
                 "option --next-token needs --last-logits-only (it is the argmax of the last position's logits)."),
             (["serve", "--model", tmp.Sub("m"), "--max-batch", "0"], "option --max-batch must be at least 1; found 0."),

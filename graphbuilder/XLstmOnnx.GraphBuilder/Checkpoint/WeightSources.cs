@@ -1,3 +1,5 @@
+using System.Globalization;
+using System.Numerics;
 using XLstmOnnx.Contract.Safetensors;
 
 namespace XLstmOnnx.GraphBuilder.Checkpoint;
@@ -63,6 +65,8 @@ public sealed class ConcatWeight : IWeightSource
 
     public long[] Shape { get; }
     public string Description => string.Join(" + ", _parts.Select(p => p.Description));
+    /// <summary>The concatenated sources, in order.</summary>
+    public IReadOnlyList<IWeightSource> Parts => _parts;
 
     public void ReadFloat32(long start, Span<float> dest)
     {
@@ -86,4 +90,79 @@ public sealed class ArrayWeight(string description, long[] shape, float[] values
     public long[] Shape { get; } = shape;
     public string Description { get; } = description;
     public void ReadFloat32(long start, Span<float> dest) => values.AsSpan((int)start, dest.Length).CopyTo(dest);
+}
+
+/// <summary>
+/// A source whose every read is checked for NaN and ±Inf, which the export refuses by default (a NaN weight makes every
+/// logit NaN, and sampling then returns one id over and over): the error names the tensor, the element's index in the
+/// tensor's own shape, and the value. One vectorised pass over each block already read, next to the disk reads.
+/// </summary>
+public sealed class FiniteWeight : IWeightSource
+{
+    private readonly IWeightSource _inner;
+    private readonly string _tensor;
+    private readonly long[] _tensorShape;
+
+    private FiniteWeight(IWeightSource inner, string tensor, long[] tensorShape)
+    {
+        _inner = inner;
+        _tensor = tensor;
+        _tensorShape = tensorShape;
+    }
+
+    /// <summary><paramref name="source"/> checked, part by part (a checkpoint tensor is named with its file and its own shape).</summary>
+    public static IWeightSource Wrap(IWeightSource source) => source switch
+    {
+        FiniteWeight => source,
+        ConcatWeight c => new ConcatWeight([.. c.Parts.Select(Wrap)]),
+        CheckpointWeight w => new FiniteWeight(w, $"{w.Slice.File.Path}: tensor '{w.Slice.Name}'", w.Slice.Shape),
+        _ => new FiniteWeight(source, $"weight '{source.Description}'", source.Shape),
+    };
+
+    public long[] Shape => _inner.Shape;
+    public string Description => _inner.Description;
+
+    public void ReadFloat32(long start, Span<float> dest)
+    {
+        _inner.ReadFloat32(start, dest);
+        int at = FirstNonFinite(dest);
+        if (at < 0) return;
+        long index = start + at;
+        float v = dest[at];
+        throw new XLstmOnnxException($"{_tensor}: element {FormatIndex(index, _tensorShape)} is {(float.IsNaN(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf")}; "
+            + $"the export refuses non-finite weights (ExportOptions.AllowNonFinite exports them anyway).");
+    }
+
+    /// <summary>The index of the first NaN or ±Inf in <paramref name="values"/>, or -1.</summary>
+    public static int FirstNonFinite(ReadOnlySpan<float> values)
+    {
+        int i = 0;
+        if (Vector.IsHardwareAccelerated && values.Length >= Vector<float>.Count)
+        {
+            // x - x is 0 for every finite x and NaN for NaN and ±Inf
+            var spans = System.Runtime.InteropServices.MemoryMarshal.Cast<float, Vector<float>>(values);
+            for (int k = 0; k < spans.Length; k++)
+            {
+                var v = spans[k];
+                if (!Vector.EqualsAll(v - v, Vector<float>.Zero)) break;
+                i += Vector<float>.Count;
+            }
+        }
+        for (; i < values.Length; i++) if (!float.IsFinite(values[i])) return i;
+        return -1;
+    }
+
+    /// <summary>"[2, 17] (flat 273)" for flat index 273 of shape [4, 128].</summary>
+    private static string FormatIndex(long flat, long[] shape)
+    {
+        var idx = new long[shape.Length];
+        long rest = flat;
+        for (int d = shape.Length - 1; d >= 0; d--)
+        {
+            if (shape[d] == 0) return flat.ToString(CultureInfo.InvariantCulture);
+            idx[d] = rest % shape[d];
+            rest /= shape[d];
+        }
+        return $"[{string.Join(", ", idx)}] (flat index {flat.ToString(CultureInfo.InvariantCulture)}) of {TensorSlice.FormatShape(shape)}";
+    }
 }

@@ -170,4 +170,7 @@ public sealed class BoundWeights(IReadOnlyDictionary<(WeightRole, int), IWeightS
 
     /// <summary>An optional weight (biases), or null when the config has none.</summary>
     public IWeightSource? Optional(WeightRole role, int block = -1) => weights.GetValueOrDefault((role, block));
+
+    /// <summary>The same weights, each read checked for NaN and ±Inf (<see cref="FiniteWeight"/>).</summary>
+    public BoundWeights CheckedFinite() => new(weights.ToDictionary(w => w.Key, w => FiniteWeight.Wrap(w.Value)));
 }

@@ -26,7 +26,7 @@ public sealed record ExportOptions
     /// null keeps them in <see cref="Dtype"/>. Embeddings, gates and norms are never quantized.
     /// </summary>
     public int? QuantizeBits { get; init; }
-    /// <summary>Inputs per 4-bit block (one scale and zero point each): a power of two, at least 16.</summary>
+    /// <summary>Inputs per 4-bit block (one scale and zero point each): one of <see cref="QuantizeBlockSizes"/>.</summary>
     public int QuantizeBlockSize { get; init; } = 32;
     /// <summary>Emit logits for the last position only ([B, 1, V]); what decoding needs.</summary>
     public bool LastLogitsOnly { get; init; }
@@ -48,6 +48,17 @@ public sealed record ExportOptions
     /// <summary>Weights above this many bytes go to external data in <see cref="ExternalDataMode.Auto"/>; well under protobuf's 2 GiB.</summary>
     public long ExternalDataThresholdBytes { get; init; } = 1L << 30;
     public MLstmKernels MLstmKernels { get; init; } = MLstmKernels.Onnx;
+    /// <summary>
+    /// Export weights that hold NaN or ±Inf. By default every weight is checked as it is written and the export refuses
+    /// the first non-finite value, naming the tensor and the index (such a model returns NaN logits).
+    /// </summary>
+    public bool AllowNonFinite { get; init; }
+
+    /// <summary>
+    /// The block sizes com.microsoft::MatMulNBits accepts: ONNX Runtime 1.31's schema says "a power of two and at least 16",
+    /// and its CPU kernel refuses a model with block_size 512 or 1024 at load (matmul_nbits.cc), so 256 is the top.
+    /// </summary>
+    public static readonly IReadOnlyList<int> QuantizeBlockSizes = [16, 32, 64, 128, 256];
 
     /// <summary>The ai.onnx opset we emit (23: RMSNormalization). ONNX Runtime 1.31 loads up to 26.</summary>
     public const int Opset = 23;
@@ -64,9 +75,9 @@ public sealed record ExportOptions
         }
         if (!Enum.IsDefined(ExternalData)) throw XLstmOnnxException.MustBe(Name(nameof(ExternalData)), "Auto, Always or Never", (int)ExternalData);
         if (QuantizeBits is { } bits && bits != 4) throw XLstmOnnxException.MustBe(Name(nameof(QuantizeBits)), "4 or null", bits);
-        if (QuantizeBlockSize < 16 || (QuantizeBlockSize & (QuantizeBlockSize - 1)) != 0)
+        if (!QuantizeBlockSizes.Contains(QuantizeBlockSize))
         {
-            throw XLstmOnnxException.MustBe(Name(nameof(QuantizeBlockSize)), "a power of two of at least 16", QuantizeBlockSize);
+            throw XLstmOnnxException.MustBe(Name(nameof(QuantizeBlockSize)), $"one of {string.Join(", ", QuantizeBlockSizes)} (the block sizes ONNX Runtime's MatMulNBits loads)", QuantizeBlockSize);
         }
         if (NextToken && !LastLogitsOnly)
         {

@@ -34,6 +34,29 @@ public static class OnnxExporter
     /// <summary>Tokenizer and generation files copied from the checkpoint when present.</summary>
     public static readonly string[] SideFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
 
+    /// <summary>
+    /// Every name an export writes into its folder: a folder holding nothing else (and the manifest) is a previous export,
+    /// which the next export may replace; anything else in it is the user's, and the export refuses to delete it.
+    /// </summary>
+    public static readonly IReadOnlyCollection<string> OutputFiles = new HashSet<string>(
+        [ModelFile, DataFile, ModelManifest.FileName, "config.json", SamplerModel.FileName, TokenizerModel.FileName, AtomicFolder.LockFile, .. SideFiles],
+        StringComparer.Ordinal);
+
+    /// <summary>The absolute form of <paramref name="outputDir"/>; throws naming the parameter when it is empty or not a path.</summary>
+    private static string FullOutputPath(string outputDir)
+    {
+        const string parameter = $"{nameof(OnnxExporter)}.{nameof(Export)}(outputDir)";
+        if (string.IsNullOrWhiteSpace(outputDir)) throw XLstmOnnxException.MustBe(parameter, "a folder path", outputDir);
+        try
+        {
+            return Path.GetFullPath(outputDir);
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException)
+        {
+            throw XLstmOnnxException.InParameter(parameter, $"{parameter}: \"{outputDir}\" is not a usable folder path ({e.Message}).", e);
+        }
+    }
+
     /// <summary>Exports the checkpoint in <paramref name="checkpointDir"/> to <paramref name="outputDir"/>.</summary>
     public static ExportResult Export(string checkpointDir, string outputDir, ExportOptions options,
         IProgress<ExportProgress>? progress = null, CancellationToken cancel = default)
@@ -51,7 +74,11 @@ public static class OnnxExporter
         IReadOnlyList<string> sideFiles, IProgress<ExportProgress>? progress = null, CancellationToken cancel = default)
     {
         var clock = Stopwatch.StartNew();
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(weights);
         options.Validate();
+        string target = FullOutputPath(outputDir);
+        if (!options.AllowNonFinite) weights = weights.CheckedFinite();
         var graph = XLstmGraphBuilder.Build(config, weights, options);
         long weightBytes = graph.Weights.Sum(w => w.Source.ElementCount() * WeightBytes.Size(w.Type)) + graph.RawWeights.Sum(w => w.Bytes);
         bool external = options.ExternalData switch
@@ -67,52 +94,45 @@ public static class OnnxExporter
                 $"{parameter} {ExternalDataMode.Never}: the weights take {weightBytes} bytes, over protobuf's 2 GiB limit for one model.onnx; use {ExternalDataMode.Auto} or {ExternalDataMode.Always}.");
         }
 
-        string target = Path.GetFullPath(outputDir);
-        string staging = AtomicFolder.Begin(target);
-        try
+        using var folder = AtomicFolder.Begin(target, OutputFiles, ModelManifest.FileName);
+        string staging = folder.Staging;
+        var model = new ModelProto
         {
-            var model = new ModelProto
-            {
-                IrVersion = ExportOptions.IrVersion,
-                ProducerName = "XLstmOnnx",
-                ProducerVersion = typeof(OnnxExporter).Assembly.GetName().Version?.ToString() ?? "0",
-                DocString = "xLSTMForCausalLM exported by XLstmOnnx from a Hugging Face checkpoint.",
-                Graph = graph.Proto,
-            };
-            model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
-            if (graph.Proto.Node.Any(n => n.Domain == "com.microsoft")) model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.microsoft", Version = 1 });
-            if (options.MLstmKernels == MLstmKernels.Custom)
-            {
-                model.OpsetImport.Add(new OperatorSetIdProto { Domain = CustomOps.Domain, Version = CustomOps.DomainVersion });
-            }
-            WriteWeights(graph, staging, external, weightBytes, progress, cancel);
-            using (var fs = new FileStream(Path.Combine(staging, ModelFile), FileMode.CreateNew, FileAccess.Write))
-            {
-                model.WriteTo(fs);
-            }
-            var copied = new List<string>();
-            foreach (var f in sideFiles)
-            {
-                File.Copy(f, Path.Combine(staging, Path.GetFileName(f)));
-                if (Path.GetFileName(f).StartsWith("tokenizer", StringComparison.Ordinal)) copied.Add(Path.GetFileName(f));
-            }
-            if (sideFiles.FirstOrDefault(f => Path.GetFileName(f) == "tokenizer.json") is { } tokenizerJson)
-            {
-                string? tokenizerConfig = sideFiles.FirstOrDefault(f => Path.GetFileName(f) == "tokenizer_config.json");
-                File.WriteAllBytes(Path.Combine(staging, TokenizerModel.FileName), TokenizerModel.Build(tokenizerJson, tokenizerConfig));
-            }
-            // token ids in: the model generates, so the sampler for its logits goes beside it
-            bool sampler = !options.InputsEmbeds;
-            if (sampler) File.WriteAllBytes(Path.Combine(staging, SamplerModel.FileName), SamplerBuilder.Build(config.VocabSize));
-            File.WriteAllText(Path.Combine(staging, "config.json"), config.ToJson());
-            File.WriteAllText(Path.Combine(staging, ModelManifest.FileName), Manifest(config, options, external ? DataFile : null, copied, sampler).ToJson());
-            AtomicFolder.Commit(staging, target);
-        }
-        catch
+            IrVersion = ExportOptions.IrVersion,
+            ProducerName = "XLstmOnnx",
+            ProducerVersion = typeof(OnnxExporter).Assembly.GetName().Version?.ToString() ?? "0",
+            DocString = "xLSTMForCausalLM exported by XLstmOnnx from a Hugging Face checkpoint.",
+            Graph = graph.Proto,
+        };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
+        if (graph.Proto.Node.Any(n => n.Domain == "com.microsoft")) model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.microsoft", Version = 1 });
+        if (options.MLstmKernels == MLstmKernels.Custom)
         {
-            AtomicFolder.Abandon(staging);
-            throw;
+            model.OpsetImport.Add(new OperatorSetIdProto { Domain = CustomOps.Domain, Version = CustomOps.DomainVersion });
         }
+        WriteWeights(graph, staging, external, weightBytes, progress, cancel);
+        using (var fs = new FileStream(Path.Combine(staging, ModelFile), FileMode.CreateNew, FileAccess.Write))
+        {
+            model.WriteTo(fs);
+        }
+        var copied = new List<string>();
+        foreach (var f in sideFiles)
+        {
+            File.Copy(f, Path.Combine(staging, Path.GetFileName(f)));
+            if (Path.GetFileName(f).StartsWith("tokenizer", StringComparison.Ordinal)) copied.Add(Path.GetFileName(f));
+        }
+        if (sideFiles.FirstOrDefault(f => Path.GetFileName(f) == "tokenizer.json") is { } tokenizerJson)
+        {
+            string? tokenizerConfig = sideFiles.FirstOrDefault(f => Path.GetFileName(f) == "tokenizer_config.json");
+            File.WriteAllBytes(Path.Combine(staging, TokenizerModel.FileName), TokenizerModel.Build(tokenizerJson, tokenizerConfig));
+        }
+        // token ids in: the model generates, so the sampler for its logits goes beside it
+        bool sampler = !options.InputsEmbeds;
+        if (sampler) File.WriteAllBytes(Path.Combine(staging, SamplerModel.FileName), SamplerBuilder.Build(config.VocabSize));
+        File.WriteAllText(Path.Combine(staging, "config.json"), config.ToJson());
+        File.WriteAllText(Path.Combine(staging, ModelManifest.FileName), Manifest(config, options, external ? DataFile : null, copied, sampler).ToJson());
+        cancel.ThrowIfCancellationRequested();
+        folder.Commit();
         return new ExportResult(target, Path.Combine(target, ModelFile), external ? Path.Combine(target, DataFile) : null,
             weightBytes, graph.Proto.Node.Count, clock.Elapsed);
     }
@@ -171,6 +191,7 @@ public static class OnnxExporter
                 long offset = data.Position;
                 for (long i = 0; i < count; i += BlockElements)
                 {
+                    cancel.ThrowIfCancellationRequested();
                     int n = (int)Math.Min(BlockElements, count - i);
                     source.ReadFloat32(i, buffer.AsSpan(0, n));
                     data.Write(WeightBytes.Encode(buffer.AsSpan(0, n), type, encoded));
@@ -219,61 +240,5 @@ public static class OnnxExporter
             graph.Proto.Initializer.Add(t);
         }
         data?.Flush(flushToDisk: true);
-    }
-}
-
-/// <summary>
-/// Writes a folder atomically: files go into a hidden sibling, which replaces the target by renames at the end.
-/// A target that exists must be empty or a previous export (it holds xlstm_runtime.json); anything else is refused.
-/// </summary>
-internal static class AtomicFolder
-{
-    public static string Begin(string target)
-    {
-        string parent = Path.GetDirectoryName(target) ?? throw new XLstmOnnxException($"{target}: output folder has no parent folder.");
-        if (File.Exists(target)) throw new XLstmOnnxException($"{target}: the output path is a file; expected a folder to write the model into.");
-        if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any()
-            && !File.Exists(Path.Combine(target, ModelManifest.FileName)))
-        {
-            throw new XLstmOnnxException($"{target}: output folder exists and is not an XLstmOnnx export ({ModelManifest.FileName} missing); choose a new or empty folder.");
-        }
-        string staging = Path.Combine(parent, $".{Path.GetFileName(target)}.partial-{Guid.NewGuid():N}");
-        try
-        {
-            Directory.CreateDirectory(parent);
-            Directory.CreateDirectory(staging);
-            File.WriteAllText(Path.Combine(staging, ".probe"), ""); // fail now, not after minutes of writing
-            File.Delete(Path.Combine(staging, ".probe"));
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            Abandon(staging);
-            throw new XLstmOnnxException($"{target}: cannot write the output folder ({e.Message}).", e);
-        }
-        return staging;
-    }
-
-    public static void Commit(string staging, string target)
-    {
-        string? old = null;
-        if (Directory.Exists(target))
-        {
-            old = Path.Combine(Path.GetDirectoryName(target)!, $".{Path.GetFileName(target)}.old-{Guid.NewGuid():N}");
-            Directory.Move(target, old);
-        }
-        Directory.Move(staging, target);
-        if (old is not null) Directory.Delete(old, recursive: true);
-    }
-
-    public static void Abandon(string staging)
-    {
-        try
-        {
-            if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
-        }
-        catch (IOException)
-        {
-            // best effort: the hidden .partial folder is harmless and names itself
-        }
     }
 }

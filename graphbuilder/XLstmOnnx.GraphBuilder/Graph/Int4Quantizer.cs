@@ -40,19 +40,27 @@ public sealed class Int4Quantizer(IWeightSource weight, int blockSize, DataType 
 
     private void Compute()
     {
-        if (blockSize < 16 || (blockSize & (blockSize - 1)) != 0)
+        if (!Export.ExportOptions.QuantizeBlockSizes.Contains(blockSize))
         {
-            throw XLstmOnnxException.MustBe($"{nameof(Int4Quantizer)}({nameof(blockSize)})", "a power of two of at least 16", blockSize);
+            throw XLstmOnnxException.MustBe($"{nameof(Int4Quantizer)}({nameof(blockSize)})", $"one of {string.Join(", ", Export.ExportOptions.QuantizeBlockSizes)}", blockSize);
         }
         var b = new byte[BBytes];
         var scales = new float[N * KBlocks];
         var zeros = new byte[ZerosBytes];
         // rows are independent (each writes its own bytes of b, scales and zeros): a 7B export quantizes 6.5e9 weights
-        Parallel.For(0, N, () => (Row: new float[K], Block: new float[blockSize]), (n, _, buf) =>
+        try
         {
-            QuantizeRow(n, buf.Row, buf.Block, b, scales, zeros);
-            return buf;
-        }, _ => { });
+            Parallel.For(0, N, () => (Row: new float[K], Block: new float[blockSize]), (n, _, buf) =>
+            {
+                QuantizeRow(n, buf.Row, buf.Block, b, scales, zeros);
+                return buf;
+            }, _ => { });
+        }
+        catch (AggregateException e) when (e.InnerExceptions.OfType<XLstmOnnxException>().FirstOrDefault() is { } ours)
+        {
+            // a source refused its values (a non-finite weight): our error, not the thread pool's wrapper
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(ours);
+        }
         _b = b;
         _scales = WeightBytes.Encode(scales, scaleType);
         _zeros = zeros;
