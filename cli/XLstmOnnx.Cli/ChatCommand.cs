@@ -29,6 +29,7 @@ internal static class ChatCommand
             string userPrefix = r.GetValue(user)!, assistantPrefix = r.GetValue(assistant)!;
             // a reply ends where the model starts the next user turn
             var options = sampling.Build(r, session.GenerationDefaults, [userPrefix.TrimEnd()]);
+            options.Validate(session.Manifest.VocabSize); // now, not at the first turn
             using var generator = new Generator(session, 1);
             bool started = false, userPrefixWritten = false;
             if (r.GetValue(system) is { Length: > 0 } sys)
@@ -43,13 +44,21 @@ internal static class ChatCommand
                 string? line = Console.ReadLine();
                 if (line is null || line.Trim() == "/exit") break;
                 if (line.Trim() == "/reset") { generator.Reset(); started = userPrefixWritten = false; Console.Error.WriteLine("state reset"); continue; }
-                if (line.StartsWith("/save ", StringComparison.Ordinal)) { generator.Snapshot().Save(line[6..].Trim()); Console.Error.WriteLine("state saved"); continue; }
-                if (line.StartsWith("/load ", StringComparison.Ordinal))
+                // a file that cannot be saved or loaded is reported and the conversation goes on, its state untouched
+                if (Command(line, "/save") is { } saveTo)
                 {
-                    generator.Restore(StateSnapshot.Load(line[6..].Trim(), session.Manifest));
-                    started = true;
-                    userPrefixWritten = false;
-                    Console.Error.WriteLine("state loaded");
+                    if (Try(() => generator.Snapshot().Save(saveTo))) Console.Error.WriteLine($"state saved to {saveTo}");
+                    continue;
+                }
+                if (Command(line, "/load") is { } loadFrom)
+                {
+                    // the whole file is read and checked before the live state is replaced
+                    if (Try(() => generator.Restore(StateSnapshot.Load(loadFrom, session.Manifest))))
+                    {
+                        started = true;
+                        userPrefixWritten = false;
+                        Console.Error.WriteLine($"state loaded from {loadFrom}");
+                    }
                     continue;
                 }
                 // No blank line before the first turn. A reply that ended at the stop string has already written the user
@@ -68,5 +77,28 @@ internal static class ChatCommand
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>The FILE of "/save FILE" (or "" for a bare "/save"), or null when <paramref name="line"/> is not that command.</summary>
+    private static string? Command(string line, string name)
+    {
+        string t = line.Trim();
+        if (t == name) return "";
+        return t.StartsWith(name + " ", StringComparison.Ordinal) ? t[(name.Length + 1)..].Trim() : null;
+    }
+
+    /// <summary>Runs a chat command; on our error prints it and returns false, and the session goes on.</summary>
+    private static bool Try(Action action)
+    {
+        try
+        {
+            action();
+            return true;
+        }
+        catch (XLstmOnnxException e)
+        {
+            Console.Error.WriteLine($"error: {CliErrors.Message(e)} (the conversation goes on)");
+            return false;
+        }
     }
 }

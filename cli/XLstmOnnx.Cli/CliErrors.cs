@@ -33,6 +33,7 @@ internal static class CliErrors
         [$"{nameof(OnnxExporter)}.{nameof(OnnxExporter.Export)}(outputDir)"] = "--output",
         [$"{nameof(Int4Quantizer)}(blockSize)"] = "--block-size",
         [$"{nameof(RandomCheckpoint)}.{nameof(RandomCheckpoint.Write)}(dtype)"] = "--dtype",
+        [Scorer.WindowParameter] = "--window",
         [RuntimeOptions.Name(nameof(RuntimeOptions.Device))] = "--device",
         [RuntimeOptions.Name(nameof(RuntimeOptions.DeviceId))] = "--device-id",
         [RuntimeOptions.Name(nameof(RuntimeOptions.Threads))] = "--threads",

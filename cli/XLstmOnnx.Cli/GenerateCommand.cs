@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.Runtime.Generation;
 
 namespace XLstmOnnx.Cli;
@@ -21,14 +22,18 @@ internal static class GenerateCommand
         sampling.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
+            string? text = r.GetValue(prompt);
+            if (text is not null && r.GetValue(promptIds) is not null) throw new XLstmOnnxException("options --prompt and --prompt-ids exclude each other; give one.");
+            // where the state goes is checked now, not after the generation it would lose
+            if (r.GetValue(saveState) is { } target) CheckWritable(target, "--save-state");
             using var session = model.Load(r);
             var tokenizer = session.Tokenizer;
-            string? text = r.GetValue(prompt);
             int[] ids = r.GetValue(promptIds) is { } list ? SamplingOptions.ParseIds(list, "--prompt-ids")
                 : text is not null ? (tokenizer ?? throw new XLstmOnnxException($"option --prompt needs {session.Directory}/tokenizer.json; give --prompt-ids instead.")).Encode(text)
                 : r.GetValue(loadState) is not null ? []
                 : throw new XLstmOnnxException("give --prompt TEXT or --prompt-ids 1,2,3.");
             var options = sampling.Build(r, session.GenerationDefaults);
+            options.Validate(session.Manifest.VocabSize); // every option is checked before anything is printed
             using var generator = new Generator(session, 1);
             if (r.GetValue(loadState) is { } load) generator.Restore(StateSnapshot.Load(load, session.Manifest));
             else if (ids.Length == 0) throw new XLstmOnnxException("the prompt has no tokens; give at least one (or --load-state).");
@@ -49,5 +54,18 @@ internal static class GenerateCommand
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>Throws, naming <paramref name="option"/>, when <paramref name="path"/> cannot be written (a folder, a missing folder, no permission).</summary>
+    internal static void CheckWritable(string path, string option)
+    {
+        try
+        {
+            SafetensorsWriter.CheckTarget(path);
+        }
+        catch (XLstmOnnxException e)
+        {
+            throw new XLstmOnnxException($"option {option}: {e.Message}", e);
+        }
     }
 }

@@ -14,8 +14,16 @@ public static class GraphNames
     public const string AttentionMask = "attention_mask";
     /// <summary>float32 [B, S, V], or [B, 1, V] when the manifest's logits are <see cref="LogitsOutput.Last"/>.</summary>
     public const string Logits = "logits";
-    /// <summary>int64 [B, 1]: argmax of the last logits (exported with next_token).</summary>
+    /// <summary>
+    /// int64 [B, 1]: argmax of the last logits (exported with next_token), or <see cref="NonFiniteToken"/> for a row whose
+    /// logits hold a NaN or an infinity.
+    /// </summary>
     public const string NextToken = "next_token";
+    /// <summary>
+    /// The id <see cref="NextToken"/> (and the sampler's next_token, <see cref="SamplerModel"/>) gives a row whose logits
+    /// are not all finite: no token can be chosen from them, and the runtime ends that sequence with an error.
+    /// </summary>
+    public const long NonFiniteToken = -1;
     /// <summary>The prefix of the hidden-state outputs: each block's output, then the final normed output.</summary>
     public const string HiddenPrefix = "hidden_states.";
 

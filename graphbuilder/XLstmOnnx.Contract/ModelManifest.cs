@@ -92,7 +92,47 @@ public sealed record ModelManifest
         {
             throw new XLstmOnnxException($"{path}: field '{Field(nameof(FormatVersion))}' is {m.FormatVersion}; this version reads {CurrentFormatVersion}. Re-export the model.");
         }
+        m.Check(path);
         return m;
+    }
+
+    /// <summary>
+    /// Checks what JSON types cannot: every file the manifest names lies in the model folder (a plain file name, as the
+    /// exporter writes it; never a path out of the folder), and every size is positive. Throws naming the field.
+    /// </summary>
+    private void Check(string path)
+    {
+        void FileName(string field, string? name, bool required)
+        {
+            if (name is null)
+            {
+                if (required) throw new XLstmOnnxException($"{path}: field '{field}' is null; expected a file name in the model folder.");
+                return;
+            }
+            if (name.Length == 0 || name is "." or ".." || name.IndexOfAny(['/', '\\', '\0']) >= 0 || System.IO.Path.IsPathRooted(name))
+            {
+                throw new XLstmOnnxException($"{path}: field '{field}' is \"{name}\"; expected a file name in the model folder (no folders, nothing outside it).");
+            }
+        }
+        FileName(Field(nameof(ModelFile)), ModelFile, required: true);
+        FileName(Field(nameof(ExternalDataFile)), ExternalDataFile, required: false);
+        FileName(Field(nameof(SamplerFile)), SamplerFile, required: false);
+        if (TokenizerFiles is null) throw new XLstmOnnxException($"{path}: field '{Field(nameof(TokenizerFiles))}' is null; expected a list of file names.");
+        foreach (var t in TokenizerFiles) FileName(Field(nameof(TokenizerFiles)), t, required: true);
+        foreach (var (field, value) in new[]
+        {
+            (nameof(NumLayers), (long)NumLayers), (nameof(NumHeads), NumHeads), (nameof(QkHeadDim), QkHeadDim), (nameof(VHeadDim), VHeadDim),
+            (nameof(VocabSize), VocabSize), (nameof(HiddenSize), HiddenSize), (nameof(EmbeddingDim), EmbeddingDim),
+            (nameof(ChunkSize), ChunkSize), (nameof(MaxInferenceChunksize), MaxInferenceChunksize),
+        })
+        {
+            if (value <= 0) throw new XLstmOnnxException($"{path}: field '{Field(field)}' must be positive; found {value}.");
+        }
+        if (VocabSize > int.MaxValue) throw new XLstmOnnxException($"{path}: field '{Field(nameof(VocabSize))}' must be at most {int.MaxValue}; found {VocabSize}.");
+        foreach (var (field, id) in new[] { (nameof(BosTokenId), BosTokenId), (nameof(EosTokenId), EosTokenId), (nameof(PadTokenId), PadTokenId) })
+        {
+            if (id is { } v && (v < 0 || v >= VocabSize)) throw new XLstmOnnxException($"{path}: field '{Field(field)}' must be null or a token id in [0, {VocabSize}); found {v}.");
+        }
     }
 
     /// <summary>"field 'mlstm_kernels' is "fused"; expected "onnx" or "custom"" when <paramref name="e"/> is a bad enum value, else null.</summary>

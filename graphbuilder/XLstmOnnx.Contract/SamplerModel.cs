@@ -13,8 +13,11 @@ public static class SamplerModel
     public const string FileName = "sampler.onnx";
 
     /// <summary>Version of the contract below; the manifest records it and the runtime checks it.</summary>
-    /// <remarks>2: logit bias, frequency and presence penalties over output counts, the top <see cref="TopCount"/> log-probabilities.</remarks>
-    public const int Version = 2;
+    /// <remarks>
+    /// 2: logit bias, frequency and presence penalties over output counts, the top <see cref="TopCount"/> log-probabilities.
+    /// 3: <see cref="NextToken"/> is <see cref="GraphNames.NonFiniteToken"/> for a row whose logits are not all finite.
+    /// </remarks>
+    public const int Version = 3;
 
     /// <summary>Most likely ids returned per row (OpenAI's top_logprobs go up to 20); fewer when the vocabulary is smaller.</summary>
     public const int TopCount = 20;
@@ -27,7 +30,7 @@ public static class SamplerModel
     public const string Bias = "bias";                  // float [B, V]: added to the logits first (OpenAI's logit_bias, dense per row; zeros: none)
     public const string VocabLimit = "vocab_limit";     // int64 [1]: ids at or above it are never chosen (padded embeddings)
     // outputs
-    public const string NextToken = "next_token";       // int64 [B, 1]
+    public const string NextToken = "next_token";       // int64 [B, 1]; GraphNames.NonFiniteToken where the row's logits (all V) hold NaN or ±Inf
     public const string LogProb = "logprob";            // float [B, 1]: log-softmax of the raw logits (ids below vocab_limit) at next_token
     public const string CountsOut = "counts_out";       // float [B, V]: counts with next_token added
     public const string OutputCountsOut = "output_counts_out"; // float [B, V]: output_counts with next_token added

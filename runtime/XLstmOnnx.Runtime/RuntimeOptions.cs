@@ -24,6 +24,14 @@ public sealed record RuntimeOptions
     /// <summary>Write ONNX Runtime's per-node profile (JSON) under this path prefix; null: off. Costs time: not for timed runs.</summary>
     public string? ProfilePrefix { get; init; }
 
+    /// <summary>Throws naming the parameter (<c>RuntimeOptions.Threads</c>), expected and found when a value is out of range.</summary>
+    public void Validate()
+    {
+        if (!Enum.IsDefined(Device)) throw XLstmOnnxException.MustBe(Name(nameof(Device)), "cpu or cuda", (int)Device);
+        if (DeviceId < 0) throw XLstmOnnxException.MustBe(Name(nameof(DeviceId)), "a device ordinal (0 or more)", DeviceId);
+        if (Threads < 0) throw XLstmOnnxException.MustBe(Name(nameof(Threads)), "0 (ONNX Runtime's choice) or positive", Threads);
+    }
+
     /// <summary>Parses "cpu" or "cuda", any case, to <see cref="Device"/>; throws naming it and the valid names.</summary>
     public static ExecutionDevice ParseDevice(string name) => name.ToLowerInvariant() switch
     {

@@ -18,6 +18,9 @@ public static class Scorer
 {
     public const int IgnoreIndex = -100;
 
+    /// <summary>The name errors give <c>window</c>.</summary>
+    public const string WindowParameter = $"{nameof(Scorer)}.{nameof(Score)}(window)";
+
     /// <param name="session">A model exported with logits for every position.</param>
     /// <param name="ids">The token ids.</param>
     /// <param name="labels">Labels aligned with <paramref name="ids"/> (default: the ids); -100 is ignored.</param>
@@ -31,7 +34,7 @@ public static class Scorer
         }
         labels ??= ids;
         if (labels.Count != ids.Count) throw new XLstmOnnxException($"labels: expected {ids.Count} values (one per id); got {labels.Count}.");
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(window);
+        if (window <= 0) throw XLstmOnnxException.MustBe(WindowParameter, "positive (tokens per call)", window);
         int v = (int)session.Manifest.VocabSize;
         var state = session.CreateState(1);
         double nll = 0;
@@ -65,3 +68,4 @@ public static class Scorer
         return Math.Log(sum) + max - logits[target];
     }
 }
+

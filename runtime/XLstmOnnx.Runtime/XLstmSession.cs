@@ -66,6 +66,7 @@ public sealed class XLstmSession : IDisposable
     public static XLstmSession Load(string dir, RuntimeOptions? options = null)
     {
         options ??= new RuntimeOptions();
+        options.Validate();
         var manifest = ModelManifest.Load(dir);
         var defaults = Generation.GenerationDefaults.Load(dir); // before the session: a bad file fails fast
         string path = Path.Combine(dir, manifest.ModelFile);
@@ -164,12 +165,45 @@ public sealed class XLstmSession : IDisposable
         {
             throw new XLstmOnnxException($"{path}: the model has {s.InputMetadata.Count} inputs; the manifest implies {expected.Count}.");
         }
-        if (!s.OutputMetadata.ContainsKey(GraphNames.Logits)) throw new XLstmOnnxException($"{path}: the model has no '{GraphNames.Logits}' output.");
+        if (!s.OutputMetadata.TryGetValue(GraphNames.Logits, out var logits)) throw new XLstmOnnxException($"{path}: the model has no '{GraphNames.Logits}' output.");
+        // the sizes the runtime allocates by must be the graph's: a manifest edited by hand would fail inside a run
+        void Dim(string what, int[] dims, int axis, long expected, string field)
+        {
+            if (dims.Length > axis && dims[axis] > 0 && dims[axis] != expected)
+            {
+                throw new XLstmOnnxException($"{path}: {what} has size {dims[axis]} on axis {axis}; {ModelManifest.FileName} field '{ModelManifest.Field(field)}' says {expected}.");
+            }
+        }
+        Dim($"output '{GraphNames.Logits}'", logits.Dimensions, 2, m.VocabSize, nameof(ModelManifest.VocabSize));
+        var layout = m.State;
+        for (int l = 0; l < layout.Layers; l++)
+        {
+            foreach (var part in StateLayout.Parts)
+            {
+                string name = StateLayout.PastName(l, part);
+                var dims = s.InputMetadata[name].Dimensions;
+                var expectedShape = layout.Shape(part, 1);
+                if (dims.Length != expectedShape.Length)
+                {
+                    throw new XLstmOnnxException($"{path}: input '{name}' has rank {dims.Length}; {ModelManifest.FileName} implies {TensorSliceShape(expectedShape)}.");
+                }
+                for (int axis = 1; axis < dims.Length; axis++)
+                {
+                    if (dims[axis] > 0 && dims[axis] != expectedShape[axis])
+                    {
+                        throw new XLstmOnnxException($"{path}: input '{name}' has size {dims[axis]} on axis {axis}; {ModelManifest.FileName} implies {expectedShape[axis]} "
+                            + $"(num_layers, num_heads, qk_head_dim, v_head_dim: {m.NumLayers}, {m.NumHeads}, {m.QkHeadDim}, {m.VHeadDim}).");
+                    }
+                }
+            }
+        }
         if (m.NextToken != s.OutputMetadata.ContainsKey(GraphNames.NextToken))
         {
             throw new XLstmOnnxException($"{path}: the manifest says next_token is {(m.NextToken ? "" : "not ")}an output; the model {(m.NextToken ? "lacks it" : "has it")}.");
         }
     }
+
+    private static string TensorSliceShape(long[] shape) => $"[batch, {string.Join(", ", shape.Skip(1))}]";
 
     /// <summary>A zero state for <paramref name="batch"/> sequences.</summary>
     public RecurrentState CreateState(int batch)

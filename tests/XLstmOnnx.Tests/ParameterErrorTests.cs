@@ -92,8 +92,8 @@ public class ParameterErrorTests
         var mentioned = new XLstmOnnxException("model: exported with ExportOptions.LastLogitsOnly; ExportOptions.LastLogitsOnlyX is not a parameter.");
         Assert.That(CliErrors.Message(mentioned), Is.EqualTo("model: exported with --last-logits-only; ExportOptions.LastLogitsOnlyX is not a parameter."),
             "names inside messages are rewritten; the 'option' prefix is for the parameter at fault only");
-        var unmapped = XLstmOnnxException.MustBe("Scorer.Score(window)", "positive", 0);
-        Assert.That(CliErrors.Message(unmapped), Is.EqualTo("Scorer.Score(window) must be positive; found 0."), "a parameter the CLI has no flag for stays");
+        var unmapped = XLstmOnnxException.MustBe("Scorer.Score(labels)", "positive", 0);
+        Assert.That(CliErrors.Message(unmapped), Is.EqualTo("Scorer.Score(labels) must be positive; found 0."), "a parameter the CLI has no flag for stays");
     }
 
     /// <summary>Options with no flag: the CLI sets them itself or leaves their defaults.</summary>

@@ -40,6 +40,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
     private SafetensorsFile(string path)
     {
         Path = path;
+        if (string.IsNullOrWhiteSpace(path) || path.Contains('\0')) throw new XLstmOnnxException($"\"{path}\": not a safetensors file path.");
         var info = new FileInfo(path);
         if (!info.Exists) throw new XLstmOnnxException($"{path}: safetensors file not found.");
         long length = info.Length;
@@ -49,7 +50,14 @@ public sealed unsafe class SafetensorsFile : IDisposable
         }
         if (length > 8) // an empty map of a 0-byte region is not allowed; 8-byte files have no header anyway
         {
-            _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            try
+            {
+                _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new XLstmOnnxException($"{path}: cannot read the safetensors file ({e.Message}).", e);
+            }
             _view = _map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
             byte* p = null;
             _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
@@ -95,13 +103,29 @@ public sealed unsafe class SafetensorsFile : IDisposable
     public TensorSlice Get(string name) =>
         Find(name) ?? throw new XLstmOnnxException($"{Path}: no tensor named '{name}'.");
 
+    /// <summary>
+    /// Reads the header as the safetensors library does (safetensors/src/tensor.rs, <c>Metadata::validate</c>): UTF-8 JSON
+    /// starting with '{', string metadata, each tensor once, and the tensors' byte ranges, sorted by offset, tiling the data
+    /// section exactly: no overlap (two tensors sharing bytes), no gap, nothing after the last. Anything else is refused,
+    /// naming the file and the tensor.
+    /// </summary>
     private Dictionary<string, string> ParseHeader(ReadOnlySpan<byte> header, long dataLength)
     {
         var metadata = new Dictionary<string, string>();
+        string text;
+        try
+        {
+            text = new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true).GetString(header);
+        }
+        catch (System.Text.DecoderFallbackException e)
+        {
+            throw new XLstmOnnxException($"{Path}: the safetensors header is not valid UTF-8 ({e.Message}).", e);
+        }
+        if (!text.StartsWith('{')) throw new XLstmOnnxException($"{Path}: the safetensors header must start with '{{'; found {Quote(text)}.");
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(header.ToArray());
+            doc = JsonDocument.Parse(text);
         }
         catch (JsonException e)
         {
@@ -113,24 +137,63 @@ public sealed unsafe class SafetensorsFile : IDisposable
             {
                 throw new XLstmOnnxException($"{Path}: the safetensors header must be a JSON object; found {doc.RootElement.ValueKind}.");
             }
+            bool seenMetadata = false;
             foreach (var prop in doc.RootElement.EnumerateObject())
             {
                 if (prop.Name == "__metadata__")
                 {
-                    if (prop.Value.ValueKind == JsonValueKind.Object)
+                    if (seenMetadata) throw new XLstmOnnxException($"{Path}: the safetensors header has '__metadata__' twice.");
+                    seenMetadata = true;
+                    if (prop.Value.ValueKind != JsonValueKind.Object)
                     {
-                        foreach (var m in prop.Value.EnumerateObject())
+                        throw new XLstmOnnxException($"{Path}: the safetensors header's '__metadata__' must be an object of strings; found {prop.Value.ValueKind}.");
+                    }
+                    foreach (var m in prop.Value.EnumerateObject())
+                    {
+                        if (m.Value.ValueKind != JsonValueKind.String)
                         {
-                            metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : m.Value.GetRawText();
+                            throw new XLstmOnnxException($"{Path}: metadata '{m.Name}' must be a string; found {m.Value.ValueKind}.");
                         }
+                        metadata[m.Name] = m.Value.GetString()!;
                     }
                     continue;
                 }
+                if (_tensors.ContainsKey(prop.Name)) throw new XLstmOnnxException($"{Path}: tensor '{prop.Name}' appears twice in the safetensors header.");
                 _tensors[prop.Name] = ParseEntry(prop.Name, prop.Value, dataLength);
             }
         }
+        CheckTiling(dataLength);
         return metadata;
     }
+
+    /// <summary>The tensors' byte ranges, in offset order, must cover [0, dataLength) once each (the safetensors rule).</summary>
+    private void CheckTiling(long dataLength)
+    {
+        long covered = 0;
+        TensorSlice? previous = null;
+        foreach (var t in _tensors.Values.OrderBy(t => t.Offset).ThenBy(t => t.ByteLength))
+        {
+            if (t.Offset < covered)
+            {
+                throw new XLstmOnnxException($"{Path}: tensor '{t.Name}' (bytes [{t.Offset}, {t.Offset + t.ByteLength})) overlaps tensor '{previous!.Name}' "
+                    + $"(bytes [{previous.Offset}, {previous.Offset + previous.ByteLength})); safetensors tensors must not share data.");
+            }
+            if (t.Offset > covered)
+            {
+                throw new XLstmOnnxException($"{Path}: tensor '{t.Name}' starts at byte {t.Offset} of the data section, but the tensors before it end at {covered}; "
+                    + "safetensors tensors must follow each other without gaps.");
+            }
+            covered = t.Offset + t.ByteLength;
+            previous = t;
+        }
+        if (covered != dataLength)
+        {
+            throw new XLstmOnnxException($"{Path}: the tensors cover {covered} bytes of the data section, which has {dataLength}; "
+                + "a safetensors file holds exactly its tensors' bytes (truncated, or bytes after the last tensor).");
+        }
+    }
+
+    private static string Quote(string text) => System.Text.Json.Nodes.JsonValue.Create(text.Length > 40 ? text[..40] + "..." : text).ToJsonString();
 
     private TensorSlice ParseEntry(string name, JsonElement e, long dataLength)
     {
@@ -150,13 +213,16 @@ public sealed unsafe class SafetensorsFile : IDisposable
         {
             if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long v) || v < 0) throw Bad($"shape entry {d.GetRawText()} is not a non-negative integer");
             shape[i++] = v;
-            count = checked(count * v);
+            // no tensor of a file up to 2^63 bytes has more elements than that
+            if (v != 0 && count > long.MaxValue / 16 / v) throw Bad($"shape {Format(sh)} has more elements than any file can hold");
+            count *= v;
         }
         if (!e.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
         {
             throw Bad("header entry has no 'data_offsets' pair");
         }
-        if (!off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
+        if (off[0].ValueKind != JsonValueKind.Number || off[1].ValueKind != JsonValueKind.Number
+            || !off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
         {
             throw Bad($"data_offsets {off.GetRawText()} must be two integers 0 <= begin <= end");
         }
@@ -164,12 +230,18 @@ public sealed unsafe class SafetensorsFile : IDisposable
         {
             throw Bad($"data_offsets [{begin}, {end}] lie outside the data section of {dataLength} bytes (file truncated?)");
         }
-        long expected = checked(count * dtype.Size());
+        long expected = count * dtype.Size();
         if (end - begin != expected)
         {
             throw Bad($"data_offsets span {end - begin} bytes, but shape [{string.Join(", ", shape)}] of {dtypeName} needs {expected}");
         }
         return new TensorSlice(this, name, dtype, shape, begin, end - begin);
+    }
+
+    private static string Format(JsonElement shape)
+    {
+        string raw = shape.GetRawText();
+        return raw.Length > 60 ? raw[..60] + "...]" : raw;
     }
 
     /// <summary>The bytes of a tensor, in place (valid while this file is open).</summary>

@@ -18,9 +18,42 @@ public static class SafetensorsWriter
     public static Entry I64(string name, long[] shape, long[] values) =>
         new(name, SafetensorsDtype.I64, shape, s => s.Write(MemoryMarshal.AsBytes(values.AsSpan())), values.LongLength * 8);
 
-    /// <summary>Writes <paramref name="entries"/> to <paramref name="path"/> through a temporary file and a rename.</summary>
+    /// <summary>
+    /// Checks that <paramref name="path"/> can be written: not a folder, in a folder that exists and takes a new file.
+    /// Throws naming the path; a command that writes at its end calls it first, before the work.
+    /// </summary>
+    public static void CheckTarget(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (string.IsNullOrWhiteSpace(path)) throw new XLstmOnnxException("the file path is empty; expected a file to write.");
+        if (Directory.Exists(path)) throw new XLstmOnnxException($"{path}: is a folder; expected the path of a file to write.");
+        string full;
+        try
+        {
+            full = System.IO.Path.GetFullPath(path);
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException)
+        {
+            throw new XLstmOnnxException($"{path}: not a usable file path ({e.Message}).", e);
+        }
+        string folder = System.IO.Path.GetDirectoryName(full)!;
+        if (!Directory.Exists(folder)) throw new XLstmOnnxException($"{path}: folder {folder} does not exist; create it first.");
+        string probe = System.IO.Path.Combine(folder, $".{System.IO.Path.GetFileName(full)}.probe-{Guid.NewGuid():N}");
+        try
+        {
+            using (File.Create(probe)) { }
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new XLstmOnnxException($"{path}: cannot write the file ({e.Message}).", e);
+        }
+    }
+
+    /// <summary>Writes <paramref name="entries"/> to <paramref name="path"/> through a temporary file and a rename; throws naming the path when it cannot.</summary>
     public static void Write(string path, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null)
     {
+        CheckTarget(path);
         byte[] json = Header(entries, metadata);
         int padded = (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned
         string tmp = path + $".tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
@@ -44,6 +77,10 @@ public static class SafetensorsWriter
                 }
             }
             File.Move(tmp, path, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new XLstmOnnxException($"{path}: cannot write the file ({e.Message}).", e);
         }
         finally
         {

@@ -69,11 +69,29 @@ public sealed class XLstmGraphBuilder
         if (_o.NextToken)
         {
             // [B,1,V] -> [B,1]: greedy decoding reads B ids instead of B·V logits (ties: the first index, as ONNX specifies)
-            string next = G.Op("/model/next_token/ArgMax", "ArgMax", [logits], Attr.Int("axis", 2), Attr.Int("keepdims", 0));
+            string argMax = G.Op("/model/next_token/ArgMax", "ArgMax", [logits], Attr.Int("axis", 2), Attr.Int("keepdims", 0));
+            string next = G.Op("/model/next_token/Where", "Where", [NonFiniteRows("/model/next_token", logits, 2), G.Constant(GraphNames.NonFiniteToken), argMax]);
             G.Output(GraphNames.NextToken, next, DataType.Int64, "batch", 1L);
         }
         if (_o.HiddenStates) MakeHiddenStates(hidden);
     }
+
+    /// <summary>
+    /// bool, <paramref name="x"/>'s shape without <paramref name="axis"/>: true where a row of <paramref name="x"/> holds a NaN
+    /// or an infinity. Σ 0·x is 0 for finite rows and NaN otherwise (0·±Inf is NaN), with no overflow: one multiply and
+    /// one reduction over the logits, next to the V×H lm_head matmul that made them.
+    /// <code>
+    /// x ─► Mul(·, 0) ─► ReduceSum(axis) ─► IsNaN
+    /// </code>
+    /// </summary>
+    internal static string NonFiniteRows(OnnxGraph g, string prefix, string x, long axis)
+    {
+        string zeroed = g.Op($"{prefix}/finite/Mul", "Mul", [x, g.Constant(0f)]);
+        string sum = g.Op($"{prefix}/finite/ReduceSum", "ReduceSum", [zeroed, g.Constant(axis)], Attr.Int("keepdims", 0));
+        return g.Op($"{prefix}/finite/IsNaN", "IsNaN", [sum]);
+    }
+
+    private string NonFiniteRows(string prefix, string x, long axis) => NonFiniteRows(G, prefix, x, axis);
 
     /// <summary>Each block's output, then the final normed output (HF's order), as float32 [B, S, H] (last-only: the last is [B, 1, H]).</summary>
     private void MakeHiddenStates(List<string> hidden)

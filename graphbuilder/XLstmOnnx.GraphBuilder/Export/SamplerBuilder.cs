@@ -1,5 +1,6 @@
 using Google.Protobuf;
 using XLstmOnnx.Contract;
+using XLstmOnnx.GraphBuilder.Architecture;
 using XLstmOnnx.GraphBuilder.Graph;
 using XLstmOnnx.GraphBuilder.Onnx;
 using static XLstmOnnx.Contract.SamplerModel;
@@ -111,7 +112,10 @@ public static class SamplerBuilder
         string sampledId = g.Op("/sampler/draw/GatherElements", "GatherElements", [order, chosenRank], Attr.Int("axis", 1));
 
         string greedy = g.Op("/sampler/greedy/Greater", "Greater", [Col(Greedy, "greedy"), g.Op("/sampler/greedy/Half", "Cast", [g.Constant(0.5f)], Attr.Int("to", (long)DataType.Double))]);
-        string next = g.Op("/sampler/next/Where", "Where", [greedy, greedyId, sampledId]);                                      // [B,1] int64
+        string chosen = g.Op("/sampler/next/Where", "Where", [greedy, greedyId, sampledId]);                                    // [B,1] int64
+        // a row whose raw logits (all V, the padded ids too) are not all finite chooses nothing: the runtime ends it
+        string nonFinite = g.Op("/sampler/finite/Unsqueeze", "Unsqueeze", [XLstmGraphBuilder.NonFiniteRows(g, "/sampler", flat, 1), g.Constant(1)]); // [B,1]
+        string next = g.Op("/sampler/next/WhereFinite", "Where", [nonFinite, g.Constant(GraphNames.NonFiniteToken), chosen]);
 
         string logSoftmax = g.Op("/sampler/logprob/LogSoftmax", "LogSoftmax", [x], Attr.Int("axis", 1));
         string logProb = g.Op("/sampler/logprob/GatherElements", "GatherElements", [logSoftmax, next], Attr.Int("axis", 1));

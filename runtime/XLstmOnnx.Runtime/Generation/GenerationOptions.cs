@@ -61,6 +61,23 @@ public sealed record GenerationOptions
         {
             throw XLstmOnnxException.InParameter(Name(nameof(StopStrings)), $"{Name(nameof(StopStrings))} must be non-empty strings; found an empty string.");
         }
+        foreach (int id in StopTokenIds)
+        {
+            if (id < 0) throw XLstmOnnxException.MustBe(Name(nameof(StopTokenIds)), "token ids (0 or more)", id);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Validate()"/>, and the token ids checked against a model's vocabulary of <paramref name="vocabSize"/>: a
+    /// stop id the model can never produce is a mistake, not a no-op.
+    /// </summary>
+    public void Validate(long vocabSize)
+    {
+        Validate();
+        foreach (int id in StopTokenIds)
+        {
+            if (id >= vocabSize) throw XLstmOnnxException.MustBe(Name(nameof(StopTokenIds)), $"token ids in [0, {vocabSize}) (the model's vocabulary)", id);
+        }
     }
 
     /// <summary>The API name of property <paramref name="property"/>, as errors give it: <c>GenerationOptions.Temperature</c>.</summary>

@@ -99,6 +99,7 @@ public sealed class GenerationRun : IDisposable
         {
             if (_decoders[r] is not { } d) continue;
             int token = _chosen[r];
+            if (token == TokenChooser.NonFinite) throw TokenChooser.NonFiniteError(r, d.Generated);
             _outputs[r].Add(token);
             var (text, finish) = d.Accept(token);
             _g.SetPending(r, token);

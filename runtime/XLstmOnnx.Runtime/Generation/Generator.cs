@@ -92,15 +92,24 @@ public sealed class Generator : IDisposable
         return _logits;
     }
 
-    /// <summary>The argmax of row <paramref name="row"/>'s last logits: the model's next_token when it has one.</summary>
+    /// <summary>
+    /// The argmax of row <paramref name="row"/>'s last logits: the model's next_token when it has one;
+    /// <see cref="GraphNames.NonFiniteToken"/> when the logits hold a NaN or an infinity.
+    /// </summary>
     public int GreedyNext(int row)
     {
         CheckRow(row);
         if (!_fresh[row]) throw new InvalidOperationException($"row {row} read no token in the last call: it has no next token.");
-        if (!HasDeviceArgMax) return Sampler.ArgMax(LastLogits(row));
+        if (!HasDeviceArgMax) return HostArgMax(row);
         Span<long> next = stackalloc long[1];
         _runner.DownloadNext(row, next);
         return (int)next[0];
+    }
+
+    private int HostArgMax(int row)
+    {
+        var logits = LastLogits(row);
+        return Sampler.AllFinite(logits) ? Sampler.ArgMax(logits) : TokenChooser.NonFinite;
     }
 
     /// <summary>Every row's argmax (<see cref="GreedyNext(int)"/>) at once: one copy of B ids with a next_token model.</summary>
@@ -113,7 +122,7 @@ public sealed class Generator : IDisposable
         }
         if (!HasDeviceArgMax)
         {
-            for (int r = 0; r < Batch; r++) next[r] = Sampler.ArgMax(LastLogits(r));
+            for (int r = 0; r < Batch; r++) next[r] = HostArgMax(r);
             return;
         }
         Span<long> ids = Batch <= 256 ? stackalloc long[Batch] : new long[Batch];
@@ -270,7 +279,7 @@ public sealed class Generator : IDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         CheckRows(prompts, parameter);
-        options.Validate();
+        options.Validate(_m.VocabSize);
         if (options.StopStrings.Count > 0 && Tokenizer is null)
         {
             throw XLstmOnnxException.InParameter(GenerationOptions.Name(nameof(GenerationOptions.StopStrings)),
@@ -338,7 +347,7 @@ public sealed class Generator : IDisposable
         // checked now, not at the first MoveNextAsync: a bad argument fails where it is passed
         ArgumentNullException.ThrowIfNull(options);
         CheckRows(prompts, "Generator.GenerateAsync(prompts)");
-        options.Validate();
+        options.Validate(_m.VocabSize);
         int[][] copy = [.. prompts.Select(p => p.ToArray())]; // the caller may change its lists before the stream starts
         return Stream(copy, options, cancellationToken);
     }

@@ -125,6 +125,26 @@ public sealed class Sampler
 
     private double NextDouble() => SequenceDecoder.NextUniform(ref _rng);
 
+    /// <summary>
+    /// Whether every value is finite (no NaN, no ±Inf): one vectorised pass, x − x being 0 exactly for finite x. The host
+    /// side of the check the exported graphs make on the device (GraphNames.NonFiniteToken).
+    /// </summary>
+    public static bool AllFinite(ReadOnlySpan<float> values)
+    {
+        int i = 0;
+        if (System.Numerics.Vector.IsHardwareAccelerated)
+        {
+            var vectors = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(values);
+            foreach (var v in vectors)
+            {
+                if (!System.Numerics.Vector.EqualsAll(v - v, System.Numerics.Vector<float>.Zero)) return false;
+            }
+            i = vectors.Length * System.Numerics.Vector<float>.Count;
+        }
+        for (; i < values.Length; i++) if (!float.IsFinite(values[i])) return false;
+        return true;
+    }
+
     /// <summary>The first index of the largest value (torch.argmax's choice on ties).</summary>
     public static int ArgMax(ReadOnlySpan<float> values)
     {

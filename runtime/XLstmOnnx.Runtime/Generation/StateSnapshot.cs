@@ -65,6 +65,10 @@ public sealed class StateSnapshot
             throw new XLstmOnnxException($"{path}: the state is for a model with {Meta("signature")}; this model has {Signature(manifest)}.");
         }
         var pendingSlice = f.Get("pending");
+        if (pendingSlice.Shape.Length != 1 || pendingSlice.Shape[0] is < 1 or > int.MaxValue)
+        {
+            throw new XLstmOnnxException($"{path}: tensor 'pending' has shape {TensorSlice.FormatShape(pendingSlice.Shape)}; expected [batch], batch at least 1.");
+        }
         int batch = (int)pendingSlice.Shape[0];
         var layout = manifest.State;
         var tensors = new float[layout.TensorCount][];
@@ -78,10 +82,31 @@ public sealed class StateSnapshot
                 {
                     throw new XLstmOnnxException($"{path}: tensor '{t.Name}' is {t.Dtype}{TensorSlice.FormatShape(t.Shape)}; expected F32{TensorSlice.FormatShape(expected)}.");
                 }
-                tensors[layout.Index(l, part)] = t.ToFloat32();
+                var values = t.ToFloat32();
+                // a NaN or an infinity in the state makes every later logit NaN: refuse it here, by name
+                if (!Sampler.AllFinite(values))
+                {
+                    int at = Array.FindIndex(values, v => !float.IsFinite(v));
+                    throw new XLstmOnnxException($"{path}: tensor '{t.Name}' holds {values[at].ToString(System.Globalization.CultureInfo.InvariantCulture)} at flat index {at}; "
+                        + "a state must be finite (it was not saved from a working model, or the file was altered).");
+                }
+                tensors[layout.Index(l, part)] = values;
             }
         }
-        var pending = pendingSlice.ToInt64().Select(v => v >= 0 ? new[] { (int)v } : null).ToArray();
+        if (pendingSlice.Dtype != SafetensorsDtype.I64 || pendingSlice.Shape.Length != 1)
+        {
+            throw new XLstmOnnxException($"{path}: tensor 'pending' is {pendingSlice.Dtype}{TensorSlice.FormatShape(pendingSlice.Shape)}; expected I64[{batch}].");
+        }
+        var pendingIds = pendingSlice.ToInt64();
+        for (int row = 0; row < pendingIds.Length; row++)
+        {
+            long v = pendingIds[row];
+            if (v < -1 || v >= manifest.VocabSize)
+            {
+                throw new XLstmOnnxException($"{path}: tensor 'pending' row {row} is {v}; expected -1 (none) or a token id in [0, {manifest.VocabSize}).");
+            }
+        }
+        var pending = pendingIds.Select(v => v >= 0 ? new[] { (int)v } : null).ToArray();
         return new StateSnapshot(manifest, batch, tensors, pending);
     }
 

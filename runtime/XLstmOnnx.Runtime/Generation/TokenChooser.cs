@@ -80,9 +80,20 @@ internal sealed class TokenChooser : IDisposable
     public float[] TopLogProbs { get; }
 
     /// <summary>
+    /// The token chosen for a row whose logits hold a NaN or an infinity (the model's and the sampler's next_token say so,
+    /// <see cref="GraphNames.NonFiniteToken"/>; the host argmax checks the row it copies): the caller ends that sequence.
+    /// </summary>
+    public const int NonFinite = (int)GraphNames.NonFiniteToken;
+
+    /// <summary>The error that ends a sequence whose logits are not finite: row <paramref name="row"/>, after <paramref name="generated"/> tokens.</summary>
+    public static XLstmOnnxException NonFiniteError(int row, int generated) => new(
+        $"row {row}: the model's logits hold NaN or infinite values after {generated} generated token{(generated == 1 ? "" : "s")}, so no token can be "
+        + "chosen; the sequence ends here. The weights or the loaded state are not finite (xlstm-onnx export refuses non-finite weights).");
+
+    /// <summary>
     /// Chooses a token for every non-null decoder among rows [<paramref name="start"/>, start + <paramref name="n"/>) of
     /// <paramref name="rows"/> (indexed by row) into <paramref name="tokens"/> (same indexing; null rows are left). Draws
-    /// each sampled row's random number once.
+    /// each sampled row's random number once. A row whose logits are not all finite gets <see cref="NonFinite"/>.
     /// </summary>
     public void Choose(IReadOnlyList<SequenceDecoder?> rows, int start, int n, Span<int> tokens)
     {
@@ -100,7 +111,7 @@ internal sealed class TokenChooser : IDisposable
             {
                 if (rows[r] is null) continue;
                 _runner.DownloadLogits(r, _logits);
-                tokens[r] = Sampler.ArgMax(_logits.AsSpan(0, _sampleVocab));
+                tokens[r] = Sampler.AllFinite(_logits) ? Sampler.ArgMax(_logits.AsSpan(0, _sampleVocab)) : NonFinite;
             }
             return;
         }

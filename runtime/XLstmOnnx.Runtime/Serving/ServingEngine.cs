@@ -62,6 +62,7 @@ public sealed record ServingOptions
     {
         if (MaxBatch < 1) throw XLstmOnnxException.MustBe(Name(nameof(MaxBatch)), "at least 1", MaxBatch);
         if (PrefillRows < 1) throw XLstmOnnxException.MustBe(Name(nameof(PrefillRows)), "at least 1", PrefillRows);
+        if (QueueCapacity < 0) throw XLstmOnnxException.MustBe(Name(nameof(QueueCapacity)), "0 or more", QueueCapacity);
         if (PrefixCacheBytes is < 0) throw XLstmOnnxException.MustBe(Name(nameof(PrefixCacheBytes)), "0 (off), positive or null (the default)", PrefixCacheBytes);
         if (PrefillChunkTokens is < 1) throw XLstmOnnxException.MustBe(Name(nameof(PrefillChunkTokens)), "positive or null (paced)", PrefillChunkTokens);
         if (PrefillGatherSteps < 0) throw XLstmOnnxException.MustBe(Name(nameof(PrefillGatherSteps)), "0 (at once) or more", PrefillGatherSteps);
@@ -245,7 +246,7 @@ public sealed class ServingEngine : IDisposable
     {
         ArgumentNullException.ThrowIfNull(prompt);
         ArgumentNullException.ThrowIfNull(options);
-        options.Validate();
+        options.Validate(_session.Manifest.VocabSize);
         if (prompt.Length == 0) throw new XLstmOnnxException("prompt: at least one token is needed.");
         long vocab = _session.Manifest.VocabSize;
         foreach (int t in prompt)
@@ -541,7 +542,8 @@ public sealed class ServingEngine : IDisposable
             var live = _live[row]!;
             Metrics.FirstToken(Stopwatch.GetElapsedTime(live.Request.Enqueued, now));
             live.LastTokenAt = now;
-            if (Emit(row, _tokens[row])) Free(row, cancelled: false);
+            if (_tokens[row] == TokenChooser.NonFinite) Free(row, cancelled: false, TokenChooser.NonFiniteError(row, 0));
+            else if (Emit(row, _tokens[row])) Free(row, cancelled: false);
         }
     }
 
@@ -580,7 +582,9 @@ public sealed class ServingEngine : IDisposable
             var live = _live[r]!;
             Metrics.InterToken(Stopwatch.GetElapsedTime(live.LastTokenAt, now));
             live.LastTokenAt = now;
-            if (Emit(r, _tokens[r])) Free(r, cancelled: false);
+            // a row whose logits are not finite ends with an error; the others go on
+            if (_tokens[r] == TokenChooser.NonFinite) Free(r, cancelled: false, TokenChooser.NonFiniteError(r, live.Decoder.Generated));
+            else if (Emit(r, _tokens[r])) Free(r, cancelled: false);
         }
     }
 
@@ -625,11 +629,14 @@ public sealed class ServingEngine : IDisposable
         }
     }
 
-    /// <summary>Ends row <paramref name="row"/>'s sequence; the last live row moves into its place (state and token counts).</summary>
-    private void Free(int row, bool cancelled)
+    /// <summary>
+    /// Ends row <paramref name="row"/>'s sequence (with <paramref name="error"/> on its events, when given); the last live
+    /// row moves into its place (state and token counts).
+    /// </summary>
+    private void Free(int row, bool cancelled, Exception? error = null)
     {
         var live = _live[row]!;
-        live.Request.Events.Writer.TryComplete();
+        live.Request.Events.Writer.TryComplete(error);
         Metrics.Finished(cancelled, Stopwatch.GetElapsedTime(live.Request.Enqueued));
         int last = _count - 1;
         if (row != last)

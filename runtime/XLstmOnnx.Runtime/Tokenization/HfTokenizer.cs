@@ -48,6 +48,20 @@ public sealed class HfTokenizer
     public static HfTokenizer Load(string path)
     {
         if (!File.Exists(path)) throw new XLstmOnnxException($"{path}: tokenizer file not found.");
+        try
+        {
+            return LoadCore(path);
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException
+            or ArgumentException or IndexOutOfRangeException or OverflowException or IOException or UnauthorizedAccessException)
+        {
+            // a corrupt or truncated file, a field of the wrong JSON type, an id out of range: one error that names the file
+            throw new XLstmOnnxException($"{path}: not a tokenizer.json this loader reads ({e.GetType().Name}: {e.Message}).", e);
+        }
+    }
+
+    private static HfTokenizer LoadCore(string path)
+    {
         using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
         var root = doc.RootElement;
         XLstmOnnxException Unsupported(string field, string found, string expected) =>
