@@ -208,4 +208,26 @@ public class CudaTests
         Assert.That(gpu, Is.EqualTo(cpu));
         Assert.That(gpuTop, Is.EqualTo(cpuTop), "the top ids (logprobs) too");
     }
+
+    /// <summary>
+    /// A row whose logits are NaN ends with an error naming it on CUDA too, on every path that chooses a token (the
+    /// checks run inside the model's and the sampler's graphs, on the device): <see cref="NonFiniteTests"/> on the CPU.
+    /// </summary>
+    [TestCaseSource(typeof(NonFiniteTests), nameof(NonFiniteTests.Paths))]
+    public void ARowWithNonFiniteLogitsEndsWithAnErrorOnCuda(ExportOptions export, GenerationOptions options)
+    {
+        using var tmp = TestPaths.Temp();
+        using var session = XLstmSession.Load(NonFiniteTests.PoisonedExport(tmp, export), new RuntimeOptions { Device = ExecutionDevice.Cuda });
+        NonFiniteTests.AssertEndsRowOne(session, options);
+    }
+
+    [Test]
+    public void ARowWithNonFiniteLogitsEndsWithAnErrorUnderCudaGraphs()
+    {
+        using var tmp = TestPaths.Temp();
+        string model = NonFiniteTests.PoisonedExport(tmp, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
+        using var session = XLstmSession.Load(model, new RuntimeOptions { Device = ExecutionDevice.Cuda, CudaGraph = true });
+        NonFiniteTests.AssertEndsRowOne(session, new GenerationOptions { Greedy = true, MaxNewTokens = 4 });
+        NonFiniteTests.AssertEndsRowOne(session, new GenerationOptions { Temperature = 0.7, Seed = 5, MaxNewTokens = 4 });
+    }
 }
