@@ -87,6 +87,10 @@ public sealed record ModelManifest
         {
             throw new XLstmOnnxException($"{path}: {BadValue(json, e) ?? $"invalid manifest JSON ({e.Message})"}.", e);
         }
+        catch (InvalidOperationException e) // a string JSON cannot decode (a lone surrogate)
+        {
+            throw new XLstmOnnxException($"{path}: invalid manifest JSON ({e.Message}).", e);
+        }
         if (m is null) throw new XLstmOnnxException($"{path}: empty manifest.");
         if (m.FormatVersion != CurrentFormatVersion)
         {
@@ -152,7 +156,7 @@ public sealed record ModelManifest
             using var doc = JsonDocument.Parse(json);
             found = doc.RootElement.TryGetProperty(field, out var value) ? value.GetRawText() : "(missing)";
         }
-        catch (JsonException)
+        catch (Exception x) when (x is JsonException or InvalidOperationException)
         {
             return null;
         }

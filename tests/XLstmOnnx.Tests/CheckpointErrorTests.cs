@@ -81,6 +81,35 @@ public class CheckpointErrorTests
         Assert.That(Error(Raw("""{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}}""", 16)),
             Does.Contain("'w'").And.Contain("16 bytes").And.Contain("needs 12"));
 
+    /// <summary>The safetensors library's rules for the byte ranges (Metadata::validate): they tile the data section exactly.</summary>
+    [Test]
+    public void TensorsThatShareBytesLeaveGapsOrTrailingBytesAreRefused()
+    {
+        Assert.Multiple(() =>
+        {
+            Assert.That(Error(Raw("""{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}""", 16)),
+                Does.Contain("tensor 'b' (bytes [8, 16)) overlaps tensor 'a' (bytes [0, 16))").And.Contain("must not share data"));
+            Assert.That(Error(Raw("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}""", 8)),
+                Does.Contain("overlaps"), "the same bytes twice");
+            Assert.That(Error(Raw("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}""", 20)),
+                Does.Contain("tensor 'b' starts at byte 12 of the data section, but the tensors before it end at 8"));
+            Assert.That(Error(Raw("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}""", 12)),
+                Does.Contain("the tensors cover 8 bytes of the data section, which has 12"));
+            Assert.That(Error(Raw("""{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}""", 16)),
+                Does.Contain("tensor 'a' appears twice"));
+            Assert.That(Error(Raw("""{"__metadata__":{"format":7},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}""", 8)),
+                Does.Contain("metadata 'format' must be a string"));
+            Assert.That(Error(Raw("""  {"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}""", 8)), Does.Contain("must start with '{'"));
+            Assert.That(Error(Raw("""{"a":{"dtype":"F32","shape":[4611686018427387904, 4],"data_offsets":[0,8]}}""", 8)),
+                Does.Contain("more elements than any file can hold"));
+            Assert.That(Error(Raw("""{"a":{"dtype":"F32","shape":[2],"data_offsets":["0",8]}}""", 8)), Does.Contain("must be two integers"));
+            Assert.That(Error(Raw("{\"a\\ud800\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8)), Does.Contain("not valid JSON"));
+        });
+        // an empty data section with zero-sized tensors is fine
+        using var ok = SafetensorsFile.Open(Raw("""{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}""", 0));
+        Assert.That(ok.Get("a").ElementCount, Is.Zero);
+    }
+
     [Test]
     public void UnsupportedDtypeInHeader() =>
         Assert.That(Error(Raw("""{"w":{"dtype":"F8_E4M3","shape":[4],"data_offsets":[0,4]}}""", 4)),

@@ -76,7 +76,14 @@ public sealed unsafe class SafetensorsFile : IDisposable
             _dataStart = 8 + (long)headerLen;
             long dataLength = length - _dataStart;
             var header = new ReadOnlySpan<byte>(_base + 8, (int)headerLen);
-            Metadata = ParseHeader(header, dataLength);
+            try
+            {
+                Metadata = ParseHeader(header, dataLength);
+            }
+            catch (InvalidOperationException e) // a JSON string that cannot be decoded (a lone surrogate, "\ud800")
+            {
+                throw new XLstmOnnxException($"{path}: the safetensors header is not valid JSON ({e.Message}).", e);
+            }
         }
         catch
         {

@@ -67,7 +67,7 @@ public sealed class HfCheckpoint : IDisposable
             }
             foreach (var p in map.EnumerateObject())
             {
-                string file = p.Value.GetString() ?? throw new XLstmOnnxException($"{indexPath}: weight_map['{p.Name}'] must be a file name.");
+                string file = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString()! : throw new XLstmOnnxException($"{indexPath}: weight_map['{p.Name}'] must be a file name; found {p.Value.ValueKind}.");
                 if (file.Contains('/') || file.Contains('\\') || file.Contains(".."))
                 {
                     throw new XLstmOnnxException($"{indexPath}: weight_map['{p.Name}'] = \"{file}\" must be a file name inside the folder.");
@@ -76,7 +76,7 @@ public sealed class HfCheckpoint : IDisposable
                 names.Add(p.Name);
             }
         }
-        catch (JsonException e)
+        catch (Exception e) when (e is JsonException or InvalidOperationException) // InvalidOperation: a string JSON cannot decode (a lone surrogate)
         {
             throw new XLstmOnnxException($"{indexPath}: invalid JSON ({e.Message}).", e);
         }

@@ -115,6 +115,22 @@ public sealed record XLstmConfig
     /// <summary>Parses and validates config JSON; <paramref name="source"/> names it in errors.</summary>
     public static XLstmConfig Parse(string json, string source)
     {
+        try
+        {
+            return ParseCore(json, source);
+        }
+        catch (InvalidOperationException e) // a JSON string that cannot be decoded (a lone surrogate, "\ud800")
+        {
+            throw new XLstmOnnxException($"{source}: invalid JSON: {e.Message}", e);
+        }
+        catch (ArgumentException e) // JsonObject's refusal of a field given twice
+        {
+            throw new XLstmOnnxException($"{source}: invalid JSON: {e.Message}", e);
+        }
+    }
+
+    private static XLstmConfig ParseCore(string json, string source)
+    {
         JsonObject obj;
         try
         {

@@ -46,6 +46,19 @@ public sealed record GenerationDefaults
     {
         string path = System.IO.Path.Combine(dir, FileName);
         if (!File.Exists(path)) return new GenerationDefaults();
+        try
+        {
+            return LoadCore(path);
+        }
+        catch (InvalidOperationException e)
+        {
+            // System.Text.Json's refusal of a string it cannot decode (a lone surrogate, "\ud800")
+            throw new XLstmOnnxException($"{path}: not valid JSON: {e.Message}", e);
+        }
+    }
+
+    private static GenerationDefaults LoadCore(string path)
+    {
         JsonElement root;
         try
         {
@@ -60,11 +73,11 @@ public sealed record GenerationDefaults
         var d = new GenerationDefaults { Path = path };
         if (Field(root, "do_sample") is { } s) d = d with { DoSample = s.ValueKind is JsonValueKind.True or JsonValueKind.False ? s.GetBoolean() : throw Bad(path, "do_sample", "true or false", s) };
         if (Number(path, root, "temperature") is { } t) d = d with { Temperature = t > 0 ? t : throw Bad(path, "temperature", "positive", root.GetProperty("temperature")) };
-        if (Field(root, "top_k") is { } k) d = d with { TopK = k.TryGetInt32(out int v) && v >= 0 ? v : throw Bad(path, "top_k", "an integer, 0 or more (0: off)", k) };
+        if (Field(root, "top_k") is { } k) d = d with { TopK = k.ValueKind == JsonValueKind.Number && k.TryGetInt32(out int v) && v >= 0 ? v : throw Bad(path, "top_k", "an integer, 0 or more (0: off)", k) };
         if (Number(path, root, "top_p") is { } p) d = d with { TopP = p > 0 && p <= 1 ? p : throw Bad(path, "top_p", "in (0, 1]", root.GetProperty("top_p")) };
         if (Number(path, root, "min_p") is { } m) d = d with { MinP = m >= 0 && m < 1 ? m : throw Bad(path, "min_p", "in [0, 1)", root.GetProperty("min_p")) };
         if (Number(path, root, "repetition_penalty") is { } r) d = d with { RepetitionPenalty = r > 0 ? r : throw Bad(path, "repetition_penalty", "positive", root.GetProperty("repetition_penalty")) };
-        if (Field(root, "max_new_tokens") is { } n) d = d with { MaxNewTokens = n.TryGetInt32(out int v) && v >= 1 ? v : throw Bad(path, "max_new_tokens", "an integer, 1 or more", n) };
+        if (Field(root, "max_new_tokens") is { } n) d = d with { MaxNewTokens = n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out int v) && v >= 1 ? v : throw Bad(path, "max_new_tokens", "an integer, 1 or more", n) };
         return d;
     }
 
