@@ -182,4 +182,67 @@ public class NonFiniteTests
         Assert.That(tokens, Is.Not.Empty, "the other request is served");
         Assert.That(tokens[^1].Finish, Is.Not.EqualTo(StopReason.None));
     }
+
+    /// <summary>
+    /// What the run-time check costs on the CPU: the check's own nodes (Mul by 0, ReduceSum, IsNaN: what the model's and
+    /// the sampler's graphs gained) timed alone against the whole sampler run and the whole decode step of the shipped
+    /// model, and the host scan against the copy of the row it scans. Minimum of many interleaved runs (the machine is
+    /// shared): <c>dotnet test --filter NonFiniteCheckCost</c>.
+    /// </summary>
+    [Test]
+    [Explicit("a benchmark: prints the cost of the non-finite check")]
+    public void NonFiniteCheckCost()
+    {
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), tmp.Sub("m"), new ExportOptions { LastLogitsOnly = true, NextToken = true });
+        using var session = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Threads = 1 });
+        long v = session.Manifest.VocabSize;
+        var g = new GraphBuilder.Graph.OnnxGraph("check");
+        g.Input("x", GraphBuilder.Onnx.TensorProto.Types.DataType.Float, "batch", 1L, v);
+        string bad = GraphBuilder.Architecture.XLstmGraphBuilder.NonFiniteRows(g, "/check", "x", 2);
+        g.Output("bad", bad, GraphBuilder.Onnx.TensorProto.Types.DataType.Bool, "batch", 1L);
+        var proto = new GraphBuilder.Onnx.ModelProto { IrVersion = ExportOptions.IrVersion, Graph = g.Proto };
+        proto.OpsetImport.Add(new GraphBuilder.Onnx.OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
+        using var so = new Microsoft.ML.OnnxRuntime.SessionOptions { IntraOpNumThreads = 1 };
+        using var check = new Microsoft.ML.OnnxRuntime.InferenceSession(Google.Protobuf.MessageExtensions.ToByteArray(proto), so);
+        foreach (int batch in new[] { 1, 8 })
+        {
+            var x = Microsoft.ML.OnnxRuntime.OrtValue.CreateTensorValueFromMemory(new float[batch * v], [batch, 1, v]);
+            using var run = new Microsoft.ML.OnnxRuntime.RunOptions();
+            double Min(Action a, int reps)
+            {
+                for (int i = 0; i < 20; i++) a();
+                double best = double.MaxValue;
+                for (int i = 0; i < reps; i++)
+                {
+                    long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+                    a();
+                    best = Math.Min(best, System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
+                }
+                return best;
+            }
+            using var gen = new Generator(session, batch);
+            var ids = Enumerable.Range(0, batch).Select(r => (IReadOnlyList<int>)[1, 2, 3 + r]).ToArray();
+            var greedy = new GenerationOptions { Greedy = true, MaxNewTokens = 1, IgnoreEos = true };
+            var sampled = new GenerationOptions { Temperature = 0.8, Seed = 1, MaxNewTokens = 1, IgnoreEos = true };
+            double checkUs = double.MaxValue, stepUs = double.MaxValue, samplerUs = double.MaxValue, scanUs = double.MaxValue, copyUs = double.MaxValue;
+            var row = new float[v];
+            var next = new int[batch];
+            gen.Append(ids.Select(p => p.ToArray()).ToArray());
+            for (int round = 0; round < 5; round++)
+            {
+                checkUs = Math.Min(checkUs, Min(() => { using var o = check.Run(run, ["x"], [x], ["bad"]); }, 400));
+                // a decode step: one token per row read, then the device argmax (next_token)
+                stepUs = Math.Min(stepUs, Min(() => { gen.Append(Enumerable.Range(0, batch).Select(_ => new[] { 7 }).ToArray()); gen.GreedyNext(next); }, 100));
+                // a step's token choice through the sampler = generation of one token, minus the step above
+                samplerUs = Math.Min(samplerUs, Min(() => gen.Generate(ids, sampled), 50));
+                copyUs = Math.Min(copyUs, Min(() => gen.LastLogits(0).CopyTo(row), 400));
+                scanUs = Math.Min(scanUs, Min(() => Sampler.AllFinite(row), 2000));
+            }
+            TestContext.Out.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"batch {batch}, V {v}: check nodes {checkUs:F1} us; decode step (model + next_token) {stepUs:F0} us ({100 * checkUs / stepUs:F2} %); "
+                + $"prompt + sampled token {samplerUs:F0} us ({100 * checkUs / samplerUs:F2} %); host scan of one row {scanUs:F2} us beside its copy {copyUs:F2} us"));
+            x.Dispose();
+        }
+    }
 }
