@@ -104,8 +104,11 @@ Task("__ExportShippedModel")
     .Does(() =>
 {
     var manifest = shippedModel + File("xlstm_runtime.json");
+    // stale when older than the checkpoint or than the exporter that would write it now (its graphs and sampler change)
+    var exporter = File($"./graphbuilder/XLstmOnnx.GraphBuilder/bin/{configuration}/net10.0/XLstmOnnx.GraphBuilder.dll");
     bool fresh = FileExists(manifest)
-        && System.IO.File.GetLastWriteTimeUtc(manifest.Path.FullPath) > System.IO.File.GetLastWriteTimeUtc(shippedCheckpoint + File("model.safetensors"));
+        && System.IO.File.GetLastWriteTimeUtc(manifest.Path.FullPath) > System.IO.File.GetLastWriteTimeUtc(shippedCheckpoint + File("model.safetensors"))
+        && (!FileExists(exporter) || System.IO.File.GetLastWriteTimeUtc(manifest.Path.FullPath) > System.IO.File.GetLastWriteTimeUtc(exporter.Path.FullPath));
     if (fresh)
     {
         Information("Using the exported model in {0}.", shippedModel);
