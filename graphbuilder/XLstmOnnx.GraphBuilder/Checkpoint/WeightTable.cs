@@ -171,6 +171,13 @@ public sealed class BoundWeights(IReadOnlyDictionary<(WeightRole, int), IWeightS
     /// <summary>An optional weight (biases), or null when the config has none.</summary>
     public IWeightSource? Optional(WeightRole role, int block = -1) => weights.GetValueOrDefault((role, block));
 
-    /// <summary>The same weights, each read checked for NaN and ±Inf (<see cref="FiniteWeight"/>).</summary>
-    public BoundWeights CheckedFinite() => new(weights.ToDictionary(w => w.Key, w => FiniteWeight.Wrap(w.Value)));
+    /// <summary>
+    /// The same weights, each read checked for NaN and ±Inf (<see cref="FiniteWeight"/>). A source bound to two roles (tied
+    /// embeddings) stays one source: the graph stores it once because it is the same object.
+    /// </summary>
+    public BoundWeights CheckedFinite()
+    {
+        var wrapped = new Dictionary<IWeightSource, IWeightSource>(ReferenceEqualityComparer.Instance);
+        return new(weights.ToDictionary(w => w.Key, w => wrapped.TryGetValue(w.Value, out var c) ? c : wrapped[w.Value] = FiniteWeight.Wrap(w.Value)));
+    }
 }

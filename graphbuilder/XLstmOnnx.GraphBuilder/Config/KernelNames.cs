@@ -38,7 +38,7 @@ public static class KernelNames
     public static readonly IReadOnlyList<string> Step = ["native", "triton"];
 
     /// <summary>
-    /// The kernel names transformers accepts without the xlstm package (its config Literals: §1.1 of the xLSTM notes):
+    /// The kernel names transformers accepts without the xlstm package (the Literals of its xLSTMConfig for chunkwise_kernel, sequence_kernel and step_kernel):
     /// chunkwise and parallel kernels become their native autograd form, sequence and step kernels the native ones.
     /// </summary>
     public static readonly (IReadOnlyList<string> Chunkwise, string Sequence, string Step) Transformers =
