@@ -29,6 +29,7 @@ internal static class CliErrors
         [ExportOptions.Name(nameof(ExportOptions.HiddenStates))] = "--hidden-states",
         [ExportOptions.Name(nameof(ExportOptions.ExternalData))] = "--external-data",
         [ExportOptions.Name(nameof(ExportOptions.MLstmKernels))] = "--mlstm-kernels",
+        [ExportOptions.Name(nameof(ExportOptions.LinearKernels))] = "--linear-kernels",
         [$"{nameof(Int4Quantizer)}(blockSize)"] = "--block-size",
         [$"{nameof(RandomCheckpoint)}.{nameof(RandomCheckpoint.Write)}(dtype)"] = "--dtype",
         [RuntimeOptions.Name(nameof(RuntimeOptions.Device))] = "--device",

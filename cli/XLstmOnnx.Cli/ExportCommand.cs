@@ -33,8 +33,14 @@ internal static class ExportCommand
         var external = ChoiceOption.ForEnum("--external-data", "Weights in model.onnx.data: auto (above 1 GiB), always or never.", ExternalDataMode.Auto);
         var kernels = ChoiceOption.ForEnum("--mlstm-kernels",
             "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).", MLstmKernels.Onnx);
+        var linear = new Option<string?>("--linear-kernels")
+        {
+            Description = "Projections: onnx (Gemm) or custom (ai.xlstm::Linear: batch-invariant decode steps, cuBLAS for prompts; needs --mlstm-kernels custom). "
+                + "Default: custom for fp16/bf16 with --mlstm-kernels custom, else onnx.",
+        };
+        linear.AcceptOnlyFromAmong("onnx", "custom");
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
-            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels };
+            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels, linear };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new ExportOptions
@@ -46,6 +52,7 @@ internal static class ExportCommand
                 HiddenStates = r.GetValue(hidden),
                 ExternalData = r.GetValue(external),
                 MLstmKernels = r.GetValue(kernels),
+                LinearKernels = r.GetValue(linear) switch { "onnx" => LinearKernels.Onnx, "custom" => LinearKernels.Custom, _ => null },
                 QuantizeBits = r.GetValue(quantize) is null ? null : 4,
                 QuantizeBlockSize = r.GetValue(blockSize),
             };

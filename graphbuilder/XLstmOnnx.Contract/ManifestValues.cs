@@ -25,6 +25,19 @@ public enum MLstmKernels
     [JsonStringEnumMemberName("custom")] Custom,
 }
 
+/// <summary>How the model's projections (y = x Wᵀ + b) are emitted.</summary>
+[JsonConverter(typeof(ContractEnumConverter<LinearKernels>))]
+public enum LinearKernels
+{
+    /// <summary>ONNX <c>Gemm</c> (cuBLAS on CUDA, MLAS on the CPU).</summary>
+    [JsonStringEnumMemberName("onnx")] Onnx,
+    /// <summary>
+    /// <c>ai.xlstm::Linear</c>: a decode step's projections run our batch-invariant kernel (a sequence's tokens do not
+    /// depend on how many others decode beside it), prompts run cuBLAS. Needs <see cref="MLstmKernels.Custom"/>.
+    /// </summary>
+    [JsonStringEnumMemberName("custom")] Custom,
+}
+
 /// <summary>Which positions the <c>logits</c> output covers (<c>logits</c>).</summary>
 [JsonConverter(typeof(ContractEnumConverter<LogitsOutput>))]
 public enum LogitsOutput

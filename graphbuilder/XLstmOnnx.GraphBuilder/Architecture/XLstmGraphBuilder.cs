@@ -99,13 +99,14 @@ public sealed class XLstmGraphBuilder
         }
         else
         {
-            string ids = G.Input(GraphNames.InputIds, DataType.Int64, "batch", "sequence");
+            string ids = _x.SequenceShape = G.Input(GraphNames.InputIds, DataType.Int64, "batch", "sequence");
             x = G.Op("/model/embeddings/Gather", "Gather", [_x.Weight("/model/embeddings", "weight", _w[WeightRole.Embedding]), ids]);
         }
         _x.BatchAndSequence = G.Op("/model/batch_and_sequence/Shape", "Shape", [x], Attr.Int("start", 0), Attr.Int("end", 2)); // [B, S]
         if (_o.AttentionMask)
         {
             string mask = _x.MaskInput = G.Input(GraphNames.AttentionMask, DataType.Int64, "batch", "sequence");
+            _x.SequenceShape ??= mask;
             string b = G.Op("/model/attention_mask/Cast", "Cast", [mask], Attr.Int("to", (long)DataType.Bool));
             _x.Mask = G.Op("/model/attention_mask/Unsqueeze", "Unsqueeze", [b, G.Constant(1)]); // [B,S] -> [B,1,S], broadcasts over heads
         }

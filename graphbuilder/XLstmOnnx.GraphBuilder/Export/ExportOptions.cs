@@ -48,6 +48,16 @@ public sealed record ExportOptions
     /// <summary>Weights above this many bytes go to external data in <see cref="ExternalDataMode.Auto"/>; well under protobuf's 2 GiB.</summary>
     public long ExternalDataThresholdBytes { get; init; } = 1L << 30;
     public MLstmKernels MLstmKernels { get; init; } = MLstmKernels.Onnx;
+    /// <summary>
+    /// The projections' op; null chooses: <see cref="LinearKernels.Custom"/> for float16/bfloat16 models with custom
+    /// mLSTM kernels (the GPU configuration, where cuBLAS's small-batch kernels round differently at each batch size),
+    /// <see cref="LinearKernels.Onnx"/> otherwise (float32 on the CPU keeps ONNX Runtime's own GEMM).
+    /// </summary>
+    public LinearKernels? LinearKernels { get; init; }
+
+    /// <summary>What <see cref="LinearKernels"/> resolves to for these options.</summary>
+    public LinearKernels Linear => LinearKernels
+        ?? (MLstmKernels == MLstmKernels.Custom && Dtype != WeightDtype.Fp32 ? Contract.LinearKernels.Custom : Contract.LinearKernels.Onnx);
 
     /// <summary>The ai.onnx opset we emit (23: RMSNormalization). ONNX Runtime 1.31 loads up to 26.</summary>
     public const int Opset = 23;
@@ -61,6 +71,15 @@ public sealed record ExportOptions
         if (!Enum.IsDefined(MLstmKernels))
         {
             throw XLstmOnnxException.MustBe(Name(nameof(MLstmKernels)), ContractNames.Alternatives(ContractNames.JsonNames<MLstmKernels>()), (int)MLstmKernels);
+        }
+        if (LinearKernels is { } linear && !Enum.IsDefined(linear))
+        {
+            throw XLstmOnnxException.MustBe(Name(nameof(LinearKernels)), ContractNames.Alternatives(ContractNames.JsonNames<LinearKernels>()), (int)linear);
+        }
+        if (LinearKernels == Contract.LinearKernels.Custom && MLstmKernels != MLstmKernels.Custom)
+        {
+            throw XLstmOnnxException.InParameter(Name(nameof(LinearKernels)),
+                $"{Name(nameof(LinearKernels))} custom needs {Name(nameof(MLstmKernels))} custom (the op is in the same library); found {MLstmKernels.JsonName()}.");
         }
         if (!Enum.IsDefined(ExternalData)) throw XLstmOnnxException.MustBe(Name(nameof(ExternalData)), "Auto, Always or Never", (int)ExternalData);
         if (QuantizeBits is { } bits && bits != 4) throw XLstmOnnxException.MustBe(Name(nameof(QuantizeBits)), "4 or null", bits);
