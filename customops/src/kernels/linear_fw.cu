@@ -9,12 +9,20 @@
 //   * the warps' float sums meet in shared memory and are added in warp order, then the bias, then one rounding.
 // Rows of an M-tile that M does not reach are zeros in the MMA and are not written. Nothing in a row's arithmetic
 // depends on M or on other rows: the result is the same bits at every batch size.
+// Above 16 rows every block of the kernel above would read all of x for its 16 columns, so x's traffic through L2
+// grows with M·N/16 and a 64-row step runs at half the bandwidth. There the same sums are computed with the split
+// across blocks: block (s, c) holds split s's slice of x in shared memory, walks its columns in groups of 16 with
+// the same MMA chain, and writes the split's float sums to a workspace; a second kernel adds the 8 splits in split
+// order, then the bias, then rounds. Same operations in the same order on every value: the same bits as the first
+// kernel, so the batch size may cross from one kernel to the other.
 // Other shapes and float32 (the gate projection) take the row-dot kernel: one warp per output value, lanes stride
 // over k, a fixed xor-tree reduction. Also batch-invariant; slower, and only used where the MMA kernel cannot be.
 #include <cublas_v2.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -67,6 +75,16 @@ __device__ __forceinline__ uint32_t Word(const uint4 (&v)[2], int j) {  // 32-bi
 /// Weights are read once per step: stream them past L1 (evict-first).
 __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) { return __ldcs(p); }
 
+/// The four k16 MMAs of one 64-wide K block for one m16 tile and one n8 tile: lane q's k pairs (4s, 4s+1) and
+/// (4s+2, 4s+3) of its 16 k, for A (rows g and g+8: xa, xb) and B (column g: wv) alike.
+template <typename T>
+__device__ __forceinline__ void MmaBlock(float (&c)[4], const uint4 (&xa)[2], const uint4 (&xb)[2], const uint4 (&wv)[2]) {
+#pragma unroll
+  for (int s = 0; s < 4; ++s)
+    MmaType<T>::Run(c, Word(xa, 2 * s), Word(xb, 2 * s), Word(xa, 2 * s + 1), Word(xb, 2 * s + 1), Word(wv, 2 * s),
+                    Word(wv, 2 * s + 1));
+}
+
 template <typename T, int MT>
 __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __restrict__ x, const T* __restrict__ w,
                                                                   const T* __restrict__ bias, T* __restrict__ y,
@@ -112,11 +130,7 @@ __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __res
       xb[0] = r1 < M ? __ldg(pb) : zero;
       xb[1] = r1 < M ? __ldg(pb + 1) : zero;
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int s = 0; s < 4; ++s)  // four k16 MMAs: lane q's k pairs (4s, 4s+1) and (4s+2, 4s+3) of its 16
-          MmaType<T>::Run(c[i][j], Word(xa, 2 * s), Word(xb, 2 * s), Word(xa, 2 * s + 1), Word(xb, 2 * s + 1),
-                          Word(wv[j], 2 * s), Word(wv[j], 2 * s + 1));
+      for (int j = 0; j < 2; ++j) MmaBlock<T>(c[i][j], xa, xb, wv[j]);
     }
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -145,6 +159,219 @@ __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __res
     if (bias != nullptr) sum += ToF<T>(bias[n0 + col]);
     y[static_cast<size_t>(m0 + r) * N + n0 + col] = FromF<T>(sum);
   }
+}
+
+/// x rows of one split in shared memory: per local K block j and row r, 64 values and 8 of padding (144 bytes a row:
+/// the 8 rows a 16-byte load touches fall on different banks).
+constexpr int kSmemRowHalves = kLinearKBlock + 8;
+
+/// Block (split s = blockIdx.x, column chunk blockIdx.y, rows 64·blockIdx.z...): split s's partial sums of its
+/// columns, written as float to ws[s][m][n].
+template <typename T, int MT>
+__global__ void __launch_bounds__(kThreads) LinearSplitMmaKernel(const T* __restrict__ x, const T* __restrict__ w,
+                                                                 float* __restrict__ ws, int M, int K, int N) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* xs = reinterpret_cast<T*>(smem_raw);
+  const int split = blockIdx.x;
+  const int rows = 16 * MT, m0 = blockIdx.z * rows;
+  const int blocks = K / kLinearKBlock;
+  const int local = (blocks - split + kLinearSplits - 1) / kLinearSplits;  // this split's K blocks: split, split+8, ...
+  // stage x[m0 .. m0+rows, split's blocks] (16 bytes a thread a step; rows past M are zeros)
+  const int chunks = local * rows * (kLinearKBlock / 8);
+  for (int e = threadIdx.x; e < chunks; e += kThreads) {
+    const int piece = e % (kLinearKBlock / 8), r = (e / (kLinearKBlock / 8)) % rows, j = e / (kLinearKBlock / 8 * rows);
+    const int kb = split + kLinearSplits * j;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (m0 + r < M) v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(m0 + r) * K + kb * kLinearKBlock + piece * 8));
+    *reinterpret_cast<uint4*>(xs + (static_cast<size_t>(j) * rows + r) * kSmemRowHalves + piece * 8) = v;
+  }
+  __syncthreads();
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, q = lane % 4;
+  const int groups = N / kColumns;
+  for (int cg = blockIdx.y * kWarps + warp; cg < groups; cg += gridDim.y * kWarps) {
+    const int n0 = cg * kColumns;
+    float c[MT][2][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int jn = 0; jn < 2; ++jn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[i][jn][e] = 0.0f;
+    uint4 wv[2][2], wn[2][2];
+    auto load_w = [&](uint4 (&dst)[2][2], int j) {
+      const int kb = split + kLinearSplits * j;
+#pragma unroll
+      for (int jn = 0; jn < 2; ++jn) {
+        const uint4* p = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n0 + 8 * jn + g) * K + kb * kLinearKBlock + q * 16);
+        dst[jn][0] = LoadStreaming(p);
+        dst[jn][1] = LoadStreaming(p + 1);
+      }
+    };
+    if (local > 0) load_w(wv, 0);
+    for (int j = 0; j < local; ++j) {
+      if (j + 1 < local) load_w(wn, j + 1);
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        const T* ra = xs + (static_cast<size_t>(j) * rows + 16 * i + g) * kSmemRowHalves + q * 16;
+        const T* rb = ra + 8 * kSmemRowHalves;
+        uint4 xa[2], xb[2];
+        xa[0] = reinterpret_cast<const uint4*>(ra)[0];
+        xa[1] = reinterpret_cast<const uint4*>(ra)[1];
+        xb[0] = reinterpret_cast<const uint4*>(rb)[0];
+        xb[1] = reinterpret_cast<const uint4*>(rb)[1];
+#pragma unroll
+        for (int jn = 0; jn < 2; ++jn) MmaBlock<T>(c[i][jn], xa, xb, wv[jn]);
+      }
+#pragma unroll
+      for (int jn = 0; jn < 2; ++jn) {
+        wv[jn][0] = wn[jn][0];
+        wv[jn][1] = wn[jn][1];
+      }
+    }
+    float* out = ws + static_cast<size_t>(split) * M * N;
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int jn = 0; jn < 2; ++jn) {
+        const int r0 = m0 + 16 * i + g, col = n0 + 8 * jn + 2 * q;
+        if (r0 < M) *reinterpret_cast<float2*>(out + static_cast<size_t>(r0) * N + col) = make_float2(c[i][jn][0], c[i][jn][1]);
+        if (r0 + 8 < M) *reinterpret_cast<float2*>(out + static_cast<size_t>(r0 + 8) * N + col) = make_float2(c[i][jn][2], c[i][jn][3]);
+      }
+  }
+}
+
+/// y[m, n] = round(Σ_s ws[s][m][n] in split order + bias[n]): the first kernel's last step, value for value.
+template <typename T>
+__global__ void LinearSplitSumKernel(const float* __restrict__ ws, const T* __restrict__ bias, T* __restrict__ y, int64_t M, int64_t N) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= M * N) return;
+  float sum = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kLinearSplits; ++s) sum += ws[s * M * N + i];  // split order
+  if (bias != nullptr) sum += ToF<T>(bias[i % N]);
+  y[i] = FromF<T>(sum);
+}
+
+/// Where a kernel's scratch lives: per (device, stream), grown during a warm (uncaptured) call and never freed, because
+/// a captured CUDA graph keeps the address it saw. Also the stream's cuBLAS handle and its workspace (no call allocates).
+class StreamResources {
+ public:
+  static StreamResources& For(cudaStream_t stream, std::string& error) {
+    static auto* registry = new Registry();  // never destroyed: CUDA may be gone at exit
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) error = "cudaGetDevice failed";
+    std::lock_guard<std::mutex> lock(registry->mutex);
+    auto& slot = registry->streams[std::make_pair(device, stream)];
+    if (!slot) slot.reset(new StreamResources(stream));
+    return *slot;
+  }
+
+  /// At least `bytes` of device scratch; "" or why not (growing while the stream is being captured is refused).
+  std::string Scratch(size_t bytes, void*& ptr) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (bytes > scratch_bytes_) {
+      cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+      cudaStreamIsCapturing(stream_, &capturing);
+      if (capturing != cudaStreamCaptureStatusNone) {
+        return "the workspace must grow to " + std::to_string(bytes) + " bytes during CUDA-graph capture (run the shape uncaptured first)";
+      }
+      void* p = nullptr;
+      if (cudaMalloc(&p, bytes) != cudaSuccess) return "cudaMalloc of " + std::to_string(bytes) + " bytes of workspace failed";
+      scratch_ = p;  // the previous buffer stays allocated: a captured graph may still use it
+      scratch_bytes_ = bytes;
+    }
+    ptr = scratch_;
+    return "";
+  }
+
+  std::string Cublas(cublasHandle_t& handle) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cublas_ == nullptr) {
+      cublasHandle_t h = nullptr;
+      if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return "cublasCreate failed";
+      void* workspace = nullptr;
+      if (cudaMalloc(&workspace, kCublasWorkspaceBytes) != cudaSuccess) return "cudaMalloc of the cuBLAS workspace failed";
+      if (cublasSetWorkspace(h, workspace, kCublasWorkspaceBytes) != CUBLAS_STATUS_SUCCESS) return "cublasSetWorkspace failed";
+      if (cublasSetStream(h, stream_) != CUBLAS_STATUS_SUCCESS) return "cublasSetStream failed";
+      cublas_ = h;
+    }
+    handle = cublas_;
+    return "";
+  }
+
+ private:
+  struct Registry {
+    std::mutex mutex;
+    std::map<std::pair<int, cudaStream_t>, std::unique_ptr<StreamResources>> streams;
+  };
+  static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;  // cuBLAS's own advice for Hopper
+
+  explicit StreamResources(cudaStream_t stream) : stream_(stream) {}
+
+  cudaStream_t stream_;
+  std::mutex mutex_;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  cublasHandle_t cublas_ = nullptr;
+};
+
+struct SplitMmaTag {};
+constexpr int kMaxThreadsPerSm = 2048;
+
+int SmCount() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    cudaGetDevice(&device);
+    return cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess && sms > 0 ? sms : 132;
+  }();
+  return count;
+}
+
+template <typename T>
+std::string LaunchSplit(const LinearParams& p, cudaStream_t stream) {
+  const int M = static_cast<int>(p.rows), K = static_cast<int>(p.in), N = static_cast<int>(p.out);
+  const int mt = M <= 32 ? 2 : 4;
+  const int rows = 16 * mt;
+  const int local = static_cast<int>(CeilDiv(K / kLinearKBlock, kLinearSplits));
+  const size_t smem = static_cast<size_t>(local) * rows * kSmemRowHalves * sizeof(T);
+  std::string error;
+  StreamResources& res = StreamResources::For(stream, error);
+  if (!error.empty()) return error;
+  void* ws = nullptr;
+  error = res.Scratch(sizeof(float) * kLinearSplits * static_cast<size_t>(M) * N, ws);
+  if (!error.empty()) return error;
+  // one wave: as many column chunks as the SMs hold blocks of this shared-memory size (8 splits each)
+  const int groups = N / kColumns;
+  const int per_sm = std::max(1, std::min(kMaxThreadsPerSm / kThreads, static_cast<int>((228 * 1024) / (smem + 1024))));
+  const int chunks = static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(SmCount() * per_sm / kLinearSplits, CeilDiv(groups, kWarps)), 1, 64));
+  const dim3 grid(kLinearSplits, chunks, static_cast<unsigned>(CeilDiv(M, rows)));
+  cudaError_t err;
+  if (mt == 2) {
+    auto kernel = LinearSplitMmaKernel<T, 2>;
+    err = AllowSharedMemory<std::pair<SplitMmaTag, T>>(kernel, smem);
+    if (err == cudaSuccess) kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(p.x), static_cast<const T*>(p.weight), static_cast<float*>(ws), M, K, N);
+  } else {
+    auto kernel = LinearSplitMmaKernel<T, 4>;
+    err = AllowSharedMemory<std::pair<std::pair<SplitMmaTag, T>, int>>(kernel, smem);
+    if (err == cudaSuccess) kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(p.x), static_cast<const T*>(p.weight), static_cast<float*>(ws), M, K, N);
+  }
+  if (err == cudaSuccess) err = cudaGetLastError();
+  if (err != cudaSuccess) return std::string("split kernel launch failed: ") + cudaGetErrorString(err);
+  const int64_t total = p.rows * p.out;
+  LinearSplitSumKernel<T><<<static_cast<unsigned>(CeilDiv(total, 256)), 256, 0, stream>>>(
+      static_cast<const float*>(ws), static_cast<const T*>(p.bias), static_cast<T*>(p.y), p.rows, p.out);
+  err = cudaGetLastError();
+  return err == cudaSuccess ? "" : std::string("split sum launch failed: ") + cudaGetErrorString(err);
+}
+
+/// Whether the split kernel's x slice fits in shared memory (227 KiB a block on the H200).
+template <typename T>
+bool SplitFits(const LinearParams& p) {
+  const int rows = p.rows <= 32 ? 32 : 64;
+  const int64_t local = CeilDiv(p.in / kLinearKBlock, kLinearSplits);
+  return local * rows * kSmemRowHalves * static_cast<int64_t>(sizeof(T)) <= 227 * 1024;
 }
 
 /// One warp per output value: lane l sums k = l, l+32, ... in order, then a fixed xor tree. Any T, any shape.
@@ -179,13 +406,14 @@ bool MmaApplies(const LinearParams& p) {
 }
 
 template <typename T>
-cudaError_t LaunchDecode(const LinearParams& p, cudaStream_t stream) {
+std::string LaunchDecode(const LinearParams& p, cudaStream_t stream) {
   const T* x = static_cast<const T*>(p.x);
   const T* w = static_cast<const T*>(p.weight);
   const T* b = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
-  if (p.rows == 0 || p.out == 0) return cudaSuccess;
+  if (p.rows == 0 || p.out == 0) return "";
   if constexpr (!std::is_same_v<T, float>) {
+    if (MmaApplies<T>(p) && p.rows > 16 && SplitFits<T>(p)) return LaunchSplit<T>(p, stream);
     if (MmaApplies<T>(p)) {
       const int M = static_cast<int>(p.rows), K = static_cast<int>(p.in), N = static_cast<int>(p.out);
       const int mt = M <= 16 ? 1 : M <= 32 ? 2 : 4;  // rows per block 16·MT; more rows take more blocks
@@ -193,12 +421,14 @@ cudaError_t LaunchDecode(const LinearParams& p, cudaStream_t stream) {
       if (mt == 1) LinearDecodeMmaKernel<T, 1><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
       else if (mt == 2) LinearDecodeMmaKernel<T, 2><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
       else LinearDecodeMmaKernel<T, 4><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
-      return cudaGetLastError();
+      const cudaError_t err = cudaGetLastError();
+      return err == cudaSuccess ? "" : std::string("decode kernel launch failed: ") + cudaGetErrorString(err);
     }
   }
   const int64_t blocks = CeilDiv(p.rows * p.out, kWarps);
   LinearRowDotKernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, w, b, y, p.rows, p.in, p.out);
-  return cudaGetLastError();
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? "" : std::string("row-dot kernel launch failed: ") + cudaGetErrorString(err);
 }
 
 template <typename T>
@@ -206,38 +436,6 @@ __global__ void BroadcastRowsKernel(const T* __restrict__ bias, T* __restrict__ 
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < M * N) y[i] = bias[i % N];
 }
-
-/// cuBLAS handles, one per (device, stream), each with its own workspace so that no call allocates (stream capture
-/// forbids it) and no two streams share scratch. They live as long as the process, like the ops that use them.
-class CublasHandles {
- public:
-  static std::string Get(cudaStream_t stream, cublasHandle_t& handle) {
-    static CublasHandles* registry = new CublasHandles();  // never destroyed: CUDA may be gone at exit
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return "cudaGetDevice failed";
-    std::lock_guard<std::mutex> lock(registry->mutex_);
-    auto key = std::make_pair(device, stream);
-    auto it = registry->handles_.find(key);
-    if (it != registry->handles_.end()) {
-      handle = it->second;
-      return "";
-    }
-    cublasHandle_t h = nullptr;
-    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return "cublasCreate failed";
-    void* workspace = nullptr;
-    if (cudaMalloc(&workspace, kWorkspaceBytes) != cudaSuccess) return "cudaMalloc of the cuBLAS workspace failed";
-    if (cublasSetWorkspace(h, workspace, kWorkspaceBytes) != CUBLAS_STATUS_SUCCESS) return "cublasSetWorkspace failed";
-    if (cublasSetStream(h, stream) != CUBLAS_STATUS_SUCCESS) return "cublasSetStream failed";
-    registry->handles_[key] = h;
-    handle = h;
-    return "";
-  }
-
- private:
-  static constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLAS's own advice for Hopper
-  std::mutex mutex_;
-  std::map<std::pair<int, cudaStream_t>, cublasHandle_t> handles_;
-};
 
 template <typename T>
 cudaDataType_t CublasType() {
@@ -249,8 +447,11 @@ cudaDataType_t CublasType() {
 template <typename T>
 std::string RunPrompt(const LinearParams& p, cudaStream_t stream) {
   if (p.rows == 0 || p.out == 0) return "";
+  std::string err;
+  StreamResources& res = StreamResources::For(stream, err);
+  if (!err.empty()) return err;
   cublasHandle_t h = nullptr;
-  std::string err = CublasHandles::Get(stream, h);
+  err = res.Cublas(h);
   if (!err.empty()) return err;
   const float alpha = 1.0f;
   float beta = 0.0f;
@@ -272,15 +473,12 @@ std::string RunPrompt(const LinearParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-cudaError_t LaunchLinearDecode(const LinearParams& p, cudaStream_t stream) {
+std::string LaunchLinearDecode(const LinearParams& p, cudaStream_t stream) {
   return XLSTM_DTYPE_SWITCH(p.dtype, [&] { return LaunchDecode<T>(p, stream); });
 }
 
 std::string RunLinearCuda(const LinearParams& p, cudaStream_t stream) {
-  if (p.decode) {
-    const cudaError_t err = LaunchLinearDecode(p, stream);
-    return err == cudaSuccess ? "" : std::string("decode kernel launch failed: ") + cudaGetErrorString(err);
-  }
+  if (p.decode) return LaunchLinearDecode(p, stream);
   return XLSTM_DTYPE_SWITCH(p.dtype, [&] { return RunPrompt<T>(p, stream); });
 }
 

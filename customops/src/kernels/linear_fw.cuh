@@ -1,5 +1,6 @@
-// Launchers of ai.xlstm::Linear on CUDA (kernels/linear_params.h). They only enqueue on `stream`: no allocation
-// after a (device, stream)'s first prompt call, no synchronization, so decode steps can be captured as CUDA graphs.
+// Launchers of ai.xlstm::Linear on CUDA (kernels/linear_params.h). They only enqueue on `stream`, except that a
+// (device, stream)'s workspace and cuBLAS handle are made or grown on the first call that needs them (uncaptured:
+// ONNX Runtime runs a graph once before it captures it); no synchronization.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -10,8 +11,9 @@
 
 namespace xlstm {
 
-/// The decode kernel (batch-invariant, any M). Returns cudaGetLastError().
-cudaError_t LaunchLinearDecode(const LinearParams& p, cudaStream_t stream);
+/// The decode kernels (batch-invariant, any M: up to 16 rows the one-pass kernel, above it the split-across-blocks
+/// pair, same bits). Returns "" or what failed.
+std::string LaunchLinearDecode(const LinearParams& p, cudaStream_t stream);
 
 /// The op's dispatch: p.decode → LaunchLinearDecode, else cuBLAS on a handle owned per (device, stream).
 /// Returns "" or what failed.
