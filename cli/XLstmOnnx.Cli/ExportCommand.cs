@@ -35,10 +35,11 @@ internal static class ExportCommand
             "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).", MLstmKernels.Onnx);
         var linear = new Option<string?>("--linear-kernels")
         {
-            Description = "Projections: onnx (Gemm) or custom (ai.xlstm::Linear: batch-invariant decode steps, cuBLAS for prompts; needs --mlstm-kernels custom). "
-                + "Default: custom for fp16/bf16 with --mlstm-kernels custom, else onnx.",
+            Description = "Projections: onnx (Gemm), custom (ai.xlstm::Linear: our kernel for decode steps of up to 16 rows, cuBLAS otherwise) "
+                + "or batch-invariant (every decode step on our kernels: a sequence's tokens do not depend on the batch; slower above 16 rows). "
+                + "Needs --mlstm-kernels custom. Default: custom for fp16/bf16 with --mlstm-kernels custom, else onnx.",
         };
-        linear.AcceptOnlyFromAmong("onnx", "custom");
+        linear.AcceptOnlyFromAmong("onnx", "custom", "batch-invariant");
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
             { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels, linear };
         cmd.SetAction(r => CliErrors.Run(() =>
@@ -52,7 +53,13 @@ internal static class ExportCommand
                 HiddenStates = r.GetValue(hidden),
                 ExternalData = r.GetValue(external),
                 MLstmKernels = r.GetValue(kernels),
-                LinearKernels = r.GetValue(linear) switch { "onnx" => LinearKernels.Onnx, "custom" => LinearKernels.Custom, _ => null },
+                LinearKernels = r.GetValue(linear) switch
+                {
+                    "onnx" => LinearKernels.Onnx,
+                    "custom" => LinearKernels.Custom,
+                    "batch-invariant" => LinearKernels.BatchInvariant,
+                    _ => null,
+                },
                 QuantizeBits = r.GetValue(quantize) is null ? null : 4,
                 QuantizeBlockSize = r.GetValue(blockSize),
             };

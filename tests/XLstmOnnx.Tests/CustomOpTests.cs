@@ -54,7 +54,8 @@ public class CustomOpTests
     {
         _ = Library;
         using var tmp = TestPaths.Temp();
-        var result = OnnxExporter.Export(dir, tmp.Sub("model"), new ExportOptions { MLstmKernels = MLstmKernels.Custom, LinearKernels = LinearKernels.Custom });
+        var linearKernels = Path.GetFileName(dir).Length % 2 == 0 ? LinearKernels.Custom : LinearKernels.BatchInvariant; // both modes, same CPU kernel
+        var result = OnnxExporter.Export(dir, tmp.Sub("model"), new ExportOptions { MLstmKernels = MLstmKernels.Custom, LinearKernels = linearKernels });
         var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(result.ModelPath));
         using var session = XLstmSession.Load(tmp.Sub("model"));
         var results = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), Atol, Rtol);
@@ -67,6 +68,8 @@ public class CustomOpTests
             Assert.That(linear, Has.Count.EqualTo(5 * blocks + 1));
             Assert.That(linear.Select(n => n.Domain), Is.All.EqualTo(CustomOps.Domain));
             Assert.That(linear.Select(n => n.Input[2]), Is.All.EqualTo(GraphNames.InputIds), "the sequence length comes from input_ids");
+            Assert.That(linear.Select(n => n.Attribute.Single(a => a.Name == "batch_invariant").I),
+                Is.All.EqualTo(linearKernels == LinearKernels.BatchInvariant ? 1 : 0));
             Assert.That(linear.Single(n => n.Name == "/model/blocks.0/mlstm/if_gate/Linear").Input, Has.Count.EqualTo(4), "the gate projection keeps its bias");
             foreach (var r in results)
             {
@@ -87,8 +90,8 @@ public class CustomOpTests
             Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16, LinearKernels = LinearKernels.Onnx }.Linear,
                 Is.EqualTo(LinearKernels.Onnx));
         });
-        var e = Assert.Throws<XLstmOnnxException>(() => new ExportOptions { LinearKernels = LinearKernels.Custom }.Validate())!;
-        Assert.That(e.Message, Does.Contain("ExportOptions.LinearKernels").And.Contain("ExportOptions.MLstmKernels custom").And.Contain("found onnx"));
+        var e = Assert.Throws<XLstmOnnxException>(() => new ExportOptions { LinearKernels = LinearKernels.BatchInvariant }.Validate())!;
+        Assert.That(e.Message, Does.Contain("ExportOptions.LinearKernels batch-invariant").And.Contain("ExportOptions.MLstmKernels custom").And.Contain("found onnx"));
     }
 
     [Test]

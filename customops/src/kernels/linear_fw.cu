@@ -478,7 +478,7 @@ std::string LaunchLinearDecode(const LinearParams& p, cudaStream_t stream) {
 }
 
 std::string RunLinearCuda(const LinearParams& p, cudaStream_t stream) {
-  if (p.decode) return LaunchLinearDecode(p, stream);
+  if (p.decode && (p.batch_invariant || p.rows <= kLinearOwnRows)) return LaunchLinearDecode(p, stream);
   return XLSTM_DTYPE_SWITCH(p.dtype, [&] { return RunPrompt<T>(p, stream); });
 }
 

@@ -15,7 +15,7 @@ namespace xlstm {
 /// pair, same bits). Returns "" or what failed.
 std::string LaunchLinearDecode(const LinearParams& p, cudaStream_t stream);
 
-/// The op's dispatch: p.decode → LaunchLinearDecode, else cuBLAS on a handle owned per (device, stream).
+/// The op's dispatch (kernels/linear_params.h): our decode kernels, or cuBLAS on a handle owned per (device, stream).
 /// Returns "" or what failed.
 std::string RunLinearCuda(const LinearParams& p, cudaStream_t stream);
 

@@ -6,12 +6,13 @@
 //
 // Float32 accumulation, one rounding to T at the end (bias added before it).
 //
-// Two paths on CUDA, chosen by the call's sequence length S (the op reads it from input_ids [B, S]):
-//   * decode (S = 1): our own kernel. Every output value is summed in one fixed order that depends on K alone: the
+// Two paths on CUDA, chosen by the call's sequence length S (the op reads it from input_ids [B, S]) and the node's
+// batch_invariant attribute:
+//   * decode (S = 1) with batch_invariant, or with at most kLinearOwnRows rows: our own kernel. Every output value is summed in one fixed order that depends on K alone: the
 //     K axis is cut into 64-wide blocks, block b belongs to split b mod 8, each split sums its blocks in order with
 //     tensor-core MMAs, and the 8 split sums are added in split order. Neither the number of rows M nor the other
 //     rows' values change a row's result, so a sequence decodes to the same bits at every decode batch size.
-//   * prompt (S > 1): cuBLAS (cublasGemmEx, float32 compute), where large M pays for its tiles.
+//   * otherwise (prompts, and larger decode steps without batch_invariant): cuBLAS (cublasGemmEx, float32 compute).
 #pragma once
 
 #include <cstdint>
@@ -29,8 +30,14 @@ struct LinearParams {
   int64_t rows = 0;   // M = B·S
   int64_t in = 0;     // K
   int64_t out = 0;    // N
-  bool decode = false;  // S = 1: the batch-invariant kernel (CUDA); the CPU kernel is row-independent always
+  bool decode = false;  // S = 1: a decode step
+  // Decode steps of any size on our kernels (batch-invariant). Otherwise only steps of up to kLinearOwnRows rows
+  // (where our kernel streams the weights faster than cuBLAS) and cuBLAS above. The CPU kernel is row-independent always.
+  bool batch_invariant = false;
 };
+
+/// Up to this many rows a decode step runs our kernel in either mode (tools/bench: it beats cuBLAS up to 16 rows).
+inline constexpr int64_t kLinearOwnRows = 16;
 
 /// The decode kernel's fixed summation split (see above). Part of the op's numerics: changing it changes results.
 inline constexpr int kLinearSplits = 8;

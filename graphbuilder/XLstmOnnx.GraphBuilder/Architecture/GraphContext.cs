@@ -51,10 +51,11 @@ internal sealed class GraphContext
     {
         if (quantize && O.QuantizeBits == 4) return MatMulNBits(p, x, weight, bias);
         string w = Weight(p, "weight", weight, type);
-        if (O.Linear == LinearKernels.Custom && SequenceShape is { } shape)
+        if (O.Linear != LinearKernels.Onnx && SequenceShape is { } shape)
         {
             string[] operands = bias is null ? [x, w, shape] : [x, w, shape, Weight(p, "bias", bias, type)];
-            return G.Node($"{p}/{CustomOps.Linear}", CustomOps.Linear, operands, 1, CustomOps.Domain)[0];
+            return G.Node($"{p}/{CustomOps.Linear}", CustomOps.Linear, operands, 1, CustomOps.Domain,
+                Attr.Int("batch_invariant", O.Linear == LinearKernels.BatchInvariant ? 1 : 0))[0];
         }
         string[] inputs = bias is null ? [x, w] : [x, w, Weight(p, "bias", bias, type)];
         return G.Op($"{p}/Gemm", "Gemm", inputs, Attr.Int("transB", 1));

@@ -76,10 +76,10 @@ public sealed record ExportOptions
         {
             throw XLstmOnnxException.MustBe(Name(nameof(LinearKernels)), ContractNames.Alternatives(ContractNames.JsonNames<LinearKernels>()), (int)linear);
         }
-        if (LinearKernels == Contract.LinearKernels.Custom && MLstmKernels != MLstmKernels.Custom)
+        if (LinearKernels is { } custom && custom != Contract.LinearKernels.Onnx && MLstmKernels != MLstmKernels.Custom)
         {
             throw XLstmOnnxException.InParameter(Name(nameof(LinearKernels)),
-                $"{Name(nameof(LinearKernels))} custom needs {Name(nameof(MLstmKernels))} custom (the op is in the same library); found {MLstmKernels.JsonName()}.");
+                $"{Name(nameof(LinearKernels))} {custom.JsonName()} needs {Name(nameof(MLstmKernels))} custom (the op is in the same library); found {MLstmKernels.JsonName()}.");
         }
         if (!Enum.IsDefined(ExternalData)) throw XLstmOnnxException.MustBe(Name(nameof(ExternalData)), "Auto, Always or Never", (int)ExternalData);
         if (QuantizeBits is { } bits && bits != 4) throw XLstmOnnxException.MustBe(Name(nameof(QuantizeBits)), "4 or null", bits);
