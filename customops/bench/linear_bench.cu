@@ -43,7 +43,8 @@ double TimeMs(const Shape& s, int64_t M, bool decode, int reps) {
   CHECK_CUDA(cudaMemset(x, 0x22, size_t(M) * s.k * 2));
   CHECK_CUDA(cudaMalloc(&y, size_t(M) * s.n * 2));
   xlstm::LinearParams p;
-  p.dtype = xlstm::Dtype::kBFloat16, p.rows = M, p.in = s.k, p.out = s.n, p.decode = decode, p.x = x, p.y = y;
+  p.dtype = xlstm::Dtype::kBFloat16, p.rows = M, p.in = s.k, p.out = s.n, p.x = x, p.y = y;
+  p.decode = decode, p.batch_invariant = decode;  // ours: the batch-invariant kernels at every M; else cuBLAS
   auto call = [&](int i) {
     p.weight = ws[i % copies];
     const std::string err = xlstm::RunLinearCuda(p, nullptr);

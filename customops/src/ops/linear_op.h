@@ -43,10 +43,12 @@ struct LinearKernel {
     const auto& ws = weight.Shape();
     const auto& ids = input_ids.Shape();
     if (ids.size() != 2) return ShapeError(kLinearName, "input_ids", ids, "rank 2 [B, S]");
-    const int64_t M = ids[0] * ids[1];
-    if (xs.size() != 2 || xs[0] != M) {
-      return ShapeError(kLinearName, "x", xs, "[B·S, K] = [" + std::to_string(M) + ", K] for input_ids " + ShapeString(ids));
+    // [B·S, K], or [B, K] for a last-position-only lm_head
+    if (xs.size() != 2 || (xs[0] != ids[0] * ids[1] && xs[0] != ids[0])) {
+      return ShapeError(kLinearName, "x", xs, "[B·S, K] = [" + std::to_string(ids[0] * ids[1]) + ", K] or [B, K] = [" +
+                                                  std::to_string(ids[0]) + ", K] for input_ids " + ShapeString(ids));
     }
+    const int64_t M = xs[0];
     if (ws.size() != 2 || ws[1] != xs[1]) {
       return ShapeError(kLinearName, "weight", ws, "[N, K] = [N, " + std::to_string(xs[1]) + "] for x " + ShapeString(xs));
     }
