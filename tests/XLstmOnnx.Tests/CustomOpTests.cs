@@ -78,18 +78,34 @@ public class CustomOpTests
         });
     }
 
+    /// <summary>With last-position logits the lm_head's Linear gets [B, H] rows for a [B, S] input (a shape its check once refused).</summary>
     [Test]
-    public void LinearKernelsDefaultToCustomForHalfPrecisionCustomExportsAndNeedTheCustomCell()
+    public void LinearOpWithLastLogitsOnlyVerifies()
+    {
+        _ = Library;
+        string dir = Path.Combine(TestPaths.Fixtures, "segmented");
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(dir, tmp.Sub("model"), new ExportOptions
+        {
+            MLstmKernels = MLstmKernels.Custom, LinearKernels = LinearKernels.BatchInvariant, LastLogitsOnly = true, NextToken = true,
+        });
+        using var session = XLstmSession.Load(tmp.Sub("model"));
+        var results = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), Atol, Rtol);
+        Assert.That(results, Is.Not.Empty);
+        foreach (var r in results) Assert.That(r.Violations, Is.Zero, $"{r.Case} {r.Check}: max abs {r.MaxAbsError:E2}");
+    }
+
+    [Test]
+    public void LinearKernelsDefaultToGemmAndNeedTheCustomCell()
     {
         Assert.Multiple(() =>
         {
-            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16 }.Linear, Is.EqualTo(LinearKernels.Custom));
-            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Fp16 }.Linear, Is.EqualTo(LinearKernels.Custom));
-            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom }.Linear, Is.EqualTo(LinearKernels.Onnx), "fp32 keeps ONNX Runtime's GEMM");
-            Assert.That(new ExportOptions { Dtype = WeightDtype.Bf16 }.Linear, Is.EqualTo(LinearKernels.Onnx), "standard-op cells need no library");
-            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16, LinearKernels = LinearKernels.Onnx }.Linear,
-                Is.EqualTo(LinearKernels.Onnx));
+            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16 }.Linear, Is.EqualTo(LinearKernels.Onnx));
+            Assert.That(new ExportOptions().Linear, Is.EqualTo(LinearKernels.Onnx));
+            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16, LinearKernels = LinearKernels.BatchInvariant }.Linear,
+                Is.EqualTo(LinearKernels.BatchInvariant));
         });
+        Assert.DoesNotThrow(() => new ExportOptions { LinearKernels = LinearKernels.Onnx }.Validate(), "onnx needs no library");
         var e = Assert.Throws<XLstmOnnxException>(() => new ExportOptions { LinearKernels = LinearKernels.BatchInvariant }.Validate())!;
         Assert.That(e.Message, Does.Contain("ExportOptions.LinearKernels batch-invariant").And.Contain("ExportOptions.MLstmKernels custom").And.Contain("found onnx"));
     }

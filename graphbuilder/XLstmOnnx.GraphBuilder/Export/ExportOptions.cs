@@ -49,15 +49,14 @@ public sealed record ExportOptions
     public long ExternalDataThresholdBytes { get; init; } = 1L << 30;
     public MLstmKernels MLstmKernels { get; init; } = MLstmKernels.Onnx;
     /// <summary>
-    /// The projections' op; null chooses: <see cref="LinearKernels.Custom"/> for float16/bfloat16 models with custom
-    /// mLSTM kernels (the GPU configuration, where cuBLAS's small-batch kernels round differently at each batch size),
-    /// <see cref="LinearKernels.Onnx"/> otherwise (float32 on the CPU keeps ONNX Runtime's own GEMM).
+    /// The projections' op; null is <see cref="LinearKernels.Onnx"/>. On the H200 at xLSTM-7b, <see cref="LinearKernels.Custom"/>
+    /// decoded 4% slower at batch 1 and 1% at 8–64, and <see cref="LinearKernels.BatchInvariant"/> 12% slower at 32 and 24% at 64
+    /// (tools/serve/results/run4): the batch-invariant mode is for those who need a sequence's tokens not to depend on its batch.
     /// </summary>
     public LinearKernels? LinearKernels { get; init; }
 
     /// <summary>What <see cref="LinearKernels"/> resolves to for these options.</summary>
-    public LinearKernels Linear => LinearKernels
-        ?? (MLstmKernels == MLstmKernels.Custom && Dtype != WeightDtype.Fp32 ? Contract.LinearKernels.Custom : Contract.LinearKernels.Onnx);
+    public LinearKernels Linear => LinearKernels ?? Contract.LinearKernels.Onnx;
 
     /// <summary>The ai.onnx opset we emit (23: RMSNormalization). ONNX Runtime 1.31 loads up to 26.</summary>
     public const int Opset = 23;
