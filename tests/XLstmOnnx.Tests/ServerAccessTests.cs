@@ -296,6 +296,43 @@ public class ServerAccessTests
         }
     }
 
+    /// <summary>
+    /// Against a server that takes one request and queues one, 8 clients are refused most of the time: they come back
+    /// after Retry-After plus backoff, so the 429s stay a few per client and second (it used to be thousands), every
+    /// request is served in the end, and the report counts them.
+    /// </summary>
+    [Test]
+    public async Task LoadtestBacksOffOn429AndCountsThem()
+    {
+        using var session = XLstmOnnx.Runtime.XLstmSession.Load(_server.Model);
+        using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 1, QueueCapacity = 1 });
+        var (app, url) = await OpenAiServer.StartAsync(engine, new ServerOptions { Port = 0, ModelId = "kjv", Logs = NullLoggerProvider.Instance });
+        await using var _ = app;
+        const int clients = 8, seconds = 3;
+        var r = CliTests.Run("loadtest", "--url", url, "--model-name", "kjv", "--clients", $"{clients}", "--seconds", $"{seconds}", "--max-tokens", "8", "--check-alone", "2");
+        Assert.That(r.Code, Is.Zero, r.Out + r.Err);
+        var report = JsonDocument.Parse(r.Out).RootElement;
+        int limited = report.GetProperty("rate_limited_429").GetInt32();
+        Assert.That(limited, Is.GreaterThan(0), "the queue refused some");
+        Assert.That(limited, Is.LessThanOrEqualTo(clients * (seconds + 2)), "at most one 429 a client and second (Retry-After: 1)");
+        Assert.That(report.GetProperty("failed").GetInt32(), Is.Zero, "every request counted was served after its retries");
+        Assert.That(report.GetProperty("rate_limit_wait_s").GetDouble(), Is.GreaterThanOrEqualTo(limited * 0.5), "each retry waited");
+    }
+
+    [Test]
+    public void RetryDelaysGrowWithJitterAfterRetryAfter()
+    {
+        var random = new Random(1);
+        var delays = Enumerable.Range(0, 12).Select(a => Cli.LoadTestCommand.RetryDelay(a, null, random).TotalMilliseconds).ToArray();
+        Assert.That(delays, Is.All.InRange(0, 10_000), "full jitter under a cap of 10 s");
+        Assert.That(delays.Take(3).Max(), Is.LessThan(400), "the first waits are short: 100, 200, 400 ms at most");
+        var late = Enumerable.Range(0, 50).Select(_ => Cli.LoadTestCommand.RetryDelay(10, null, random).TotalMilliseconds).ToArray();
+        Assert.That(late.Max(), Is.GreaterThan(5_000), "later attempts may wait long");
+        Assert.That(late.Distinct().Count(), Is.EqualTo(50), "clients refused together do not come back together");
+        var told = Cli.LoadTestCommand.RetryDelay(0, TimeSpan.FromSeconds(2), random);
+        Assert.That(told.TotalMilliseconds, Is.InRange(2000, 2100), "the server's Retry-After, then the jitter");
+    }
+
     [Test]
     public void LoadtestWithNoServerListeningIsAClearError()
     {

@@ -96,7 +96,8 @@ public sealed class ApiError(int status, string message, string? param = null, s
 /// server-sent events; request fields: <see cref="OpenAiRequest"/>), /v1/models and /v1/models/{id}, vLLM's /tokenize and
 /// /detokenize, /health and /metrics (the engine's <see cref="ServingMetrics"/> in Prometheus' text format, through
 /// OpenTelemetry's exporter). Bad requests and unknown routes get 4xx answers with OpenAI-style bodies; the engine keeps
-/// serving everyone else. The seed a request sampled with is in the <see cref="SeedHeader"/> response header. Every completion request is logged once it ends (category <see cref="RequestLogCategory"/>).
+/// serving everyone else. Who may use it (the address, Host and Origin rules, CORS, the API key): <see cref="ServerAccess"/>.
+/// Bodies above 4 MiB get 413; a full queue 429 with Retry-After. The seed a request sampled with is in the <see cref="SeedHeader"/> response header. Every completion request is logged once it ends (category <see cref="RequestLogCategory"/>).
 /// </summary>
 public static partial class OpenAiServer
 {
@@ -238,7 +239,7 @@ public static partial class OpenAiServer
         if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "The request body must be a JSON object.");
         if (LoneSurrogate(body) is { } at)
         {
-            throw new ApiError(400, $"The request body is not valid Unicode: the string at {at} has a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair).", at.Split('.', '[')[0]);
+            throw new ApiError(400, $"The request body is not valid Unicode: the string at {at} has a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair).", at.StartsWith('(') ? null : at.Split('.', '[')[0]);
         }
         return body;
     }
