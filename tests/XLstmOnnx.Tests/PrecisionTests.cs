@@ -1,4 +1,5 @@
 using XLstmOnnx.Contract;
+using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.Runtime;
 
@@ -41,7 +42,7 @@ public class PrecisionTests
     }
 }
 
-/// <summary>int4 exports (MatMulNBits, asymmetric 4-bit blocks) of the shipped model against its fp32 export.</summary>
+/// <summary>int4 exports (MatMulNBits, asymmetric 4-bit blocks) of the shipped model against its fp32 export and against transformers' fp32 reference.</summary>
 [TestFixture]
 public class Int4Tests
 {
@@ -72,5 +73,60 @@ public class Int4Tests
         // for a wrong layout (random codes give ~0% agreement and several times the loss).
         Assert.That(agreement, Is.GreaterThan(0.80));
         Assert.That(Math.Abs(lossB - lossA) / lossA, Is.LessThan(0.04));
+    }
+
+    [Test]
+    public void Int4StaysNearTransformersReference()
+    {
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(Model, tmp.Sub("int4"), new ExportOptions { QuantizeBits = 4, QuantizeBlockSize = 32 });
+        using var int4 = XLstmSession.Load(tmp.Sub("int4"));
+        using var reference = SafetensorsFile.Open(Path.Combine(Model, "reference.safetensors"));
+        // every forward case of transformers' fp32 reference (61 positions of random ids, 2,048 logits each)
+        double sq = 0, kl = 0;
+        long values = 0;
+        int positions = 0, same = 0;
+        foreach (var ids in reference.Tensors.Where(t => t.Name.EndsWith(".input_ids", StringComparison.Ordinal)))
+        {
+            string name = ids.Name[..^".input_ids".Length];
+            int t = (int)ids.Shape[1];
+            var want = reference.Get($"{name}.logits").ToFloat32();
+            var got = int4.Run(ids.ToInt64(), t, int4.CreateState(1));
+            int v = (int)int4.Manifest.VocabSize;
+            for (int p = 0; p < t; p++)
+            {
+                var a = want.AsSpan(p * v, v);
+                var b = got.At(0, p);
+                for (int i = 0; i < v; i++) sq += (a[i] - b[i]) * (double)(a[i] - b[i]);
+                values += v;
+                kl += KlDivergence(a, b);
+                same += Runtime.Generation.Sampler.ArgMax(a) == Runtime.Generation.Sampler.ArgMax(b) ? 1 : 0;
+                positions++;
+            }
+        }
+        double rms = Math.Sqrt(sq / values), meanKl = kl / positions, agreement = (double)same / positions;
+        TestContext.Out.WriteLine($"int4 against transformers: rms logit error {rms:F4}, mean KL {meanKl:F5} nats, top-1 agreement {agreement:P1} over {positions} positions");
+        Assert.That(positions, Is.EqualTo(61));
+    }
+
+    /// <summary>KL(softmax(p) || softmax(q)) in nats, in double.</summary>
+    private static double KlDivergence(ReadOnlySpan<float> p, ReadOnlySpan<float> q)
+    {
+        double mp = double.MinValue, mq = double.MinValue;
+        foreach (float x in p) mp = Math.Max(mp, x);
+        foreach (float x in q) mq = Math.Max(mq, x);
+        double zp = 0, zq = 0;
+        for (int i = 0; i < p.Length; i++)
+        {
+            zp += Math.Exp(p[i] - mp);
+            zq += Math.Exp(q[i] - mq);
+        }
+        double lzp = Math.Log(zp) + mp, lzq = Math.Log(zq) + mq, kl = 0;
+        for (int i = 0; i < p.Length; i++)
+        {
+            double lp = p[i] - lzp, lq = q[i] - lzq;
+            kl += Math.Exp(lp) * (lp - lq);
+        }
+        return kl;
     }
 }
