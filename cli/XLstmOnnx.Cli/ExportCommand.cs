@@ -29,7 +29,7 @@ internal static class ExportCommand
         var lastOnly = new Option<bool>("--last-logits-only") { Description = "Emit logits for the last position only ([B,1,V])." };
         var nextToken = new Option<bool>("--next-token") { Description = "With --last-logits-only: add a next_token output (argmax on the device; greedy steps copy ids, not logits)." };
         var embeds = new Option<bool>("--inputs-embeds") { Description = "Take inputs_embeds [B,S,E] instead of input_ids." };
-        var hidden = new Option<bool>("--hidden-states") { Description = "Add hidden_states.{i} outputs (each block, then the final norm) for debugging." };
+        var hidden = new Option<bool>("--hidden-states") { Description = "Add hidden_states.{i} outputs in transformers' order (the embeddings, blocks 0..N-2, the final norm) for debugging." };
         var external = ChoiceOption.ForEnum("--external-data", "Weights in model.onnx.data: auto (above 1 GiB), always or never.", ExternalDataMode.Auto);
         var kernels = ChoiceOption.ForEnum("--mlstm-kernels",
             "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).", MLstmKernels.Onnx);

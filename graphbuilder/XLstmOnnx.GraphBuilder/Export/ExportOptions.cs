@@ -42,7 +42,7 @@ public sealed record ExportOptions
     /// left-padded prompts of different lengths batch exactly. HF has no such input (its pads advance the state).
     /// </summary>
     public bool AttentionMask { get; init; } = true;
-    /// <summary>Add <c>hidden_states.{i}</c> outputs: each block's output, then the final normed output (HF's order).</summary>
+    /// <summary>Add <c>hidden_states.{i}</c> outputs in transformers' order: the embedding output, the outputs of blocks 0..N-2, then the final normed output.</summary>
     public bool HiddenStates { get; init; }
     public ExternalDataMode ExternalData { get; init; } = ExternalDataMode.Auto;
     /// <summary>Weights above this many bytes go to external data in <see cref="ExternalDataMode.Auto"/>; well under protobuf's 2 GiB.</summary>
