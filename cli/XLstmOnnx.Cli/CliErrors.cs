@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Spectre.Console;
+using XLstmOnnx.Cli.Serving;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Export;
 using XLstmOnnx.GraphBuilder.Graph;
@@ -31,6 +32,7 @@ internal static class CliErrors
         [ExportOptions.Name(nameof(ExportOptions.MLstmKernels))] = "--mlstm-kernels",
         [ExportOptions.Name(nameof(ExportOptions.AllowNonFinite))] = "--allow-non-finite",
         [$"{nameof(OnnxExporter)}.{nameof(OnnxExporter.Export)}(outputDir)"] = "--output",
+        [ExportOptions.Name(nameof(ExportOptions.LinearKernels))] = "--linear-kernels",
         [$"{nameof(Int4Quantizer)}(blockSize)"] = "--block-size",
         [$"{nameof(RandomCheckpoint)}.{nameof(RandomCheckpoint.Write)}(dtype)"] = "--dtype",
         [Scorer.WindowParameter] = "--window",
@@ -59,6 +61,11 @@ internal static class CliErrors
         [ServingOptions.Name(nameof(ServingOptions.PrefillChunkTokens))] = "--prefill-chunk",
         [ServingOptions.Name(nameof(ServingOptions.PrefillGatherSteps))] = "--prefill-gather-steps",
         [ServingOptions.Name(nameof(ServingOptions.DecodeBuckets))] = "--decode-buckets",
+        [ServerOptions.Name(nameof(ServerOptions.Host))] = "--host",
+        [ServerOptions.Name(nameof(ServerOptions.Port))] = "--port",
+        [ServerOptions.Name(nameof(ServerOptions.AllowRemote))] = "--allow-remote",
+        [ServerOptions.Name(nameof(ServerOptions.ApiKey))] = "--api-key",
+        [ServerOptions.Name(nameof(ServerOptions.AllowedOrigins))] = "--allowed-origins",
     };
 
     /// <summary>Any parameter of <see cref="Flags"/>, whole (<c>RuntimeOptions.Device</c> is not the start of <c>RuntimeOptions.DeviceId</c>).</summary>

@@ -30,13 +30,20 @@ internal static class ExportCommand
         var lastOnly = new Option<bool>("--last-logits-only") { Description = "Emit logits for the last position only ([B,1,V])." };
         var nextToken = new Option<bool>("--next-token") { Description = "With --last-logits-only: add a next_token output (argmax on the device; greedy steps copy ids, not logits)." };
         var embeds = new Option<bool>("--inputs-embeds") { Description = "Take inputs_embeds [B,S,E] instead of input_ids." };
-        var hidden = new Option<bool>("--hidden-states") { Description = "Add hidden_states.{i} outputs (each block, then the final norm) for debugging." };
+        var hidden = new Option<bool>("--hidden-states") { Description = "Add hidden_states.{i} outputs in transformers' order (the embeddings, blocks 0..N-2, the final norm) for debugging." };
         var external = ChoiceOption.ForEnum("--external-data", "Weights in model.onnx.data: auto (above 1 GiB), always or never.", ExternalDataMode.Auto);
         var kernels = ChoiceOption.ForEnum("--mlstm-kernels",
             "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).", MLstmKernels.Onnx);
         var allowNonFinite = new Option<bool>("--allow-non-finite") { Description = "Export weights that hold NaN or Inf (refused by default, naming the tensor and index)." };
+        var linear = new Option<string?>("--linear-kernels")
+        {
+            Description = "Projections: onnx (Gemm), custom (ai.xlstm::Linear: our kernel for decode steps of up to 16 rows, cuBLAS otherwise) "
+                + "or batch-invariant (every decode step on our kernels: a sequence's tokens do not depend on the batch; slower above 16 rows). "
+                + "Needs --mlstm-kernels custom. Default: onnx.",
+        };
+        linear.AcceptOnlyFromAmong("onnx", "custom", "batch-invariant");
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
-            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels, allowNonFinite };
+            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels, linear, allowNonFinite };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new ExportOptions
@@ -48,6 +55,13 @@ internal static class ExportCommand
                 HiddenStates = r.GetValue(hidden),
                 ExternalData = r.GetValue(external),
                 MLstmKernels = r.GetValue(kernels),
+                LinearKernels = r.GetValue(linear) switch
+                {
+                    "onnx" => LinearKernels.Onnx,
+                    "custom" => LinearKernels.Custom,
+                    "batch-invariant" => LinearKernels.BatchInvariant,
+                    _ => null,
+                },
                 QuantizeBits = r.GetValue(quantize) is null ? null : 4,
                 QuantizeBlockSize = r.GetValue(blockSize),
                 AllowNonFinite = r.GetValue(allowNonFinite),

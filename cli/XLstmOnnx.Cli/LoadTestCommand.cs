@@ -15,7 +15,9 @@ namespace XLstmOnnx.Cli;
 /// requests (never stops at one), p50/p90/p99 of time to first token, inter-token latency and end-to-end latency, and
 /// throughput over the whole run and over the window where every client was busy. After the load, the first
 /// <c>--check-alone</c> requests are sent again one at a time and their token ids compared with the ones streamed
-/// under load.
+/// under load. Before the load, GET /v1/models: no server, a missing <c>--api-key</c> or another model is an error. A 429
+/// is sent again after the server's Retry-After plus a jittered exponential backoff (<see cref="RetryDelay"/>); the
+/// report counts every 429 (<c>rate_limited_429</c>) and the time waited.
 /// </summary>
 internal static class LoadTestCommand
 {
@@ -49,17 +51,20 @@ internal static class LoadTestCommand
         var unloaded = new Option<int>("--unloaded") { Description = "Requests sent one at a time before the load: the unloaded time to first token.", DefaultValueFactory = _ => 0 };
         var longPrompt = new Option<int>("--long-prompt") { Description = "At the start of the window, one more request with a prompt of N random ids: the others' inter-token latency while it is read." };
         var output = new Option<string?>("--out") { Description = "Write the results as JSON here." };
+        var apiKey = new Option<string?>("--api-key") { Description = $"Bearer key of a server started with --api-key (default: ${ServeCommand.ApiKeyVariable})." };
         var cmd = new Command("loadtest", "Load-test a running server with closed-loop streaming clients (loopback only).")
-            { url, model, clients, seconds, warmup, maxRequests, maxTokens, promptTokens, promptVocab, seed, ignoreEos, temperature, check, unloaded, longPrompt, output };
+            { url, model, clients, seconds, warmup, maxRequests, maxTokens, promptTokens, promptVocab, seed, ignoreEos, temperature, check, unloaded, longPrompt, output, apiKey };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             if (r.GetValue(clients) < 1) throw new XLstmOnnxException($"option --clients must be at least 1; found {r.GetValue(clients)}.");
+            if (r.GetValue(seconds) < 1) throw new XLstmOnnxException($"option --seconds must be at least 1; found {r.GetValue(seconds)}.");
             if (r.GetValue(maxTokens) < 1) throw new XLstmOnnxException($"option --max-tokens must be at least 1; found {r.GetValue(maxTokens)}.");
             var settings = new Settings(r.GetValue(model)!, r.GetValue(maxTokens), ParseRange(r.GetValue(promptTokens)), r.GetValue(promptVocab), r.GetValue(seed),
                 r.GetValue(ignoreEos), r.GetValue(temperature));
             if (r.GetValue(longPrompt) < 0) throw new XLstmOnnxException($"option --long-prompt must be positive; found {r.GetValue(longPrompt)}.");
             var plan = new Plan(r.GetValue(clients), r.GetValue(seconds), r.GetValue(warmup), r.GetValue(maxRequests), r.GetValue(check), r.GetValue(unloaded), r.GetValue(longPrompt));
-            return Run(r.GetValue(url)!, settings, plan, r.GetValue(output), string.Join(' ', Environment.GetCommandLineArgs().Skip(1))).GetAwaiter().GetResult();
+            string? key = r.GetValue(apiKey) ?? (Environment.GetEnvironmentVariable(ServeCommand.ApiKeyVariable) is { Length: > 0 } k ? k : null);
+            return Run(r.GetValue(url)!, key, settings, plan, r.GetValue(output), string.Join(' ', Environment.GetCommandLineArgs().Skip(1))).GetAwaiter().GetResult();
         }));
         return cmd;
     }
@@ -72,24 +77,127 @@ internal static class LoadTestCommand
         throw new XLstmOnnxException($"option --prompt-tokens must be MIN:MAX with 1 <= MIN <= MAX, e.g. 64:160; found \"{text}\".");
     }
 
-    /// <summary>One request's outcome; times in ms from the load's start (arrivals) or from the request's start (ttft).</summary>
-    private sealed record Sample(int Index, int Status, string? Error, double StartMs, double TtftMs, double EndMs, List<double> ArrivalsMs, List<int> Ids, string Text);
+    /// <summary>
+    /// One request's outcome; times in ms from the load's start (arrivals) or from the request's start (ttft). After 429s,
+    /// the attempt that was served: its latencies are the server's, the waits are in <see cref="RateLimits"/>.
+    /// </summary>
+    private sealed record Sample(int Index, int Status, string? Error, double StartMs, double TtftMs, double EndMs, List<double> ArrivalsMs, List<int> Ids, string Text,
+        TimeSpan? RetryAfter = null);
+
+    /// <summary>The 429 answers of the whole run and the time clients waited them out.</summary>
+    private sealed class RateLimits
+    {
+        public int Count;
+        public long WaitedMs;
+    }
+
+    /// <summary>First wait after a 429, doubled each time up to <see cref="MaxBackoff"/>; attempts before a request counts as failed.</summary>
+    private static readonly TimeSpan FirstBackoff = TimeSpan.FromMilliseconds(100), MaxBackoff = TimeSpan.FromSeconds(10);
+
+    private const int MaxAttempts = 10;
+
+    /// <summary>
+    /// The wait before attempt <paramref name="attempt"/> + 1: the server's Retry-After, plus a random share of an
+    /// exponential backoff ("full jitter"), so that clients refused together do not all come back together.
+    /// </summary>
+    internal static TimeSpan RetryDelay(int attempt, TimeSpan? retryAfter, Random random)
+    {
+        double cap = Math.Min(MaxBackoff.TotalMilliseconds, FirstBackoff.TotalMilliseconds * Math.Pow(2, Math.Min(attempt, 30)));
+        return (retryAfter ?? TimeSpan.Zero) + TimeSpan.FromMilliseconds(random.NextDouble() * cap);
+    }
+
+    /// <summary>
+    /// <see cref="Send"/>, and after a 429 again, after <see cref="RetryDelay"/>, until served or <see cref="MaxAttempts"/>
+    /// attempts (then the 429 is the outcome). Null when the next attempt would come after <paramref name="until"/>, the
+    /// end of the load: the client waits until then and sends nothing more, and the request is not counted.
+    /// </summary>
+    private static async Task<Sample?> SendPatiently(HttpClient http, Settings s, int index, Stopwatch clock, RateLimits limits, TimeSpan? until = null)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            var sample = await Send(http, s, index, clock).ConfigureAwait(false);
+            if (sample.Status != 429) return sample;
+            Interlocked.Increment(ref limits.Count);
+            if (attempt + 1 >= MaxAttempts) return sample;
+            var wait = RetryDelay(attempt, sample.RetryAfter, Random.Shared);
+            bool last = clock.Elapsed + wait > until;
+            if (last) wait = until!.Value - clock.Elapsed;
+            if (wait > TimeSpan.Zero)
+            {
+                Interlocked.Add(ref limits.WaitedMs, (long)wait.TotalMilliseconds);
+                await Task.Delay(wait).ConfigureAwait(false);
+            }
+            if (last) return null;
+        }
+    }
+
+    /// <summary><see cref="SendPatiently"/> where there is no deadline: a sample always comes back.</summary>
+    private static async Task<Sample> SendAlone(HttpClient http, Settings s, int index, Stopwatch clock, RateLimits limits) =>
+        (await SendPatiently(http, s, index, clock, limits).ConfigureAwait(false))!;
+
+    /// <summary>
+    /// GET /v1/models before the load: no server, a server that wants a key, or one that serves another model is an error
+    /// that says so, not a run of failed requests.
+    /// </summary>
+    private static async Task CheckServer(HttpClient http, Uri uri, string model)
+    {
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        string body;
+        System.Net.HttpStatusCode status;
+        try
+        {
+            using var r = await http.GetAsync("/v1/models", timeout.Token).ConfigureAwait(false);
+            status = r.StatusCode;
+            body = await r.Content.ReadAsStringAsync(timeout.Token).ConfigureAwait(false);
+        }
+        catch (HttpRequestException e)
+        {
+            throw new XLstmOnnxException($"option --url: no server answers at {uri}: {e.Message}");
+        }
+        catch (OperationCanceledException)
+        {
+            throw new XLstmOnnxException($"option --url: the server at {uri} did not answer GET /v1/models within 30 s.");
+        }
+        string Shown() => body.Length > 300 ? body[..300] : body;
+        if (status == System.Net.HttpStatusCode.Unauthorized)
+        {
+            throw new XLstmOnnxException($"the server at {uri} wants an API key (401): give --api-key or set {ServeCommand.ApiKeyVariable}; it answered {Shown()}");
+        }
+        if ((int)status is < 200 or > 299) throw new XLstmOnnxException($"option --url: the server at {uri} answered GET /v1/models with HTTP {(int)status}: {Shown()}");
+        string[] ids;
+        try
+        {
+            using var doc = JsonDocument.Parse(body);
+            ids = [.. doc.RootElement.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString() ?? "")];
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException)
+        {
+            throw new XLstmOnnxException($"option --url: the server at {uri} is not an OpenAI-compatible server: GET /v1/models answered {Shown()}");
+        }
+        if (!ids.Contains(model)) throw new XLstmOnnxException($"option --model-name: the server at {uri} serves {string.Join(", ", ids.Select(i => $"'{i}'"))}; found '{model}'.");
+    }
 
     private const int UnloadedIndex = 1 << 28, LongIndex = 1 << 29;
 
-    private static async Task<int> Run(string url, Settings s, Plan plan, string? output, string command)
+    private static async Task<int> Run(string url, string? apiKey, Settings s, Plan plan, string? output, string command)
     {
-        var uri = new Uri(url);
-        if (!System.Net.IPAddress.TryParse(uri.Host, out var ip) ? uri.Host != "localhost" : !System.Net.IPAddress.IsLoopback(ip))
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
+        {
+            throw new XLstmOnnxException($"option --url must be an http URL of a server on loopback, e.g. http://127.0.0.1:8000; found \"{url}\".");
+        }
+        if (!System.Net.IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip) ? uri.Host != "localhost" : !System.Net.IPAddress.IsLoopback(ip))
         {
             throw new XLstmOnnxException($"option --url must be a loopback address (127.0.0.1, ::1 or localhost); found {uri.Host}.");
         }
         int clients = plan.Clients, seconds = plan.Seconds;
         double warmup = plan.Warmup;
         using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients + 4 }) { BaseAddress = uri, Timeout = TimeSpan.FromSeconds(seconds + 600) };
+        if (apiKey is not null) http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", apiKey);
+        await CheckServer(http, uri, s.Model).ConfigureAwait(false);
+        var limits = new RateLimits();
         var clock = Stopwatch.StartNew();
         var unloaded = new List<Sample>();
-        for (int k = 0; k < plan.Unloaded; k++) unloaded.Add(await Send(http, s, UnloadedIndex + k, clock).ConfigureAwait(false));
+        for (int k = 0; k < plan.Unloaded; k++) unloaded.Add(await SendAlone(http, s, UnloadedIndex + k, clock, limits).ConfigureAwait(false));
         clock.Restart();
         var samples = new System.Collections.Concurrent.ConcurrentBag<Sample>();
         int issued = 0;
@@ -100,13 +208,13 @@ internal static class LoadTestCommand
             {
                 int index = Interlocked.Increment(ref issued) - 1;
                 if (index >= plan.MaxRequests) break;
-                samples.Add(await Send(http, s, index, clock).ConfigureAwait(false));
+                if (await SendPatiently(http, s, index, clock, limits, deadline).ConfigureAwait(false) is { } sample) samples.Add(sample);
             }
         }).ToList();
-        Task<Sample>? longRequest = plan.LongPrompt > 0 ? Task.Run(async () =>
+        Task<Sample?>? longRequest = plan.LongPrompt > 0 ? Task.Run(async () =>
         {
             await Task.Delay(TimeSpan.FromSeconds(Math.Min(warmup, seconds / 2.0))).ConfigureAwait(false);
-            return await Send(http, s with { PromptTokens = (plan.LongPrompt, plan.LongPrompt), MaxTokens = 1 }, LongIndex, clock).ConfigureAwait(false);
+            return await SendPatiently(http, s with { PromptTokens = (plan.LongPrompt, plan.LongPrompt), MaxTokens = 1 }, LongIndex, clock, limits, deadline).ConfigureAwait(false);
         }) : null;
         await Task.WhenAll(load).ConfigureAwait(false);
         var longSample = longRequest is null ? null : await longRequest.ConfigureAwait(false);
@@ -122,7 +230,7 @@ internal static class LoadTestCommand
         var firstMismatch = (string?)null;
         foreach (var sample in ok.Take(plan.Check))
         {
-            var alone = await Send(http, s, sample.Index, clock).ConfigureAwait(false);
+            var alone = await SendAlone(http, s, sample.Index, clock, limits).ConfigureAwait(false);
             if (alone.Status != 200 || alone.Error is not null) { firstMismatch ??= $"request {sample.Index} alone failed: {alone.Status} {alone.Error}"; mismatches++; continue; }
             compared++;
             bool same = sample.Ids.Count > 0 || alone.Ids.Count > 0 ? sample.Ids.SequenceEqual(alone.Ids) : sample.Text == alone.Text;
@@ -166,6 +274,9 @@ internal static class LoadTestCommand
             ["ok"] = ok.Count,
             ["failed"] = failed.Count,
             ["status_codes"] = all.GroupBy(x => x.Status).ToDictionary(g => g.Key.ToString(CultureInfo.InvariantCulture), g => g.Count()),
+            // every 429 answer, retried ones included, and the time clients waited (Retry-After and backoff)
+            ["rate_limited_429"] = limits.Count,
+            ["rate_limit_wait_s"] = limits.WaitedMs / 1000.0,
             ["errors"] = failed.Select(x => $"request {x.Index}: {(x.Status == 0 ? "" : $"HTTP {x.Status}: ")}{x.Error}").Distinct().Take(5).ToArray(),
             ["checked_alone"] = compared,
             ["mismatches_vs_alone"] = mismatches,
@@ -232,7 +343,9 @@ internal static class LoadTestCommand
             if (!resp.IsSuccessStatusCode)
             {
                 string error = await resp.Content.ReadAsStringAsync().ConfigureAwait(false);
-                return new Sample(index, (int)resp.StatusCode, error.Length > 300 ? error[..300] : error, start, ttft, clock.Elapsed.TotalMilliseconds, arrivals, ids, "");
+                var retryAfter = resp.Headers.RetryAfter is { } ra ? ra.Delta ?? (ra.Date is { } at ? at - DateTimeOffset.UtcNow : null) : null;
+                return new Sample(index, (int)resp.StatusCode, error.Length > 300 ? error[..300] : error, start, ttft, clock.Elapsed.TotalMilliseconds, arrivals, ids, "",
+                    retryAfter is { } wait && wait > TimeSpan.Zero ? (wait < MaxBackoff * 6 ? wait : MaxBackoff * 6) : null);
             }
             using var reader = new StreamReader(await resp.Content.ReadAsStreamAsync().ConfigureAwait(false));
             bool done = false;
@@ -256,8 +369,9 @@ internal static class LoadTestCommand
             }
             return new Sample(index, 200, done ? null : "the stream ended without [DONE]", start, ttft, clock.Elapsed.TotalMilliseconds, arrivals, ids, text.ToString());
         }
-        catch (Exception e) when (e is HttpRequestException or IOException or JsonException or TaskCanceledException or KeyNotFoundException or InvalidOperationException)
+        catch (Exception e)
         {
+            // whatever went wrong with one request is that request's failure: the run goes on and reports it
             return new Sample(index, 0, $"{e.GetType().Name}: {e.Message}", start, ttft, clock.Elapsed.TotalMilliseconds, arrivals, ids, text.ToString());
         }
     }

@@ -6,13 +6,20 @@ using XLstmOnnx.Runtime.Serving;
 
 namespace XLstmOnnx.Cli;
 
-/// <summary><c>xlstm-onnx serve --model DIR [--device cpu|cuda] [--port N] [--max-batch N]</c>: an OpenAI-compatible server on loopback.</summary>
+/// <summary><c>xlstm-onnx serve --model DIR [--device cpu|cuda] [--port N] [--max-batch N]</c>: an OpenAI-compatible server on loopback
+/// (beyond it with <c>--allow-remote</c>; <c>--api-key</c> and <c>--allowed-origins</c> say who may use it: <see cref="ServerAccess"/>).</summary>
 internal static class ServeCommand
 {
+    /// <summary>The environment variable <c>--api-key</c> defaults to (serve and loadtest).</summary>
+    public const string ApiKeyVariable = "XLSTM_API_KEY";
+
     public static Command Create()
     {
         var model = new ModelOptions();
-        var host = new Option<string>("--host") { Description = "Address to listen on (loopback by default).", DefaultValueFactory = _ => "127.0.0.1" };
+        var host = new Option<string>("--host") { Description = "IP address to listen on, or localhost; beyond loopback only with --allow-remote.", DefaultValueFactory = _ => "127.0.0.1" };
+        var allowRemote = new Option<bool>("--allow-remote") { Description = "Allow a --host beyond loopback (0.0.0.0, ::, an interface's address): any machine that reaches it can use the API; give --api-key too." };
+        var apiKey = new Option<string?>("--api-key") { Description = $"Require 'Authorization: Bearer KEY' on every request but /health (default: ${ApiKeyVariable}, which keeps the key out of the process list)." };
+        var origins = new Option<string?>("--allowed-origins") { Description = "Comma-separated browser origins (https://app.example.com, or *) that may call the API besides loopback pages; others get 403." };
         var port = new Option<int>("--port") { Description = "Port (0: any free one).", DefaultValueFactory = _ => 8000 };
         var maxBatch = new Option<int>("--max-batch") { Description = "Slots of the decode state pool: sequences decoded together at most.", DefaultValueFactory = _ => 8 };
         var queue = new Option<int>("--queue") { Description = "Requests that may wait; more get 429.", DefaultValueFactory = _ => 64 };
@@ -26,7 +33,7 @@ internal static class ServeCommand
         var name = new Option<string?>("--model-name") { Description = "Model id in the API (default: the folder's name)." };
         var logLevel = ChoiceOption.ForEnum("--log-level", "Least level logged to stderr: information writes one line per request; warning only refused and failed ones.", LogLevel.Information);
         var cmd = new Command("serve", "OpenAI-compatible HTTP server with continuous batching and a prefix-state cache.")
-            { host, port, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, maxPrompt, maxTokens, name, logLevel };
+            { host, port, allowRemote, apiKey, origins, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, maxPrompt, maxTokens, name, logLevel };
         model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
@@ -45,18 +52,26 @@ internal static class ServeCommand
                 DecodeBuckets = bucketList,
             };
             serving.Validate(); // before the model loads
-            using var session = model.Load(r);
-            Console.Error.WriteLine("serve: allocating the state pool" + (session.Options.CudaGraph ? " and capturing a CUDA graph per decode batch size" : "") + " ...");
-            using var engine = new ServingEngine(session, serving);
             var options = new ServerOptions
             {
                 Host = r.GetValue(host)!,
                 Port = r.GetValue(port),
+                AllowRemote = r.GetValue(allowRemote),
+                ApiKey = r.GetValue(apiKey) ?? (Environment.GetEnvironmentVariable(ApiKeyVariable) is { Length: > 0 } key ? key : null),
+                AllowedOrigins = r.GetValue(origins)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) ?? [],
                 ModelId = r.GetValue(name) ?? Path.GetFileName(Path.GetFullPath(r.GetValue(model.Model)!).TrimEnd('/')),
                 MaxPromptTokens = r.GetValue(maxPrompt),
                 MaxTokensLimit = r.GetValue(maxTokens),
                 LogLevel = r.GetValue(logLevel),
             };
+            var address = options.Validate(); // so is where it listens
+            if (address is not null && !System.Net.IPAddress.IsLoopback(address) && options.ApiKey is null)
+            {
+                Console.Error.WriteLine($"serve: warning: listening on {options.Host} without --api-key: anyone who reaches this machine can use the API.");
+            }
+            using var session = model.Load(r);
+            Console.Error.WriteLine("serve: allocating the state pool" + (session.Options.CudaGraph ? " and capturing a CUDA graph per decode batch size" : "") + " ...");
+            using var engine = new ServingEngine(session, serving);
             var (app, url) = OpenAiServer.StartAsync(engine, options).GetAwaiter().GetResult();
             Console.Error.WriteLine($"serving '{options.ModelId}' on {url} (OpenAI API under /v1; /health, /metrics); {engine.Options.MaxBatch} slots, "
                 + $"decode batch sizes {string.Join(",", engine.Options.Buckets())}, prefix cache {engine.Metrics.CacheCapacity} states; Ctrl+C stops");

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ops/fused_ops.h"
+#include "ops/linear_op.h"
 #include "ops/mlstm_op.h"
 #include "xlstm_customops.h"
 
@@ -26,6 +27,7 @@ void AddOps(std::vector<std::unique_ptr<LiteOp>>& ops) {
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, Form::kStep, kOnCuda>>(xlstm::ops::kStepName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::SwiGluKernel<T, kOnCuda>>(xlstm::ops::kSwiGluName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::HeadNormGateKernel<T, kOnCuda>>(xlstm::ops::kHeadNormGateName, ep));
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::LinearKernel<T, kOnCuda>>(xlstm::ops::kLinearName, ep));
   if constexpr (std::is_same_v<T, float>) {  // the gates are float32 whatever the model type
     ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::MLstmGatesKernel<kOnCuda>>(xlstm::ops::kGatesName, ep));
   }

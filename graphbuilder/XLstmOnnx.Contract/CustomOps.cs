@@ -19,4 +19,6 @@ public static class CustomOps
     public const string SwiGlu = "SwiGlu";
     /// <summary>σ(o) ⊙ MultiHeadLayerNorm(h): the mLSTM layer's output before out_proj.</summary>
     public const string HeadNormGate = "MultiHeadNormGate";
+    /// <summary>y = x Wᵀ (+ b), W [N, K]; decode steps (S = 1) on a batch-invariant kernel (docs/serving.md, "Batch invariance").</summary>
+    public const string Linear = "Linear";
 }

@@ -25,6 +25,24 @@ public enum MLstmKernels
     [JsonStringEnumMemberName("custom")] Custom,
 }
 
+/// <summary>How the model's projections (y = x Wᵀ + b) are emitted.</summary>
+[JsonConverter(typeof(ContractEnumConverter<LinearKernels>))]
+public enum LinearKernels
+{
+    /// <summary>ONNX <c>Gemm</c> (cuBLAS on CUDA, MLAS on the CPU).</summary>
+    [JsonStringEnumMemberName("onnx")] Onnx,
+    /// <summary>
+    /// <c>ai.xlstm::Linear</c>: decode steps of up to 16 rows run our kernel (it streams the weights faster than cuBLAS
+    /// there), larger steps and prompts run cuBLAS. Needs <see cref="MLstmKernels.Custom"/>.
+    /// </summary>
+    [JsonStringEnumMemberName("custom")] Custom,
+    /// <summary>
+    /// <c>ai.xlstm::Linear</c> with every decode step on our batch-invariant kernels: a sequence decodes to the same
+    /// tokens however many others decode beside it (slower than cuBLAS above 16 rows). Needs <see cref="MLstmKernels.Custom"/>.
+    /// </summary>
+    [JsonStringEnumMemberName("batch-invariant")] BatchInvariant,
+}
+
 /// <summary>Which positions the <c>logits</c> output covers (<c>logits</c>).</summary>
 [JsonConverter(typeof(ContractEnumConverter<LogitsOutput>))]
 public enum LogitsOutput

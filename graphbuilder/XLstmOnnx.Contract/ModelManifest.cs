@@ -168,6 +168,7 @@ public sealed record ModelManifest
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower, WriteIndented = true,
     DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
 [JsonSerializable(typeof(ModelManifest))]
+[JsonSerializable(typeof(LinearKernels))] // an export option, named as the manifest names its enums
 internal sealed partial class ManifestJson : JsonSerializerContext
 {
     /// <summary>The metadata of one of the manifest's enums.</summary>

@@ -11,7 +11,8 @@ public sealed record CheckResult(string Case, string Check, long Values, double 
 
 /// <summary>
 /// Runs every case of a reference file (format: tools/reference/README.md) through an exported model and compares:
-/// <c>NAME.logits</c> after one call on <c>NAME.input_ids</c>; the final states <c>NAME.state.L.{C,n,m}</c>;
+/// <c>NAME.logits</c> after one call on <c>NAME.input_ids</c>; the final states <c>NAME.state.L.{C,n,m}</c>; the hidden
+/// states <c>NAME.hidden_states.K</c> (transformers' order), when the reference has them and the model exports them;
 /// <c>NAME.step_logits</c> after a prefill of <c>NAME.split</c> tokens and one token per call; and greedy ids
 /// <c>NAME.greedy_ids</c> from <c>NAME.prompt_ids</c> (argmax, no EOS stop).
 /// </summary>
@@ -57,7 +58,8 @@ public static class ReferenceVerifier
     {
         var (batch, t) = Dims2(idsSlice);
         var state = s.CreateState(batch);
-        var logits = s.Run(idsSlice.ToInt64(), t, state);
+        var hidden = s.Manifest.HiddenStates && c.Find(GraphNames.Hidden(0)) is not null ? new Dictionary<string, float[]>() : null;
+        var logits = s.Run(idsSlice.ToInt64(), t, state, hidden);
         var expected = c.Get("logits");
         long v = s.Manifest.VocabSize;
         ExpectShape(expected, [batch, t, v]);
@@ -72,6 +74,10 @@ public static class ReferenceVerifier
             for (int b = 0; b < batch; b++) e.AsSpan((int)((b * t + t - 1) * v), (int)v).CopyTo(last.AsSpan((int)(b * v)));
             yield return Compare(c.Name, "logits", logits.Values, last, atol, rtol) with { Note = "last position only" };
         }
+        if (hidden is not null)
+        {
+            foreach (var r in CompareHidden(c, hidden, batch, t, s.Manifest.HiddenSize, atol, rtol)) yield return r;
+        }
         for (int l = 0; ; l++)
         {
             if (c.Find($"state.{l}.C") is null) break;
@@ -85,6 +91,38 @@ public static class ReferenceVerifier
                 var ref_ = c.Get(name);
                 ExpectShape(ref_, s.Manifest.State.Shape(part, batch));
                 yield return Compare(c.Name, name, state[l, part], ref_.ToFloat32(), atol, rtol);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The model's hidden_states.K against the reference's, K = 0, 1, ... in order: the same count, each [B, T, H] (a
+    /// last-position-only model returns the last one as [B, 1, H]: compared with the reference's last position).
+    /// </summary>
+    private static IEnumerable<CheckResult> CompareHidden(Case c, Dictionary<string, float[]> hidden, int batch, int t, long h, double atol, double rtol)
+    {
+        int count = 0;
+        while (c.Find(GraphNames.Hidden(count)) is not null) count++;
+        if (hidden.Count != count)
+        {
+            throw new XLstmOnnxException($"case '{c.Name}': the reference has {count} hidden states ({GraphNames.Hidden(0)}..{GraphNames.Hidden(count - 1)}); the model returns {hidden.Count}.");
+        }
+        for (int k = 0; k < count; k++)
+        {
+            string name = GraphNames.Hidden(k);
+            var reference = c.Get(name);
+            ExpectShape(reference, [batch, t, h]);
+            var e = reference.ToFloat32();
+            var actual = hidden[name];
+            if (actual.Length == batch * h && t > 1) // the last one of a last-position-only model
+            {
+                var last = new float[batch * h];
+                for (int b = 0; b < batch; b++) e.AsSpan((int)((b * t + t - 1) * h), (int)h).CopyTo(last.AsSpan((int)(b * h)));
+                yield return Compare(c.Name, name, actual, last, atol, rtol) with { Note = "last position only" };
+            }
+            else
+            {
+                yield return Compare(c.Name, name, actual, e, atol, rtol);
             }
         }
     }

@@ -166,6 +166,41 @@ public class CudaTests
         }
     }
 
+    /// <summary>
+    /// bfloat16 with ai.xlstm::Linear in batch-invariant mode: greedy streams served under load, at decode batch sizes
+    /// 1 to 32 as rows come and go, equal the same requests served alone, token for token. With ONNX Gemm (cuBLAS) they
+    /// need not: its small-batch kernels sum in another order at each batch size.
+    /// </summary>
+    [Test]
+    public void Bf16ServingWithTheLinearOpIsBatchInvariantOnCuda()
+    {
+        _ = CustomOpLibrary.Find() ?? throw new AssertionException($"{CustomOpLibrary.FileName} is not beside the tests (CUDA build of customops/).");
+        using var tmp = TestPaths.Temp();
+        var result = OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "segmented"), tmp.Sub("m"),
+            new ExportOptions { Dtype = WeightDtype.Bf16, MLstmKernels = MLstmKernels.Custom, LinearKernels = LinearKernels.BatchInvariant, LastLogitsOnly = true, NextToken = true });
+        var model = XLstmOnnx.GraphBuilder.Onnx.ModelProto.Parser.ParseFrom(File.ReadAllBytes(result.ModelPath));
+        Assert.That(model.Graph.Node.Where(n => n.OpType == CustomOps.Linear).Select(n => n.Attribute.Single(a => a.Name == "batch_invariant").I),
+            Is.Not.Empty.And.All.EqualTo(1));
+        var rng = new Random(11);
+        var cases = Enumerable.Range(0, 40).Select(i => (
+            Prompt: Enumerable.Range(0, 1 + rng.Next(40)).Select(_ => 3 + rng.Next(95)).ToArray(),
+            Options: new GenerationOptions { Greedy = true, MaxNewTokens = 10 + rng.Next(30), IgnoreEos = true })).ToArray();
+        static int[] Collect(System.Threading.Channels.ChannelReader<Runtime.Serving.CompletionEvent> r) =>
+            r.ReadAllAsync().ToBlockingEnumerable().Select(e => e.Token).ToArray();
+        var options = new Runtime.Serving.ServingOptions { MaxBatch = 32 };
+        int[][] Serve(bool alone)
+        {
+            using var s = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = ExecutionDevice.Cuda, CudaGraph = true });
+            using var engine = new Runtime.Serving.ServingEngine(s, options with { PrefixCacheBytes = alone ? 0 : null });
+            if (alone) return [.. cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options)))];
+            var readers = cases.Select(c => engine.Submit(c.Prompt, c.Options)).ToArray();
+            return [.. readers.Select(Collect)];
+        }
+        var loaded = Serve(alone: false);
+        var alone = Serve(alone: true);
+        for (int i = 0; i < cases.Length; i++) Assert.That(loaded[i], Is.EqualTo(alone[i]), $"request {i}: under load equals alone");
+    }
+
     /// <summary>The exported sampler on the GPU chooses what it chooses on the CPU, for the same logits and draws.</summary>
     [Test]
     public void SamplerOnCudaEqualsCpu()

@@ -44,6 +44,72 @@ public class CustomOpTests
         });
     }
 
+    /// <summary>
+    /// The projections as ai.xlstm::Linear (on the CPU its kernel sums each row on its own, in k order) verify against
+    /// transformers at the fp32 bar, every projection of the graph goes through the op, and decode steps agree with
+    /// the Gemm export to float32 rounding.
+    /// </summary>
+    [TestCaseSource(typeof(FixtureTests), nameof(FixtureTests.Fixtures))]
+    public void LinearOpExportVerifies(string dir)
+    {
+        _ = Library;
+        using var tmp = TestPaths.Temp();
+        var linearKernels = Path.GetFileName(dir).Length % 2 == 0 ? LinearKernels.Custom : LinearKernels.BatchInvariant; // both modes, same CPU kernel
+        var result = OnnxExporter.Export(dir, tmp.Sub("model"), new ExportOptions { MLstmKernels = MLstmKernels.Custom, LinearKernels = linearKernels });
+        var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(result.ModelPath));
+        using var session = XLstmSession.Load(tmp.Sub("model"));
+        var results = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), Atol, Rtol);
+        Assert.Multiple(() =>
+        {
+            Assert.That(model.Graph.Node.Select(n => n.OpType), Has.None.EqualTo("Gemm"), "every projection is a Linear node");
+            var linear = model.Graph.Node.Where(n => n.OpType == CustomOps.Linear).ToList();
+            int blocks = model.Graph.Node.Count(n => n.OpType == CustomOps.Chunkwise);
+            // per block: qkvo_proj, if_gate, out_proj, proj_up_gate_z, proj_down; then lm_head
+            Assert.That(linear, Has.Count.EqualTo(5 * blocks + 1));
+            Assert.That(linear.Select(n => n.Domain), Is.All.EqualTo(CustomOps.Domain));
+            Assert.That(linear.Select(n => n.Input[2]), Is.All.EqualTo(GraphNames.InputIds), "the sequence length comes from input_ids");
+            Assert.That(linear.Select(n => n.Attribute.Single(a => a.Name == "batch_invariant").I),
+                Is.All.EqualTo(linearKernels == LinearKernels.BatchInvariant ? 1 : 0));
+            Assert.That(linear.Single(n => n.Name == "/model/blocks.0/mlstm/if_gate/Linear").Input, Has.Count.EqualTo(4), "the gate projection keeps its bias");
+            foreach (var r in results)
+            {
+                Assert.That(r.Violations, Is.Zero, $"{r.Case} {r.Check}: max abs {r.MaxAbsError:E2}, max rel {r.MaxRelError:E2} {r.Note}");
+            }
+        });
+    }
+
+    /// <summary>With last-position logits the lm_head's Linear gets [B, H] rows for a [B, S] input (a shape its check once refused).</summary>
+    [Test]
+    public void LinearOpWithLastLogitsOnlyVerifies()
+    {
+        _ = Library;
+        string dir = Path.Combine(TestPaths.Fixtures, "segmented");
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(dir, tmp.Sub("model"), new ExportOptions
+        {
+            MLstmKernels = MLstmKernels.Custom, LinearKernels = LinearKernels.BatchInvariant, LastLogitsOnly = true, NextToken = true,
+        });
+        using var session = XLstmSession.Load(tmp.Sub("model"));
+        var results = ReferenceVerifier.Verify(session, Path.Combine(dir, "reference.safetensors"), Atol, Rtol);
+        Assert.That(results, Is.Not.Empty);
+        foreach (var r in results) Assert.That(r.Violations, Is.Zero, $"{r.Case} {r.Check}: max abs {r.MaxAbsError:E2}");
+    }
+
+    [Test]
+    public void LinearKernelsDefaultToGemmAndNeedTheCustomCell()
+    {
+        Assert.Multiple(() =>
+        {
+            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16 }.Linear, Is.EqualTo(LinearKernels.Onnx));
+            Assert.That(new ExportOptions().Linear, Is.EqualTo(LinearKernels.Onnx));
+            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16, LinearKernels = LinearKernels.BatchInvariant }.Linear,
+                Is.EqualTo(LinearKernels.BatchInvariant));
+        });
+        Assert.DoesNotThrow(() => new ExportOptions { LinearKernels = LinearKernels.Onnx }.Validate(), "onnx needs no library");
+        var e = Assert.Throws<XLstmOnnxException>(() => new ExportOptions { LinearKernels = LinearKernels.BatchInvariant }.Validate())!;
+        Assert.That(e.Message, Does.Contain("ExportOptions.LinearKernels batch-invariant").And.Contain("ExportOptions.MLstmKernels custom").And.Contain("found onnx"));
+    }
+
     [Test]
     public void CustomOpGraphHasOneNodePerLayerAndNoControlFlow()
     {

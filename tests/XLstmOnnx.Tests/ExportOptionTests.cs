@@ -4,7 +4,7 @@ using XLstmOnnx.Runtime;
 
 namespace XLstmOnnx.Tests;
 
-/// <summary>The inputs_embeds and hidden-states variants agree with the plain export.</summary>
+/// <summary>The inputs_embeds and hidden-states variants agree with the plain export (hidden states against transformers: FixtureTests).</summary>
 [TestFixture]
 public class ExportOptionTests
 {
@@ -47,7 +47,7 @@ public class ExportOptionTests
     }
 
     [Test]
-    public void HiddenStatesAreBlockOutputsThenTheNormedOutput()
+    public void HiddenStatesStartWithTheEmbeddingsAndEndWithTheNormedOutput()
     {
         using var tmp = TestPaths.Temp();
         OnnxExporter.Export(Fixture, tmp.Sub("h"), new ExportOptions { HiddenStates = true });
@@ -75,5 +75,10 @@ public class ExportOptionTests
         }
         Assert.That(worst, Is.LessThan(1e-4), "fp32 matmul of width 64 against a double one");
         Assert.That(hidden["hidden_states.0"], Is.Not.EqualTo(hidden["hidden_states.1"]));
+        // transformers' first entry is the embedding output: the checkpoint's rows, exactly (a Gather)
+        var table = ckpt.Tensors["backbone.embeddings.weight"];
+        var rows = new float[tokens.Length * H];
+        for (int t = 0; t < tokens.Length; t++) table.ReadFloat32(tokens[t] * H, rows.AsSpan(t * H, H));
+        Assert.That(hidden["hidden_states.0"], Is.EqualTo(rows));
     }
 }

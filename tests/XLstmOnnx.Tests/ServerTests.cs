@@ -154,6 +154,14 @@ public class ServerTests
     [TestCase("""{"model": "kjv", "prompt": {"a": 1}}""", 400, "prompt", TestName = "prompt of the wrong type")]
     [TestCase("""{"model": "kjv", "messages": [{"role": "wizard", "content": "hi"}]}""", 400, "role", TestName = "unknown chat role", Category = "chat")]
     [TestCase("""{"model": "kjv", "prompt": "x", "temperature": 7}""", 400, "temperature", TestName = "temperature out of range")]
+    [TestCase("""{"model": "kjv", "prompt": "x", "stream": "yes"}""", 400, "'stream' must be a boolean; found \"yes\".", TestName = "stream not a boolean")]
+    [TestCase("""{"model": "kjv", "prompt": "x", "stream": 1}""", 400, "'stream' must be a boolean; found 1.", TestName = "stream a number")]
+    [TestCase("""{"model": "kjv", "prompt": "And \ud800"}""", 400, "the string at prompt has a lone UTF-16 surrogate", TestName = "lone high surrogate")]
+    [TestCase("""{"model": "kjv", "messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00x"}]}]}""", 400,
+        "messages[0].content[0].text has a lone UTF-16 surrogate", TestName = "lone low surrogate in a chat part", Category = "chat")]
+    [TestCase("""{"model": "kjv", "prompt": "x", "\ud800": 1}""", 400, "(a property name) has a lone UTF-16 surrogate", TestName = "lone surrogate in a property name")]
+    [TestCase("""{"model": "kjv", "prompt": "x", "logit_bias": {"5": 1e999}}""", 400, "logit_bias", TestName = "logit bias beyond double")]
+    [TestCase("""{"model": "kjv", "prompt": "x", "top_p": -1e999}""", 400, "top_p", TestName = "top_p beyond double")]
     public async Task BadRequestsGetOpenAiErrors(string body, int status, string mention)
     {
         string path = body.Contains("messages") ? "/v1/chat/completions" : "/v1/completions";
@@ -175,6 +183,51 @@ public class ServerTests
         Assert.That(await r.Content.ReadAsStringAsync(), Does.Contain("UTF-8"));
         var e = await Post("/v1/completions", new { model = "kjv", prompt = Enumerable.Repeat(5, 600).ToArray() }, HttpStatusCode.BadRequest);
         Assert.That(e.GetProperty("error").GetProperty("code").GetString(), Is.EqualTo("context_length_exceeded"));
+    }
+
+    /// <summary>
+    /// A body above the limit gets 413 in OpenAI's shape, whether its Content-Length says so (the server answers before
+    /// reading it) or it comes chunked; above Kestrel's own 30 MB this was a 500. Raw sockets: the server answers and
+    /// closes while the client may still be sending.
+    /// </summary>
+    [TestCase(true)]
+    [TestCase(false)]
+    public async Task ABodyAboveTheLimitGets413(bool contentLength)
+    {
+        const int size = 31_000_000;
+        var uri = _http.BaseAddress!;
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(uri.Host, uri.Port);
+        var stream = tcp.GetStream();
+        string head = $"POST /v1/completions HTTP/1.1\r\nHost: {uri.Host}\r\nContent-Type: application/json\r\n"
+            + (contentLength ? $"Content-Length: {size}\r\n" : "Transfer-Encoding: chunked\r\n") + "\r\n";
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(head));
+        var send = Task.Run(async () =>
+        {
+            try
+            {
+                byte[] chunk = Encoding.ASCII.GetBytes(new string('a', 1 << 20));
+                byte[] framed = contentLength ? chunk : [.. Encoding.ASCII.GetBytes($"{chunk.Length:x}\r\n"), .. chunk, .. "\r\n"u8.ToArray()];
+                for (int sent = 0; sent < size; sent += chunk.Length) await stream.WriteAsync(framed);
+            }
+            catch (IOException)
+            {
+                // the server answered and closed the connection: it need not read the rest
+            }
+        });
+        using var reader = new StreamReader(stream, Encoding.UTF8);
+        string status = (await reader.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(30)))!;
+        Assert.That(status, Is.EqualTo("HTTP/1.1 413 Payload Too Large"));
+        var headers = new List<string>();
+        while (await reader.ReadLineAsync() is { Length: > 0 } line) headers.Add(line);
+        Assert.That(headers, Does.Contain("Connection: close"));
+        string rest = await reader.ReadToEndAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        string json = headers.Contains("Transfer-Encoding: chunked") ? rest.Split("\r\n")[1] : rest;
+        var error = JsonDocument.Parse(json).RootElement.GetProperty("error");
+        Assert.That(error.GetProperty("code").GetString(), Is.EqualTo("request_too_large"));
+        Assert.That(error.GetProperty("message").GetString(), Does.Contain("at most 4194304 are accepted"));
+        await send.WaitAsync(TimeSpan.FromSeconds(30));
+        await Post("/v1/completions", new { model = "kjv", prompt = "And", max_tokens = 2 }); // still serving
     }
 
     [Test]
@@ -238,8 +291,10 @@ public class ServerTests
         var codes = responses.Select(r => (int)r.StatusCode).ToList();
         Assert.That(codes, Does.Contain(429), "one running, one waiting: the rest are refused");
         Assert.That(codes, Does.Contain(200));
-        var body = JsonDocument.Parse(await responses.First(r => (int)r.StatusCode == 429).Content.ReadAsStringAsync()).RootElement;
+        var refused = responses.First(r => (int)r.StatusCode == 429);
+        var body = JsonDocument.Parse(await refused.Content.ReadAsStringAsync()).RootElement;
         Assert.That(body.GetProperty("error").GetProperty("code").GetString(), Is.EqualTo("rate_limit_exceeded"));
+        Assert.That(refused.Headers.RetryAfter?.Delta, Is.EqualTo(TimeSpan.FromSeconds(OpenAiServer.RetryAfterSeconds)), "clients are told when to come back");
     }
 
     [Test]

@@ -84,6 +84,37 @@ public class ServingEngineTests
 
     private static int[] ServeAlone(ServingEngine engine, Case c) => Collect(engine.Submit(c.Prompt, c.Options)).GetAwaiter().GetResult();
 
+    /// <summary>
+    /// A model call that fails while a group of prompts is read reaches every request of the group (they are neither
+    /// waiting nor live at that moment), and the engine refuses new requests naming the error. Before the fix they
+    /// waited forever (found on the H200, where a shape error in such a call hung the test).
+    /// </summary>
+    [Test]
+    public void AFailedGroupReadEndsEveryRequestOfTheGroupWithTheError()
+    {
+        using var session = XLstmSession.Load(_fast);
+        using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 4 });
+        engine.BeforeGroupCall = _ => throw new InvalidOperationException("planted failure of a group call");
+        var readers = Enumerable.Range(0, 3).Select(i => engine.Submit([5 + i, 6, 7], new GenerationOptions { Greedy = true, MaxNewTokens = 4 })).ToArray();
+        foreach (var r in readers)
+        {
+            var read = Collect(r);
+            try
+            {
+                read.Wait(TimeSpan.FromSeconds(30));
+            }
+            catch (AggregateException)
+            {
+                // checked below
+            }
+            Assert.That(read.IsCompleted, "a request of the failed group ended within 30 s instead of waiting forever");
+            var e = Assert.Throws<AggregateException>(() => read.Wait())!;
+            Assert.That(e.InnerException!.Message, Is.EqualTo("planted failure of a group call"));
+        }
+        var refused = Assert.Throws<XLstmOnnxException>(() => engine.Submit([5], new GenerationOptions { Greedy = true, MaxNewTokens = 1 }))!;
+        Assert.That(refused.Message, Does.Contain("stopped after an error").And.Contain("planted failure"));
+    }
+
     [TestCase(false)]
     [TestCase(true)]
     public void EveryStreamUnderLoadEqualsTheRequestServedAlone(bool fastPath)

@@ -14,7 +14,7 @@ nvcc=$(command -v nvcc || ls -d /usr/local/cuda*/bin/nvcc 2>/dev/null | sort -V 
 [[ -x $nvcc ]] || { echo "run_gpu.sh: no nvcc found" >&2; exit 2; }
 ort=()
 if [[ -f customops/build/ort-include/onnxruntime_lite_custom_op.h ]]; then
-  ort=(-DORT_INCLUDE_DIR="$PWD/customops/build/ort-include")
+  ort=(-DXLSTM_OP_LIBRARY=ON -DORT_INCLUDE_DIR="$PWD/customops/build/ort-include")
 else
   ort=(-DXLSTM_OP_LIBRARY=OFF)
 fi
@@ -32,6 +32,8 @@ nm -D --defined-only "$build/libxlstm_customops.so" 2>/dev/null | grep -q Regist
 "$build/xlstm_cuda_tests" 2>&1 | tee "$OUT/cuda_tests.log"
 tests_rc=${PIPESTATUS[0]}
 "$build/xlstm_fused_cuda_tests" 2>&1 | tee -a "$OUT/cuda_tests.log"
+[[ ${PIPESTATUS[0]} == 0 ]] || tests_rc=1
+"$build/xlstm_linear_cuda_tests" 2>&1 | tee -a "$OUT/cuda_tests.log"
 [[ ${PIPESTATUS[0]} == 0 ]] || tests_rc=1
 [[ ${1:-} == --tests-only ]] && exit "$tests_rc"
 python3 tools/bench/bench_kernels.py --ours "$build/xlstm_kernel_bench" --out "$OUT/kernels-h200.json" \

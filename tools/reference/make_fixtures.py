@@ -26,6 +26,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_reference as mr  # noqa: E402
 
+# Forward cases whose reference also holds hidden states (NAME.hidden_states.K): the step kernel (len1), the sequence
+# kernel alone (short), chunkwise plus a tail (multichunk) or several segments (seg_multi), and a batch. The others
+# would triple the files' size for no new path.
+HIDDEN_CASES = {"len1", "short", "multichunk", "seg_multi", "batch2"}
+
 # --------------------------------------------------------------------------------------------
 # model definitions
 # --------------------------------------------------------------------------------------------
@@ -302,7 +307,7 @@ def main(argv=None):
         verify_stored(model, values, dtype, checks_pre)
         cases = mr.default_cases(cfg)
         print("[cases] " + " ".join(c.spec() for c in cases))
-        tensors, meta, checks, cap = mr.build_reference(model, cases, seed=args.seed)
+        tensors, meta, checks, cap = mr.build_reference(model, cases, seed=args.seed, hidden_cases=HIDDEN_CASES)
         checks.items = checks_pre.items + checks.items
         print(f"[stats] {json.dumps(cap)}")
         for key in ("igate", "logits"):
@@ -329,6 +334,7 @@ def main(argv=None):
                 "lm_head_in_checkpoint": "lm_head.weight" in keys,
             },
             "cases": meta["cases"],
+            "hidden_states": meta.get("hidden_states"),
             "cap_stats": cap,
             "checks_passed": len(checks.items) - len(checks.failed),
             "checks_failed": checks.failed,

@@ -191,6 +191,119 @@ def forward_split(model, ids, split: int):
     return prefill, torch.stack(steps, dim=1), cache_states(cache)
 
 
+HIDDEN_ORDERS = {
+    # transformers 5.x records hidden states with `capture_outputs` on xLSTMBlock: the first block's input (the
+    # embedding output), every block's output, and then the last entry replaced by the normed output. So the last
+    # block's raw output is not in the tuple, and the embedding output is.
+    "capture": lambda n: ["embeddings"] + [f"blocks.{i}" for i in range(n - 1)] + ["out_norm"],
+    # the manual loop of older versions: each block's output, then the normed output
+    "blocks": lambda n: [f"blocks.{i}" for i in range(n)] + ["out_norm"],
+    "all": lambda n: ["embeddings"] + [f"blocks.{i}" for i in range(n)] + ["out_norm"],
+}
+
+
+def forward_hidden(model, ids):
+    """forward_full, recording through forward hooks (in the same call, so the logits and states are those of
+    forward_full) the embedding output, each block's output and the normed output (out_norm), float32 [B,T,H].
+    On the segmented path (T > max_inference_chunksize) a block runs once per segment: its outputs are
+    concatenated in call order. Returns (logits, states, parts: dict name -> tensor)."""
+    import torch
+
+    bb = model.backbone
+    rec = {"embeddings": [], "out_norm": []}
+    for i in range(len(bb.blocks)):
+        rec[f"blocks.{i}"] = []
+
+    def hook(name):
+        def fn(mod, inp, out):  # noqa: ARG001
+            x = out[0] if isinstance(out, (tuple, list)) else out
+            rec[name].append(x.detach().float().cpu().clone())
+
+        return fn
+
+    handles = [bb.embeddings.register_forward_hook(hook("embeddings")),
+               bb.out_norm.register_forward_hook(hook("out_norm"))]
+    for i, blk in enumerate(bb.blocks):
+        handles.append(blk.register_forward_hook(hook(f"blocks.{i}")))
+    try:
+        logits, states = forward_full(model, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    for k in ("embeddings", "out_norm"):
+        if len(rec[k]) != 1:
+            raise RuntimeError(f"{k} ran {len(rec[k])} times in one forward call; expected once")
+    parts = {k: torch.cat(v, dim=1) for k, v in rec.items()}
+    B, T = ids.shape
+    for k, v in parts.items():
+        if tuple(v.shape[:2]) != (B, T):
+            raise RuntimeError(f"hidden part {k} has shape {tuple(v.shape)}; expected [{B},{T},H]")
+    return logits, states, parts
+
+
+def hf_hidden_tuple(model, ids):
+    """transformers' own `output_hidden_states=True` (fresh fp32 cache): (logits, [tensors] or None)."""
+    import torch
+
+    cache = make_cache(model, ids.shape[0])
+    with torch.no_grad():
+        out = model(input_ids=ids, cache_params=cache, use_cache=True, output_hidden_states=True)
+    hs = getattr(out, "hidden_states", None)
+    return out.logits.detach().float().cpu(), (None if hs is None else [h.detach().float().cpu() for h in hs])
+
+
+def match_hidden_order(parts, hf, num_blocks: int):
+    """The name of the HIDDEN_ORDERS entry whose tensors equal transformers' tuple (bit for bit, or within
+    1e-6 relative), or None; and a description of the tuple."""
+    desc = "None" if hf is None else f"{len(hf)} tensors {[tuple(h.shape) for h in hf]}"
+    if hf is None:
+        return None, desc
+    for name, order in HIDDEN_ORDERS.items():
+        names = order(num_blocks)
+        if len(names) != len(hf):
+            continue
+        ok = True
+        for n, h in zip(names, hf):
+            p = parts[n]
+            if tuple(p.shape) != tuple(h.shape):
+                ok = False
+                break
+            d = float((p.double() - h.double()).abs().max()) if p.numel() else 0.0
+            if d > 1e-6 * max(1.0, float(h.abs().max())):
+                ok = False
+                break
+        if ok:
+            return name, desc
+    return None, desc
+
+
+def add_hidden_states(model, tensors: dict, cases_ids: dict, parts_by_case: dict, checks, log=print):
+    """Decides transformers' order from its own output_hidden_states tuple on every case where that tuple is
+    well formed, writes NAME.hidden_states.K for every case of parts_by_case in that order, and returns the
+    header metadata (JSON-able) describing it."""
+    import torch
+
+    n = len(model.backbone.blocks)
+    found = {}
+    for name, ids in cases_ids.items():
+        hf_logits, hf = hf_hidden_tuple(model, ids)
+        order, desc = match_hidden_order(parts_by_case[name], hf, n)
+        same = bool(torch.equal(hf_logits, tensors[f"{name}.logits"]))
+        found[name] = {"matches": order, "hf_tuple": desc, "logits_bit_equal_with_output_hidden_states": same}
+        log(f"[hidden] {name}: transformers' tuple {desc} matches order {order!r}; logits bit-equal: {same}")
+    orders = {v["matches"] for v in found.values() if v["matches"] is not None}
+    checks.note("transformers' output_hidden_states matches one order on every well-formed case", len(orders) == 1,
+                f"{sorted(o for o in orders)}")
+    if len(orders) != 1:
+        return {"error": "no single order matched", "cases": found}
+    order = orders.pop()
+    names = HIDDEN_ORDERS[order](n)
+    for name, parts in parts_by_case.items():
+        for k, part in enumerate(names):
+            tensors[f"{name}.hidden_states.{k}"] = parts[part].contiguous()
+    return {"order": names, "rule": order, "cases": sorted(parts_by_case), "transformers_tuple": found}
+
+
 def greedy_manual(model, prompt, new_tokens: int):
     """Prefill the prompt in one call, then argmax + one token per call.
     Returns ids [1, P+N] and the per-step top1-top2 margins."""
@@ -452,8 +565,9 @@ def _states_close(checks, tag, s1, s2):
 
 
 def build_reference(model, cases, seed: int = 1234, log=print, greedy_min_margin: float = 1e-2,
-                    fp64_check: bool = True):
-    """Returns (tensors: dict[str, torch.Tensor], meta: dict, checks: Checks, stats: dict)."""
+                    fp64_check: bool = True, hidden_cases=None):
+    """Returns (tensors: dict[str, torch.Tensor], meta: dict, checks: Checks, stats: dict).
+    hidden_cases: names of forward cases that also get NAME.hidden_states.K (None: every forward case)."""
     import torch
 
     cfg = model.config
@@ -464,6 +578,7 @@ def build_reference(model, cases, seed: int = 1234, log=print, greedy_min_margin
     tensors = {}
     case_meta = []
     names = set()
+    hidden_ids, hidden_parts = {}, {}
     for c in cases:
         if "." in c.name or c.name in names:
             raise ValueError(f"bad or duplicate case name {c.name}")
@@ -506,7 +621,12 @@ def build_reference(model, cases, seed: int = 1234, log=print, greedy_min_margin
         rows = [random_ids(V, (1, c.length), case_seed(seed, f"{c.name}#row{r}")) for r in range(c.batch)]
         ids = torch.cat(rows, dim=0)
         stats.enabled = True
-        logits, states = forward_full(model, ids.to(dev))
+        if hidden_cases is None or c.name in hidden_cases:
+            logits, states, parts = forward_hidden(model, ids.to(dev))
+            hidden_ids[c.name] = ids.to(dev)
+            hidden_parts[c.name] = parts
+        else:
+            logits, states = forward_full(model, ids.to(dev))
         stats.enabled = False
         tensors[f"{c.name}.input_ids"] = ids.contiguous()
         tensors[f"{c.name}.logits"] = logits.contiguous()
@@ -540,6 +660,7 @@ def build_reference(model, cases, seed: int = 1234, log=print, greedy_min_margin
         log(f"[case] {c.spec()}: logits {tuple(logits.shape)}")
     cap = stats.fractions()
     stats.close()
+    hidden_meta = add_hidden_states(model, tensors, hidden_ids, hidden_parts, checks, log=log) if hidden_parts else None
     meta = {
         "format": FORMAT_VERSION,
         "cases": case_meta,
@@ -547,6 +668,8 @@ def build_reference(model, cases, seed: int = 1234, log=print, greedy_min_margin
         "cap_stats": cap,
         "checks_failed": len(checks.failed),
     }
+    if hidden_meta is not None:
+        meta["hidden_states"] = hidden_meta
     return tensors, meta, checks, cap
 
 
@@ -573,6 +696,8 @@ def save_reference(path: str, tensors: dict, meta: dict, extra_meta: dict | None
 
     md = {"format": FORMAT_VERSION, "cases": json.dumps(meta["cases"]),
           "cap_stats": json.dumps(meta["cap_stats"]), "seed": str(meta["seed"])}
+    if "hidden_states" in meta:
+        md["hidden_states"] = json.dumps(meta["hidden_states"])
     for k, v in (extra_meta or {}).items():
         md[k] = v if isinstance(v, str) else json.dumps(v)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -601,6 +726,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-fp64", action="store_true", help="skip the informational float64 comparison")
+    ap.add_argument("--hidden-states", nargs="*", default=None, metavar="NAME",
+                    help="forward cases that get NAME.hidden_states.K (default: all; give no name for none)")
     ap.add_argument("--allow-failed-checks", action="store_true")
     args = ap.parse_args(argv)
 
@@ -610,7 +737,9 @@ def main(argv=None):
     model = load_model(args.checkpoint, device=args.device)
     cases = [parse_case(s) for s in args.cases] if args.cases else default_cases(model.config)
     print("[cases] " + " ".join(c.spec() for c in cases))
-    tensors, meta, checks, cap = build_reference(model, cases, seed=args.seed, fp64_check=not args.no_fp64)
+    hidden = None if args.hidden_states is None else set(args.hidden_states)
+    tensors, meta, checks, cap = build_reference(model, cases, seed=args.seed, fp64_check=not args.no_fp64,
+                                                 hidden_cases=hidden)
     print(f"[stats] {json.dumps(cap)}")
     save_reference(args.out, tensors, meta, {"transformers_version": facts["transformers"],
                                              "torch_version": facts["torch"],

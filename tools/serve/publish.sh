@@ -7,7 +7,7 @@
 # Usage (repo root): tools/serve/publish.sh   then make the runs that stage.sh prints, back to back.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-OLD_REV=${OLD_REV:-009aadd}
+OLD_REV=${OLD_REV-009aadd}      # OLD_REV= (empty) skips the previous engine
 rm -rf .gpu/app .gpu/old .gpu/ort-include /tmp/xlstm-cli-publish
 dotnet publish tests/XLstmOnnx.Tests -c Release -r linux-x64 --self-contained -p:XLstmTestExecutable=true -o .gpu/app
 dotnet publish cli/XLstmOnnx.Cli -c Release -r linux-x64 --self-contained -o /tmp/xlstm-cli-publish
@@ -15,12 +15,14 @@ cp /tmp/xlstm-cli-publish/xlstm-onnx /tmp/xlstm-cli-publish/xlstm-onnx.dll /tmp/
    /tmp/xlstm-cli-publish/xlstm-onnx.runtimeconfig.json .gpu/app/
 # never used there: Windows natives, TensorRT
 rm -f .gpu/app/onnxruntime*.dll .gpu/app/libonnxruntime_providers_tensorrt.so
-old=$(mktemp -d)
-git worktree add -q --detach "$old" "$OLD_REV"
-dotnet build "$old/cli/XLstmOnnx.Cli" -c Release > /dev/null
 mkdir -p .gpu/old
-cp "$old"/cli/XLstmOnnx.Cli/bin/Release/net10.0/{xlstm-onnx.dll,XLstmOnnx.Runtime.dll,XLstmOnnx.GraphBuilder.dll} .gpu/old/
-git worktree remove --force "$old"
+if [[ -n $OLD_REV ]]; then
+  old=$(mktemp -d)
+  git worktree add -q --detach "$old" "$OLD_REV"
+  dotnet build "$old/cli/XLstmOnnx.Cli" -c Release > /dev/null
+  cp "$old"/cli/XLstmOnnx.Cli/bin/Release/net10.0/{xlstm-onnx.dll,XLstmOnnx.Runtime.dll,XLstmOnnx.GraphBuilder.dll} .gpu/old/
+  git worktree remove --force "$old"
+fi
 nuget=${NUGET_PACKAGES:-$HOME/.nuget/packages}
 cp -a "$(ls -d "$nuget"/microsoft.ml.onnxruntime.gpu.linux/1.31.0/buildTransitive/native/include | head -1)" .gpu/ort-include
 du -sh .gpu/app .gpu/old .gpu/ort-include

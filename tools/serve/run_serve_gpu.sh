@@ -7,10 +7,14 @@
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh serve     # bench (the engine) and serve under load, same run
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh extra     # a 16k prompt while others decode; one decode batch size
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh profile   # kernel time of served steps, the previous engine and this one
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh linear        # run 4: customops, Linear kernel tests and bench, NUnit
+#                                                                                 CUDA tests, 7B exports (--linear-kernels batch-invariant, custom, onnx)
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh linear-bench  # run 4: the engine with each export
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh linear-serve  # run 4: the three loads on the batch-invariant export
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile or final}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench or linear-serve}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -85,6 +89,41 @@ final)
   stop
   serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
   lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
+  stop
+  ;;
+linear)
+  # run 4 (ai.xlstm::Linear): build, kernel tests and bench, NUnit CUDA tests, the 7B export three ways
+  [[ -d $APP/XLstmOnnx.Tests ]] || { rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; }
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
+  say "customops build + CUDA CTest: rc=$? ($(grep -h -E 'passed|FAILED' "$R/cuda_tests.log" 2>/dev/null | tr '\n' ' '))"
+  /tmp/cb/xlstm_linear_bench --json "$R/linear-bench.json" > "$R/linear-bench.log" 2>&1
+  say "linear bench rc=$?"; grep -E "^step" "$R/linear-bench.log" | tee -a "$R/summary.txt"
+  "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" > "$R/nunit-cuda.log" 2>&1
+  say "NUnit CUDA tests rc=$?: $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
+  grep -B2 -A12 "failed " "$R/nunit-cuda.log" | head -60
+  for m in invariant custom gemm; do
+    flag=batch-invariant; [[ $m == custom ]] && flag=custom; [[ $m == gemm ]] && flag=onnx
+    rm -rf /tmp/m7b-$m
+    "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --linear-kernels $flag --last-logits-only --next-token --output /tmp/m7b-$m > "$R/export-7b-$m.log" 2>&1
+    say "7B export ($flag) rc=$?: $(grep -E '^exported' "$R/export-7b-$m.log")"
+  done
+  ;;
+linear-bench)
+  for m in gemm custom invariant; do
+    "$CLI" bench --model /tmp/m7b-$m --device cuda --cuda-graph --batch 1,8,16,32,64 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench-$m.json" > "$R/bench-$m.log" 2>&1
+    say "bench $m rc=$?"; tail -7 "$R/bench-$m.log" | tee -a "$R/summary.txt"
+  done
+  ;;
+linear-serve)
+  # the issue's three loads on the batch-invariant export: greedy streams under load against the same requests alone
+  M7=/tmp/m7b-invariant
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 4
+  lt 8x512 --clients 8 --seconds 20 --warmup-seconds 4 --max-tokens 512 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 4
+  stop
+  serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
+  lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 8 --unloaded 6
   stop
   ;;
 extra)

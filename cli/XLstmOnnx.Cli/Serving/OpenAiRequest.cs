@@ -354,11 +354,11 @@ internal static class OpenAiRequest
             {
                 throw new ApiError(400, $"'logit_bias' keys must be token ids in [0, {vocab}); found \"{p.Name}\".", "logit_bias");
             }
-            if (p.Value.ValueKind != JsonValueKind.Number || p.Value.GetDouble() is < -100 or > 100)
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetDouble(out double value) || value is < -100 or > 100)
             {
                 throw new ApiError(400, $"'logit_bias' values must be numbers between -100 and 100; found {p.Value.GetRawText()} for token {id}.", "logit_bias");
             }
-            bias[id] = (float)p.Value.GetDouble();
+            bias[id] = (float)value;
         }
         return bias.Count > 0 ? bias : null;
     }
@@ -439,7 +439,8 @@ internal static class OpenAiRequest
     private static double? Num(JsonElement e, string name)
     {
         if (!e.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null) return null;
-        if (v.ValueKind == JsonValueKind.Number) return v.GetDouble();
-        throw new ApiError(400, $"'{name}' must be a number; found {v.GetRawText()}.", name);
+        // TryGetDouble: a number beyond double's range (1e999) is a 400, where GetDouble would throw
+        if (v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d)) return d;
+        throw new ApiError(400, $"'{name}' must be a number{(v.ValueKind == JsonValueKind.Number ? " within double's range" : "")}; found {v.GetRawText()}.", name);
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Net;
 using System.Text;
 using System.Text.Json;
 using System.Threading.Channels;
@@ -17,12 +18,32 @@ using XLstmOnnx.Runtime.Serving;
 
 namespace XLstmOnnx.Cli.Serving;
 
-/// <summary>Limits of the HTTP API.</summary>
+/// <summary>Where the HTTP API listens, who may use it, and its limits.</summary>
 public sealed record ServerOptions
 {
+    /// <summary>
+    /// The address to listen on: an IP address (127.0.0.1, ::1; 0.0.0.0 or :: for every interface) or <c>localhost</c>.
+    /// Anything else is refused (a name that is not an address would make Kestrel listen on every interface), and so is
+    /// an address beyond loopback without <see cref="AllowRemote"/>.
+    /// </summary>
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>0 picks a free port (tests).</summary>
     public int Port { get; init; } = 8000;
+    /// <summary>
+    /// Allows a <see cref="Host"/> beyond loopback. Off (the default), the server listens on loopback only and refuses
+    /// requests whose Host header is not a loopback name (DNS rebinding).
+    /// </summary>
+    public bool AllowRemote { get; init; }
+    /// <summary>
+    /// When set, every request but <c>GET /health</c> must carry <c>Authorization: Bearer {ApiKey}</c>; others get 401
+    /// (vLLM's and llama.cpp's <c>--api-key</c>). Printable ASCII without spaces.
+    /// </summary>
+    public string? ApiKey { get; init; }
+    /// <summary>
+    /// Browser origins (<c>scheme://host[:port]</c>, or <c>*</c> for any) allowed besides loopback ones: a request with
+    /// any other Origin header gets 403, and these get CORS headers (preflight included).
+    /// </summary>
+    public IReadOnlyList<string> AllowedOrigins { get; init; } = [];
     public string ModelId { get; init; } = "xlstm";
     public int MaxTokensLimit { get; init; } = 2048;
     public int MaxPromptTokens { get; init; } = 8192;
@@ -34,6 +55,33 @@ public sealed record ServerOptions
     public LogLevel LogLevel { get; init; } = LogLevel.Information;
     /// <summary>Where the logs go; null: standard error, one line each.</summary>
     public ILoggerProvider? Logs { get; init; }
+
+    /// <summary>The name errors give a property (<c>ServerOptions.Host</c>); the CLI maps it to its flag.</summary>
+    public static string Name(string property) => $"{nameof(ServerOptions)}.{property}";
+
+    /// <summary>
+    /// Checks the address, port, key and origins (<see cref="XLstmOnnxException"/> naming the property, the rule and the
+    /// value); returns the address to listen on, null for <c>localhost</c>.
+    /// </summary>
+    public IPAddress? Validate()
+    {
+        var address = ServerAccess.ParseHost(Host, Name(nameof(Host)));
+        if (address is not null && !IPAddress.IsLoopback(address) && !AllowRemote)
+        {
+            throw XLstmOnnxException.InParameter(Name(nameof(Host)),
+                $"{Name(nameof(Host))} {Host} is beyond loopback: every machine that reaches this one could use the API. "
+                + $"Give {Name(nameof(AllowRemote))} to mean it (and {Name(nameof(ApiKey))} to require a key), or listen on 127.0.0.1.");
+        }
+        if (Port is < 0 or > 65535) throw XLstmOnnxException.MustBe(Name(nameof(Port)), "between 0 and 65535 (0: any free port)", Port);
+        if (ApiKey is { } key && (key.Length == 0 || key.Any(c => c is < '!' or > '~')))
+        {
+            // the key itself is a secret: say what is wrong with it, not what it is
+            throw XLstmOnnxException.InParameter(Name(nameof(ApiKey)),
+                $"{Name(nameof(ApiKey))} must be printable ASCII without spaces (an HTTP header carries it); found {(key.Length == 0 ? "an empty key" : $"a key of {key.Length} characters with a space, control or non-ASCII character")}.");
+        }
+        foreach (string origin in AllowedOrigins) _ = ServerAccess.NormalizeOrigin(origin, Name(nameof(AllowedOrigins)));
+        return address;
+    }
 }
 
 /// <summary>An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.</summary>
@@ -48,7 +96,8 @@ public sealed class ApiError(int status, string message, string? param = null, s
 /// server-sent events; request fields: <see cref="OpenAiRequest"/>), /v1/models and /v1/models/{id}, vLLM's /tokenize and
 /// /detokenize, /health and /metrics (the engine's <see cref="ServingMetrics"/> in Prometheus' text format, through
 /// OpenTelemetry's exporter). Bad requests and unknown routes get 4xx answers with OpenAI-style bodies; the engine keeps
-/// serving everyone else. The seed a request sampled with is in the <see cref="SeedHeader"/> response header. Every completion request is logged once it ends (category <see cref="RequestLogCategory"/>).
+/// serving everyone else. Who may use it (the address, Host and Origin rules, CORS, the API key): <see cref="ServerAccess"/>.
+/// Bodies above 4 MiB get 413; a full queue 429 with Retry-After. The seed a request sampled with is in the <see cref="SeedHeader"/> response header. Every completion request is logged once it ends (category <see cref="RequestLogCategory"/>).
 /// </summary>
 public static partial class OpenAiServer
 {
@@ -67,9 +116,20 @@ public static partial class OpenAiServer
     /// <summary>Starts the server; returns the app (dispose it to stop) and its base address.</summary>
     public static async Task<(WebApplication App, string Url)> StartAsync(ServingEngine engine, ServerOptions options)
     {
-        var builder = WebApplication.CreateSlimBuilder();
+        var address = options.Validate();
+        // the content root is the tool's folder: an appsettings.json in the working directory adds no endpoints
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
         ConfigureLogging(builder.Logging, options);
-        builder.WebHost.UseUrls($"http://{options.Host}:{options.Port}");
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            // Kestrel's own limit (30 MB) would end the read with an exception; at ours the read ends with a 413
+            k.Limits.MaxRequestBodySize = MaxBodyBytes;
+            // the address given and nothing else (UseUrls listens on every interface for a name it cannot parse)
+            if (address is not null) k.Listen(address, options.Port);
+            else if (options.Port != 0) k.ListenLocalhost(options.Port);
+            else k.Listen(IPAddress.Loopback, 0); // localhost on a free port: one port, so 127.0.0.1 only
+        });
+        ServerAccess.AddCors(builder.Services, options);
         engine.Metrics.ModelName ??= options.ModelId;
         builder.Services.AddOpenTelemetry()
             .ConfigureResource(r => r.AddService("xlstm-onnx"))
@@ -82,6 +142,7 @@ public static partial class OpenAiServer
         var app = builder.Build();
         var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger(RequestLogCategory);
+        ServerAccess.Use(app, options, loopbackOnly: address is null || IPAddress.IsLoopback(address), Json, log);
 
         // an unknown route (404) or method (405) answers OpenAI's error shape, never an empty body
         app.UseStatusCodePages(async context =>
@@ -106,7 +167,17 @@ public static partial class OpenAiServer
             return new { count = ids.Length, max_model_len = options.MaxPromptTokens, tokens = ids, token_strs = strs ? ids.Select(i => tokens.Of(i).Text).ToArray() : null };
         }));
         app.MapPost("/detokenize", ctx => Answer(ctx, body => new { prompt = OpenAiRequest.Detokenize(body, engine, options) }));
-        await app.StartAsync().ConfigureAwait(false);
+        try
+        {
+            await app.StartAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException)
+        {
+            // a port in use or not ours to take: the option and the reason, no stack
+            await app.DisposeAsync().ConfigureAwait(false);
+            throw XLstmOnnxException.InParameter(ServerOptions.Name(nameof(ServerOptions.Port)),
+                $"{ServerOptions.Name(nameof(ServerOptions.Port))} {options.Port}: cannot listen on {options.Host}: {(e.InnerException ?? e).Message}", e);
+        }
         string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return (app, url);
     }
@@ -131,14 +202,28 @@ public static partial class OpenAiServer
         logging.SetMinimumLevel(options.LogLevel);
         // ASP.NET Core logs every request at Information too: below Debug, keep only its warnings and errors
         logging.AddFilter("Microsoft", options.LogLevel <= LogLevel.Debug ? options.LogLevel : (LogLevel)Math.Max((int)options.LogLevel, (int)LogLevel.Warning));
+        // the host logs a failed start (a port in use) with its stack; StartAsync reports it as an error of --port instead
+        if (options.LogLevel > LogLevel.Debug) logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.None);
     }
 
     /// <summary>The request body as a JSON object; 4xx ApiErrors for what is not.</summary>
     private static async Task<JsonElement> ReadBody(HttpContext ctx)
     {
+        if (ctx.Request.ContentLength > MaxBodyBytes) throw TooLarge(ctx, $"The request body has {ctx.Request.ContentLength} bytes; at most {MaxBodyBytes} are accepted.");
         using var buffer = new MemoryStream();
-        await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
-        if (buffer.Length > MaxBodyBytes) throw new ApiError(413, $"The request body has {buffer.Length} bytes; at most {MaxBodyBytes} are accepted.");
+        try
+        {
+            await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            throw TooLarge(ctx, $"The request body has more than {MaxBodyBytes} bytes; at most {MaxBodyBytes} are accepted.");
+        }
+        catch (BadHttpRequestException e)
+        {
+            throw new ApiError(e.StatusCode, $"The request body could not be read: {e.Message}");
+        }
+        if (buffer.Length > MaxBodyBytes) throw TooLarge(ctx, $"The request body has {buffer.Length} bytes; at most {MaxBodyBytes} are accepted.");
         // JsonDocument only checks string contents when they are read: check the whole body first
         if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length))) throw new ApiError(400, "The request body is not valid UTF-8.");
         JsonElement body;
@@ -152,7 +237,60 @@ public static partial class OpenAiServer
             throw new ApiError(400, $"The request body is not valid JSON: {e.Message}");
         }
         if (body.ValueKind != JsonValueKind.Object) throw new ApiError(400, "The request body must be a JSON object.");
+        if (LoneSurrogate(body) is { } at)
+        {
+            throw new ApiError(400, $"The request body is not valid Unicode: the string at {at} has a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair).", at.StartsWith('(') ? null : at.Split('.', '[')[0]);
+        }
         return body;
+    }
+
+    /// <summary>The 413 answer; the connection closes after it, so that Kestrel does not read the rest of the body.</summary>
+    private static ApiError TooLarge(HttpContext ctx, string message)
+    {
+        ctx.Response.Headers.Connection = "close";
+        return new ApiError(413, message, code: "request_too_large");
+    }
+
+    /// <summary>
+    /// The path (<c>messages[0].content</c>) of the first string or property name whose escapes do not make UTF-16 text
+    /// (<c>"\ud800"</c> alone): the JSON parser accepts them, and reading the string throws. Null when there is none.
+    /// </summary>
+    private static string? LoneSurrogate(JsonElement e)
+    {
+        static bool Readable(Func<string?> read)
+        {
+            try
+            {
+                _ = read();
+                return true;
+            }
+            catch (InvalidOperationException)
+            {
+                return false;
+            }
+        }
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String:
+                return Readable(e.GetString) ? null : "";
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    if (!Readable(() => p.Name)) return "(a property name)";
+                    if (LoneSurrogate(p.Value) is { } inner) return p.Name + (inner.Length == 0 || inner[0] == '[' ? inner : "." + inner);
+                }
+                return null;
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var x in e.EnumerateArray())
+                {
+                    if (LoneSurrogate(x) is { } inner) return $"[{i}]" + (inner.Length == 0 || inner[0] == '[' ? inner : "." + inner);
+                    i++;
+                }
+                return null;
+            default:
+                return null;
+        }
     }
 
     /// <summary>A small JSON endpoint (/tokenize, /detokenize): the answer, or the error in OpenAI's shape.</summary>
@@ -196,6 +334,10 @@ public static partial class OpenAiServer
     [LoggerMessage(EventId = 3, Level = LogLevel.Warning, Message = "{RequestId} {Route} {Status} {Error} e2e_ms={E2eMs}")]
     private static partial void LogRefused(ILogger logger, string requestId, string route, int status, string error, double e2eMs);
 
+    /// <summary>Logs a request refused before any endpoint (Host, Origin, API key).</summary>
+    internal static void LogRefusal(ILogger log, HttpContext ctx, string error) =>
+        LogRefused(log, ctx.TraceIdentifier, ctx.Request.Path.Value ?? "", ctx.Response.StatusCode, error, 0);
+
     private static void Log(ILogger log, HttpContext ctx, RequestRecord rec, long started)
     {
         string id = rec.Id ?? ctx.TraceIdentifier, route = ctx.Request.Path.Value ?? "";
@@ -225,6 +367,7 @@ public static partial class OpenAiServer
         {
             rec.Error = e.Message;
             ctx.Response.StatusCode = e.Status;
+            if (e.Status == StatusCodes.Status429TooManyRequests) ctx.Response.Headers.RetryAfter = RetryAfterSeconds.ToString(CultureInfo.InvariantCulture);
             await ctx.Response.WriteAsJsonAsync(e.Body, Json).ConfigureAwait(false);
         }
         catch (XLstmOnnxException e)
@@ -244,6 +387,9 @@ public static partial class OpenAiServer
             Log(log, ctx, rec, started);
         }
     }
+
+    /// <summary>The Retry-After of a 429 (seconds): about the time a waiting request needs to start.</summary>
+    public const int RetryAfterSeconds = 1;
 
     /// <summary>The response header that reports the seed used: choice <c>index</c> sampled with seed + index (send it as <c>seed</c> to repeat).</summary>
     public const string SeedHeader = "x-seed";

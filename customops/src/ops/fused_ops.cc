@@ -3,6 +3,8 @@
 #include <functional>
 
 #include "cpu/fused_cpu.h"
+#include "cpu/linear_cpu.h"
+#include "ops/linear_op.h"
 
 namespace xlstm::ops {
 
@@ -18,6 +20,11 @@ Ort::Status RunFusedCpu(OrtKernelContext* context, const SwiGluParams& p) {
 
 Ort::Status RunFusedCpu(OrtKernelContext* context, const HeadNormGateParams& p) {
   HeadNormGateCpu(p, OrtParallelFor(context));
+  return Ort::Status{nullptr};
+}
+
+Ort::Status RunLinearCpu(OrtKernelContext* context, const LinearParams& p) {
+  LinearCpu(p, OrtParallelFor(context));
   return Ort::Status{nullptr};
 }
 

@@ -2,6 +2,8 @@
 #include <string>
 
 #include "kernels/fused_fw.cuh"
+#include "kernels/linear_fw.cuh"
+#include "ops/linear_op.h"
 #include "ops/fused_ops.h"
 
 namespace xlstm::ops {
@@ -29,6 +31,12 @@ Ort::Status RunFusedCuda(OrtKernelContext* context, const SwiGluParams& p) {
 
 Ort::Status RunFusedCuda(OrtKernelContext* context, const HeadNormGateParams& p) {
   return Status(kHeadNormGateName, LaunchHeadNormGate(p, Stream(context)));
+}
+
+Ort::Status RunLinearCudaOp(OrtKernelContext* context, const LinearParams& p) {
+  const std::string err = RunLinearCuda(p, Stream(context));
+  if (err.empty()) return Ort::Status{nullptr};
+  return Ort::Status((std::string(kLinearName) + ": " + err).c_str(), ORT_EP_FAIL);
 }
 
 }  // namespace xlstm::ops

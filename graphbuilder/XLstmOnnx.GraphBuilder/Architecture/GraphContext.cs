@@ -32,6 +32,8 @@ internal sealed class GraphContext
     public DataType T { get; }
     /// <summary>[B, S] int64, the embedded input's leading dims (set by the embedding).</summary>
     public string BatchAndSequence { get; set; } = "";
+    /// <summary>An int64 [B, S] input (input_ids, else attention_mask) whose shape tells <c>Linear</c> a decode step from a prompt; null when there is none.</summary>
+    public string? SequenceShape { get; set; }
     /// <summary>The <c>attention_mask</c> input [B, S] int64, or null when exported without one.</summary>
     public string? MaskInput { get; set; }
     /// <summary>The mask as [B, 1, S] bool (true for real tokens; broadcasts over heads), or null.</summary>
@@ -49,6 +51,12 @@ internal sealed class GraphContext
     {
         if (quantize && O.QuantizeBits == 4) return MatMulNBits(p, x, weight, bias);
         string w = Weight(p, "weight", weight, type);
+        if (O.Linear != LinearKernels.Onnx && SequenceShape is { } shape)
+        {
+            string[] operands = bias is null ? [x, w, shape] : [x, w, shape, Weight(p, "bias", bias, type)];
+            return G.Node($"{p}/{CustomOps.Linear}", CustomOps.Linear, operands, 1, CustomOps.Domain,
+                Attr.Int("batch_invariant", O.Linear == LinearKernels.BatchInvariant ? 1 : 0))[0];
+        }
         string[] inputs = bias is null ? [x, w] : [x, w, Weight(p, "bias", bias, type)];
         return G.Op($"{p}/Gemm", "Gemm", inputs, Attr.Int("transB", 1));
     }

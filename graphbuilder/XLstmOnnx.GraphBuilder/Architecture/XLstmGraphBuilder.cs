@@ -52,10 +52,12 @@ public sealed class XLstmGraphBuilder
     private void BuildGraph()
     {
         var residual = new Residual(MakeEmbedding());                    // [B·S, H]
+        // transformers' hidden states: the embedding output (the first block's input), the outputs of blocks 0..N-2,
+        // then the normed output in place of the last block's (docs/hf-semantics.md, "Hidden states")
         var hidden = new List<string>();
+        if (_c.NumBlocks > 0) hidden.Add(residual.X);
         for (int i = 0; i < _c.NumBlocks; i++) residual = MakeBlock(i, residual, hidden);
         string x = _x.Sum(residual);                                      // the last block's FFN residual add
-        if (_c.NumBlocks > 0) hidden.Add(x);
         if (_o.LastLogitsOnly) x = MakeLastPosition(x);                  // [B, H]
         x = _x.RmsNorm("/model/out_norm", x, _w[WeightRole.OutNorm], null);
         hidden.Add(x);
@@ -93,7 +95,10 @@ public sealed class XLstmGraphBuilder
 
     private string NonFiniteRows(string prefix, string x, long axis) => NonFiniteRows(G, prefix, x, axis);
 
-    /// <summary>Each block's output, then the final normed output (HF's order), as float32 [B, S, H] (last-only: the last is [B, 1, H]).</summary>
+    /// <summary>
+    /// transformers' order: the embedding output, the outputs of blocks 0..N-2, then the final normed output, as float32
+    /// [B, S, H] (last-only: the last is [B, 1, H]).
+    /// </summary>
     private void MakeHiddenStates(List<string> hidden)
     {
         for (int i = 0; i < hidden.Count; i++)
@@ -117,13 +122,14 @@ public sealed class XLstmGraphBuilder
         }
         else
         {
-            string ids = G.Input(GraphNames.InputIds, DataType.Int64, "batch", "sequence");
+            string ids = _x.SequenceShape = G.Input(GraphNames.InputIds, DataType.Int64, "batch", "sequence");
             x = G.Op("/model/embeddings/Gather", "Gather", [_x.Weight("/model/embeddings", "weight", _w[WeightRole.Embedding]), ids]);
         }
         _x.BatchAndSequence = G.Op("/model/batch_and_sequence/Shape", "Shape", [x], Attr.Int("start", 0), Attr.Int("end", 2)); // [B, S]
         if (_o.AttentionMask)
         {
             string mask = _x.MaskInput = G.Input(GraphNames.AttentionMask, DataType.Int64, "batch", "sequence");
+            _x.SequenceShape ??= mask;
             string b = G.Op("/model/attention_mask/Cast", "Cast", [mask], Attr.Int("to", (long)DataType.Bool));
             _x.Mask = G.Op("/model/attention_mask/Unsqueeze", "Unsqueeze", [b, G.Constant(1)]); // [B,S] -> [B,1,S], broadcasts over heads
         }

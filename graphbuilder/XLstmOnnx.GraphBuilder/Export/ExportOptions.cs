@@ -42,7 +42,7 @@ public sealed record ExportOptions
     /// left-padded prompts of different lengths batch exactly. HF has no such input (its pads advance the state).
     /// </summary>
     public bool AttentionMask { get; init; } = true;
-    /// <summary>Add <c>hidden_states.{i}</c> outputs: each block's output, then the final normed output (HF's order).</summary>
+    /// <summary>Add <c>hidden_states.{i}</c> outputs in transformers' order: the embedding output, the outputs of blocks 0..N-2, then the final normed output.</summary>
     public bool HiddenStates { get; init; }
     public ExternalDataMode ExternalData { get; init; } = ExternalDataMode.Auto;
     /// <summary>Weights above this many bytes go to external data in <see cref="ExternalDataMode.Auto"/>; well under protobuf's 2 GiB.</summary>
@@ -60,6 +60,16 @@ public sealed record ExportOptions
     /// </summary>
     public static readonly IReadOnlyList<int> QuantizeBlockSizes = [16, 32, 64, 128, 256];
 
+    /// <summary>
+    /// The projections' op; null is <see cref="LinearKernels.Onnx"/>. On the H200 at xLSTM-7b, <see cref="LinearKernels.Custom"/>
+    /// decoded 4% slower at batch 1 and 1% at 8–64, and <see cref="LinearKernels.BatchInvariant"/> 12% slower at 32 and 24% at 64
+    /// (tools/serve/results/run4): the batch-invariant mode is for those who need a sequence's tokens not to depend on its batch.
+    /// </summary>
+    public LinearKernels? LinearKernels { get; init; }
+
+    /// <summary>What <see cref="LinearKernels"/> resolves to for these options.</summary>
+    public LinearKernels Linear => LinearKernels ?? Contract.LinearKernels.Onnx;
+
     /// <summary>The ai.onnx opset we emit (23: RMSNormalization). ONNX Runtime 1.31 loads up to 26.</summary>
     public const int Opset = 23;
     /// <summary>IR version matching opset 23.</summary>
@@ -72,6 +82,15 @@ public sealed record ExportOptions
         if (!Enum.IsDefined(MLstmKernels))
         {
             throw XLstmOnnxException.MustBe(Name(nameof(MLstmKernels)), ContractNames.Alternatives(ContractNames.JsonNames<MLstmKernels>()), (int)MLstmKernels);
+        }
+        if (LinearKernels is { } linear && !Enum.IsDefined(linear))
+        {
+            throw XLstmOnnxException.MustBe(Name(nameof(LinearKernels)), ContractNames.Alternatives(ContractNames.JsonNames<LinearKernels>()), (int)linear);
+        }
+        if (LinearKernels is { } custom && custom != Contract.LinearKernels.Onnx && MLstmKernels != MLstmKernels.Custom)
+        {
+            throw XLstmOnnxException.InParameter(Name(nameof(LinearKernels)),
+                $"{Name(nameof(LinearKernels))} {custom.JsonName()} needs {Name(nameof(MLstmKernels))} custom (the op is in the same library); found {MLstmKernels.JsonName()}.");
         }
         if (!Enum.IsDefined(ExternalData)) throw XLstmOnnxException.MustBe(Name(nameof(ExternalData)), "Auto, Always or Never", (int)ExternalData);
         if (QuantizeBits is { } bits && bits != 4) throw XLstmOnnxException.MustBe(Name(nameof(QuantizeBits)), "4 or null", bits);

@@ -23,8 +23,21 @@ namespace XLstmOnnx.GraphBuilder.Export;
 /// </summary>
 public static class SamplerBuilder
 {
+    /// <summary>Tests only: the distribution each row draws from, [B, V] double, by rank (ids in <see cref="ProbeOrder"/>).</summary>
+    internal const string ProbeProbabilities = "probe_probabilities";
+
+    /// <summary>Tests only: the ids by falling score, [B, V] int64 (ties: lower id first).</summary>
+    internal const string ProbeOrder = "probe_order";
+
     /// <summary>The sampler for a vocabulary of <paramref name="vocab"/> logits.</summary>
-    public static byte[] Build(long vocab)
+    public static byte[] Build(long vocab) => Build(vocab, probe: false);
+
+    /// <summary>
+    /// <paramref name="probe"/>: also output <see cref="ProbeProbabilities"/> and <see cref="ProbeOrder"/>, the draw's
+    /// distribution, for tests against transformers' probabilities (the exported sampler has no such outputs, so its
+    /// runs compute nothing more).
+    /// </summary>
+    internal static byte[] Build(long vocab, bool probe)
     {
         var g = new OnnxGraph("sampler");
         g.Input(Logits, DataType.Float, "batch", 1L, vocab);
@@ -131,6 +144,11 @@ public static class SamplerBuilder
         string outputPlusOne = g.Op("/sampler/output_counts/Add", "Add", [outputCounted, g.Constant(1f)]);
         string outputCountsOut = g.Op("/sampler/output_counts/ScatterElements", "ScatterElements", [OutputCounts, next, outputPlusOne], Attr.Int("axis", 1));
 
+        if (probe)
+        {
+            g.Output(ProbeProbabilities, g.Op("/sampler/probe/Div", "Div", [kept, total]), DataType.Double, "batch", vocab);
+            g.Output(ProbeOrder, order, DataType.Int64, "batch", vocab);
+        }
         g.Output(NextToken, next, DataType.Int64, "batch", 1L);
         g.Output(LogProb, logProb, DataType.Float, "batch", 1L);
         g.Output(CountsOut, countsOut, DataType.Float, "batch", vocab);

@@ -48,6 +48,43 @@ public sealed class Sampler
     /// <summary>The next token given the last position's logits.</summary>
     public int Next(ReadOnlySpan<float> logits)
     {
+        var s = Scores(logits);
+        if (_o.Greedy) return ArgMax(s);
+        int keep = Candidates(s);
+        double total = 0;
+        for (int r = 0; r < keep; r++) total += _keys[r];
+        double u = NextDouble() * total;
+        for (int r = 0; r < keep; r++)
+        {
+            u -= _keys[r];
+            if (u < 0) return _order[r];
+        }
+        return _order[keep - 1];
+    }
+
+    /// <summary>
+    /// The distribution <see cref="Next"/> draws from for these logits, by id (0 for ids it never chooses; greedy: 1 on
+    /// the argmax), through the same steps; draws nothing. For tests against transformers' probabilities.
+    /// </summary>
+    internal double[] Distribution(ReadOnlySpan<float> logits)
+    {
+        var p = new double[_vocab];
+        var s = Scores(logits);
+        if (_o.Greedy)
+        {
+            p[ArgMax(s)] = 1;
+            return p;
+        }
+        int keep = Candidates(s);
+        double total = 0;
+        for (int r = 0; r < keep; r++) total += _keys[r];
+        for (int r = 0; r < keep; r++) p[_order[r]] = _keys[r] / total;
+        return p;
+    }
+
+    /// <summary>The logits after the bias and the penalties (in <c>_scores</c>).</summary>
+    private Span<float> Scores(ReadOnlySpan<float> logits)
+    {
         var s = _scores.AsSpan();
         logits[.._vocab].CopyTo(s);
         if (_o.LogitBias is { } bias)
@@ -73,8 +110,15 @@ public sealed class Sampler
                 s[i] -= p * (c > 0 ? 1f : 0f);
             }
         }
-        if (_o.Greedy) return ArgMax(s);
+        return s;
+    }
 
+    /// <summary>
+    /// Temperature, then top-k, top-p and min-p in transformers' order: returns how many candidates are kept; ids by
+    /// falling score are in <c>_order</c>, the kept ones' unnormalised probabilities in <c>_keys</c>.
+    /// </summary>
+    private int Candidates(Span<float> s)
+    {
         float invT = (float)(1.0 / _o.Temperature);
         for (int i = 0; i < s.Length; i++) s[i] *= invT;
         // sort ids by score, descending (stable on ties by id, like a stable argsort)
@@ -87,7 +131,6 @@ public sealed class Sampler
         // a stable order: ties go to the lower id first (ONNX TopK's rule)
         var scores = _scores;
         Array.Sort(_order, 0, n, Comparer<int>.Create((a, b) => scores[a] != scores[b] ? scores[b].CompareTo(scores[a]) : a.CompareTo(b)));
-        for (int i = 0; i < n; i++) _keys[i] = s[_order[i]];
         int keep = _o.TopK > 0 ? Math.Min(_o.TopK, n) : n;
         // probabilities of the kept candidates
         float max = s[_order[0]];
@@ -112,15 +155,7 @@ public sealed class Sampler
             while (r < keep && _keys[r] >= threshold) r++;
             keep = r;
         }
-        total = 0;
-        for (int r = 0; r < keep; r++) total += _keys[r];
-        double u = NextDouble() * total;
-        for (int r = 0; r < keep; r++)
-        {
-            u -= _keys[r];
-            if (u < 0) return _order[r];
-        }
-        return _order[keep - 1];
+        return keep;
     }
 
     private double NextDouble() => SequenceDecoder.NextUniform(ref _rng);

@@ -427,6 +427,23 @@ public sealed class ServingEngine : IDisposable
     /// </summary>
     private void ReadWhole(List<Job> group)
     {
+        try
+        {
+            ReadWholeOrThrow(group);
+        }
+        catch (Exception e)
+        {
+            // these requests are out of the waiting jobs and not yet live: the failure must reach them here
+            foreach (var job in group) job.Request.Events.Writer.TryComplete(e);
+            throw;
+        }
+    }
+
+    /// <summary>Tests only: runs before each group call with the number of rows it reads (a failure there is a failed model call).</summary>
+    internal Action<int>? BeforeGroupCall { get; set; }
+
+    private void ReadWholeOrThrow(List<Job> group)
+    {
         int Rest(Job j) => j.Request.Prompt.Length - j.Fed;
         int Head(Job j) => (int)(Rest(j) / _chunk * _chunk);
         var ordered = group.OrderBy(j => Head(j) == 0 ? 0 : Rest(j) > Head(j) ? 1 : 2).ToList();
@@ -460,6 +477,7 @@ public sealed class ServingEngine : IDisposable
                 }
                 tokens += len;
             }
+            BeforeGroupCall?.Invoke(count);
             _runner.Prompt(_pool, _set, first + from, count, ids, mask, seq, first + from);
             // the live rows stay in their set: the new rows come back to it
             for (int i = 0; i < count; i++) _pool.CopyRow(1 - _set, first + from + i, _pool, _set, first + from + i);

@@ -1,0 +1,47 @@
+// Parameters of ai.xlstm::Linear, the model's projections (y = x Wᵀ + b) with a decode path whose rows do not
+// depend on each other (docs/serving.md, "Batch invariance"). Plain C++, shared by the CPU kernel, the CUDA
+// launcher and the op wrapper.
+//
+//   y[m, n] = Σ_k x[m, k] · W[n, k]  (+ bias[n]),  x [M, K], W [N, K] (the checkpoint's [out, in] layout), y [M, N]
+//
+// Float32 accumulation, one rounding to T at the end (bias added before it).
+//
+// Two paths on CUDA, chosen by the call's sequence length S (the op reads it from input_ids [B, S]) and the node's
+// batch_invariant attribute:
+//   * decode (S = 1) with batch_invariant, or with at most kLinearOwnRows rows: our own kernel. Every output value is summed in one fixed order that depends on K alone: the
+//     K axis is cut into 64-wide blocks, block b belongs to split b mod 8, each split sums its blocks in order with
+//     tensor-core MMAs, and the 8 split sums are added in split order. Neither the number of rows M nor the other
+//     rows' values change a row's result, so a sequence decodes to the same bits at every decode batch size.
+//   * otherwise (prompts, and larger decode steps without batch_invariant): cuBLAS (cublasGemmEx, float32 compute).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/mlstm_params.h"
+
+namespace xlstm {
+
+struct LinearParams {
+  Dtype dtype = Dtype::kFloat32;
+  const void* x = nullptr;
+  const void* weight = nullptr;
+  const void* bias = nullptr;  // [N] or nullptr
+  void* y = nullptr;
+  int64_t rows = 0;   // M = B·S
+  int64_t in = 0;     // K
+  int64_t out = 0;    // N
+  bool decode = false;  // S = 1: a decode step
+  // Decode steps of any size on our kernels (batch-invariant). Otherwise only steps of up to kLinearOwnRows rows
+  // (where our kernel streams the weights faster than cuBLAS) and cuBLAS above. The CPU kernel is row-independent always.
+  bool batch_invariant = false;
+};
+
+/// Up to this many rows a decode step runs our kernel in either mode (tools/bench: it beats cuBLAS up to 16 rows).
+inline constexpr int64_t kLinearOwnRows = 16;
+
+/// The decode kernel's fixed summation split (see above). Part of the op's numerics: changing it changes results.
+inline constexpr int kLinearSplits = 8;
+/// The K block each MMA step of the decode kernel covers.
+inline constexpr int kLinearKBlock = 64;
+
+}  // namespace xlstm
