@@ -261,6 +261,60 @@ public class ServerTests
         Assert.That(client.GetService(typeof(ChatClientMetadata)), Is.InstanceOf<ChatClientMetadata>());
     }
 
+    /// <summary>
+    /// The HTTP <c>stop</c> parameter by value: the text is the free greedy text up to the first stop string (which is not
+    /// sent), finish_reason "stop", streamed and not; of two stop strings the earlier one in the text wins; one that never
+    /// comes leaves the text whole, finish_reason "length".
+    /// </summary>
+    [Test]
+    public async Task StopCutsTheTextBeforeTheFirstStopString()
+    {
+        object Body(object? stop, bool stream = false) => new { model = "kjv", prompt = Prompt, max_tokens = 40, temperature = 0, stop, stream };
+        var free = await Post("/v1/completions", Body(null));
+        string text = free.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        Assert.That(free.GetProperty("choices")[0].GetProperty("finish_reason").GetString(), Is.EqualTo("length"));
+        string[] words = text.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        Assume.That(words, Has.Length.GreaterThan(8), text);
+        string late = words[6], early = words[3]; // the 4th and 7th words: text before them is kept, spaces included
+        int cut = Math.Min(text.IndexOf(early, StringComparison.Ordinal), text.IndexOf(late, StringComparison.Ordinal));
+        foreach (object stop in new object[] { early, new[] { late, early } })
+        {
+            int at = stop is string one ? text.IndexOf(one, StringComparison.Ordinal) : cut;
+            var json = await Post("/v1/completions", Body(stop));
+            var choice = json.GetProperty("choices")[0];
+            Assert.That(choice.GetProperty("text").GetString(), Is.EqualTo(text[..at]), $"stop {JsonSerializer.Serialize(stop)}");
+            Assert.That(choice.GetProperty("finish_reason").GetString(), Is.EqualTo("stop"));
+            var (streamed, finish) = await PostStream("/v1/completions", Body(stop, stream: true), chat: false);
+            Assert.That((streamed, finish), Is.EqualTo((text[..at], "stop")), "streamed");
+        }
+        var never = await Post("/v1/completions", Body(new[] { "\u0007never" }));
+        Assert.That(never.GetProperty("choices")[0].GetProperty("text").GetString(), Is.EqualTo(text));
+        Assert.That(never.GetProperty("choices")[0].GetProperty("finish_reason").GetString(), Is.EqualTo("length"));
+    }
+
+    /// <summary>
+    /// The chat reply by value, whitespace included: greedy generation over the rendered transcript, cut at the next
+    /// "\nUser:", with exactly the one space after "Assistant:" dropped; the client and the server send that text.
+    /// </summary>
+    [Test]
+    public async Task ChatReplyIsTheTranscriptsContinuationLessOneSpace()
+    {
+        const string question = "Who was the son of Abraham?";
+        var transcript = _session.Tokenizer!.Encode(ChatTemplate.Render([("user", question)]));
+        using var g = new Runtime.Generation.Generator(_session);
+        var sb = new StringBuilder();
+        g.Generate([transcript], new Runtime.Generation.GenerationOptions { Greedy = true, MaxNewTokens = 30, StopStrings = [ChatTemplate.StopString] },
+            (_, _, piece) => sb.Append(piece));
+        string raw = sb.ToString();
+        Assert.That(raw, Does.StartWith(" "), "the model writes a space after \"Assistant:\"");
+        string expected = raw[1..];
+        IChatClient client = new XLstmChatClient(_engine, "kjv");
+        var response = await client.GetResponseAsync([new ChatMessage(ChatRole.User, question)], new ChatOptions { Temperature = 0, MaxOutputTokens = 30 });
+        var json = await Post("/v1/chat/completions", new { model = "kjv", messages = new[] { new { role = "user", content = question } }, max_tokens = 30, temperature = 0 });
+        Assert.That(response.Text, Is.EqualTo(expected), "the client");
+        Assert.That(json.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(), Is.EqualTo(expected), "the server");
+    }
+
     /// <summary>The value of a series, <c>name</c> or <c>name{label="value"}</c>, summed over its other labels (MetricsTests checks the format).</summary>
     private string Metric(string selector) =>
         PrometheusText.Parse(_http.GetStringAsync("/metrics").GetAwaiter().GetResult()).Value(selector).ToString(System.Globalization.CultureInfo.InvariantCulture);
