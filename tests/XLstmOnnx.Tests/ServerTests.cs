@@ -315,6 +315,43 @@ public class ServerTests
         Assert.That(json.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(), Is.EqualTo(expected), "the server");
     }
 
+    /// <summary>
+    /// loadtest against this server: its JSON counts what happened (every request answered 200, the greedy answers
+    /// equal the same requests sent alone, every request's tokens arrived), and its statistics agree with its counts.
+    /// </summary>
+    [Test]
+    public void LoadTestReportsWhatHappened()
+    {
+        using var tmp = TestPaths.Temp();
+        string file = tmp.Sub("load.json");
+        var r = CliTests.Run("loadtest", "--url", _server.Url, "--model-name", "kjv", "--clients", "3", "--seconds", "2", "--max-tokens", "6",
+            "--prompt-tokens", "8:16", "--prompt-vocab", "2000", "--ignore-eos", "--check-alone", "3", "--unloaded", "1", "--out", file);
+        Assert.That(r.Code, Is.Zero, r.Out + r.Err);
+        var j = JsonDocument.Parse(File.ReadAllText(file)).RootElement;
+        int ok = j.GetProperty("ok").GetInt32();
+        long tokens = j.GetProperty("completion_tokens").GetInt64();
+        double elapsed = j.GetProperty("elapsed_s").GetDouble();
+        Assert.Multiple(() =>
+        {
+            Assert.That(ok, Is.GreaterThanOrEqualTo(3), "three clients, two seconds");
+            Assert.That((j.GetProperty("requests").GetInt32(), j.GetProperty("failed").GetInt32()), Is.EqualTo((ok, 0)));
+            Assert.That(j.GetProperty("status_codes").GetProperty("200").GetInt32(), Is.EqualTo(ok));
+            Assert.That((j.GetProperty("checked_alone").GetInt32(), j.GetProperty("mismatches_vs_alone").GetInt32()), Is.EqualTo((3, 0)),
+                "greedy answers under load equal the same requests alone");
+            Assert.That(tokens, Is.EqualTo(6L * ok), "--ignore-eos: every request gets its 6 tokens");
+            Assert.That(j.GetProperty("throughput_tokens_per_s").GetDouble(), Is.EqualTo(tokens / elapsed).Within(1e-9).Percent);
+            foreach (var (name, count) in new[] { ("ttft_ms", ok), ("e2e_ms", ok), ("itl_ms", 5 * ok) })
+            {
+                var p = j.GetProperty(name);
+                double[] q = [.. new[] { "p50", "p90", "p99", "max" }.Select(k => p.GetProperty(k).GetDouble())];
+                Assert.That(p.GetProperty("count").GetInt32(), Is.EqualTo(count), name);
+                Assert.That(q, Is.Ordered, $"{name}: p50 ≤ p90 ≤ p99 ≤ max");
+                Assert.That(q[0], Is.GreaterThan(0), name);
+            }
+            Assert.That(j.GetProperty("unloaded_ttft_ms").GetProperty("count").GetInt32(), Is.EqualTo(1));
+        });
+    }
+
     /// <summary>The value of a series, <c>name</c> or <c>name{label="value"}</c>, summed over its other labels (MetricsTests checks the format).</summary>
     private string Metric(string selector) =>
         PrometheusText.Parse(_http.GetStringAsync("/metrics").GetAwaiter().GetResult()).Value(selector).ToString(System.Globalization.CultureInfo.InvariantCulture);
