@@ -19,7 +19,7 @@ internal static class ChatCommand
         var system = new Option<string?>("--system") { Description = "Text read once before the first turn (e.g. instructions)." };
         var user = ChoiceOption.Text("--user-prefix", "Text before each user turn.", "\nUser: ");
         var assistant = ChoiceOption.Text("--assistant-prefix", "Text before each reply.", "\nAssistant:");
-        var cmd = new Command("chat", "Chat with a model on its live state (multi-turn). /reset, /save FILE, /load FILE, /exit.") { system, user, assistant };
+        var cmd = new Command("chat", "Chat with a model on its live state (multi-turn). /reset (back to the system text), /save FILE, /load FILE, /exit.") { system, user, assistant };
         model.AddTo(cmd);
         sampling.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
@@ -32,18 +32,22 @@ internal static class ChatCommand
             options.Validate(session.Manifest.VocabSize); // now, not at the first turn
             using var generator = new Generator(session, 1);
             bool started = false, userPrefixWritten = false;
-            if (r.GetValue(system) is { Length: > 0 } sys)
+            int[] systemIds = r.GetValue(system) is { Length: > 0 } sys ? tokenizer.Encode(sys) : [];
+            void Begin()
             {
-                generator.Append(tokenizer.Encode(sys));
-                started = true;
+                // the system text starts every conversation: the first and each one after /reset
+                started = systemIds.Length > 0;
+                userPrefixWritten = false;
+                if (started) generator.Append(systemIds);
             }
+            Begin();
             Console.Error.WriteLine($"chat: type a message; /reset, /save FILE, /load FILE, /exit{SamplingOptions.SeedNote(options)}");
             while (true)
             {
                 Console.Write("> ");
                 string? line = Console.ReadLine();
                 if (line is null || line.Trim() == "/exit") break;
-                if (line.Trim() == "/reset") { generator.Reset(); started = userPrefixWritten = false; Console.Error.WriteLine("state reset"); continue; }
+                if (line.Trim() == "/reset") { generator.Reset(); Begin(); Console.Error.WriteLine("state reset"); continue; }
                 // a file that cannot be saved or loaded is reported and the conversation goes on, its state untouched
                 if (Command(line, "/save") is { } saveTo)
                 {

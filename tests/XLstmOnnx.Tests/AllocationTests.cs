@@ -100,8 +100,14 @@ public class AllocationTests
             await Run().ConfigureAwait(false); // warm-up: JIT, ORT arenas, pool threads
             return await Run().ConfigureAwait(false);
         }
-        long small = await Allocated(20).ConfigureAwait(false), large = await Allocated(220).ConfigureAwait(false);
-        double perToken = (large - small) / 200.0;
+        // the least of three measurements: the test host's other threads (tiered JIT, timers) sometimes allocate
+        // hundreds of bytes a token during one of them, while an allocation per step shows in every one
+        double perToken = double.MaxValue;
+        for (int attempt = 0; attempt < 3 && perToken >= 64; attempt++)
+        {
+            long small = await Allocated(20).ConfigureAwait(false), large = await Allocated(220).ConfigureAwait(false);
+            perToken = Math.Min(perToken, (large - small) / 200.0);
+        }
         TestContext.Out.WriteLine($"bytes per extra token, all threads: {perToken:F1}");
         // 4 bytes per token are the output list sized by max tokens, and the test host's other threads add 4 to 10 more;
         // a Task per step (Task.Run) would add 152

@@ -316,6 +316,97 @@ public class ServerTests
         Assert.That(client.GetService(typeof(ChatClientMetadata)), Is.InstanceOf<ChatClientMetadata>());
     }
 
+    /// <summary>
+    /// The HTTP <c>stop</c> parameter by value: the text is the free greedy text up to the first stop string (which is not
+    /// sent), finish_reason "stop", streamed and not; of two stop strings the earlier one in the text wins; one that never
+    /// comes leaves the text whole, finish_reason "length".
+    /// </summary>
+    [Test]
+    public async Task StopCutsTheTextBeforeTheFirstStopString()
+    {
+        object Body(object? stop, bool stream = false) => new { model = "kjv", prompt = Prompt, max_tokens = 40, temperature = 0, stop, stream };
+        var free = await Post("/v1/completions", Body(null));
+        string text = free.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        Assert.That(free.GetProperty("choices")[0].GetProperty("finish_reason").GetString(), Is.EqualTo("length"));
+        string[] words = text.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        Assume.That(words, Has.Length.GreaterThan(8), text);
+        string late = words[6], early = words[3]; // the 4th and 7th words: text before them is kept, spaces included
+        int cut = Math.Min(text.IndexOf(early, StringComparison.Ordinal), text.IndexOf(late, StringComparison.Ordinal));
+        foreach (object stop in new object[] { early, new[] { late, early } })
+        {
+            int at = stop is string one ? text.IndexOf(one, StringComparison.Ordinal) : cut;
+            var json = await Post("/v1/completions", Body(stop));
+            var choice = json.GetProperty("choices")[0];
+            Assert.That(choice.GetProperty("text").GetString(), Is.EqualTo(text[..at]), $"stop {JsonSerializer.Serialize(stop)}");
+            Assert.That(choice.GetProperty("finish_reason").GetString(), Is.EqualTo("stop"));
+            var (streamed, finish) = await PostStream("/v1/completions", Body(stop, stream: true), chat: false);
+            Assert.That((streamed, finish), Is.EqualTo((text[..at], "stop")), "streamed");
+        }
+        var never = await Post("/v1/completions", Body(new[] { "\u0007never" }));
+        Assert.That(never.GetProperty("choices")[0].GetProperty("text").GetString(), Is.EqualTo(text));
+        Assert.That(never.GetProperty("choices")[0].GetProperty("finish_reason").GetString(), Is.EqualTo("length"));
+    }
+
+    /// <summary>
+    /// The chat reply by value, whitespace included: greedy generation over the rendered transcript, cut at the next
+    /// "\nUser:", with exactly the one space after "Assistant:" dropped; the client and the server send that text.
+    /// </summary>
+    [Test]
+    public async Task ChatReplyIsTheTranscriptsContinuationLessOneSpace()
+    {
+        const string question = "Who was the son of Abraham?";
+        var transcript = _session.Tokenizer!.Encode(ChatTemplate.Render([("user", question)]));
+        using var g = new Runtime.Generation.Generator(_session);
+        var sb = new StringBuilder();
+        g.Generate([transcript], new Runtime.Generation.GenerationOptions { Greedy = true, MaxNewTokens = 30, StopStrings = [ChatTemplate.StopString] },
+            (_, _, piece) => sb.Append(piece));
+        string raw = sb.ToString();
+        Assert.That(raw, Does.StartWith(" "), "the model writes a space after \"Assistant:\"");
+        string expected = raw[1..];
+        IChatClient client = new XLstmChatClient(_engine, "kjv");
+        var response = await client.GetResponseAsync([new ChatMessage(ChatRole.User, question)], new ChatOptions { Temperature = 0, MaxOutputTokens = 30 });
+        var json = await Post("/v1/chat/completions", new { model = "kjv", messages = new[] { new { role = "user", content = question } }, max_tokens = 30, temperature = 0 });
+        Assert.That(response.Text, Is.EqualTo(expected), "the client");
+        Assert.That(json.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(), Is.EqualTo(expected), "the server");
+    }
+
+    /// <summary>
+    /// loadtest against this server: its JSON counts what happened (every request answered 200, the greedy answers
+    /// equal the same requests sent alone, every request's tokens arrived), and its statistics agree with its counts.
+    /// </summary>
+    [Test]
+    public void LoadTestReportsWhatHappened()
+    {
+        using var tmp = TestPaths.Temp();
+        string file = tmp.Sub("load.json");
+        var r = CliTests.Run("loadtest", "--url", _server.Url, "--model-name", "kjv", "--clients", "3", "--seconds", "2", "--max-tokens", "6",
+            "--prompt-tokens", "8:16", "--prompt-vocab", "2000", "--ignore-eos", "--check-alone", "3", "--unloaded", "1", "--out", file);
+        Assert.That(r.Code, Is.Zero, r.Out + r.Err);
+        var j = JsonDocument.Parse(File.ReadAllText(file)).RootElement;
+        int ok = j.GetProperty("ok").GetInt32();
+        long tokens = j.GetProperty("completion_tokens").GetInt64();
+        double elapsed = j.GetProperty("elapsed_s").GetDouble();
+        Assert.Multiple(() =>
+        {
+            Assert.That(ok, Is.GreaterThanOrEqualTo(3), "three clients, two seconds");
+            Assert.That((j.GetProperty("requests").GetInt32(), j.GetProperty("failed").GetInt32()), Is.EqualTo((ok, 0)));
+            Assert.That(j.GetProperty("status_codes").GetProperty("200").GetInt32(), Is.EqualTo(ok));
+            Assert.That((j.GetProperty("checked_alone").GetInt32(), j.GetProperty("mismatches_vs_alone").GetInt32()), Is.EqualTo((3, 0)),
+                "greedy answers under load equal the same requests alone");
+            Assert.That(tokens, Is.EqualTo(6L * ok), "--ignore-eos: every request gets its 6 tokens");
+            Assert.That(j.GetProperty("throughput_tokens_per_s").GetDouble(), Is.EqualTo(tokens / elapsed).Within(1e-9).Percent);
+            foreach (var (name, count) in new[] { ("ttft_ms", ok), ("e2e_ms", ok), ("itl_ms", 5 * ok) })
+            {
+                var p = j.GetProperty(name);
+                double[] q = [.. new[] { "p50", "p90", "p99", "max" }.Select(k => p.GetProperty(k).GetDouble())];
+                Assert.That(p.GetProperty("count").GetInt32(), Is.EqualTo(count), name);
+                Assert.That(q, Is.Ordered, $"{name}: p50 ≤ p90 ≤ p99 ≤ max");
+                Assert.That(q[0], Is.GreaterThan(0), name);
+            }
+            Assert.That(j.GetProperty("unloaded_ttft_ms").GetProperty("count").GetInt32(), Is.EqualTo(1));
+        });
+    }
+
     /// <summary>The value of a series, <c>name</c> or <c>name{label="value"}</c>, summed over its other labels (MetricsTests checks the format).</summary>
     private string Metric(string selector) =>
         PrometheusText.Parse(_http.GetStringAsync("/metrics").GetAwaiter().GetResult()).Value(selector).ToString(System.Globalization.CultureInfo.InvariantCulture);

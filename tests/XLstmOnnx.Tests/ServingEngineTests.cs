@@ -210,6 +210,37 @@ public class ServingEngineTests
         Assert.That(extended.Take(5), Is.EqualTo(whole.Take(5)), "the first tokens after a cached prefix (its state is read in another split: not bitwise, rounding only)");
     }
 
+    /// <summary>
+    /// The prefix cache holds what its byte bound allows (2.5 states' bytes: two entries, never more bytes than the bound)
+    /// and evicts the least recently used entry: a hit makes an entry recent, so the entry not used since is the one
+    /// that goes.
+    /// </summary>
+    [Test]
+    public void ThePrefixCacheEvictsTheLeastRecentlyUsedAtItsByteBound()
+    {
+        using var session = XLstmSession.Load(_fast);
+        long row = StatePool.RowBytesFor(session.Manifest), bound = row * 5 / 2;
+        using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 2, PrefixCacheBytes = bound });
+        Assert.That(engine.Metrics.CacheCapacity, Is.EqualTo(2), "⌊2.5 states⌋");
+        var o = new GenerationOptions { Greedy = true, MaxNewTokens = 2, IgnoreEos = true };
+        int[] P(int start) => [.. Enumerable.Range(start, 12)]; // 12 ≥ PrefixCacheMinTokens: cached
+        (long Hits, long Misses) Serve(int[] prompt)
+        {
+            ServeAlone(engine, new Case(prompt, o));
+            return (engine.Metrics.CacheHits, engine.Metrics.CacheMisses);
+        }
+        int[] a = P(3), b = P(20), c = P(40);
+        Assert.That(Serve(a), Is.EqualTo((0L, 1L)));
+        Assert.That(Serve(b), Is.EqualTo((0L, 2L)));
+        Assert.That(Serve(a), Is.EqualTo((1L, 2L)), "a hit: a is now the most recent");
+        Assert.That(Serve(c), Is.EqualTo((1L, 3L)), "c takes b's place, the least recently used");
+        Assert.That((engine.Metrics.CacheEntries, engine.Metrics.CacheBytes), Is.EqualTo((2, 2 * row)));
+        Assert.That(engine.Metrics.CacheBytes, Is.LessThanOrEqualTo(bound));
+        Assert.That(Serve(a), Is.EqualTo((2L, 3L)), "a stayed");
+        Assert.That(Serve(c), Is.EqualTo((3L, 3L)), "c is cached");
+        Assert.That(Serve(b), Is.EqualTo((3L, 4L)), "b was evicted");
+    }
+
     [Test]
     public void APoolThatDoesNotFitIsRefusedWithItsSizes()
     {

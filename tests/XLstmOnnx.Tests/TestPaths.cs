@@ -7,6 +7,27 @@ internal static class TestPaths
 
     public static string Fixtures => Path.Combine(RepoRoot, "tests", "fixtures");
 
+    /// <summary>../shared/data beside the repository (the NeoX tokenizer, data too large for the repository).</summary>
+    public static string SharedData => Path.Combine(RepoRoot, "..", "shared", "data");
+
+    /// <summary>
+    /// Whether a test that needs ../shared must fail when it is missing: in CI (CI=true, which the CI machine sets, or
+    /// XLSTM_REQUIRE_SHARED=1, which .ci/run sets) ../shared is always there, so its absence is a broken setup, not a
+    /// reason to skip; a developer machine without it skips, saying why.
+    /// </summary>
+    public static bool SharedRequired(Func<string, string?> environment) =>
+        environment("XLSTM_REQUIRE_SHARED") == "1" || string.Equals(environment("CI"), "true", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>Fails (CI) or skips (a developer machine) a test whose ../shared input is missing; never returns.</summary>
+    public static void SharedMissing(string what)
+    {
+        if (SharedRequired(Environment.GetEnvironmentVariable))
+        {
+            Assert.Fail($"{what} is missing, and this run requires ../shared (CI or XLSTM_REQUIRE_SHARED=1): {SharedData}");
+        }
+        Assert.Ignore($"{what} is missing: skipped on this machine (CI and XLSTM_REQUIRE_SHARED=1 make it a failure).");
+    }
+
     /// <summary>A fresh temporary folder under the system temp dir; deleted by <see cref="TempDir.Dispose"/>.</summary>
     public static TempDir Temp() => new();
 

@@ -26,6 +26,7 @@ public class TextStopperTests
     [TestCase("And God said unto Moses\nUser: hello", "\nUser:", "And God said unto Moses", true)]
     [TestCase("And God said unto Moses", "\nUser:", "And God said unto Moses", false)]
     [TestCase("In the beginning God created", "God", "In the beginning ", true)]
+    [TestCase("God said unto Moses", "God", "", true)] // the stop string at the very start
     [TestCase("no stop here at all", "", "no stop here at all", false)]
     public void CutsBeforeTheStopString(string text, string stop, string expected, bool stopped)
     {
@@ -50,5 +51,25 @@ public class TextStopperTests
             if (s.Stopped) break;
         }
         Assert.That(released.ToString() + s.Finish(), Is.EqualTo("And he said\nUs"));
+    }
+
+    /// <summary>
+    /// Exactly the longest stop string's length less one is held back, no more: everything before it is shown as soon as
+    /// its token is read (a stop string that starts earlier would already be complete).
+    /// </summary>
+    [Test]
+    public void HoldsBackOneLessThanTheLongestStopString()
+    {
+        var s = new TextStopper(Tokenizer, ["ab", "qwxyz"]); // hold 4
+        var stream = Tokenizer.CreateStream(skipSpecialTokens: true);
+        var text = new System.Text.StringBuilder();
+        var released = new System.Text.StringBuilder();
+        foreach (int id in Tokenizer.Encode("And God said, Let there be light: and there was light."))
+        {
+            text.Append(stream.Next(id));
+            released.Append(s.Push(id));
+            string all = text.ToString();
+            Assert.That(released.ToString(), Is.EqualTo(all[..Math.Max(0, all.Length - 4)]), $"after \"{all}\"");
+        }
     }
 }

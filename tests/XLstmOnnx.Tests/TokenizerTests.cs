@@ -25,7 +25,7 @@ public class TokenizerTests
     private static string? FindTokenizer(string sha256)
     {
         var candidates = new List<string>();
-        string shared = Path.Combine(TestPaths.RepoRoot, "..", "shared", "data");
+        string shared = TestPaths.SharedData;
         if (Directory.Exists(shared)) candidates.AddRange(Directory.EnumerateFiles(shared, "*.json"));
         candidates.AddRange(Directory.EnumerateFiles(Path.Combine(TestPaths.RepoRoot, "models"), "tokenizer.json", SearchOption.AllDirectories));
         return candidates.FirstOrDefault(c => Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(c))) == sha256);
@@ -38,7 +38,7 @@ public class TokenizerTests
         string? path = FindTokenizer(sha);
         if (path is null)
         {
-            Assert.Ignore($"{doc.RootElement.GetProperty("tokenizer_file").GetString()} (sha256 {sha[..12]}…) is not in ../shared/data or models/: tokenizer golden test skipped.");
+            TestPaths.SharedMissing($"{doc.RootElement.GetProperty("tokenizer_file").GetString()} (sha256 {sha[..12]}…, in ../shared/data or models/)");
         }
         return (HfTokenizer.Load(path!), path!, [.. doc.RootElement.GetProperty("strings").EnumerateArray()]);
     }
@@ -54,6 +54,25 @@ public class TokenizerTests
         File.WriteAllText(path, $$"""{"model": {"type": "{{model}}", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "{{preTokenizer}}"}, "added_tokens": []}""");
         var e = Assert.Throws<XLstmOnnxException>(() => HfTokenizer.Load(path));
         Assert.That(e!.Message, Does.Contain(path).And.Contain($"'{field}'"));
+    }
+
+    [TestCase("CI", "true", true)]
+    [TestCase("CI", "TRUE", true)]
+    [TestCase("XLSTM_REQUIRE_SHARED", "1", true)]
+    [TestCase("CI", "false", false)]
+    [TestCase("HOME", "/root", false)]
+    public void SharedInputsAreRequiredInCi(string name, string value, bool required) =>
+        Assert.That(TestPaths.SharedRequired(n => n == name ? value : null), Is.EqualTo(required));
+
+    [Test]
+    public void MissingSharedInputFailsInCiAndSkipsElsewhere()
+    {
+        Exception ex;
+        // isolated: a caught Assert.Fail would otherwise still mark this test failed
+        using (new NUnit.Framework.Internal.TestExecutionContext.IsolatedContext()) ex = Assert.Catch(() => TestPaths.SharedMissing("nothing.json"))!;
+        bool ci = TestPaths.SharedRequired(Environment.GetEnvironmentVariable);
+        Assert.That(ex, ci ? Is.InstanceOf<AssertionException>() : Is.InstanceOf<IgnoreException>());
+        Assert.That(ex.Message, Does.Contain("nothing.json is missing"));
     }
 
     [Test]
