@@ -42,7 +42,10 @@ public static class RandomCheckpoint
             }
         }
         SafetensorsWriter.Write(Path.Combine(dir, HfCheckpoint.SingleFile), entries, new Dictionary<string, string> { ["format"] = "pt" });
-        File.WriteAllText(Path.Combine(dir, HfCheckpoint.ConfigFile), KernelNames.ForTransformers(config).ToJson());
+        // like the weights (SafetensorsWriter), the config goes to a temporary name and is moved into place
+        string configPath = Path.Combine(dir, HfCheckpoint.ConfigFile), tmp = $"{configPath}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
+        File.WriteAllText(tmp, KernelNames.ForTransformers(config).ToJson());
+        File.Move(tmp, configPath, overwrite: true);
     }
 
     private static RandomWeight Source(WeightTable.Row row, WeightTable.Part part, int seed)
