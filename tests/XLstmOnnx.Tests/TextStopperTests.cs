@@ -35,6 +35,24 @@ public class TextStopperTests
         Assert.That(hit, Is.EqualTo(stopped));
     }
 
+    /// <summary>
+    /// A sequence that ends inside a character (here after the first byte of "é", a byte token of its own) ends with
+    /// the replacement character, as transformers' decode does: Finish flushes the UTF-8 decoder. Without the flush
+    /// the last, incomplete character is dropped silently (the survivor of the mutation run, tools/mutation/README.md).
+    /// </summary>
+    [Test]
+    public void ASequenceEndingInsideACharacterEndsWithTheReplacementCharacter()
+    {
+        var ids = Tokenizer.Encode("é");
+        Assume.That(ids, Has.Length.EqualTo(2), "this tokenizer spells é as two byte tokens");
+        var s = new TextStopper(Tokenizer, []);
+        string text = s.Push(ids[0]);
+        Assert.That(text, Is.Empty, "half a character is held by the decoder");
+        Assert.That(s.Finish(), Is.EqualTo("\uFFFD"));
+        var whole = new TextStopper(Tokenizer, []);
+        Assert.That(whole.Push(ids[0]) + whole.Push(ids[1]) + whole.Finish(), Is.EqualTo("é"), "both bytes give the character");
+    }
+
     [Test]
     public void EndOfTextHasNoText() =>
         Assert.That(Stream("Amen.<|endoftext|>").Text, Is.EqualTo("Amen."));
