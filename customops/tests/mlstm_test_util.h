@@ -16,6 +16,15 @@
 
 namespace xlstm::test {
 
+/// n values of N(0, scale²) from mt19937(seed): the tests' random inputs.
+inline std::vector<float> NormalVector(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = normal(rng);
+  return v;
+}
+
 /// One cell call's inputs, as float32 host vectors (already rounded to the dtype under test where that matters).
 struct Problem {
   int64_t B = 1, NH = 1, S = 1, DK = 16, DV = 16, L = 16, MIC = 16384;

@@ -9,21 +9,14 @@
 
 #include "cpu/fused_cpu.h"
 #include "cpu/half_types.h"
+#include "mlstm_test_util.h"  // NormalVector
 
 namespace xlstm {
 namespace {
 
-std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = normal(rng);
-  return v;
-}
-
 TEST(FusedCpu, GatesCapMaskAndLayout) {
   const int64_t B = 2, S = 3, NH = 4;
-  auto g = Random(B * S * 2 * NH, 1u, 20.0f);  // beyond the cap, so the cap matters
+  auto g = test::NormalVector(B * S * 2 * NH, 1u, 20.0f);  // beyond the cap, so the cap matters
   std::vector<int64_t> mask = {0, 1, 1, 1, 1, 0};
   std::vector<float> ig(B * NH * S), fg(B * NH * S);
   GatesParams p;
@@ -51,7 +44,7 @@ TEST(FusedCpu, GatesCapMaskAndLayout) {
 
 TEST(FusedCpu, SwiGluGateColumnsFirst) {
   const int64_t N = 3, F = 5;
-  auto x = Random(N * 2 * F, 2u);
+  auto x = test::NormalVector(N * 2 * F, 2u);
   std::vector<float> y(N * F);
   SwiGluParams p;
   p.dtype = Dtype::kFloat32, p.x = x.data(), p.y = y.data(), p.rows = N, p.width = F;
@@ -66,7 +59,7 @@ TEST(FusedCpu, SwiGluGateColumnsFirst) {
 
 TEST(FusedCpu, SwiGluBf16RoundsOnce) {
   const int64_t N = 2, F = 4;
-  auto xf = Random(N * 2 * F, 3u);
+  auto xf = test::NormalVector(N * 2 * F, 3u);
   std::vector<Bf16> x(xf.size()), y(N * F);
   for (size_t i = 0; i < xf.size(); ++i) x[i] = FromFloat<Bf16>(xf[i]);
   SwiGluParams p;
@@ -82,8 +75,8 @@ TEST(FusedCpu, SwiGluBf16RoundsOnce) {
 
 TEST(FusedCpu, HeadNormGatePerHeadLayerNormThenGate) {
   const int64_t B = 2, NH = 3, S = 4, DV = 8;
-  auto h = Random(B * NH * S * DV, 4u, 3.0f), o = Random(B * S * NH * DV, 5u), w = Random(NH * DV, 6u),
-       bias = Random(NH * DV, 7u, 0.1f);
+  auto h = test::NormalVector(B * NH * S * DV, 4u, 3.0f), o = test::NormalVector(B * S * NH * DV, 5u), w = test::NormalVector(NH * DV, 6u),
+       bias = test::NormalVector(NH * DV, 7u, 0.1f);
   std::vector<float> y(B * S * NH * DV);
   HeadNormGateParams p;
   p.dtype = Dtype::kFloat32, p.h = h.data(), p.o = o.data(), p.weight = w.data(), p.bias = bias.data(), p.y = y.data();

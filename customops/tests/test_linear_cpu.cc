@@ -8,18 +8,11 @@
 #include <vector>
 
 #include "cpu/half_types.h"
+#include "mlstm_test_util.h"  // NormalVector
 #include "cpu/linear_cpu.h"
 
 namespace xlstm {
 namespace {
-
-std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = normal(rng);
-  return v;
-}
 
 double Reference(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>* bias, int64_t K,
                  int64_t m, int64_t n) {
@@ -30,7 +23,7 @@ double Reference(const std::vector<float>& x, const std::vector<float>& w, const
 
 TEST(LinearCpu, Float32MatchesTheDefinitionWithAndWithoutBias) {
   const int64_t M = 5, K = 37, N = 70;  // N spans two column tasks
-  auto x = Random(M * K, 1u), w = Random(N * K, 2u, 0.2f), b = Random(N, 3u);
+  auto x = test::NormalVector(M * K, 1u), w = test::NormalVector(N * K, 2u, 0.2f), b = test::NormalVector(N, 3u);
   for (bool with_bias : {false, true}) {
     std::vector<float> y(M * N);
     LinearParams p;
@@ -46,7 +39,7 @@ TEST(LinearCpu, Float32MatchesTheDefinitionWithAndWithoutBias) {
 
 TEST(LinearCpu, Bfloat16RoundsOnceAtTheEnd) {
   const int64_t M = 3, K = 64, N = 16;
-  auto xf = Random(M * K, 4u), wf = Random(N * K, 5u, 0.1f), bf = Random(N, 6u);
+  auto xf = test::NormalVector(M * K, 4u), wf = test::NormalVector(N * K, 5u, 0.1f), bf = test::NormalVector(N, 6u);
   std::vector<Bf16> x(M * K), w(N * K), b(N), y(M * N);
   for (size_t i = 0; i < x.size(); ++i) x[i] = FromFloat<Bf16>(xf[i]), xf[i] = ToFloat(x[i]);
   for (size_t i = 0; i < w.size(); ++i) w[i] = FromFloat<Bf16>(wf[i]), wf[i] = ToFloat(w[i]);
@@ -65,7 +58,7 @@ TEST(LinearCpu, Bfloat16RoundsOnceAtTheEnd) {
 
 TEST(LinearCpu, ARowDoesNotDependOnTheOtherRows) {
   const int64_t M = 4, K = 50, N = 9;
-  auto x = Random(M * K, 7u), w = Random(N * K, 8u);
+  auto x = test::NormalVector(M * K, 7u), w = test::NormalVector(N * K, 8u);
   std::vector<float> all(M * N), one(N);
   LinearParams p;
   p.dtype = Dtype::kFloat32, p.rows = M, p.in = K, p.out = N, p.x = x.data(), p.weight = w.data(), p.y = all.data();

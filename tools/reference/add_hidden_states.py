@@ -70,13 +70,7 @@ def main(argv=None):
     save_file({k: v.contiguous() for k, v in tensors.items()}, args.out, metadata=header)
     print(f"[out] {args.out}: {os.path.getsize(args.out)} bytes, {len(added)} tensors added "
           f"({sum(tensors[k].numel() * 4 for k in added)} bytes of float32)")
-    if checks.failed:
-        print(f"[FAILED] {len(checks.failed)} checks failed")
-        for c in checks.failed:
-            print("   ", c)
-        return 1
-    print("[ALL CHECKS PASSED]")
-    return 0
+    return checks.exit_code()
 
 
 if __name__ == "__main__":

@@ -552,6 +552,16 @@ class Checks:
     def failed(self):
         return [c for c in self.items if not c["ok"]]
 
+    def exit_code(self, allow_failed=False):
+        """Prints the failed checks (or that all passed); 1 when some failed and that is not allowed, else 0."""
+        if not self.failed:
+            print("[ALL CHECKS PASSED]")
+            return 0
+        print(f"[FAILED] {len(self.failed)} checks failed")
+        for c in self.failed:
+            print("   ", c)
+        return 0 if allow_failed else 1
+
 
 def _states_close(checks, tag, s1, s2):
     for li, (a, b) in enumerate(zip(s1, s2)):
@@ -745,13 +755,7 @@ def main(argv=None):
                                              "torch_version": facts["torch"],
                                              "checkpoint": os.path.basename(os.path.abspath(args.checkpoint))})
     print(f"[out] {args.out}: {os.path.getsize(args.out)} bytes, {len(tensors)} tensors")
-    if checks.failed:
-        print(f"[FAILED] {len(checks.failed)} checks failed")
-        for c in checks.failed:
-            print("   ", c)
-        if not args.allow_failed_checks:
-            return 1
-    return 0
+    return checks.exit_code(allow_failed=args.allow_failed_checks)
 
 
 if __name__ == "__main__":

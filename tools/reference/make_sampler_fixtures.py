@@ -313,13 +313,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_file(tensors, args.out, metadata=md)
     print(f"[out] {args.out}: {os.path.getsize(args.out)} bytes, {len(tensors)} tensors")
-    if checks.failed:
-        print(f"[FAILED] {len(checks.failed)} checks failed")
-        for c in checks.failed:
-            print("   ", c)
-        return 1
-    print("[ALL CHECKS PASSED]")
-    return 0
+    return checks.exit_code()
 
 
 if __name__ == "__main__":
