@@ -30,7 +30,7 @@ const Shape kShapes[] = {
     {"proj_down", 4096, 10944, 32}, {"lm_head", 50304, 4096, 1},
 };
 
-double TimeMs(const Shape& s, int64_t M, bool decode, int reps, bool cluster = true) {
+double TimeMs(const Shape& s, int64_t M, bool decode, int reps) {
   const size_t wbytes = size_t(s.n) * s.k * 2;
   const int copies = int((size_t{512} << 20) / wbytes) + 1;
   std::vector<void*> ws(copies);
@@ -45,7 +45,6 @@ double TimeMs(const Shape& s, int64_t M, bool decode, int reps, bool cluster = t
   xlstm::LinearParams p;
   p.dtype = xlstm::Dtype::kBFloat16, p.rows = M, p.in = s.k, p.out = s.n, p.x = x, p.y = y;
   p.decode = decode, p.batch_invariant = decode;  // ours: the batch-invariant kernels at every M; else cuBLAS
-  p.cluster = cluster;  // above 16 rows: false times the workspace reduction instead of the cluster one
   auto call = [&](int i) {
     p.weight = ws[i % copies];
     const std::string err = xlstm::RunLinearCuda(p, nullptr);
@@ -77,29 +76,27 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--json") == 0) json = std::fopen(argv[i + 1], "w");
   if (json) std::fprintf(json, "[\n");
   bool first = true;
-  std::printf("%-16s %4s %10s %10s %10s %10s %8s %12s\n", "shape", "M", "ours ms", "ours TB/s", "cuBLAS ms", "cuBLAS TB/s", "ratio",
-              "workspace ms");
+  std::printf("%-16s %4s %10s %10s %10s %10s %8s\n", "shape", "M", "ours ms", "ours TB/s", "cuBLAS ms", "cuBLAS TB/s", "ratio");
   for (int64_t M : {1, 2, 4, 8, 16, 32, 64, 128}) {
-    double step_ours = 0, step_cublas = 0, step_bytes = 0, step_ws = 0;
+    double step_ours = 0, step_cublas = 0, step_bytes = 0;
     for (const auto& s : kShapes) {
       const double ours = TimeMs(s, M, true, 200), cublas = TimeMs(s, M, false, 200);
-      const double ws = M > 16 ? TimeMs(s, M, true, 200, false) : ours;  // up to 16 rows one kernel, no reduction to choose
       const double bytes = double(s.n) * s.k * 2;
-      step_ours += ours * s.per_step, step_cublas += cublas * s.per_step, step_bytes += bytes * s.per_step, step_ws += ws * s.per_step;
-      std::printf("%-16s %4lld %10.4f %10.2f %10.4f %10.2f %8.2f %12.4f\n", s.name, (long long)M, ours, bytes / ours / 1e9,
-                  cublas, bytes / cublas / 1e9, cublas / ours, ws);
+      step_ours += ours * s.per_step, step_cublas += cublas * s.per_step, step_bytes += bytes * s.per_step;
+      std::printf("%-16s %4lld %10.4f %10.2f %10.4f %10.2f %8.2f\n", s.name, (long long)M, ours, bytes / ours / 1e9,
+                  cublas, bytes / cublas / 1e9, cublas / ours);
       if (json) {
-        std::fprintf(json, "%s  {\"shape\": \"%s\", \"n\": %lld, \"k\": %lld, \"m\": %lld, \"ours_ms\": %.5f, \"cublas_ms\": %.5f, \"ours_tbps\": %.3f, \"cublas_tbps\": %.3f, \"workspace_ms\": %.5f}",
+        std::fprintf(json, "%s  {\"shape\": \"%s\", \"n\": %lld, \"k\": %lld, \"m\": %lld, \"ours_ms\": %.5f, \"cublas_ms\": %.5f, \"ours_tbps\": %.3f, \"cublas_tbps\": %.3f}",
                      first ? "" : ",\n", s.name, (long long)s.n, (long long)s.k, (long long)M, ours, cublas,
-                     bytes / ours / 1e9, bytes / cublas / 1e9, ws);
+                     bytes / ours / 1e9, bytes / cublas / 1e9);
         first = false;
       }
     }
-    std::printf("%-16s %4lld %10.3f %10.2f %10.3f %10.2f %8.2f %12.3f   (one decode step's projections)\n", "step", (long long)M,
-                step_ours, step_bytes / step_ours / 1e9, step_cublas, step_bytes / step_cublas / 1e9, step_cublas / step_ours, step_ws);
+    std::printf("%-16s %4lld %10.3f %10.2f %10.3f %10.2f %8.2f   (one decode step's projections)\n", "step", (long long)M,
+                step_ours, step_bytes / step_ours / 1e9, step_cublas, step_bytes / step_cublas / 1e9, step_cublas / step_ours);
     if (json) {
-      std::fprintf(json, ",\n  {\"shape\": \"step\", \"m\": %lld, \"ours_ms\": %.4f, \"cublas_ms\": %.4f, \"workspace_ms\": %.4f, \"weight_bytes\": %.0f}",
-                   (long long)M, step_ours, step_cublas, step_ws, step_bytes);
+      std::fprintf(json, ",\n  {\"shape\": \"step\", \"m\": %lld, \"ours_ms\": %.4f, \"cublas_ms\": %.4f, \"weight_bytes\": %.0f}",
+                   (long long)M, step_ours, step_cublas, step_bytes);
     }
   }
   if (json) {

@@ -91,7 +91,7 @@ std::vector<float> Cpu(const Problem<H>& pr, Dtype dtype) {
 
 /// Runs the op's CUDA dispatch (decode: our kernel; else cuBLAS) and returns y as raw elements.
 template <typename H>
-std::vector<H> Gpu(const Problem<H>& pr, Dtype dtype, bool decode, int64_t rows = -1, int64_t first_row = 0, bool cluster = true) {
+std::vector<H> Gpu(const Problem<H>& pr, Dtype dtype, bool decode, int64_t rows = -1, int64_t first_row = 0) {
   const int64_t M = rows < 0 ? pr.M : rows;
   std::vector<H> xs(pr.x.begin() + first_row * pr.K, pr.x.begin() + (first_row + M) * pr.K);
   H *dx = ToDevice(xs), *dw = ToDevice(pr.w), *db = pr.b.empty() ? nullptr : ToDevice(pr.b);
@@ -99,7 +99,6 @@ std::vector<H> Gpu(const Problem<H>& pr, Dtype dtype, bool decode, int64_t rows 
   CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&dy), M * pr.N * sizeof(H) + 16));
   LinearParams p = pr.Params(dtype);
   p.rows = M, p.decode = decode, p.batch_invariant = decode;  // decode cases: every size on our kernels
-  p.cluster = cluster;
   p.x = dx, p.weight = dw, p.bias = db, p.y = dy;
   const std::string err = RunLinearCuda(p, nullptr);
   if (!err.empty()) {
@@ -137,18 +136,6 @@ void BatchInvariant(Dtype dtype, int64_t M, int64_t K, int64_t N) {
         std::to_string(differing) + " of " + std::to_string(M) + " rows differ from the row alone");
 }
 
-/// Above 16 rows: the cluster reduction and the workspace path give the same bits (both follow the split order).
-template <typename H>
-void ClusterEqualsWorkspace(Dtype dtype, int64_t M, int64_t K, int64_t N) {
-  Problem<H> pr(M, K, N, true, 131u + uint32_t(M));
-  const auto cluster = Gpu(pr, dtype, true, -1, 0, true);
-  const auto workspace = Gpu(pr, dtype, true, -1, 0, false);
-  int64_t differing = 0;
-  for (size_t i = 0; i < cluster.size(); ++i) differing += std::memcmp(&cluster[i], &workspace[i], sizeof(H)) != 0;
-  Check(std::string("cluster = workspace ") + DtypeName(dtype) + " " + Shape(M, K, N), differing == 0,
-        std::to_string(differing) + " of " + std::to_string(cluster.size()) + " values differ");
-}
-
 }  // namespace
 }  // namespace xlstm::test
 
@@ -182,10 +169,6 @@ int main() {
   BatchInvariant<float>(Dtype::kFloat32, 32, 4096, 16);
   BatchInvariant<Bf16>(Dtype::kBFloat16, 20, 96, 24);
   BatchInvariant<Bf16>(Dtype::kBFloat16, 40, 10944, 144);  // the down projection's K, partial column chunks
-  // the two reductions of more than 16 rows (the cluster one needs compute capability 9.0; elsewhere both are the workspace's)
-  for (int64_t M : {17, 32, 33, 64, 100, 130}) ClusterEqualsWorkspace<Bf16>(Dtype::kBFloat16, M, 4096, 272);
-  ClusterEqualsWorkspace<Bf16>(Dtype::kBFloat16, 64, 10944, 256);
-  ClusterEqualsWorkspace<Fp16>(Dtype::kFloat16, 48, 512, 1040);
   AgainstCpu<Bf16>(Dtype::kBFloat16, 64, 10944, 144, true, true, 1.6e-2);
   std::printf("%s\n", failures == 0 ? "all Linear CUDA cases passed" : "Linear CUDA cases FAILED");
   return failures == 0 ? 0 : 1;

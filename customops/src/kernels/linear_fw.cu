@@ -14,14 +14,9 @@
 // across blocks: block (s, c) holds split s's slice of x in shared memory, walks its columns in groups of 16 with
 // the same MMA chain, and writes the split's float sums to a workspace; a second kernel adds the 8 splits in split
 // order, then the bias, then rounds. Same operations in the same order on every value: the same bits as the first
-// kernel, so the batch size may cross from one kernel to the other. On Hopper the 8 blocks of one column chunk's
-// splits form a thread-block cluster instead: each leaves its float sums in its own shared memory, and after a cluster
-// barrier block s adds the 8 splits' sums (read through distributed shared memory, in split order) for its band of rows.
-// No workspace round trip through memory (at 64 rows that was 8·M·N·4 bytes written and read again, half the weights'
-// bytes again) and no second kernel. The same operations in the same order again: the same bits.
+// kernel, so the batch size may cross from one kernel to the other.
 // Other shapes and float32 (the gate projection) take the row-dot kernel: one warp per output value, lanes stride
 // over k, a fixed xor-tree reduction. Also batch-invariant; slower, and only used where the MMA kernel cannot be.
-#include <cooperative_groups.h>
 #include <cublas_v2.h>
 
 #include <cstdint>
@@ -110,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __res
       for (int e = 0; e < 4; ++e) c[i][j][e] = 0.0f;
 
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  uint4 wv[2][2], wn[2][2], wf[2][2];
+  uint4 wv[2][2], wn[2][2];
   auto load_w = [&](uint4 (&dst)[2][2], int kb) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -121,10 +116,8 @@ __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __res
   };
   int kb = warp;
   if (kb < blocks) load_w(wv, kb);
-  if (kb + kWarps < blocks) load_w(wn, kb + kWarps);
   for (; kb < blocks; kb += kWarps) {
-    // the next two blocks' weights are in flight during these MMAs
-    if (kb + 2 * kWarps < blocks) load_w(wf, kb + 2 * kWarps);
+    if (kb + kWarps < blocks) load_w(wn, kb + kWarps);  // the next block's weights are in flight during these MMAs
     const int k0 = kb * kLinearKBlock + q * 16;
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
@@ -141,8 +134,8 @@ __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __res
     }
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      wv[j][0] = wn[j][0], wv[j][1] = wn[j][1];
-      wn[j][0] = wf[j][0], wn[j][1] = wf[j][1];
+      wv[j][0] = wn[j][0];
+      wv[j][1] = wn[j][1];
     }
   }
 
@@ -172,68 +165,7 @@ __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __res
 /// the 8 rows a 16-byte load touches fall on different banks).
 constexpr int kSmemRowHalves = kLinearKBlock + 8;
 
-/// Stages split `split`'s slice of x (rows m0 .. m0 + rows, its K blocks split, split + 8, ...) in shared memory: per
-/// local block j and row r, 64 values at xs + (j·rows + r)·kSmemRowHalves; rows past M are zeros.
-template <typename T>
-__device__ __forceinline__ void StageSplitRows(const T* __restrict__ x, T* xs, int split, int local, int rows, int m0, int M, int K) {
-  const int chunks = local * rows * (kLinearKBlock / 8);  // 16 bytes a thread a step
-  for (int e = threadIdx.x; e < chunks; e += kThreads) {
-    const int piece = e % (kLinearKBlock / 8), r = (e / (kLinearKBlock / 8)) % rows, j = e / (kLinearKBlock / 8 * rows);
-    const int kb = split + kLinearSplits * j;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (m0 + r < M) v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(m0 + r) * K + kb * kLinearKBlock + piece * 8));
-    *reinterpret_cast<uint4*>(xs + (static_cast<size_t>(j) * rows + r) * kSmemRowHalves + piece * 8) = v;
-  }
-}
-
-/// One warp's sums of split `split` for 16 columns from n0 over the staged rows: the one-pass kernel's MMA chain on
-/// the same K blocks in the same order (c as its C fragments: c[i][j] for m16 tile i and n8 tile j).
-template <typename T, int MT>
-__device__ __forceinline__ void SplitColumns(const T* xs, const T* __restrict__ w, int split, int local, int n0, int K,
-                                             float (&c)[MT][2][4]) {
-  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-  const int rows = 16 * MT;
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int jn = 0; jn < 2; ++jn)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) c[i][jn][e] = 0.0f;
-  uint4 wv[2][2], wn[2][2], wf[2][2];
-  auto load_w = [&](uint4 (&dst)[2][2], int j) {
-    const int kb = split + kLinearSplits * j;
-#pragma unroll
-    for (int jn = 0; jn < 2; ++jn) {
-      const uint4* p = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n0 + 8 * jn + g) * K + kb * kLinearKBlock + q * 16);
-      dst[jn][0] = LoadStreaming(p);
-      dst[jn][1] = LoadStreaming(p + 1);
-    }
-  };
-  if (local > 0) load_w(wv, 0);
-  if (local > 1) load_w(wn, 1);
-  for (int j = 0; j < local; ++j) {
-    if (j + 2 < local) load_w(wf, j + 2);  // two blocks ahead
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      const T* ra = xs + (static_cast<size_t>(j) * rows + 16 * i + g) * kSmemRowHalves + q * 16;
-      const T* rb = ra + 8 * kSmemRowHalves;
-      uint4 xa[2], xb[2];
-      xa[0] = reinterpret_cast<const uint4*>(ra)[0];
-      xa[1] = reinterpret_cast<const uint4*>(ra)[1];
-      xb[0] = reinterpret_cast<const uint4*>(rb)[0];
-      xb[1] = reinterpret_cast<const uint4*>(rb)[1];
-#pragma unroll
-      for (int jn = 0; jn < 2; ++jn) MmaBlock<T>(c[i][jn], xa, xb, wv[jn]);
-    }
-#pragma unroll
-    for (int jn = 0; jn < 2; ++jn) {
-      wv[jn][0] = wn[jn][0], wv[jn][1] = wn[jn][1];
-      wn[jn][0] = wf[jn][0], wn[jn][1] = wf[jn][1];
-    }
-  }
-}
-
-/// Block (split s = blockIdx.x, column chunk blockIdx.y, rows 16·MT·blockIdx.z...): split s's partial sums of its
+/// Block (split s = blockIdx.x, column chunk blockIdx.y, rows 64·blockIdx.z...): split s's partial sums of its
 /// columns, written as float to ws[s][m][n].
 template <typename T, int MT>
 __global__ void __launch_bounds__(kThreads) LinearSplitMmaKernel(const T* __restrict__ x, const T* __restrict__ w,
@@ -242,8 +174,17 @@ __global__ void __launch_bounds__(kThreads) LinearSplitMmaKernel(const T* __rest
   T* xs = reinterpret_cast<T*>(smem_raw);
   const int split = blockIdx.x;
   const int rows = 16 * MT, m0 = blockIdx.z * rows;
-  const int local = (K / kLinearKBlock - split + kLinearSplits - 1) / kLinearSplits;  // this split's K blocks
-  StageSplitRows(x, xs, split, local, rows, m0, M, K);
+  const int blocks = K / kLinearKBlock;
+  const int local = (blocks - split + kLinearSplits - 1) / kLinearSplits;  // this split's K blocks: split, split+8, ...
+  // stage x[m0 .. m0+rows, split's blocks] (16 bytes a thread a step; rows past M are zeros)
+  const int chunks = local * rows * (kLinearKBlock / 8);
+  for (int e = threadIdx.x; e < chunks; e += kThreads) {
+    const int piece = e % (kLinearKBlock / 8), r = (e / (kLinearKBlock / 8)) % rows, j = e / (kLinearKBlock / 8 * rows);
+    const int kb = split + kLinearSplits * j;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (m0 + r < M) v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(m0 + r) * K + kb * kLinearKBlock + piece * 8));
+    *reinterpret_cast<uint4*>(xs + (static_cast<size_t>(j) * rows + r) * kSmemRowHalves + piece * 8) = v;
+  }
   __syncthreads();
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -252,7 +193,43 @@ __global__ void __launch_bounds__(kThreads) LinearSplitMmaKernel(const T* __rest
   for (int cg = blockIdx.y * kWarps + warp; cg < groups; cg += gridDim.y * kWarps) {
     const int n0 = cg * kColumns;
     float c[MT][2][4];
-    SplitColumns<T, MT>(xs, w, split, local, n0, K, c);
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int jn = 0; jn < 2; ++jn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[i][jn][e] = 0.0f;
+    uint4 wv[2][2], wn[2][2];
+    auto load_w = [&](uint4 (&dst)[2][2], int j) {
+      const int kb = split + kLinearSplits * j;
+#pragma unroll
+      for (int jn = 0; jn < 2; ++jn) {
+        const uint4* p = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n0 + 8 * jn + g) * K + kb * kLinearKBlock + q * 16);
+        dst[jn][0] = LoadStreaming(p);
+        dst[jn][1] = LoadStreaming(p + 1);
+      }
+    };
+    if (local > 0) load_w(wv, 0);
+    for (int j = 0; j < local; ++j) {
+      if (j + 1 < local) load_w(wn, j + 1);
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        const T* ra = xs + (static_cast<size_t>(j) * rows + 16 * i + g) * kSmemRowHalves + q * 16;
+        const T* rb = ra + 8 * kSmemRowHalves;
+        uint4 xa[2], xb[2];
+        xa[0] = reinterpret_cast<const uint4*>(ra)[0];
+        xa[1] = reinterpret_cast<const uint4*>(ra)[1];
+        xb[0] = reinterpret_cast<const uint4*>(rb)[0];
+        xb[1] = reinterpret_cast<const uint4*>(rb)[1];
+#pragma unroll
+        for (int jn = 0; jn < 2; ++jn) MmaBlock<T>(c[i][jn], xa, xb, wv[jn]);
+      }
+#pragma unroll
+      for (int jn = 0; jn < 2; ++jn) {
+        wv[jn][0] = wn[jn][0];
+        wv[jn][1] = wn[jn][1];
+      }
+    }
     float* out = ws + static_cast<size_t>(split) * M * N;
 #pragma unroll
     for (int i = 0; i < MT; ++i)
@@ -263,64 +240,6 @@ __global__ void __launch_bounds__(kThreads) LinearSplitMmaKernel(const T* __rest
         if (r0 + 8 < M) *reinterpret_cast<float2*>(out + static_cast<size_t>(r0 + 8) * N + col) = make_float2(c[i][jn][2], c[i][jn][3]);
       }
   }
-}
-
-/// Columns of one cluster's chunk: one n16 group a warp.
-constexpr int kClusterColumns = kColumns * kWarps;
-/// Floats a row of a block's partial tile takes in shared memory (8 of padding: the 8 rows of a C fragment's float2
-/// stores fall on different banks, two rows a bank group).
-constexpr int kPartStride = kClusterColumns + 8;
-
-/// The split kernel's block in a cluster of the 8 splits (cluster rank = split = blockIdx.x; column chunk blockIdx.y
-/// of 128 columns, rows 16·MT·blockIdx.z...): the same sums, left in shared memory; after the cluster barrier, block s
-/// adds the 8 splits' sums of its band of rows (2·MT rows) in split order, adds the bias and rounds: the split-sum
-/// kernel's arithmetic, value for value.
-template <typename T, int MT>
-__global__ void __cluster_dims__(kLinearSplits, 1, 1) __launch_bounds__(kThreads)
-    LinearClusterMmaKernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-                           int M, int K, int N) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  namespace cgrp = cooperative_groups;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* xs = reinterpret_cast<T*>(smem_raw);
-  float* part = reinterpret_cast<float*>(smem_raw);  // [16·MT][kPartStride], over xs once the MMAs are done
-  cgrp::cluster_group cluster = cgrp::this_cluster();
-  const int split = static_cast<int>(cluster.block_rank());
-  const int rows = 16 * MT, m0 = blockIdx.z * rows;
-  const int local = (K / kLinearKBlock - split + kLinearSplits - 1) / kLinearSplits;
-  StageSplitRows(x, xs, split, local, rows, m0, M, K);
-  __syncthreads();
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane / 4, q = lane % 4;
-  const int n0 = blockIdx.y * kClusterColumns + warp * kColumns;
-  float c[MT][2][4];
-  if (n0 < N) SplitColumns<T, MT>(xs, w, split, local, n0, K, c);
-  __syncthreads();  // every warp is done with xs: its memory takes the partial tile
-  if (n0 < N) {
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int jn = 0; jn < 2; ++jn) {
-        const int r = 16 * i + g, col = warp * kColumns + 8 * jn + 2 * q;
-        *reinterpret_cast<float2*>(part + r * kPartStride + col) = make_float2(c[i][jn][0], c[i][jn][1]);
-        *reinterpret_cast<float2*>(part + (r + 8) * kPartStride + col) = make_float2(c[i][jn][2], c[i][jn][3]);
-      }
-  }
-  cluster.sync();  // every split's tile is written and visible to the cluster
-  const int band = rows / kLinearSplits;
-  for (int e = threadIdx.x; e < band * kClusterColumns; e += kThreads) {
-    const int r = split * band + e / kClusterColumns, col = e % kClusterColumns;
-    const int m = m0 + r, n = blockIdx.y * kClusterColumns + col;
-    if (m >= M || n >= N) continue;
-    float sum = 0.0f;
-#pragma unroll
-    for (int s = 0; s < kLinearSplits; ++s) sum += cluster.map_shared_rank(part, s)[r * kPartStride + col];  // split order
-    if (bias != nullptr) sum += ToF<T>(bias[n]);
-    y[static_cast<size_t>(m) * N + n] = FromF<T>(sum);
-  }
-  cluster.sync();  // no block leaves while another still reads its tile
-#endif
 }
 
 /// y[m, n] = round(Σ_s ws[s][m][n] in split order + bias[n]): the first kernel's last step, value for value.
@@ -447,78 +366,6 @@ std::string LaunchSplit(const LinearParams& p, cudaStream_t stream) {
   return err == cudaSuccess ? "" : std::string("split sum launch failed: ") + cudaGetErrorString(err);
 }
 
-struct ClusterMmaTag {};
-
-/// Shared memory of one cluster block: its x slice, or the partial tile that takes its place, whichever is larger.
-template <typename T>
-size_t ClusterSmem(const LinearParams& p, int rows) {
-  const size_t local = static_cast<size_t>(CeilDiv(p.in / kLinearKBlock, kLinearSplits));
-  return std::max(local * rows * kSmemRowHalves * sizeof(T), static_cast<size_t>(rows) * kPartStride * sizeof(float));
-}
-
-/// Whether the device runs thread-block clusters (compute capability 9.0 and up), per device, asked once.
-bool DeviceHasClusters() {
-  static std::mutex mutex;
-  static std::map<int, bool> known;
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = known.find(device);
-  if (it != known.end()) return it->second;
-  int major = 0;
-  const bool has = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
-  known[device] = has;
-  return has;
-}
-
-template <typename T, int MT>
-std::string LaunchClusterMt(const LinearParams& p, cudaStream_t stream, size_t smem, bool& launched) {
-  const int M = static_cast<int>(p.rows), K = static_cast<int>(p.in), N = static_cast<int>(p.out);
-  auto kernel = LinearClusterMmaKernel<T, MT>;
-  cudaError_t err = AllowSharedMemory<std::pair<ClusterMmaTag, std::pair<T, std::integral_constant<int, MT>>>>(kernel, smem);
-  if (err != cudaSuccess) return "";  // not launched: the caller takes the workspace path
-  const dim3 grid(kLinearSplits, static_cast<unsigned>(CeilDiv(N, kClusterColumns)), static_cast<unsigned>(CeilDiv(M, 16 * MT)));
-  {
-    // a cluster of 8 blocks of this much shared memory must fit on one GPU processing cluster; asked once per size
-    static std::mutex mutex;
-    static std::map<std::pair<int, size_t>, bool> fits;
-    int device = 0;
-    cudaGetDevice(&device);
-    std::lock_guard<std::mutex> lock(mutex);
-    auto key = std::make_pair(device, smem);
-    auto it = fits.find(key);
-    if (it == fits.end()) {
-      cudaLaunchConfig_t config = {};
-      config.gridDim = grid;
-      config.blockDim = dim3(kThreads);
-      config.dynamicSmemBytes = smem;
-      config.stream = stream;
-      int clusters = 0;
-      const bool ok = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess && clusters > 0;
-      cudaGetLastError();  // a refusal here is an answer, not an error to leave behind
-      it = fits.emplace(key, ok).first;
-    }
-    if (!it->second) return "";
-  }
-  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(p.x), static_cast<const T*>(p.weight),
-                                           static_cast<const T*>(p.bias), static_cast<T*>(p.y), M, K, N);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return std::string("cluster kernel launch failed: ") + cudaGetErrorString(err);
-  launched = true;
-  return "";
-}
-
-/// The cluster path when the device and the shapes allow it; `launched` says whether it ran.
-template <typename T>
-std::string LaunchCluster(const LinearParams& p, cudaStream_t stream, bool& launched) {
-  launched = false;
-  if (!DeviceHasClusters()) return "";
-  const int mt = p.rows <= 32 ? 2 : 4;
-  const size_t smem = ClusterSmem<T>(p, 16 * mt);
-  if (smem > 227 * 1024) return "";
-  return mt == 2 ? LaunchClusterMt<T, 2>(p, stream, smem, launched) : LaunchClusterMt<T, 4>(p, stream, smem, launched);
-}
-
 /// Whether the split kernel's x slice fits in shared memory (227 KiB a block on the H200).
 template <typename T>
 bool SplitFits(const LinearParams& p) {
@@ -566,14 +413,7 @@ std::string LaunchDecode(const LinearParams& p, cudaStream_t stream) {
   T* y = static_cast<T*>(p.y);
   if (p.rows == 0 || p.out == 0) return "";
   if constexpr (!std::is_same_v<T, float>) {
-    if (MmaApplies<T>(p) && p.rows > 16) {
-      if (p.cluster) {
-        bool launched = false;
-        std::string err = LaunchCluster<T>(p, stream, launched);
-        if (!err.empty() || launched) return err;
-      }
-      if (SplitFits<T>(p)) return LaunchSplit<T>(p, stream);
-    }
+    if (MmaApplies<T>(p) && p.rows > 16 && SplitFits<T>(p)) return LaunchSplit<T>(p, stream);
     if (MmaApplies<T>(p)) {
       const int M = static_cast<int>(p.rows), K = static_cast<int>(p.in), N = static_cast<int>(p.out);
       const int mt = M <= 16 ? 1 : M <= 32 ? 2 : 4;  // rows per block 16·MT; more rows take more blocks

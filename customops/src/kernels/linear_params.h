@@ -34,9 +34,6 @@ struct LinearParams {
   // Decode steps of any size on our kernels (batch-invariant). Otherwise only steps of up to kLinearOwnRows rows
   // (where our kernel streams the weights faster than cuBLAS) and cuBLAS above. The CPU kernel is row-independent always.
   bool batch_invariant = false;
-  // Above kLinearOwnRows rows the 8 splits meet in a Hopper thread-block cluster (distributed shared memory) when the
-  // device has clusters; false takes the workspace path instead (same bits: tests and benches compare the two).
-  bool cluster = true;
 };
 
 /// Up to this many rows a decode step runs our kernel in either mode (tools/bench: it beats cuBLAS up to 16 rows).
