@@ -30,7 +30,7 @@ const Shape kShapes[] = {
     {"proj_down", 4096, 10944, 32}, {"lm_head", 50304, 4096, 1},
 };
 
-double TimeMs(const Shape& s, int64_t M, bool decode, int reps) {
+double TimeMs(const Shape& s, int64_t M, bool decode, int reps, int tile_columns = 0) {
   const size_t wbytes = size_t(s.n) * s.k * 2;
   const int copies = int((size_t{512} << 20) / wbytes) + 1;
   std::vector<void*> ws(copies);
@@ -45,6 +45,7 @@ double TimeMs(const Shape& s, int64_t M, bool decode, int reps) {
   xlstm::LinearParams p;
   p.dtype = xlstm::Dtype::kBFloat16, p.rows = M, p.in = s.k, p.out = s.n, p.x = x, p.y = y;
   p.decode = decode, p.batch_invariant = decode;  // ours: the batch-invariant kernels at every M; else cuBLAS
+  p.tile_columns = tile_columns;                  // 0: the launcher's choice
   auto call = [&](int i) {
     p.weight = ws[i % copies];
     const std::string err = xlstm::RunLinearCuda(p, nullptr);
@@ -76,15 +77,17 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--json") == 0) json = std::fopen(argv[i + 1], "w");
   if (json) std::fprintf(json, "[\n");
   bool first = true;
-  std::printf("%-16s %4s %10s %10s %10s %10s %8s\n", "shape", "M", "ours ms", "ours TB/s", "cuBLAS ms", "cuBLAS TB/s", "ratio");
+  std::printf("%-16s %4s %10s %10s %10s %10s %8s %12s\n", "shape", "M", "ours ms", "ours TB/s", "cuBLAS ms", "cuBLAS TB/s", "ratio",
+              "16-col ms");
   for (int64_t M : {1, 2, 4, 8, 16, 32, 64, 128}) {
     double step_ours = 0, step_cublas = 0, step_bytes = 0;
     for (const auto& s : kShapes) {
       const double ours = TimeMs(s, M, true, 200), cublas = TimeMs(s, M, false, 200);
+      const double sixteen = M <= 16 ? TimeMs(s, M, true, 200, 16) : ours;  // the one-pass kernel at 16 columns a block
       const double bytes = double(s.n) * s.k * 2;
       step_ours += ours * s.per_step, step_cublas += cublas * s.per_step, step_bytes += bytes * s.per_step;
-      std::printf("%-16s %4lld %10.4f %10.2f %10.4f %10.2f %8.2f\n", s.name, (long long)M, ours, bytes / ours / 1e9,
-                  cublas, bytes / cublas / 1e9, cublas / ours);
+      std::printf("%-16s %4lld %10.4f %10.2f %10.4f %10.2f %8.2f %12.4f\n", s.name, (long long)M, ours, bytes / ours / 1e9,
+                  cublas, bytes / cublas / 1e9, cublas / ours, sixteen);
       if (json) {
         std::fprintf(json, "%s  {\"shape\": \"%s\", \"n\": %lld, \"k\": %lld, \"m\": %lld, \"ours_ms\": %.5f, \"cublas_ms\": %.5f, \"ours_tbps\": %.3f, \"cublas_tbps\": %.3f}",
                      first ? "" : ",\n", s.name, (long long)s.n, (long long)s.k, (long long)M, ours, cublas,

@@ -91,14 +91,16 @@ std::vector<float> Cpu(const Problem<H>& pr, Dtype dtype) {
 
 /// Runs the op's CUDA dispatch (decode: our kernel; else cuBLAS) and returns y as raw elements.
 template <typename H>
-std::vector<H> Gpu(const Problem<H>& pr, Dtype dtype, bool decode, int64_t rows = -1, int64_t first_row = 0) {
+std::vector<H> Gpu(const Problem<H>& pr, Dtype dtype, bool decode, int64_t rows = -1, int64_t first_row = 0,
+                   bool invariant = true, int tile_columns = 0) {
   const int64_t M = rows < 0 ? pr.M : rows;
   std::vector<H> xs(pr.x.begin() + first_row * pr.K, pr.x.begin() + (first_row + M) * pr.K);
   H *dx = ToDevice(xs), *dw = ToDevice(pr.w), *db = pr.b.empty() ? nullptr : ToDevice(pr.b);
   H* dy = nullptr;
   CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&dy), M * pr.N * sizeof(H) + 16));
   LinearParams p = pr.Params(dtype);
-  p.rows = M, p.decode = decode, p.batch_invariant = decode;  // decode cases: every size on our kernels
+  p.rows = M, p.decode = decode, p.batch_invariant = decode && invariant;  // decode cases: every size on our kernels
+  p.tile_columns = tile_columns;
   p.x = dx, p.weight = dw, p.bias = db, p.y = dy;
   const std::string err = RunLinearCuda(p, nullptr);
   if (!err.empty()) {
@@ -136,6 +138,22 @@ void BatchInvariant(Dtype dtype, int64_t M, int64_t K, int64_t N) {
         std::to_string(differing) + " of " + std::to_string(M) + " rows differ from the row alone");
 }
 
+/// The one-pass kernel's 8- and 16-column blocks give the same bits (the launcher picks by N).
+template <typename H>
+void TileColumnsAgree(Dtype dtype, int64_t M, int64_t K, int64_t N) {
+  Problem<H> pr(M, K, N, true, 57u + uint32_t(M));
+  const auto eight = Gpu(pr, dtype, true, -1, 0, true, 8), sixteen = Gpu(pr, dtype, true, -1, 0, true, 16);
+  Check(std::string("8 = 16 columns a block ") + DtypeName(dtype) + " " + Shape(M, K, N),
+        std::memcmp(eight.data(), sixteen.data(), eight.size() * sizeof(H)) == 0, "bitwise");
+}
+
+/// A decode step without batch_invariant (--linear-kernels custom) on a shape the tensor-core kernel does not take
+/// (the float32 gate projection): cuBLAS, against the CPU.
+void CustomModeTakesCublasForFloat32() {
+  Problem<float> pr(4, 4096, 16, true, 77u);
+  Compare("decode float32 M4 K4096 N16, custom mode (cuBLAS)", Gpu(pr, Dtype::kFloat32, true, -1, 0, false), Cpu(pr, Dtype::kFloat32), 2e-5);
+}
+
 }  // namespace
 }  // namespace xlstm::test
 
@@ -169,6 +187,9 @@ int main() {
   BatchInvariant<float>(Dtype::kFloat32, 32, 4096, 16);
   BatchInvariant<Bf16>(Dtype::kBFloat16, 20, 96, 24);
   BatchInvariant<Bf16>(Dtype::kBFloat16, 40, 10944, 144);  // the down projection's K, partial column chunks
+  for (int64_t M : {1, 5, 16}) TileColumnsAgree<Bf16>(Dtype::kBFloat16, M, 4096, 4096);
+  TileColumnsAgree<Fp16>(Dtype::kFloat16, 3, 512, 48);
+  CustomModeTakesCublasForFloat32();
   AgainstCpu<Bf16>(Dtype::kBFloat16, 64, 10944, 144, true, true, 1.6e-2);
   std::printf("%s\n", failures == 0 ? "all Linear CUDA cases passed" : "Linear CUDA cases FAILED");
   return failures == 0 ? 0 : 1;

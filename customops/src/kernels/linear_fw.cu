@@ -15,8 +15,10 @@
 // the same MMA chain, and writes the split's float sums to a workspace; a second kernel adds the 8 splits in split
 // order, then the bias, then rounds. Same operations in the same order on every value: the same bits as the first
 // kernel, so the batch size may cross from one kernel to the other.
-// Other shapes and float32 (the gate projection) take the row-dot kernel: one warp per output value, lanes stride
-// over k, a fixed xor-tree reduction. Also batch-invariant; slower, and only used where the MMA kernel cannot be.
+// Other shapes and float32 (the gate projection) take the row-dot kernels: for K ≥ 2048 a block per output value
+// (threads stride over k, a fixed xor tree per warp, the warps in order), else a warp per value. Also batch-invariant
+// (chosen by K alone); only used where the MMA kernel cannot be, and without batch_invariant cuBLAS takes those shapes.
+// The one-pass kernel computes 16 columns a block, or 8 when N is small for the GPU; the same arithmetic per column.
 #include <cublas_v2.h>
 
 #include <cstdint>
@@ -85,30 +87,30 @@ __device__ __forceinline__ void MmaBlock(float (&c)[4], const uint4 (&xa)[2], co
                     Word(wv, 2 * s + 1));
 }
 
-template <typename T, int MT>
+template <typename T, int MT, int NT>
 __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __restrict__ x, const T* __restrict__ w,
                                                                   const T* __restrict__ bias, T* __restrict__ y,
                                                                   int M, int K, int N) {
-  __shared__ float partial[kWarps][16 * MT][kColumns];
+  __shared__ float partial[kWarps][16 * MT][8 * NT];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, q = lane % 4;
-  const int n0 = blockIdx.x * kColumns;
+  const int n0 = blockIdx.x * 8 * NT;
   const int m0 = blockIdx.y * 16 * MT;
   const int blocks = K / kLinearKBlock;
 
-  float c[MT][2][4];
+  float c[MT][NT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
+    for (int j = 0; j < NT; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) c[i][j][e] = 0.0f;
 
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  uint4 wv[2][2], wn[2][2];
-  auto load_w = [&](uint4 (&dst)[2][2], int kb) {
+  uint4 wv[NT][2], wn[NT][2];
+  auto load_w = [&](uint4 (&dst)[NT][2], int kb) {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < NT; ++j) {
       const uint4* p = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n0 + 8 * j + g) * K + kb * kLinearKBlock + q * 16);
       dst[j][0] = LoadStreaming(p);
       dst[j][1] = LoadStreaming(p + 1);
@@ -130,10 +132,10 @@ __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __res
       xb[0] = r1 < M ? __ldg(pb) : zero;
       xb[1] = r1 < M ? __ldg(pb + 1) : zero;
 #pragma unroll
-      for (int j = 0; j < 2; ++j) MmaBlock<T>(c[i][j], xa, xb, wv[j]);
+      for (int j = 0; j < NT; ++j) MmaBlock<T>(c[i][j], xa, xb, wv[j]);
     }
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < NT; ++j) {
       wv[j][0] = wn[j][0];
       wv[j][1] = wn[j][1];
     }
@@ -143,15 +145,15 @@ __global__ void __launch_bounds__(kThreads) LinearDecodeMmaKernel(const T* __res
 #pragma unroll
   for (int i = 0; i < MT; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < NT; ++j) {
       partial[warp][16 * i + g][8 * j + 2 * q] = c[i][j][0];
       partial[warp][16 * i + g][8 * j + 2 * q + 1] = c[i][j][1];
       partial[warp][16 * i + g + 8][8 * j + 2 * q] = c[i][j][2];
       partial[warp][16 * i + g + 8][8 * j + 2 * q + 1] = c[i][j][3];
     }
   __syncthreads();
-  for (int e = threadIdx.x; e < 16 * MT * kColumns; e += kThreads) {
-    const int r = e / kColumns, col = e % kColumns;
+  for (int e = threadIdx.x; e < 16 * MT * 8 * NT; e += kThreads) {
+    const int r = e / (8 * NT), col = e % (8 * NT);
     if (m0 + r >= M) continue;
     float sum = 0.0f;
 #pragma unroll
@@ -394,6 +396,34 @@ __global__ void __launch_bounds__(kThreads) LinearRowDotKernel(const T* __restri
   }
 }
 
+/// One block per output value, for long rows (the float32 gate projection: 16 values a row, K = 4096): thread t sums
+/// k = t, t+256, ... in order, then a fixed xor tree in each warp, then the 8 warps' sums in warp order. Chosen by K
+/// alone, so a value's arithmetic never depends on M.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) LinearRowDotWideKernel(const T* __restrict__ x, const T* __restrict__ w,
+                                                                   const T* __restrict__ bias, T* __restrict__ y,
+                                                                   int64_t N, int64_t K) {
+  __shared__ float warps[kWarps];
+  const int64_t out = blockIdx.x, m = out / N, n = out % N;
+  const T* xr = x + m * K;
+  const T* wr = w + n * K;
+  float sum = 0.0f;
+  for (int64_t k = threadIdx.x; k < K; k += kThreads) sum += ToF<T>(xr[k]) * ToF<T>(wr[k]);
+  sum = WarpSum(sum);
+  if (threadIdx.x % 32 == 0) warps[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kWarps; ++i) total += warps[i];  // warp order
+    if (bias != nullptr) total += ToF<T>(bias[n]);
+    y[out] = FromF<T>(total);
+  }
+}
+
+/// Rows at least this long take the wide row-dot kernel (a block per value) instead of a warp per value.
+constexpr int64_t kWideRowDot = 2048;
+
 template <typename T>
 bool MmaApplies(const LinearParams& p) {
   if constexpr (std::is_same_v<T, float>) {
@@ -417,13 +447,27 @@ std::string LaunchDecode(const LinearParams& p, cudaStream_t stream) {
     if (MmaApplies<T>(p)) {
       const int M = static_cast<int>(p.rows), K = static_cast<int>(p.in), N = static_cast<int>(p.out);
       const int mt = M <= 16 ? 1 : M <= 32 ? 2 : 4;  // rows per block 16·MT; more rows take more blocks
-      const dim3 grid(N / kColumns, static_cast<unsigned>(CeilDiv(M, 16 * mt)));
-      if (mt == 1) LinearDecodeMmaKernel<T, 1><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
-      else if (mt == 2) LinearDecodeMmaKernel<T, 2><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
-      else LinearDecodeMmaKernel<T, 4><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
+      // 16 columns a block, or 8 when that leaves fewer than 3 blocks an SM (N = 4096: 256 blocks on 132 SMs leave
+      // half of them one block short in the last round); a column's arithmetic is the same either way
+      const int nt = p.tile_columns == 8 || (p.tile_columns == 0 && N / kColumns < 3 * SmCount()) ? 1 : 2;
+      const dim3 grid(N / (8 * nt), static_cast<unsigned>(CeilDiv(M, 16 * mt)));
+      if (nt == 1) {
+        if (mt == 1) LinearDecodeMmaKernel<T, 1, 1><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
+        else if (mt == 2) LinearDecodeMmaKernel<T, 2, 1><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
+        else LinearDecodeMmaKernel<T, 4, 1><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
+      } else {
+        if (mt == 1) LinearDecodeMmaKernel<T, 1, 2><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
+        else if (mt == 2) LinearDecodeMmaKernel<T, 2, 2><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
+        else LinearDecodeMmaKernel<T, 4, 2><<<grid, kThreads, 0, stream>>>(x, w, b, y, M, K, N);
+      }
       const cudaError_t err = cudaGetLastError();
       return err == cudaSuccess ? "" : std::string("decode kernel launch failed: ") + cudaGetErrorString(err);
     }
+  }
+  if (p.in >= kWideRowDot && p.rows * p.out < (int64_t{1} << 31)) {
+    LinearRowDotWideKernel<T><<<static_cast<unsigned>(p.rows * p.out), kThreads, 0, stream>>>(x, w, b, y, p.out, p.in);
+    const cudaError_t err = cudaGetLastError();
+    return err == cudaSuccess ? "" : std::string("row-dot kernel launch failed: ") + cudaGetErrorString(err);
   }
   const int64_t blocks = CeilDiv(p.rows * p.out, kWarps);
   LinearRowDotKernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, w, b, y, p.rows, p.in, p.out);
@@ -478,7 +522,10 @@ std::string LaunchLinearDecode(const LinearParams& p, cudaStream_t stream) {
 }
 
 std::string RunLinearCuda(const LinearParams& p, cudaStream_t stream) {
-  if (p.decode && (p.batch_invariant || p.rows <= kLinearOwnRows)) return LaunchLinearDecode(p, stream);
+  // without batch_invariant our kernels run only where they beat cuBLAS: the tensor-core kernel up to 16 rows
+  const bool own = p.decode && (p.batch_invariant ||
+                                (p.rows <= kLinearOwnRows && XLSTM_DTYPE_SWITCH(p.dtype, [&] { return MmaApplies<T>(p); })));
+  if (own) return LaunchLinearDecode(p, stream);
   return XLSTM_DTYPE_SWITCH(p.dtype, [&] { return RunPrompt<T>(p, stream); });
 }
 

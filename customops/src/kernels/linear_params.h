@@ -8,11 +8,13 @@
 //
 // Two paths on CUDA, chosen by the call's sequence length S (the op reads it from input_ids [B, S]) and the node's
 // batch_invariant attribute:
-//   * decode (S = 1) with batch_invariant, or with at most kLinearOwnRows rows: our own kernel. Every output value is summed in one fixed order that depends on K alone: the
+//   * decode (S = 1) with batch_invariant, or with at most kLinearOwnRows rows of a shape the tensor-core kernel
+//     takes (float16/bfloat16, K % 64 = 0, N % 16 = 0): our own kernel. Every output value is summed in one fixed order that depends on K alone: the
 //     K axis is cut into 64-wide blocks, block b belongs to split b mod 8, each split sums its blocks in order with
 //     tensor-core MMAs, and the 8 split sums are added in split order. Neither the number of rows M nor the other
 //     rows' values change a row's result, so a sequence decodes to the same bits at every decode batch size.
-//   * otherwise (prompts, and larger decode steps without batch_invariant): cuBLAS (cublasGemmEx, float32 compute).
+//   * otherwise (prompts, larger decode steps and float32 projections without batch_invariant): cuBLAS
+//     (cublasGemmEx, float32 compute).
 #pragma once
 
 #include <cstdint>
@@ -34,6 +36,9 @@ struct LinearParams {
   // Decode steps of any size on our kernels (batch-invariant). Otherwise only steps of up to kLinearOwnRows rows
   // (where our kernel streams the weights faster than cuBLAS) and cuBLAS above. The CPU kernel is row-independent always.
   bool batch_invariant = false;
+  // Columns a block of the one-pass decode kernel computes: 0, the launcher's choice by N; 8 or 16 forced (tests and
+  // benches compare them; a column's arithmetic is the same either way).
+  int tile_columns = 0;
 };
 
 /// Up to this many rows a decode step runs our kernel in either mode (tools/bench: it beats cuBLAS up to 16 rows).
