@@ -23,8 +23,11 @@ constexpr const char* kCuda = "CUDAExecutionProvider";
 template <typename T, bool kOnCuda>
 void AddOps(std::vector<std::unique_ptr<LiteOp>>& ops) {
   const char* ep = kOnCuda ? kCuda : kCpu;
-  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, Form::kChunkwise, kOnCuda>>(xlstm::ops::kChunkwiseName, ep));
-  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, Form::kStep, kOnCuda>>(xlstm::ops::kStepName, ep));
+  // the state (C, n) in float32, or bfloat16 (--state-dtype bf16)
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, float, Form::kChunkwise, kOnCuda>>(xlstm::ops::kChunkwiseName, ep));
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, float, Form::kStep, kOnCuda>>(xlstm::ops::kStepName, ep));
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, Ort::BFloat16_t, Form::kChunkwise, kOnCuda>>(xlstm::ops::kChunkwiseName, ep));
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, Ort::BFloat16_t, Form::kStep, kOnCuda>>(xlstm::ops::kStepName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::SwiGluKernel<T, kOnCuda>>(xlstm::ops::kSwiGluName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::HeadNormGateKernel<T, kOnCuda>>(xlstm::ops::kHeadNormGateName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::LinearKernel<T, kOnCuda>>(xlstm::ops::kLinearName, ep));

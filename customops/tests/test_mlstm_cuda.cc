@@ -119,6 +119,54 @@ void Run(const Case& cs) {
   if (!ok) ++failures;
 }
 
+template <typename H>
+Result RunCudaStateBf16(const Problem& p, Dtype dtype, bool step_op) {
+  std::unique_ptr<DeviceBuffer> q(DeviceBuffer::From(Encode<H>(p.q))), k(DeviceBuffer::From(Encode<H>(p.k))),
+      v(DeviceBuffer::From(Encode<H>(p.v))), i(DeviceBuffer::From(p.i)), f(DeviceBuffer::From(p.f)),
+      c0(DeviceBuffer::From(Encode<Bf16>(p.c0))), n0(DeviceBuffer::From(Encode<Bf16>(p.n0))), m0(DeviceBuffer::From(p.m0));
+  const size_t nh = p.Heads() * p.S * p.DV;
+  DeviceBuffer h(nh * sizeof(H)), c(p.c0.size() * 2), n(p.n0.size() * 2), m(p.m0.size() * 4);
+  MLstmParams prm = ParamsFor(p, dtype);
+  prm.state_dtype = Dtype::kBFloat16;
+  prm.matQ = q->As<void>(), prm.matK = k->As<void>(), prm.matV = v->As<void>();
+  prm.vecI = i->As<float>(), prm.vecF = f->As<float>();
+  prm.matC0 = c0->As<void>(), prm.vecN0 = n0->As<void>(), prm.scaM0 = m0->As<float>();
+  prm.matH = h.As<void>(), prm.matC = c.As<void>(), prm.vecN = n.As<void>(), prm.scaM = m.As<float>();
+  CHECK_CUDA(step_op ? LaunchMLstmStepFw(prm, nullptr) : LaunchMLstmChunkwiseFw(prm, nullptr));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  Result r;
+  r.h = Decode(h.To<H>(nh));
+  r.c = Decode(c.To<Bf16>(p.c0.size())), r.n = Decode(n.To<Bf16>(p.n0.size())), r.m = m.To<float>(p.m0.size());
+  return r;
+}
+
+/// A bfloat16 state (--state-dtype bf16): C0 and n0 stored in bfloat16, C' and n' written in bfloat16 by the step kernel
+/// itself (S = 1) or through float32 scratch (S > 1). Oracle: the CPU kernels on the same stored values, their float32
+/// C' and n' rounded to bfloat16 once. Tolerances: h as the float32-state case of its kernel; C', n' within 2^-7 of
+/// the scale (scaled max): both sides round float32 results that differ by ~1e-6 to the nearest bfloat16, so a value
+/// next to a rounding boundary may land one bfloat16 step (2^-8 relative) apart.
+void RunStateBf16(const std::string& name, Problem p, Dtype dtype, bool step_op) {
+  p = RoundedTo(p, dtype);
+  for (auto& x : p.c0) x = RoundTrip<Bf16>(x);
+  for (auto& x : p.n0) x = RoundTrip<Bf16>(x);
+  const Result cpu = RunCpu(p, dtype, ThreadedFor());
+  const Result gpu = dtype == Dtype::kBFloat16 ? RunCudaStateBf16<Bf16>(p, dtype, step_op) : RunCudaStateBf16<float>(p, dtype, step_op);
+  std::vector<float> c_ref = cpu.c, n_ref = cpu.n;
+  for (auto& x : c_ref) x = RoundTrip<Bf16>(x);
+  for (auto& x : n_ref) x = RoundTrip<Bf16>(x);
+  const Error eh = Compare(gpu.h, cpu.h), ec = Compare(gpu.c, c_ref), en = Compare(gpu.n, n_ref), em = Compare(gpu.m, cpu.m);
+  MLstmParams prm = ParamsFor(p, dtype);
+  const std::string kernel = step_op ? "step" : MLstmChunkwiseKernelName(prm);
+  const double h_tol = kernel == "tensor_core" ? 2e-2 : dtype == Dtype::kBFloat16 ? 1e-2 : 5e-5;
+  const bool ok = eh.finite && ec.finite && en.finite && em.finite && (dtype == Dtype::kFloat32 ? eh.scaled_max : eh.rel_l2) <= h_tol &&
+                  ec.scaled_max <= 7.8e-3 && en.scaled_max <= 7.8e-3 && em.scaled_max <= 1e-5;
+  std::printf("%-4s %-34s %-9s %-12s bf16 state S%-5lld | h max %.2e l2 %.2e | C max %.2e | n %.2e | m %.2e\n", ok ? "PASS" : "FAIL",
+              name.c_str(), DtypeName(dtype), kernel.c_str(), static_cast<long long>(p.S), eh.scaled_max, eh.rel_l2, ec.scaled_max,
+              en.scaled_max, em.scaled_max);
+  std::fflush(stdout);
+  if (!ok) ++failures;
+}
+
 }  // namespace
 }  // namespace xlstm::test
 
@@ -186,6 +234,11 @@ int main() {
   cases.push_back({"step DV 22", MakeProblem(3, 2, 1, 16, 22, 16, 50u), F16, AUTO, true});
 
   for (const auto& c : cases) Run(c);
-  std::printf("%zu cases, %d failed\n", cases.size(), failures);
+  // the state stored in bfloat16 (--state-dtype bf16)
+  for (int64_t B : {1, 64}) RunStateBf16("step 7b dims", MakeProblem(B, 8, 1, 256, 512, 64, 70u + B), BF16, true);
+  RunStateBf16("step DV 22", MakeProblem(3, 2, 1, 16, 22, 16, 72u), F32, true);
+  RunStateBf16("chunkwise 7b dims", MakeProblem(1, 2, 130, 256, 512, 64, 73u), BF16, false);
+  RunStateBf16("chunkwise odd dims", MakeProblem(2, 3, 70, 20, 36, 16, 74u), F32, false);
+  std::printf("%zu cases, %d failed\n", cases.size() + 5, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -52,8 +52,8 @@ class HeadCell {
         i_(p.vecI + bh * p.seq),
         f_(p.vecF + bh * p.seq),
         h_(static_cast<T*>(p.matH) + bh * p.seq * p.dv),
-        matC_(p.matC0 + bh * p.dqk * p.dv, p.matC0 + (bh + 1) * p.dqk * p.dv),
-        vecN_(p.vecN0 + bh * p.dqk, p.vecN0 + (bh + 1) * p.dqk),
+        matC_(p.C0f() + bh * p.dqk * p.dv, p.C0f() + (bh + 1) * p.dqk * p.dv),
+        vecN_(p.N0f() + bh * p.dqk, p.N0f() + (bh + 1) * p.dqk),
         scaM_(p.scaM0[bh]),
         bh_(bh) {}
 
@@ -67,8 +67,8 @@ class HeadCell {
       }
       t += len;
     }
-    std::copy(matC_.begin(), matC_.end(), p_.matC + bh_ * DK_ * DV_);
-    std::copy(vecN_.begin(), vecN_.end(), p_.vecN + bh_ * DK_);
+    std::copy(matC_.begin(), matC_.end(), p_.Cf() + bh_ * DK_ * DV_);
+    std::copy(vecN_.begin(), vecN_.end(), p_.Nf() + bh_ * DK_);
     p_.scaM[bh_] = scaM_;
   }
 

@@ -66,9 +66,9 @@ __global__ void __launch_bounds__(kSimtThreads) MLstmChunkwiseSimtKernel(const M
 
   for (int64_t x = tid; x < DK * kSimtDvt; x += kSimtThreads) {
     const int64_t d = x / kSimtDvt, e = x % kSimtDvt;
-    matC[x] = e < nE ? p.matC0[(bh * DK + d) * DV + e0 + e] : 0.0f;
+    matC[x] = e < nE ? p.C0f()[(bh * DK + d) * DV + e0 + e] : 0.0f;
   }
-  for (int64_t d = tid; d < DK; d += kSimtThreads) vecN[d] = p.vecN0[bh * DK + d];
+  for (int64_t d = tid; d < DK; d += kSimtThreads) vecN[d] = p.N0f()[bh * DK + d];
   float scaM = p.scaM0[bh];  // uniform: every thread updates it identically
   __syncthreads();
 
@@ -166,10 +166,10 @@ __global__ void __launch_bounds__(kSimtThreads) MLstmChunkwiseSimtKernel(const M
 
   for (int64_t x = tid; x < DK * kSimtDvt; x += kSimtThreads) {
     const int64_t d = x / kSimtDvt, e = x % kSimtDvt;
-    if (e < nE) p.matC[(bh * DK + d) * DV + e0 + e] = matC[x];
+    if (e < nE) p.Cf()[(bh * DK + d) * DV + e0 + e] = matC[x];
   }
   if (e0 == 0) {
-    for (int64_t d = tid; d < DK; d += kSimtThreads) p.vecN[bh * DK + d] = vecN[d];
+    for (int64_t d = tid; d < DK; d += kSimtThreads) p.Nf()[bh * DK + d] = vecN[d];
     if (tid == 0) p.scaM[bh] = scaM;
   }
 }

@@ -37,10 +37,11 @@ const char* MLstmChunkwiseKernelName(const MLstmParams& p) {
 
 cudaError_t LaunchMLstmChunkwiseFw(const MLstmParams& p, cudaStream_t stream) {
   if (MLstmParamsError(p) != nullptr) return cudaErrorInvalidValue;
-  if (p.seq == 1) return LaunchMLstmStepFw(p, stream);
+  if (p.seq == 1) return LaunchMLstmStepFw(p, stream);  // reads and writes either state type itself
   const bool tensor_core = p.cuda_path == CudaPath::kTensorCore ||
                            (p.cuda_path == CudaPath::kAuto && MLstmTensorCoreSupports(p));
-  return tensor_core ? LaunchMLstmChunkwiseTensorCore(p, stream) : LaunchMLstmChunkwiseSimt(p, stream);
+  // the chunkwise kernels take float32 state: a bfloat16 state goes through float32 scratch around them
+  return LaunchMLstmWithFloatState(p, stream, tensor_core ? LaunchMLstmChunkwiseTensorCore : LaunchMLstmChunkwiseSimt);
 }
 
 }  // namespace xlstm

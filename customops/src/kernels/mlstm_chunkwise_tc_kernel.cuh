@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
     const int d0 = (rb0 + r / kWarpCols) * 16, c0 = (cb0 + r % kWarpCols) * 16;
     for (int x = lane; x < 256; x += 32) {
       const int64_t d = d0 + x / 16, e = c0 + x % 16;
-      const float val = (d < DK && e < nE) ? p.matC0[(bh * DK + d) * DV + e0 + e] : 0.0f;
+      const float val = (d < DK && e < nE) ? p.C0f()[(bh * DK + d) * DV + e0 + e] : 0.0f;
       stage[x] = val;
       sCT[d * LDV + e] = FromF<T>(val);
     }
@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
     wmma::load_matrix_sync(cfrag[r], stage, 16, wmma::mem_row_major);
     __syncwarp();
   }
-  for (int d = tid; d < KD; d += kTcThreads) sN[d] = d < DK ? p.vecN0[bh * DK + d] : 0.0f;
+  for (int d = tid; d < KD; d += kTcThreads) sN[d] = d < DK ? p.N0f()[bh * DK + d] : 0.0f;
   float scaM = p.scaM0[bh];  // uniform over the CTA
 
   int len = static_cast<int>(SchedulePiece(0, S, p.chunk_size, p.max_inference_chunksize, LT));
@@ -398,12 +398,12 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
     __syncwarp();
     for (int x = lane; x < 256; x += 32) {
       const int64_t d = d0 + x / 16, e = c0 + x % 16;
-      if (d < DK && e < nE) p.matC[(bh * DK + d) * DV + e0 + e] = stage[x];
+      if (d < DK && e < nE) p.Cf()[(bh * DK + d) * DV + e0 + e] = stage[x];
     }
     __syncwarp();
   }
   if (e0 == 0) {
-    for (int64_t d = tid; d < DK; d += kTcThreads) p.vecN[bh * DK + d] = sN[d];
+    for (int64_t d = tid; d < DK; d += kTcThreads) p.Nf()[bh * DK + d] = sN[d];
     if (tid == 0) p.scaM[bh] = scaM;
   }
 }

@@ -13,8 +13,14 @@ namespace xlstm {
 /// DQK ≤ 256 and DQK, DV multiples of 8, the SIMT (float32-math CUDA-core) kernel otherwise; p.cuda_path can pin one.
 cudaError_t LaunchMLstmChunkwiseFw(const MLstmParams& p, cudaStream_t stream);
 
-/// One token (S = 1): C' = f'C + i'k vᵀ and h, streamed once through registers.
+/// One token (S = 1): C' = f'C + i'k vᵀ and h, streamed once through registers; C and n in float32 or bfloat16.
 cudaError_t LaunchMLstmStepFw(const MLstmParams& p, cudaStream_t stream);
+
+/// Runs `launch` (a kernel of float32 state) for p: directly when p's C and n are float32; for bfloat16 state through
+/// float32 copies (converted in, run, rounded out), in stream-ordered scratch (cudaMallocAsync/cudaFreeAsync: the one
+/// launcher that allocates; prompts with bfloat16 state only, never a decode step).
+cudaError_t LaunchMLstmWithFloatState(const MLstmParams& p, cudaStream_t stream,
+                                      cudaError_t (*launch)(const MLstmParams&, cudaStream_t));
 
 /// Which kernel LaunchMLstmChunkwiseFw would run for p: "step", "simt" or "tensor_core".
 const char* MLstmChunkwiseKernelName(const MLstmParams& p);

@@ -4,7 +4,8 @@
 // Shapes use mlstm_kernels' letters: B batch, NH heads, S tokens, DQK q/k head dim, DV v head dim, L chunk size.
 //   q, k  [B, NH, S, DQK]   v, h [B, NH, S, DV]    (element type: dtype)
 //   igate, fgate [B, NH, S] (pre-activations, already soft-capped; float32)
-//   C [B, NH, DQK, DV]   n [B, NH, DQK]   m [B, NH, 1] (float32, in and out)
+//   C [B, NH, DQK, DV]   n [B, NH, DQK] (state_dtype: float32, or bfloat16 with --state-dtype bf16)   m [B, NH, 1]
+//   (float32 always); in and out. The math is float32 whatever the state is stored in.
 #pragma once
 
 #include <cmath>
@@ -18,7 +19,8 @@
 
 namespace xlstm {
 
-/// Element type of q, k, v and h. Gates, stabilizer and states are always float32.
+/// Element type of q, k, v and h, and of the stored C and n (MLstmParams::state_dtype). Gates and the stabilizer m are
+/// always float32.
 enum class Dtype { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 inline const char* DtypeName(Dtype t) {
@@ -40,13 +42,23 @@ struct MLstmParams {
   const void* matV = nullptr;      // [B, NH, S, DV]
   const float* vecI = nullptr;     // [B, NH, S] input-gate pre-activations ĩ
   const float* vecF = nullptr;     // [B, NH, S] forget-gate pre-activations f̃
-  const float* matC0 = nullptr;    // [B, NH, DQK, DV] initial matrix memory
-  const float* vecN0 = nullptr;    // [B, NH, DQK] initial normalizer
+  // C and n are stored as state_dtype: float32, or bfloat16 (half the bytes a decode step streams). Only the CUDA step
+  // kernel reads and writes bfloat16 itself; every other kernel takes float32 (C0f() ...), and the op converts around
+  // them (mlstm_op.h). m stays float32: 8 values a layer, and rounding it would rescale the whole normalizer.
+  Dtype state_dtype = Dtype::kFloat32;
+  const void* matC0 = nullptr;     // [B, NH, DQK, DV] initial matrix memory
+  const void* vecN0 = nullptr;     // [B, NH, DQK] initial normalizer
   const float* scaM0 = nullptr;    // [B, NH, 1] initial stabilizer (0 means "start", as HF's cache)
   void* matH = nullptr;            // [B, NH, S, DV] output, element type dtype
-  float* matC = nullptr;           // [B, NH, DQK, DV] final matrix memory
-  float* vecN = nullptr;           // [B, NH, DQK] final normalizer
+  void* matC = nullptr;            // [B, NH, DQK, DV] final matrix memory
+  void* vecN = nullptr;            // [B, NH, DQK] final normalizer
   float* scaM = nullptr;           // [B, NH, 1] final stabilizer
+
+  // The state as float32, for the kernels that take only that (state_dtype must be kFloat32).
+  XLSTM_HOST_DEVICE const float* C0f() const { return static_cast<const float*>(matC0); }
+  XLSTM_HOST_DEVICE const float* N0f() const { return static_cast<const float*>(vecN0); }
+  XLSTM_HOST_DEVICE float* Cf() const { return static_cast<float*>(matC); }
+  XLSTM_HOST_DEVICE float* Nf() const { return static_cast<float*>(vecN); }
 
   int64_t batch = 0;               // B
   int64_t heads = 0;               // NH

@@ -6,7 +6,12 @@
 // accumulates (q·s)ᵀC' for its 4 columns in double; the TY partial sums are reduced in shared memory. (Double sums cost
 // nothing here, the kernel is bound by reading C, and keep float32 models within 1e-4 of transformers.) n', m' and q·n' are
 // recomputed by every CTA of the head (DQK-long, negligible); the tile-0 CTA writes n' and m'.
+// C and n may be stored in bfloat16 (state_dtype): read into float32, updated in float32, h from the float32 C' and n',
+// then C' and n' rounded once on the way out (the CPU oracle converts, runs its float32 step and rounds: the same).
+// At batch 64 the step streams 64 × 32 × 8 MB of float32 C; bfloat16 halves it.
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 
 #include "kernels/mlstm_cuda_common.cuh"
 #include "kernels/mlstm_fw.cuh"
@@ -36,7 +41,34 @@ cudaError_t CurrentDeviceSmCount(int* sm_count) {
   return cudaSuccess;
 }
 
-template <typename T, int DVT>
+/// Four consecutive state values at a time (16 bytes of float32, 8 of bfloat16), streamed once (evict-first).
+template <typename S>
+struct StateIo;
+template <>
+struct StateIo<float> {
+  static __device__ __forceinline__ float4 Load4(const float* p) { return __ldcs(reinterpret_cast<const float4*>(p)); }
+  static __device__ __forceinline__ void Store4(float* p, float4 v) { __stcs(reinterpret_cast<float4*>(p), v); }
+};
+template <>
+struct StateIo<__nv_bfloat16> {
+  static __device__ __forceinline__ float4 Load4(const __nv_bfloat16* p) {
+    const uint2 u = __ldcs(reinterpret_cast<const uint2*>(p));
+    __nv_bfloat162 a, b;
+    memcpy(&a, &u.x, 4);
+    memcpy(&b, &u.y, 4);
+    const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
+    return make_float4(fa.x, fa.y, fb.x, fb.y);
+  }
+  static __device__ __forceinline__ void Store4(__nv_bfloat16* p, float4 v) {
+    const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+    uint2 u;
+    memcpy(&u.x, &a, 4);
+    memcpy(&u.y, &b, 4);
+    __stcs(reinterpret_cast<uint2*>(p), u);
+  }
+};
+
+template <typename T, typename S, int DVT>
 __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParams p, int num_tiles) {
   constexpr int TX = DVT / 4;               // column groups of 4 floats
   constexpr int TY = kStepThreads / TX;     // rows of C handled in parallel
@@ -69,8 +101,8 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
     const float kd = ToF(k[d]);
     vecQs[d] = qs;
     vecK[d] = kd;
-    const float n_new = scaF_act * p.vecN0[bh * DK + d] + scaI_act * kd;
-    if (tile == 0) p.vecN[bh * DK + d] = n_new;
+    const float n_new = scaF_act * ToF(static_cast<const S*>(p.vecN0)[bh * DK + d]) + scaI_act * kd;
+    if (tile == 0) static_cast<S*>(p.vecN)[bh * DK + d] = FromF<S>(n_new);
     qn += static_cast<double>(qs) * n_new;
   }
   qn = WarpSum(qn);
@@ -85,8 +117,8 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
 #pragma unroll
   for (int c = 0; c < 4; ++c) vv[c] = col0 + c < DV ? ToF(v[col0 + c]) : 0.0f;
   const bool vec4 = (DV % 4 == 0) && (col0 + 4 <= DV);
-  const float* matC0 = p.matC0 + bh * DK * DV;
-  float* matC1 = p.matC + bh * DK * DV;
+  const S* matC0 = static_cast<const S*>(p.matC0) + bh * DK * DV;
+  S* matC1 = static_cast<S*>(p.matC) + bh * DK * DV;
 
   double acc[4] = {0.0, 0.0, 0.0, 0.0};
   for (int64_t d0 = ty; d0 < DK; d0 += static_cast<int64_t>(TY) * U) {
@@ -96,14 +128,14 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
       const int64_t d = d0 + static_cast<int64_t>(u) * TY;
       c[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       if (d < DK) {
-        const float* src = matC0 + d * DV + col0;
+        const S* src = matC0 + d * DV + col0;
         if (vec4) {
-          c[u] = __ldcs(reinterpret_cast<const float4*>(src));  // streamed once: evict-first
+          c[u] = StateIo<S>::Load4(src);  // streamed once: evict-first
         } else {
-          if (col0 + 0 < DV) c[u].x = src[0];
-          if (col0 + 1 < DV) c[u].y = src[1];
-          if (col0 + 2 < DV) c[u].z = src[2];
-          if (col0 + 3 < DV) c[u].w = src[3];
+          if (col0 + 0 < DV) c[u].x = ToF(src[0]);
+          if (col0 + 1 < DV) c[u].y = ToF(src[1]);
+          if (col0 + 2 < DV) c[u].z = ToF(src[2]);
+          if (col0 + 3 < DV) c[u].w = ToF(src[3]);
         }
       }
     }
@@ -121,14 +153,14 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
         acc[1] += static_cast<double>(qs) * o.y;
         acc[2] += static_cast<double>(qs) * o.z;
         acc[3] += static_cast<double>(qs) * o.w;
-        float* dst = matC1 + d * DV + col0;
+        S* dst = matC1 + d * DV + col0;
         if (vec4) {
-          __stcs(reinterpret_cast<float4*>(dst), o);
+          StateIo<S>::Store4(dst, o);
         } else {
-          if (col0 + 0 < DV) dst[0] = o.x;
-          if (col0 + 1 < DV) dst[1] = o.y;
-          if (col0 + 2 < DV) dst[2] = o.z;
-          if (col0 + 3 < DV) dst[3] = o.w;
+          if (col0 + 0 < DV) dst[0] = FromF<S>(o.x);
+          if (col0 + 1 < DV) dst[1] = FromF<S>(o.y);
+          if (col0 + 2 < DV) dst[2] = FromF<S>(o.z);
+          if (col0 + 3 < DV) dst[3] = FromF<S>(o.w);
         }
       }
     }
@@ -148,17 +180,37 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
   if (tile == 0 && tid == 0) p.scaM[bh] = scaM_new;
 }
 
-template <typename T, int DVT>
+template <typename T, typename S, int DVT>
 struct StepTag {};
 
-template <typename T, int DVT>
+template <typename T, typename S, int DVT>
 cudaError_t LaunchStep(const MLstmParams& p, cudaStream_t stream) {
   const int num_tiles = static_cast<int>(CeilDiv(p.dv, DVT));
   const int64_t blocks = p.batch * p.heads * num_tiles;
   const size_t smem = sizeof(float) * 2 * static_cast<size_t>(p.dqk);
-  cudaError_t err = AllowSharedMemory<StepTag<T, DVT>>(MLstmStepKernel<T, DVT>, smem);
+  cudaError_t err = AllowSharedMemory<StepTag<T, S, DVT>>(MLstmStepKernel<T, S, DVT>, smem);
   if (err != cudaSuccess) return err;
-  MLstmStepKernel<T, DVT><<<static_cast<unsigned>(blocks), kStepThreads, smem, stream>>>(p, num_tiles);
+  MLstmStepKernel<T, S, DVT><<<static_cast<unsigned>(blocks), kStepThreads, smem, stream>>>(p, num_tiles);
+  return cudaGetLastError();
+}
+
+template <typename T, typename S>
+cudaError_t LaunchStepTiles(const MLstmParams& p, cudaStream_t stream, bool wide) {
+  return wide ? LaunchStep<T, S, 64>(p, stream) : LaunchStep<T, S, 16>(p, stream);
+}
+
+/// dst[i] = src[i] between float32 and bfloat16 (rounding to nearest even towards bfloat16).
+template <typename From, typename To>
+__global__ void ConvertStateKernel(const From* __restrict__ src, To* __restrict__ dst, int64_t count) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = FromF<To>(ToF(src[i]));
+}
+
+template <typename From, typename To>
+cudaError_t Convert(const void* src, void* dst, int64_t count, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  const int blocks = static_cast<int>(std::min<int64_t>(CeilDiv(count, 256), 4096));
+  ConvertStateKernel<From, To><<<blocks, 256, 0, stream>>>(static_cast<const From*>(src), static_cast<To*>(dst), count);
   return cudaGetLastError();
 }
 
@@ -172,7 +224,31 @@ cudaError_t LaunchMLstmStepFw(const MLstmParams& p, cudaStream_t stream) {
   const cudaError_t err = CurrentDeviceSmCount(&sm_count);
   if (err != cudaSuccess) return err;
   const bool wide = p.batch * p.heads * CeilDiv(p.dv, 64) >= 2 * static_cast<int64_t>(sm_count);
-  return XLSTM_DTYPE_SWITCH(p.dtype, [&] { return wide ? LaunchStep<T, 64>(p, stream) : LaunchStep<T, 16>(p, stream); });
+  if (p.state_dtype == Dtype::kBFloat16) {
+    return XLSTM_DTYPE_SWITCH(p.dtype, [&] { return LaunchStepTiles<T, __nv_bfloat16>(p, stream, wide); });
+  }
+  if (p.state_dtype != Dtype::kFloat32) return cudaErrorInvalidValue;
+  return XLSTM_DTYPE_SWITCH(p.dtype, [&] { return LaunchStepTiles<T, float>(p, stream, wide); });
+}
+
+cudaError_t LaunchMLstmWithFloatState(const MLstmParams& p, cudaStream_t stream,
+                                      cudaError_t (*launch)(const MLstmParams&, cudaStream_t)) {
+  if (p.state_dtype == Dtype::kFloat32) return launch(p, stream);
+  if (p.state_dtype != Dtype::kBFloat16) return cudaErrorInvalidValue;
+  const int64_t nc = p.batch * p.heads * p.dqk * p.dv, nn = p.batch * p.heads * p.dqk;
+  float* scratch = nullptr;  // C0, n0, C', n' as float32, stream-ordered (freed after the kernels that use it)
+  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&scratch), sizeof(float) * 2 * static_cast<size_t>(nc + nn), stream);
+  if (err != cudaSuccess) return err;
+  MLstmParams f = p;
+  f.state_dtype = Dtype::kFloat32;
+  f.matC0 = scratch, f.vecN0 = scratch + nc, f.matC = scratch + nc + nn, f.vecN = scratch + 2 * nc + nn;
+  err = Convert<__nv_bfloat16, float>(p.matC0, const_cast<void*>(f.matC0), nc, stream);
+  if (err == cudaSuccess) err = Convert<__nv_bfloat16, float>(p.vecN0, const_cast<void*>(f.vecN0), nn, stream);
+  if (err == cudaSuccess) err = launch(f, stream);
+  if (err == cudaSuccess) err = Convert<float, __nv_bfloat16>(f.matC, p.matC, nc, stream);
+  if (err == cudaSuccess) err = Convert<float, __nv_bfloat16>(f.vecN, p.vecN, nn, stream);
+  const cudaError_t freed = cudaFreeAsync(scratch, stream);
+  return err != cudaSuccess ? err : freed;
 }
 
 }  // namespace xlstm

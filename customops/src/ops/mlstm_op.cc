@@ -3,6 +3,7 @@
 #include <functional>
 #include <sstream>
 
+#include "cpu/half_types.h"
 #include "cpu/mlstm_cpu.h"
 
 namespace xlstm::ops {
@@ -125,11 +126,31 @@ ParallelFor OrtParallelFor(OrtKernelContext* context) {
 
 Ort::Status RunCpu(OrtKernelContext* context, const MLstmParams& p, Form form) {
   ParallelFor parallel_for = OrtParallelFor(context);
-  if (form == Form::kStep) {
-    MLstmStepCpu(p, parallel_for);
-  } else {
-    MLstmChunkwiseCpu(p, parallel_for);
+  auto run = [&](const MLstmParams& q) {
+    if (form == Form::kStep) {
+      MLstmStepCpu(q, parallel_for);
+    } else {
+      MLstmChunkwiseCpu(q, parallel_for);
+    }
+  };
+  if (p.state_dtype == Dtype::kFloat32) {
+    run(p);
+    return Ort::Status{nullptr};
   }
+  const int64_t nc = p.batch * p.heads * p.dqk * p.dv, nn = p.batch * p.heads * p.dqk;
+  std::vector<float> c0(nc), n0(nn), c(nc), n(nn);
+  const auto* c0_in = static_cast<const Bf16*>(p.matC0);
+  const auto* n0_in = static_cast<const Bf16*>(p.vecN0);
+  for (int64_t i = 0; i < nc; ++i) c0[i] = ToFloat(c0_in[i]);
+  for (int64_t i = 0; i < nn; ++i) n0[i] = ToFloat(n0_in[i]);
+  MLstmParams f = p;
+  f.state_dtype = Dtype::kFloat32;
+  f.matC0 = c0.data(), f.vecN0 = n0.data(), f.matC = c.data(), f.vecN = n.data();
+  run(f);
+  auto* c_out = static_cast<Bf16*>(p.matC);
+  auto* n_out = static_cast<Bf16*>(p.vecN);
+  for (int64_t i = 0; i < nc; ++i) c_out[i] = FromFloat<Bf16>(c[i]);
+  for (int64_t i = 0; i < nn; ++i) n_out[i] = FromFloat<Bf16>(n[i]);
   return Ort::Status{nullptr};
 }
 

@@ -5,7 +5,8 @@
 //   ai.xlstm::MLstmChunkwise(q, k, v, igate, fgate, C, n, m) -> (h, C', n', m')   any S ≥ 1 (S = 1: the step)
 //   ai.xlstm::MLstmStep     (q, k, v, igate, fgate, C, n, m) -> (h, C', n', m')   S = 1 only
 //     q, k [B,NH,S,DQK], v [B,NH,S,DV], h [B,NH,S,DV]: float, float16 or bfloat16 (one type per node)
-//     igate, fgate [B,NH,S], C [B,NH,DQK,DV], n [B,NH,DQK], m [B,NH,1]: float
+//     igate, fgate [B,NH,S], m [B,NH,1]: float
+//     C [B,NH,DQK,DV], n [B,NH,DQK]: float or bfloat16 (--state-dtype bf16; in and out alike, one type per node)
 //     attributes, all required (no defaults: a missing one is an error naming the op and the attribute):
 //       MLstmChunkwise: chunk_size (int ≥ 1), max_inference_chunksize (int ≥ 1), eps (float ≥ 0)
 //       MLstmStep: eps (float ≥ 0)
@@ -58,7 +59,8 @@ float RequiredFloat(const OrtApi* api, const OrtKernelInfo* info, const char* op
 /// ONNX Runtime's intra-op thread pool as a ParallelFor.
 ParallelFor OrtParallelFor(OrtKernelContext* context);
 
-/// Runs the CPU kernels on ONNX Runtime's intra-op thread pool.
+/// Runs the CPU kernels on ONNX Runtime's intra-op thread pool (a bfloat16 state through float32 copies: converted in,
+/// the float32 kernels, rounded once on the way out).
 Ort::Status RunCpu(OrtKernelContext* context, const MLstmParams& p, Form form);
 
 /// Enqueues the CUDA kernels on the node's compute stream (defined only in CUDA builds).
@@ -79,16 +81,17 @@ struct DtypeOf<Ort::BFloat16_t> {
   static constexpr Dtype value = Dtype::kBFloat16;
 };
 
-/// One registration per (element type, form, execution provider); ONNX Runtime picks by the node's type and EP.
-template <typename T, Form kForm, bool kCuda>
+/// One registration per (element type, state type, form, execution provider); ONNX Runtime picks by the node's types
+/// and EP. S is the stored type of C and n (float or bfloat16); the math is float32 either way.
+template <typename T, typename S, Form kForm, bool kCuda>
 struct MLstmKernel {
   MLstmKernel(const OrtApi* api, const OrtKernelInfo* info) : attrs_(api, info, kForm) {}
 
   Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<T>& q, const Ort::Custom::Tensor<T>& k,
                       const Ort::Custom::Tensor<T>& v, const Ort::Custom::Tensor<float>& igate,
-                      const Ort::Custom::Tensor<float>& fgate, const Ort::Custom::Tensor<float>& c0,
-                      const Ort::Custom::Tensor<float>& n0, const Ort::Custom::Tensor<float>& m0,
-                      Ort::Custom::Tensor<T>& h, Ort::Custom::Tensor<float>& c, Ort::Custom::Tensor<float>& n,
+                      const Ort::Custom::Tensor<float>& fgate, const Ort::Custom::Tensor<S>& c0,
+                      const Ort::Custom::Tensor<S>& n0, const Ort::Custom::Tensor<float>& m0,
+                      Ort::Custom::Tensor<T>& h, Ort::Custom::Tensor<S>& c, Ort::Custom::Tensor<S>& n,
                       Ort::Custom::Tensor<float>& m) {
     try {
       if (!attrs_.error.empty()) return Ort::Status(attrs_.error.c_str(), ORT_INVALID_ARGUMENT);
@@ -97,6 +100,7 @@ struct MLstmKernel {
                                                   c0.Shape(), n0.Shape(), m0.Shape(), p);
       if (!shape_error.empty()) return Ort::Status(shape_error.c_str(), ORT_INVALID_ARGUMENT);
       p.dtype = DtypeOf<T>::value;
+      p.state_dtype = DtypeOf<S>::value;
       p.chunk_size = attrs_.chunk_size;
       p.max_inference_chunksize = attrs_.max_inference_chunksize;
       p.eps = attrs_.eps;
