@@ -37,10 +37,13 @@ internal static class VerifyCommand
     private static void Print(IReadOnlyList<CheckResult> results, double atol, double rtol)
     {
         int w1 = Math.Max(4, results.Max(r => r.Case.Length)), w2 = Math.Max(5, results.Max(r => r.Check.Length));
-        Console.WriteLine($"{"case".PadRight(w1)}  {"check".PadRight(w2)}  {"values",8}  {"max abs err",11}  {"max rel err",11}  {"outside",7}  note");
+        // columns are whitespace-separated words up to the note (tools/gpu/*.sh read them by position): rel L2 is
+        // ‖actual − expected‖₂ / ‖expected‖₂ over the check's values, "-" where there is none (greedy ids)
+        Console.WriteLine($"{"case".PadRight(w1)}  {"check".PadRight(w2)}  {"values",8}  {"max abs err",11}  {"max rel err",11}  {"outside",7}  {"rel L2",9}  note");
         foreach (var r in results)
         {
-            Console.WriteLine($"{r.Case.PadRight(w1)}  {r.Check.PadRight(w2)}  {r.Values,8}  {r.MaxAbsError,11:E2}  {r.MaxRelError,11:E2}  {r.Violations,7}  {(r.Passed ? "" : "FAIL ")}{r.Note}");
+            string l2 = double.IsNaN(r.RelativeL2) && r.Check == "greedy_ids" ? "-" : r.RelativeL2.ToString("E2", CultureInfo.InvariantCulture);
+            Console.WriteLine($"{r.Case.PadRight(w1)}  {r.Check.PadRight(w2)}  {r.Values,8}  {r.MaxAbsError,11:E2}  {r.MaxRelError,11:E2}  {r.Violations,7}  {l2,9}  {(r.Passed ? "" : "FAIL ")}{r.Note}");
         }
     }
 }

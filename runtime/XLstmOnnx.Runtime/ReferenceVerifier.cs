@@ -7,6 +7,12 @@ namespace XLstmOnnx.Runtime;
 public sealed record CheckResult(string Case, string Check, long Values, double MaxAbsError, double MaxRelError, long Violations, string? Note = null)
 {
     public bool Passed => Violations == 0;
+
+    /// <summary>
+    /// ‖actual − expected‖₂ / ‖expected‖₂ over all the check's values (NaN where the check has no values to measure, as
+    /// greedy ids; NaN when a difference is NaN; 0 for equal all-zero values, +∞ for others against all zeros).
+    /// </summary>
+    public double RelativeL2 { get; init; } = double.NaN;
 }
 
 /// <summary>
@@ -183,23 +189,31 @@ public static class ReferenceVerifier
         }
     }
 
-    /// <summary>Worst absolute and relative error, and the count outside atol + rtol·|expected| (NaN counts).</summary>
+    /// <summary>
+    /// Worst absolute and relative error, the count outside atol + rtol·|expected| (NaN counts), and the relative L2
+    /// error ‖actual − expected‖₂ / ‖expected‖₂ (sums in double).
+    /// </summary>
     public static CheckResult Compare(string name, string check, ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, double atol, double rtol)
     {
         if (actual.Length != expected.Length)
         {
             throw new XLstmOnnxException($"case '{name}' check '{check}': the model produced {actual.Length} values; the reference has {expected.Length}.");
         }
-        double maxAbs = 0, maxRel = 0;
+        double maxAbs = 0, maxRel = 0, diff2 = 0, ref2 = 0;
         long bad = 0;
         for (int i = 0; i < actual.Length; i++)
         {
             double a = actual[i], e = expected[i], d = Math.Abs(a - e);
+            ref2 += e * e;
+            diff2 += d * d;
             if (double.IsNaN(d)) { bad++; maxAbs = double.NaN; continue; }
             maxAbs = Math.Max(maxAbs, d);
             if (e != 0) maxRel = Math.Max(maxRel, d / Math.Abs(e));
             if (d > atol + rtol * Math.Abs(e)) bad++;
         }
-        return new CheckResult(name, check, actual.Length, maxAbs, maxRel, bad);
+        return new CheckResult(name, check, actual.Length, maxAbs, maxRel, bad) { RelativeL2 = RelL2(diff2, ref2) };
     }
+
+    private static double RelL2(double diff2, double ref2) =>
+        double.IsNaN(diff2) ? double.NaN : ref2 > 0 ? Math.Sqrt(diff2 / ref2) : diff2 == 0 ? 0 : double.PositiveInfinity;
 }

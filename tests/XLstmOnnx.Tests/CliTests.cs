@@ -42,6 +42,11 @@ public class CliTests
         var ok = Run("verify", "--model", tmp.Sub("m"), "--reference", Path.Combine(ckpt, "reference.safetensors"));
         Assert.That(ok.Code, Is.Zero, ok.Out);
         Assert.That(ok.Out, Does.Contain("PASS").And.Contain("seg_multi").And.Contain("greedy_ids"));
+        // the table's words by position (tools/gpu/*.sh read them so): case, check, values, max abs, max rel, outside, rel L2, note
+        var rows = ok.Out.Split('\n').Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Where(w => w.Length >= 7).ToList();
+        var logits = rows.Single(w => w[0] == "seg_multi" && w[1] == "logits");
+        Assert.That(double.Parse(logits[6], System.Globalization.CultureInfo.InvariantCulture), Is.GreaterThanOrEqualTo(0).And.LessThan(1e-4), string.Join(' ', logits));
+        Assert.That(rows.Single(w => w[1] == "greedy_ids")[6], Is.EqualTo("-"));
 
         // float rounding alone exceeds 1e-9: verify must notice and exit 1
         var strict = Run("verify", "--model", tmp.Sub("m"), "--reference", Path.Combine(ckpt, "reference.safetensors"), "--atol", "1e-9", "--rtol", "0");

@@ -12,7 +12,7 @@ for k in onnx custom; do
     "$cli" export --checkpoint "$d" --output "/tmp/bf/$k/$m" --dtype bf16 --mlstm-kernels "$k" > /dev/null 2>&1 || { echo "$k $m: export failed" >> "$out/bf16.txt"; continue; }
     "$cli" verify --model "/tmp/bf/$k/$m" --reference "$d/reference.safetensors" --device cuda --atol 1e9 2>/dev/null > "/tmp/bf/$k-$m.log"
     worst=$(grep -E ' logits ' "/tmp/bf/$k-$m.log" | awk '{print $4}' | sort -g | tail -1)
-    greedy=$(grep greedy_ids "/tmp/bf/$k-$m.log" | awk '{print $6" differing ids; "$7" "$8" "$9" "$10}')
+    greedy=$(grep greedy_ids "/tmp/bf/$k-$m.log" | awk '{print $6" differing ids; "$8" "$9" "$10" "$11}')   # $7: rel L2 ("-" for ids)
     echo "bf16 $k $m: worst |logit error| $worst; greedy: $greedy" >> "$out/bf16.txt"
   done
 done
