@@ -33,6 +33,7 @@ internal static class CliErrors
         [ExportOptions.Name(nameof(ExportOptions.AllowNonFinite))] = "--allow-non-finite",
         [$"{nameof(OnnxExporter)}.{nameof(OnnxExporter.Export)}(outputDir)"] = "--output",
         [ExportOptions.Name(nameof(ExportOptions.LinearKernels))] = "--linear-kernels",
+        [ExportOptions.Name(nameof(ExportOptions.StateDtype))] = "--state-dtype",
         [$"{nameof(Int4Quantizer)}(blockSize)"] = "--block-size",
         [$"{nameof(RandomCheckpoint)}.{nameof(RandomCheckpoint.Write)}(dtype)"] = "--dtype",
         [Scorer.WindowParameter] = "--window",

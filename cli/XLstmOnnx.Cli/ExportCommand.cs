@@ -34,6 +34,9 @@ internal static class ExportCommand
         var external = ChoiceOption.ForEnum("--external-data", "Weights in model.onnx.data: auto (above 1 GiB), always or never.", ExternalDataMode.Auto);
         var kernels = ChoiceOption.ForEnum("--mlstm-kernels",
             "mLSTM cell: onnx (standard ops, portable) or custom (ai.xlstm ops; needs libxlstm_customops.so, built from customops/).", MLstmKernels.Onnx);
+        var stateDtype = ChoiceOption.Create("--state-dtype",
+            "Stored type of the recurrent state's C and n: float32 or bf16 (half the bytes a decode step streams per sequence; m and the math stay float32).",
+            [.. Enum.GetValues<StateDtype>().Select(d => (d.JsonName(), d))], StateDtype.Float32);
         var allowNonFinite = new Option<bool>("--allow-non-finite") { Description = "Export weights that hold NaN or Inf (refused by default, naming the tensor and index)." };
         var linear = new Option<string?>("--linear-kernels")
         {
@@ -43,7 +46,7 @@ internal static class ExportCommand
         };
         linear.AcceptOnlyFromAmong("onnx", "custom", "batch-invariant");
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
-            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels, linear, allowNonFinite };
+            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels, linear, stateDtype, allowNonFinite };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new ExportOptions
@@ -62,6 +65,7 @@ internal static class ExportCommand
                     "batch-invariant" => LinearKernels.BatchInvariant,
                     _ => null,
                 },
+                StateDtype = r.GetValue(stateDtype),
                 QuantizeBits = r.GetValue(quantize) is null ? null : 4,
                 QuantizeBlockSize = r.GetValue(blockSize),
                 AllowNonFinite = r.GetValue(allowNonFinite),

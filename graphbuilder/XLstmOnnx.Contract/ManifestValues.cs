@@ -53,11 +53,17 @@ public enum LogitsOutput
     [JsonStringEnumMemberName("last")] Last,
 }
 
-/// <summary>The type of the recurrent state (<c>state_dtype</c>); float32 whatever the weights are.</summary>
+/// <summary>
+/// The stored type of the recurrent state's C and n (<c>state_dtype</c>); m is float32 always, and the cell computes in
+/// float32 whatever the state is stored in (docs/exported-graph.md, "State").
+/// </summary>
 [JsonConverter(typeof(ContractEnumConverter<StateDtype>))]
 public enum StateDtype
 {
+    /// <summary>float32 (the default; transformers' own default, <c>inference_state_dtype</c> "float32").</summary>
     [JsonStringEnumMemberName("float32")] Float32,
+    /// <summary>bfloat16 C and n: half the bytes a decode step streams per sequence (export <c>--state-dtype bf16</c>).</summary>
+    [JsonStringEnumMemberName("bf16")] Bf16,
 }
 
 /// <summary>

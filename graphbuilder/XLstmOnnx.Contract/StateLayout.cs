@@ -15,7 +15,8 @@ public enum StatePart
 
 /// <summary>
 /// The recurrent state of an exported model, in one place: its tensors' names, shapes and order. Per layer L the graph
-/// reads <c>past_state.L.{C,n,m}</c> and writes <c>present_state.L.{C,n,m}</c>, all float32
+/// reads <c>past_state.L.{C,n,m}</c> and writes <c>present_state.L.{C,n,m}</c>, float32 (C and n bfloat16 with
+/// <see cref="StateDtype.Bf16"/>)
 /// (docs/exported-graph.md, "State"). Where the state is a flat list of tensors (bindings, pools, snapshots) it is
 /// layer-major: tensor <see cref="Index"/>(L, part) = L · 3 + part.
 /// </summary>
@@ -85,7 +86,20 @@ public readonly record struct StateLayout(int Layers, long Heads, long QkHeadDim
     public long Elements(StatePart part, long batch) => batch * RowElements(part);
 
     /// <summary>Bytes of one row's whole state: every layer's C, n and m, float32.</summary>
-    public long RowBytes => Parts.Sum(RowElements) * sizeof(float) * Layers;
+    public long RowBytes => RowBytesAs(StateDtype.Float32);
+
+    /// <summary>Bytes of one row's whole state stored as <paramref name="dtype"/> (m float32 always).</summary>
+    public long RowBytesAs(StateDtype dtype)
+    {
+        var layout = this;
+        return Parts.Sum(p => layout.RowElements(p) * ElementBytes(p, dtype)) * Layers;
+    }
+
+    /// <summary>Whether <paramref name="part"/> is stored as bfloat16 under <paramref name="dtype"/>: C and n with bf16 state; m never.</summary>
+    public static bool IsBf16(StatePart part, StateDtype dtype) => dtype == StateDtype.Bf16 && CheckPart(part) != StatePart.M;
+
+    /// <summary>Bytes of one value of <paramref name="part"/> under <paramref name="dtype"/>: 2 for bfloat16, else 4.</summary>
+    public static int ElementBytes(StatePart part, StateDtype dtype) => IsBf16(part, dtype) ? 2 : sizeof(float);
 
     private string[] Names(Func<int, StatePart, string> name)
     {

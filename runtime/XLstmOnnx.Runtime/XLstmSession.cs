@@ -1,4 +1,5 @@
 using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
 using XLstmOnnx.Contract;
 
 namespace XLstmOnnx.Runtime;
@@ -181,7 +182,14 @@ public sealed class XLstmSession : IDisposable
             foreach (var part in StateLayout.Parts)
             {
                 string name = StateLayout.PastName(l, part);
-                var dims = s.InputMetadata[name].Dimensions;
+                var meta = s.InputMetadata[name];
+                var dims = meta.Dimensions;
+                var type = StateLayout.IsBf16(part, m.StateDtype) ? TensorElementType.BFloat16 : TensorElementType.Float;
+                if (meta.IsTensor && meta.ElementDataType != type)
+                {
+                    throw new XLstmOnnxException($"{path}: input '{name}' is {meta.ElementDataType}; {ModelManifest.FileName} field '{ModelManifest.Field(nameof(ModelManifest.StateDtype))}' "
+                        + $"\"{m.StateDtype.JsonName()}\" implies {type}.");
+                }
                 var expectedShape = layout.Shape(part, 1);
                 if (dims.Length != expectedShape.Length)
                 {
@@ -264,12 +272,24 @@ public sealed class XLstmSession : IDisposable
             var mask = Own(OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat(1L, batch * seq).ToArray(), [batch, seq]));
             var past = new OrtValue[present.Length];
             var presentValues = new OrtValue[present.Length];
+            // a bfloat16 state (C and n with --state-dtype bf16) travels as bfloat16 arrays; the host keeps float32
+            var presentBf16 = new BFloat16[present.Length][];
             for (int i = 0; i < present.Length; i++)
             {
-                long[] shape = Manifest.State.Shape(StateLayout.PartOf(i), batch);
-                past[i] = Own(OrtValue.CreateTensorValueFromMemory(state[i], shape));
-                present[i] = new float[state[i].Length];
-                presentValues[i] = Own(OrtValue.CreateTensorValueFromMemory(present[i], shape));
+                var part = StateLayout.PartOf(i);
+                long[] shape = Manifest.State.Shape(part, batch);
+                if (StateLayout.IsBf16(part, Manifest.StateDtype))
+                {
+                    past[i] = Own(OrtValue.CreateTensorValueFromMemory(Bf16.ToOrt(state[i]), shape));
+                    presentBf16[i] = new BFloat16[state[i].Length];
+                    presentValues[i] = Own(OrtValue.CreateTensorValueFromMemory(presentBf16[i], shape));
+                }
+                else
+                {
+                    past[i] = Own(OrtValue.CreateTensorValueFromMemory(state[i], shape));
+                    present[i] = new float[state[i].Length];
+                    presentValues[i] = Own(OrtValue.CreateTensorValueFromMemory(present[i], shape));
+                }
             }
             var logitsValue = Own(OrtValue.CreateTensorValueFromMemory(logits, [batch, positions, Manifest.VocabSize]));
             using var binding = _session.CreateIoBinding();
@@ -279,7 +299,7 @@ public sealed class XLstmSession : IDisposable
             using var runOptions = UncapturedRunOptions();
             _session.RunWithBinding(runOptions, binding);
             binding.SynchronizeBoundOutputs();
-            for (int i = 0; i < present.Length; i++) state.Set(i, present[i]);
+            for (int i = 0; i < present.Length; i++) state.Set(i, presentBf16[i] is { } bits ? Bf16.FromOrt(bits) : present[i]);
             if (hiddenNames.Length > 0)
             {
                 var names = binding.GetOutputNames();

@@ -118,7 +118,7 @@ public class ContractTests
     [TestCase("\"mlstm_kernels\": \"custom\"", "\"mlstm_kernels\": \"fused\"", "field 'mlstm_kernels' is \"fused\"; expected \"onnx\" or \"custom\"")]
     [TestCase("\"dtype\": \"bf16\"", "\"dtype\": 2", "field 'dtype' is 2; expected \"fp32\", \"fp16\" or \"bf16\"")]
     [TestCase("\"logits\": \"last\"", "\"logits\": \"Last\"", "field 'logits' is \"Last\"; expected \"all\" or \"last\"")]
-    [TestCase("\"state_dtype\": \"float32\"", "\"state_dtype\": \"bfloat16\"", "field 'state_dtype' is \"bfloat16\"; expected \"float32\"")]
+    [TestCase("\"state_dtype\": \"float32\"", "\"state_dtype\": \"bfloat16\"", "field 'state_dtype' is \"bfloat16\"; expected \"float32\" or \"bf16\"")]
     public void AnUnknownEnumValueNamesTheFieldAndTheValues(string field, string replacement, string message)
     {
         using var tmp = TestPaths.Temp();
@@ -150,7 +150,7 @@ public class ContractTests
             Assert.That(ContractNames.JsonNames<WeightDtype>(), Is.EqualTo(new[] { "fp32", "fp16", "bf16" }));
             Assert.That(ContractNames.JsonNames<MLstmKernels>(), Is.EqualTo(new[] { "onnx", "custom" }));
             Assert.That(ContractNames.JsonNames<LogitsOutput>(), Is.EqualTo(new[] { "all", "last" }));
-            Assert.That(ContractNames.JsonNames<StateDtype>(), Is.EqualTo(new[] { "float32" }));
+            Assert.That(ContractNames.JsonNames<StateDtype>(), Is.EqualTo(new[] { "float32", "bf16" }));
         });
     }
 

@@ -17,7 +17,7 @@ namespace XLstmOnnx.Tests;
 public class ServingEngineTests
 {
     private static TempDir _tmp = null!;
-    private static string _plain = "", _fast = "", _long = "";
+    private static string _plain = "", _fast = "", _long = "", _fastBf16 = "";
 
     [OneTimeSetUp]
     public static void Export()
@@ -29,6 +29,9 @@ public class ServingEngineTests
         OnnxExporter.Export(fixture, _plain, new ExportOptions());
         _fast = _tmp.Sub("fast");
         OnnxExporter.Export(fixture, _fast, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
+        // the same with the state's C and n stored as bfloat16 (--state-dtype bf16)
+        _fastBf16 = _tmp.Sub("fast-bf16");
+        OnnxExporter.Export(fixture, _fastBf16, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, StateDtype = StateDtype.Bf16 });
         // one segment of 16384: a long prompt alone is one call, under load many pieces
         _long = _tmp.Sub("long");
         OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "fused_bias"), _long, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
@@ -115,11 +118,12 @@ public class ServingEngineTests
         Assert.That(refused.Message, Does.Contain("stopped after an error").And.Contain("planted failure"));
     }
 
-    [TestCase(false)]
-    [TestCase(true)]
-    public void EveryStreamUnderLoadEqualsTheRequestServedAlone(bool fastPath)
+    [TestCase(false, false)]
+    [TestCase(true, false)]
+    [TestCase(true, true)]
+    public void EveryStreamUnderLoadEqualsTheRequestServedAlone(bool fastPath, bool bf16State)
     {
-        using var session = XLstmSession.Load(fastPath ? _fast : _plain);
+        using var session = XLstmSession.Load(bf16State ? _fastBf16 : fastPath ? _fast : _plain);
         var cases = Cases(30, fastPath ? 2 : 1);
         // 4 slots for 30 requests: queueing, joins, rows moving as others end, buckets 1/2/4, prompts read in pieces of 8
         var options = new ServingOptions { MaxBatch = 4, PrefillRows = 2, PrefillChunkTokens = 8, QueueCapacity = 64 };

@@ -84,6 +84,9 @@ internal sealed class GraphContext
     /// <summary>The residual stream with its pending update added (an Add named by the block that made the update).</summary>
     public string Sum(Residual r) => r.Update is null ? r.X : G.Op($"{r.AddPath}/Add", "Add", [r.X, r.Update]);
 
+    /// <summary>The graph type of state part <paramref name="part"/>: bfloat16 for C and n with <c>--state-dtype bf16</c>, else float32.</summary>
+    public DataType StateType(StatePart part) => StateLayout.IsBf16(part, O.StateDtype) ? DataType.Bfloat16 : DataType.Float;
+
     /// <summary>x as float32 (a Cast when the model is float16 or bfloat16).</summary>
     public string ToFloat(string p, string x) =>
         T == DataType.Float ? x : G.Op($"{p}/CastToFloat", "Cast", [x], Attr.Int("to", (long)DataType.Float));

@@ -1,5 +1,7 @@
+using XLstmOnnx.Contract;
 using XLstmOnnx.GraphBuilder.Checkpoint;
 using XLstmOnnx.GraphBuilder.Graph;
+using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
 
 namespace XLstmOnnx.GraphBuilder.Architecture;
 
@@ -40,12 +42,20 @@ internal sealed class StandardLayerOps(GraphContext x) : ILayerOps
         return (i, f);
     }
 
-    /// <summary>q, k, v ─► float32 ─► Loop on HF's schedule ─► h ─► model type; the state is float32 throughout.</summary>
+    /// <summary>
+    /// q, k, v ─► float32 ─► Loop on HF's schedule ─► h ─► model type; the state is float32 inside the Loop (a bfloat16
+    /// C and n are cast to float32 on the way in and rounded once on the way out, as the fused op does).
+    /// </summary>
     public (string H, CellState State) Cell(string layer, string q, string k, string v, string i, string f, CellState past)
     {
         string p = $"{layer}/cell";
-        var (h, state) = _cell.Emit(p, x.ToFloat($"{p}/q", q), x.ToFloat($"{p}/k", k), x.ToFloat($"{p}/v", v), i, f, past);
-        return (x.ToModelType($"{p}/h", h), state);
+        string In(string part, string value, StatePart which) => x.StateType(which) == DataType.Float ? value
+            : G.Op($"{p}/past_{part}/Cast", "Cast", [value], Attr.Int("to", (long)DataType.Float));
+        string Out(string part, string value, StatePart which) => x.StateType(which) == DataType.Float ? value
+            : G.Op($"{p}/present_{part}/Cast", "Cast", [value], Attr.Int("to", (long)x.StateType(which)));
+        var f32 = new CellState(In("C", past.C, StatePart.C), In("n", past.N, StatePart.N), past.M);
+        var (h, state) = _cell.Emit(p, x.ToFloat($"{p}/q", q), x.ToFloat($"{p}/k", k), x.ToFloat($"{p}/v", v), i, f, f32);
+        return (x.ToModelType($"{p}/h", h), new CellState(Out("C", state.C, StatePart.C), Out("n", state.N, StatePart.N), state.M));
     }
 
     /// <summary>

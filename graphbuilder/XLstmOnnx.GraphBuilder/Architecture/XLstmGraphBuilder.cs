@@ -182,18 +182,18 @@ public sealed class XLstmGraphBuilder
         return _x.Gemm($"{p}/proj_down", _ops.SwiGlu(p, up), _w[WeightRole.FfnDown, i], _w.Optional(WeightRole.FfnDownBias, i), quantize: true);
     }
 
-    /// <summary>Layer <paramref name="i"/>'s state inputs past_state.i.{C,n,m}.</summary>
+    /// <summary>Layer <paramref name="i"/>'s state inputs past_state.i.{C,n,m} (C and n in the state dtype, m float32).</summary>
     private CellState PastState(int i) => new(
-        G.Input(StateLayout.PastName(i, StatePart.C), DataType.Float, StateDims(StatePart.C)),
-        G.Input(StateLayout.PastName(i, StatePart.N), DataType.Float, StateDims(StatePart.N)),
-        G.Input(StateLayout.PastName(i, StatePart.M), DataType.Float, StateDims(StatePart.M)));
+        G.Input(StateLayout.PastName(i, StatePart.C), _x.StateType(StatePart.C), StateDims(StatePart.C)),
+        G.Input(StateLayout.PastName(i, StatePart.N), _x.StateType(StatePart.N), StateDims(StatePart.N)),
+        G.Input(StateLayout.PastName(i, StatePart.M), _x.StateType(StatePart.M), StateDims(StatePart.M)));
 
     /// <summary>Layer <paramref name="i"/>'s state outputs present_state.i.{C,n,m}.</summary>
     private void PresentState(int i, CellState s)
     {
-        G.Output(StateLayout.PresentName(i, StatePart.C), s.C, DataType.Float, StateDims(StatePart.C));
-        G.Output(StateLayout.PresentName(i, StatePart.N), s.N, DataType.Float, StateDims(StatePart.N));
-        G.Output(StateLayout.PresentName(i, StatePart.M), s.M, DataType.Float, StateDims(StatePart.M));
+        G.Output(StateLayout.PresentName(i, StatePart.C), s.C, _x.StateType(StatePart.C), StateDims(StatePart.C));
+        G.Output(StateLayout.PresentName(i, StatePart.N), s.N, _x.StateType(StatePart.N), StateDims(StatePart.N));
+        G.Output(StateLayout.PresentName(i, StatePart.M), s.M, _x.StateType(StatePart.M), StateDims(StatePart.M));
     }
 
     /// <summary>The dims of a state part: C [batch, NH, DQK, DV], n [batch, NH, DQK], m [batch, NH, 1] (<see cref="StateLayout"/>).</summary>

@@ -67,6 +67,12 @@ public sealed record ExportOptions
     /// </summary>
     public LinearKernels? LinearKernels { get; init; }
 
+    /// <summary>
+    /// The stored type of the state's C and n (graph inputs and outputs, pools, caches); m stays float32 and the cell
+    /// computes in float32 either way. <see cref="StateDtype.Bf16"/> halves the bytes a decode step streams per sequence.
+    /// </summary>
+    public StateDtype StateDtype { get; init; } = StateDtype.Float32;
+
     /// <summary>What <see cref="LinearKernels"/> resolves to for these options.</summary>
     public LinearKernels Linear => LinearKernels ?? Contract.LinearKernels.Onnx;
 
@@ -91,6 +97,10 @@ public sealed record ExportOptions
         {
             throw XLstmOnnxException.InParameter(Name(nameof(LinearKernels)),
                 $"{Name(nameof(LinearKernels))} {custom.JsonName()} needs {Name(nameof(MLstmKernels))} custom (the op is in the same library); found {MLstmKernels.JsonName()}.");
+        }
+        if (!Enum.IsDefined(StateDtype))
+        {
+            throw XLstmOnnxException.MustBe(Name(nameof(StateDtype)), ContractNames.Alternatives(ContractNames.JsonNames<StateDtype>()), (int)StateDtype);
         }
         if (!Enum.IsDefined(ExternalData)) throw XLstmOnnxException.MustBe(Name(nameof(ExternalData)), "Auto, Always or Never", (int)ExternalData);
         if (QuantizeBits is { } bits && bits != 4) throw XLstmOnnxException.MustBe(Name(nameof(QuantizeBits)), "4 or null", bits);

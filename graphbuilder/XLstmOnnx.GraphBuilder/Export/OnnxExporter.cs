@@ -145,7 +145,7 @@ public static class OnnxExporter
         ExternalDataFile = externalDataFile,
         Dtype = o.Dtype,
         Quantization = o.QuantizeBits is { } bits ? $"int{bits}-block{o.QuantizeBlockSize}" : null,
-        StateDtype = StateDtype.Float32,
+        StateDtype = o.StateDtype,
         MLstmKernels = o.MLstmKernels,
         CustomOpDomain = o.MLstmKernels == MLstmKernels.Custom ? $"{CustomOps.Domain}:{CustomOps.DomainVersion}" : null,
         Input = o.InputsEmbeds ? GraphNames.InputsEmbeds : GraphNames.InputIds,

@@ -10,7 +10,8 @@ namespace XLstmOnnx.Runtime.Generation;
 /// of one call). The only owner of state memory.
 /// <para>
 /// Layout of one set: for each layer, its C block [Rows, NH, DQK, DV], then n [Rows, NH, DQK], then m [Rows, NH, 1], each
-/// block 256-byte aligned, every layer the same size. So a run of rows of one tensor is contiguous (a tensor view over
+/// block 256-byte aligned, every layer the same size; C and n in the manifest's state dtype (float32 or bfloat16), m
+/// float32. Host copies (<see cref="Read"/>, <see cref="Write"/>) are float32 whatever the stored type. So a run of rows of one tensor is contiguous (a tensor view over
 /// rows [start, start + count) is a plain sub-range, the same address for every batch size that starts at row 0), and one
 /// row of one part over all layers is a strided copy: moving a row is three copies, whatever the depth.
 /// </para>
@@ -24,6 +25,7 @@ internal sealed class StatePool : IDisposable
     private readonly int _layers;
     private readonly long[] _partOffset = new long[StateLayout.PartsPerLayer];   // within a layer
     private readonly long[] _rowBytes = new long[StateLayout.PartsPerLayer];     // per part
+    private readonly bool[] _bf16 = new bool[StateLayout.PartsPerLayer];         // per part: stored as bfloat16
     private readonly long[][] _rowShape = new long[StateLayout.PartsPerLayer][];  // per part, without the batch axis
     private readonly long _layerStride;
 
@@ -31,10 +33,6 @@ internal sealed class StatePool : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
         if (sets is not (1 or 2)) throw new ArgumentOutOfRangeException(nameof(sets), sets, "one or two buffer sets");
-        if (manifest.StateDtype != StateDtype.Float32)
-        {
-            throw new XLstmOnnxException($"field '{ModelManifest.Field(nameof(ModelManifest.StateDtype))}' of {ModelManifest.FileName} is \"{manifest.StateDtype.JsonName()}\"; this runtime keeps float32 states.");
-        }
         _memory = memory;
         _layers = manifest.NumLayers;
         Rows = rows;
@@ -42,7 +40,8 @@ internal sealed class StatePool : IDisposable
         for (int p = 0; p < StateLayout.PartsPerLayer; p++)
         {
             _rowShape[p] = manifest.State.RowShape((StatePart)p);
-            _rowBytes[p] = _rowShape[p].Aggregate(1L, (a, b) => a * b) * sizeof(float);
+            _bf16[p] = StateLayout.IsBf16((StatePart)p, manifest.StateDtype);
+            _rowBytes[p] = _rowShape[p].Aggregate(1L, (a, b) => a * b) * StateLayout.ElementBytes((StatePart)p, manifest.StateDtype);
             _partOffset[p] = offset;
             offset += AlignUp(_rowBytes[p] * rows);
         }
@@ -74,12 +73,12 @@ internal sealed class StatePool : IDisposable
     public static long BytesFor(ModelManifest manifest, int rows, int sets)
     {
         long stride = 0;
-        foreach (var part in StateLayout.Parts) stride += AlignUp(manifest.State.Elements(part, rows) * sizeof(float));
+        foreach (var part in StateLayout.Parts) stride += AlignUp(manifest.State.Elements(part, rows) * StateLayout.ElementBytes(part, manifest.StateDtype));
         return stride * manifest.NumLayers * sets;
     }
 
     /// <summary>Bytes of one row's state of <paramref name="manifest"/>'s model.</summary>
-    public static long RowBytesFor(ModelManifest manifest) => manifest.State.RowBytes;
+    public static long RowBytesFor(ModelManifest manifest) => manifest.State.RowBytesAs(manifest.StateDtype);
 
     /// <summary>The shape of tensor <paramref name="i"/> (<see cref="StateLayout"/>'s layer-major order) for <paramref name="rows"/> rows.</summary>
     public long[] Shape(int i, long rows) => [rows, .. _rowShape[PartOf(i)]];
@@ -99,7 +98,8 @@ internal sealed class StatePool : IDisposable
         var views = new OrtValue[TensorCount];
         for (int i = 0; i < views.Length; i++)
         {
-            views[i] = _memory.View(At(set, i, start), TensorElementType.Float, Shape(i, count), _rowBytes[PartOf(i)] * count);
+            var type = _bf16[PartOf(i)] ? TensorElementType.BFloat16 : TensorElementType.Float;
+            views[i] = _memory.View(At(set, i, start), type, Shape(i, count), _rowBytes[PartOf(i)] * count);
         }
         return views;
     }
@@ -129,8 +129,17 @@ internal sealed class StatePool : IDisposable
         var tensors = new float[TensorCount][];
         for (int i = 0; i < tensors.Length; i++)
         {
-            tensors[i] = new float[_rowBytes[PartOf(i)] / sizeof(float) * count];
-            _memory.Download<float>(At(set, i, start), tensors[i]);
+            tensors[i] = new float[Values(i) * count];
+            if (_bf16[PartOf(i)])
+            {
+                var bits = new ushort[tensors[i].Length];
+                _memory.Download<ushort>(At(set, i, start), bits);
+                Bf16.ToFloat(bits, tensors[i]);
+            }
+            else
+            {
+                _memory.Download<float>(At(set, i, start), tensors[i]);
+            }
         }
         return tensors;
     }
@@ -139,15 +148,27 @@ internal sealed class StatePool : IDisposable
     public void Write(int set, int start, IReadOnlyList<float[]> tensors)
     {
         if (tensors.Count != TensorCount) throw new ArgumentException($"expected {TensorCount} state tensors; got {tensors.Count}", nameof(tensors));
-        int count = (int)(tensors[0].LongLength * sizeof(float) / _rowBytes[0]);
+        int count = (int)(tensors[0].LongLength / Values(0));
         CheckRows(start, count);
         for (int i = 0; i < tensors.Count; i++)
         {
-            long expected = _rowBytes[PartOf(i)] / sizeof(float) * count;
+            long expected = Values(i) * count;
             if (tensors[i].LongLength != expected) throw new ArgumentException($"state tensor {i} has {tensors[i].LongLength} values; {count} rows have {expected}", nameof(tensors));
-            _memory.Upload<float>(tensors[i], At(set, i, start));
+            if (_bf16[PartOf(i)])
+            {
+                var bits = new ushort[tensors[i].Length];
+                Bf16.FromFloat(tensors[i], bits);  // rounded to the nearest even: a state read from this pool comes back exact
+                _memory.Upload<ushort>(bits, At(set, i, start));
+            }
+            else
+            {
+                _memory.Upload<float>(tensors[i], At(set, i, start));
+            }
         }
     }
+
+    /// <summary>Values of one row of tensor <paramref name="i"/>.</summary>
+    private long Values(int i) => _rowBytes[PartOf(i)] / (_bf16[PartOf(i)] ? 2 : sizeof(float));
 
     private void CheckRows(int start, int count)
     {
