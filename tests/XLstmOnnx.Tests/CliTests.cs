@@ -126,10 +126,12 @@ public class CliTests
 
         using var tmp = TestPaths.Temp();
         var r = Run("export", "--random-weights", "--preset", "xlstm-tiny", "--num-blocks", "1", "--output", tmp.Sub("m"),
-            "--dtype", "FP16", "--mlstm-kernels", "Custom", "--external-data", "ALWAYS");
+            "--dtype", "FP16", "--mlstm-kernels", "Custom", "--external-data", "ALWAYS", "--state-dtype", "BF16");
         Assert.That(r.Code, Is.Zero, r.Out + r.Err);
         var manifest = ModelManifest.Load(tmp.Sub("m"));
         Assert.That((manifest.Dtype, manifest.MLstmKernels, manifest.ExternalDataFile), Is.EqualTo((WeightDtype.Fp16, MLstmKernels.Custom, "model.onnx.data")));
+        Assert.That(manifest.StateDtype, Is.EqualTo(StateDtype.Bf16));
+        Assert.That(help, Does.Contain("--state-dtype <float32|bf16>").And.Contain("[default: float32]"));
     }
 
     [Test]
@@ -151,6 +153,7 @@ public class CliTests
 
     [TestCase("export --checkpoint c --output o", "--external-data", "sometimes", "auto, always, never")]
     [TestCase("export --checkpoint c --output o", "--dtype", "int3", "fp32, fp16, bf16")]
+    [TestCase("export --checkpoint c --output o", "--state-dtype", "fp16", "float32, bf16")]
     [TestCase("make-checkpoint --config c --output o", "--dtype", "F32", "fp32, fp16, bf16")]
     [TestCase("serve --model m", "--log-level", "loud", "trace, debug, information, warning, error, critical, none")]
     [TestCase("generate --model m --prompt p", "--device", "gpu", "cpu, cuda")]
