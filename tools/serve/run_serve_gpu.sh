@@ -11,10 +11,14 @@
 #                                                                                 CUDA tests, 7B exports (--linear-kernels batch-invariant, custom, onnx)
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh linear-bench  # run 4: the engine with each export
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh linear-serve  # run 4: the three loads on the batch-invariant export
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh state         # run 5: customops, CUDA tests (CTest, NUnit), the 7B export
+#                                                                                 with float32 and with bf16 state
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh state-bench   # run 5: the engine on each export (B 1 to 128)
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh state-serve   # run 5: the loads on the bf16-state export
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench or linear-serve}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-bench or state-serve}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -124,6 +128,39 @@ linear-serve)
   stop
   serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
   lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 8 --unloaded 6
+  stop
+  ;;
+state)
+  # run 5 (--state-dtype bf16): build and CUDA tests, then the engine with the state in float32 and in bfloat16
+  [[ -d $APP/XLstmOnnx.Tests ]] || { rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; }
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$R/gpu.txt"
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
+  say "customops build + CUDA CTest: rc=$? ($(grep -h -E 'cases, [0-9]+ failed|Linear CUDA cases|fused' "$R/cuda_tests.log" 2>/dev/null | tr '\n' ' '))"
+  cp /tmp/cb/libxlstm_customops.so "$APP/"
+  timeout 300 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" > "$R/nunit-cuda.log" 2>&1
+  say "NUnit CUDA tests rc=$?: $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
+  grep -B2 -A12 "failed " "$R/nunit-cuda.log" | head -40
+  for st in float32 bf16; do
+    rm -rf /tmp/m7b-$st
+    "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --state-dtype $st --output /tmp/m7b-$st > "$R/export-7b-$st.log" 2>&1
+    say "7B export (state $st) rc=$?"
+  done
+  ;;
+state-bench)
+  for st in float32 bf16; do
+    "$CLI" bench --model /tmp/m7b-$st --device cuda --cuda-graph --batch 1,16,64,128 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench-$st.json" > "$R/bench-$st.log" 2>&1
+    say "bench (state $st) rc=$?"; tail -5 "$R/bench-$st.log" | tee -a "$R/summary.txt"
+  done
+  ;;
+state-serve)
+  # run 5: served loads on the bf16-state export (greedy streams under load against the same requests alone)
+  M7=/tmp/m7b-bf16
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 2
+  stop
+  serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
+  lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 6
   stop
   ;;
 extra)
