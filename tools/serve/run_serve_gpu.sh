@@ -18,7 +18,7 @@
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-bench or state-serve}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench or state-serve}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -145,6 +145,32 @@ state)
     rm -rf /tmp/m7b-$st
     "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --state-dtype $st --output /tmp/m7b-$st > "$R/export-7b-$st.log" 2>&1
     say "7B export (state $st) rc=$?"
+  done
+  ;;
+state-check)
+  # run 5 on a fresh machine in one call: customops and CTest, both 7B exports, a kernel trace of the bf16-state step at
+  # batch 64, the engine on each, then the NUnit CUDA tests one at a time (a crash names its test)
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
+  say "customops build + CUDA CTest: rc=$? $(grep -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"
+  for st in float32 bf16; do
+    rm -rf /tmp/m7b-$st
+    "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --state-dtype $st --output /tmp/m7b-$st > "$R/export-7b-$st.log" 2>&1
+    say "7B export (state $st) rc=$?"
+  done
+  bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
+  for st in float32 bf16; do
+    CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-b64-$st.tsv "$CLI" bench --model /tmp/m7b-$st --device cuda --cuda-graph --batch 64 --prompt-tokens 128 --new-tokens 256 --reps 1 > /dev/null 2>&1
+    say "trace b64 $st: $(head -2 "$R/kernels-b64-$st.tsv" | tail -1 | cut -c1-120)"
+  done
+  for st in float32 bf16; do
+    "$CLI" bench --model /tmp/m7b-$st --device cuda --cuda-graph --batch 1,16,64,128 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench-$st.json" > "$R/bench-$st.log" 2>&1
+    say "bench (state $st) rc=$?"; tail -5 "$R/bench-$st.log" | tee -a "$R/summary.txt"
+  done
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  for t in $(grep -B3 "public void" tests/XLstmOnnx.Tests/CudaTests.cs | grep "public void" | sed 's/.*public void \([A-Za-z0-9]*\).*/\1/' | grep -v RequireCuda); do
+    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
+    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
   done
   ;;
 state-bench)
