@@ -120,7 +120,7 @@ inline MLstmParams ParamsFor(const Problem& p, Dtype dtype) {
 }
 
 template <typename T>
-Result RunCpuTyped(const Problem& p, Dtype dtype, const ParallelFor& pf, bool step) {
+Result RunCpuTyped(const Problem& p, Dtype dtype, const ParallelFor& pf, bool step, bool round_state_bf16) {
   const auto q = Encode<T>(p.q), k = Encode<T>(p.k), v = Encode<T>(p.v);
   std::vector<T> h(p.Heads() * p.S * p.DV);
   Result r;
@@ -129,6 +129,7 @@ Result RunCpuTyped(const Problem& p, Dtype dtype, const ParallelFor& pf, bool st
   prm.matQ = q.data(), prm.matK = k.data(), prm.matV = v.data(), prm.vecI = p.i.data(), prm.vecF = p.f.data();
   prm.matC0 = p.c0.data(), prm.vecN0 = p.n0.data(), prm.scaM0 = p.m0.data();
   prm.matH = h.data(), prm.matC = r.c.data(), prm.vecN = r.n.data(), prm.scaM = r.m.data();
+  prm.round_state_bf16 = round_state_bf16;
   if (step) {
     MLstmStepCpu(prm, pf);
   } else {
@@ -139,11 +140,12 @@ Result RunCpuTyped(const Problem& p, Dtype dtype, const ParallelFor& pf, bool st
 }
 
 /// The CPU kernels (q, k, v stored as dtype).
-inline Result RunCpu(const Problem& p, Dtype dtype = Dtype::kFloat32, const ParallelFor& pf = SerialFor, bool step = false) {
+inline Result RunCpu(const Problem& p, Dtype dtype = Dtype::kFloat32, const ParallelFor& pf = SerialFor, bool step = false,
+                     bool round_state_bf16 = false) {
   switch (dtype) {
-    case Dtype::kFloat16: return RunCpuTyped<Fp16>(p, dtype, pf, step);
-    case Dtype::kBFloat16: return RunCpuTyped<Bf16>(p, dtype, pf, step);
-    default: return RunCpuTyped<float>(p, dtype, pf, step);
+    case Dtype::kFloat16: return RunCpuTyped<Fp16>(p, dtype, pf, step, round_state_bf16);
+    case Dtype::kBFloat16: return RunCpuTyped<Bf16>(p, dtype, pf, step, round_state_bf16);
+    default: return RunCpuTyped<float>(p, dtype, pf, step, round_state_bf16);
   }
 }
 

@@ -69,6 +69,35 @@ TEST(MLstmCpu, PromptFedInPiecesEqualsTheWhole) {
   }
 }
 
+// With a bfloat16 state the state is rounded after every piece of the schedule (mlstm_params.h), so a prompt fed in
+// pieces that end on piece boundaries (chunk ends counted from the start, recurrent tokens) gives exactly the bits of
+// one call: what lets the serving engine read prompts in pieces under load and in one call alone.
+TEST(MLstmCpu, WithABf16StatePiecesOnPieceBoundariesGiveTheWholeBitForBit) {
+  Problem whole = MakeProblem(2, 2, 45, 16, 20, 16, 13u, true, 40);  // chunks of 16 in segments of 40: chunks, tails, a second segment
+  for (auto& x : whole.c0) x = RoundTrip<Bf16>(x);
+  for (auto& x : whole.n0) x = RoundTrip<Bf16>(x);
+  const Result all = RunCpu(whole, Dtype::kFloat32, SerialFor, false, true);
+  for (int64_t split : {16, 32, 36, 40, 44}) {  // chunk ends, tail tokens, the segment end
+    const Problem a = Slice(whole, 0, split, whole.c0, whole.n0, whole.m0);
+    const Result ra = RunCpu(a, Dtype::kFloat32, SerialFor, false, true);
+    const Problem b = Slice(whole, split, whole.S, ra.c, ra.n, ra.m);
+    const Result rb = RunCpu(b, Dtype::kFloat32, SerialFor, false, true);
+    EXPECT_EQ(rb.c, all.c) << "split at " << split;
+    EXPECT_EQ(rb.n, all.n) << "split at " << split;
+    EXPECT_EQ(rb.m, all.m) << "split at " << split;
+    for (int64_t h = 0; h < whole.Heads(); ++h) {
+      for (int64_t t = split; t < whole.S; ++t) {
+        for (int64_t e = 0; e < whole.DV; ++e) {
+          ASSERT_EQ(rb.h[(h * b.S + t - split) * b.DV + e], all.h[(h * whole.S + t) * whole.DV + e]) << "split " << split << " t " << t;
+        }
+      }
+    }
+  }
+  // and the rounding is there: without it the same call differs
+  const Result plain = RunCpu(whole);
+  EXPECT_NE(plain.c, all.c);
+}
+
 TEST(MLstmCpu, TokenByTokenDecodeEqualsThePrompt) {
   const Problem whole = MakeProblem(1, 2, 24, 8, 12, 8, 5u);
   const Result all = RunCpu(whole);

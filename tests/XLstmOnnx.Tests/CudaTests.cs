@@ -223,7 +223,10 @@ public class CudaTests
             using var g = new Generator(s, prompts.Length);
             return g.Generate(prompts, o).Tokens;
         }
-        Assert.That(Run(ExecutionDevice.Cuda), Is.EqualTo(Run(ExecutionDevice.Cpu)), "bf16-state greedy tokens, GPU (CUDA graphs) and CPU");
+        TestContext.Progress.WriteLine("bf16 state: generating on CUDA");
+        var gpu = Run(ExecutionDevice.Cuda);
+        TestContext.Progress.WriteLine("bf16 state: generating on the CPU");
+        Assert.That(gpu, Is.EqualTo(Run(ExecutionDevice.Cpu)), "bf16-state greedy tokens, GPU (CUDA graphs) and CPU");
         var rng = new Random(13);
         var cases = Enumerable.Range(0, 20).Select(i => (
             Prompt: Enumerable.Range(0, 1 + rng.Next(50)).Select(_ => 3 + rng.Next(2000)).ToArray(),
@@ -238,7 +241,10 @@ public class CudaTests
             var readers = cases.Select(c => engine.Submit(c.Prompt, c.Options)).ToArray();
             return [.. readers.Select(Collect)];
         }
-        Assert.That(Serve(alone: false), Is.EqualTo(Serve(alone: true)), "bf16 state on the GPU: under load equals alone");
+        TestContext.Progress.WriteLine("bf16 state: serving under load on CUDA");
+        var loaded = Serve(alone: false);
+        TestContext.Progress.WriteLine("bf16 state: serving alone on CUDA");
+        Assert.That(loaded, Is.EqualTo(Serve(alone: true)), "bf16 state on the GPU: under load equals alone");
     }
 
     /// <summary>The exported sampler on the GPU chooses what it chooses on the CPU, for the same logits and draws.</summary>

@@ -65,6 +65,10 @@ class HeadCell {
       } else {
         Step(t);
       }
+      if (p_.round_state_bf16) {  // mlstm_params.h: the state each piece leaves is the stored one
+        for (auto& c : matC_) c = ToFloat(FromFloat<Bf16>(c));
+        for (auto& n : vecN_) n = ToFloat(FromFloat<Bf16>(n));
+      }
       t += len;
     }
     std::copy(matC_.begin(), matC_.end(), p_.Cf() + bh_ * DK_ * DV_);

@@ -152,12 +152,12 @@ __global__ void __launch_bounds__(kSimtThreads) MLstmChunkwiseSimtKernel(const M
       const int64_t d = x / kSimtDvt, e = x % kSimtDvt;
       double c = static_cast<double>(matC[x]) * scaG_bar;
       for (int j = 0; j < len; ++j) c += static_cast<double>(matK[j * ldq + d] * vecLf[j]) * matV[j * kSimtDvt + e];
-      matC[x] = static_cast<float>(c);
+      matC[x] = p.round_state_bf16 ? RoundToBf16(static_cast<float>(c)) : static_cast<float>(c);
     }
     for (int64_t d = tid; d < DK; d += kSimtThreads) {
       double n = static_cast<double>(vecN[d]) * scaG_bar;
       for (int j = 0; j < len; ++j) n += static_cast<double>(matK[j * ldq + d]) * vecLf[j];
-      vecN[d] = static_cast<float>(n);
+      vecN[d] = p.round_state_bf16 ? RoundToBf16(static_cast<float>(n)) : static_cast<float>(n);
     }
     scaM = scaM_next;
     t0 += len;

@@ -352,7 +352,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
       float n = sN[d] * scaG_bar;
 #pragma unroll 4
       for (int j = 0; j < len; ++j) n += ToF(sK[j * LDQ + d]) * vecAbar[j];
-      sN[d] = n;
+      sN[d] = p.round_state_bf16 ? RoundToBf16(n) : n;
     }
     __syncthreads();
 
@@ -372,6 +372,13 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
       for (int c = 0; c < kWarpCols; ++c) wmma::load_matrix_sync(b[c], sV + kk * LDV + (cb0 + c) * 16, LDV);
 #pragma unroll
       for (int r = 0; r < kCFrags; ++r) wmma::mma_sync(cfrag[r], a[r / kWarpCols], b[r % kWarpCols], cfrag[r]);
+    }
+    if (p.round_state_bf16) {  // the state this piece leaves is the stored one (mlstm_params.h); element-wise on fragments
+#pragma unroll
+      for (int r = 0; r < kCFrags; ++r) {
+#pragma unroll
+        for (int x = 0; x < cfrag[r].num_elements; ++x) cfrag[r].x[x] = RoundToBf16(cfrag[r].x[x]);
+      }
     }
 #pragma unroll
     for (int r = 0; r < kCFrags; ++r) {

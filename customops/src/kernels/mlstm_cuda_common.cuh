@@ -42,6 +42,9 @@ __device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+/// x rounded to bfloat16 and back (to the nearest even): the value a bfloat16 state stores.
+__device__ __forceinline__ float RoundToBf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
 /// torch's logsigmoid: min(x, 0) − log1p(exp(−|x|)) (accurate expf/log1pf: no fast-math in this library).
 __device__ __forceinline__ float LogSigmoidF(float x) { return fminf(x, 0.0f) - log1pf(expf(-fabsf(x))); }
 

@@ -46,6 +46,11 @@ struct MLstmParams {
   // kernel reads and writes bfloat16 itself; every other kernel takes float32 (C0f() ...), and the op converts around
   // them (mlstm_op.h). m stays float32: 8 values a layer, and rounding it would rescale the whole normalizer.
   Dtype state_dtype = Dtype::kFloat32;
+  // With a bfloat16 state, C and n are rounded to bfloat16 after every piece of the schedule (each chunk, each recurrent
+  // token), not only at the end of the call: the state a piece leaves is then the state stored between calls, so a
+  // prompt read in pieces that end on piece boundaries (the serving engine's) gives the bits of one call. The op sets it
+  // for the float32 kernels it runs on converted copies; the step kernel's one piece is rounded as it is stored.
+  bool round_state_bf16 = false;
   const void* matC0 = nullptr;     // [B, NH, DQK, DV] initial matrix memory
   const void* vecN0 = nullptr;     // [B, NH, DQK] initial normalizer
   const float* scaM0 = nullptr;    // [B, NH, 1] initial stabilizer (0 means "start", as HF's cache)

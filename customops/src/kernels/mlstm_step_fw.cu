@@ -241,6 +241,7 @@ cudaError_t LaunchMLstmWithFloatState(const MLstmParams& p, cudaStream_t stream,
   if (err != cudaSuccess) return err;
   MLstmParams f = p;
   f.state_dtype = Dtype::kFloat32;
+  f.round_state_bf16 = true;  // every piece's state rounded (mlstm_params.h); the conversion out is then exact
   f.matC0 = scratch, f.vecN0 = scratch + nc, f.matC = scratch + nc + nn, f.vecN = scratch + 2 * nc + nn;
   err = Convert<__nv_bfloat16, float>(p.matC0, const_cast<void*>(f.matC0), nc, stream);
   if (err == cudaSuccess) err = Convert<__nv_bfloat16, float>(p.vecN0, const_cast<void*>(f.vecN0), nn, stream);

@@ -145,6 +145,7 @@ Ort::Status RunCpu(OrtKernelContext* context, const MLstmParams& p, Form form) {
   for (int64_t i = 0; i < nn; ++i) n0[i] = ToFloat(n0_in[i]);
   MLstmParams f = p;
   f.state_dtype = Dtype::kFloat32;
+  f.round_state_bf16 = true;  // rounded after every piece: the final rounding below is then exact
   f.matC0 = c0.data(), f.vecN0 = n0.data(), f.matC = c.data(), f.vecN = n.data();
   run(f);
   auto* c_out = static_cast<Bf16*>(p.matC);

@@ -16,7 +16,7 @@ namespace XLstmOnnx.GraphBuilder.Architecture;
 ///   (C,n,m) carried through all three; h of each chunk/token appended along S
 /// </code>
 /// </summary>
-internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
+internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c, bool roundStateToBf16 = false)
 {
     private readonly Schedule _schedule = c.Schedule;
     private readonly long _l = c.ChunkSize;
@@ -111,9 +111,17 @@ internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
         string nNew = b.Op($"{p}/n_new/Add", "Add", [b.Op($"{p}/n_decay/Mul", "Mul", [gBar, n]),
             b.Op($"{p}/kA_sum/ReduceSum", "ReduceSum", [kA, g.Constant(2)], Attr.Int("keepdims", 0))]);        // [B,NH,DQK]
         string hNew = b.Op($"{p}/h_acc/Concat", "Concat", [hAcc, h], Attr.Int("axis", 2));
-        LoopOutputs(b, p, [cNew, nNew, mNew, hNew]);
+        LoopOutputs(b, p, [Stored(b, $"{p}/C_new", cNew), Stored(b, $"{p}/n_new", nNew), mNew, hNew]);
         return b;
     }
+
+    /// <summary>
+    /// The state a piece carries to the next: as computed, or with <c>--state-dtype bf16</c> rounded to bfloat16 after
+    /// every chunk and recurrent token (Cast there and back), as the custom op does (customops/src/kernels/mlstm_params.h),
+    /// so reading a prompt in pieces on piece boundaries gives the bits of one call.
+    /// </summary>
+    private string Stored(OnnxGraph b, string p, string x) => !roundStateToBf16 ? x
+        : b.Op($"{p}/stored/CastBack", "Cast", [b.Op($"{p}/stored/Cast", "Cast", [x], Attr.Int("to", (long)DataType.Bfloat16))], Attr.Int("to", (long)DataType.Float));
 
     /// <summary>One token in the recurrent form (docs/hf-semantics.md, "Recurrent step"; HF's step kernel).</summary>
     private OnnxGraph EmitStepBody(OnnxGraph parent, string p, CellInputs x, string tailStart)
@@ -143,7 +151,7 @@ internal sealed class MLstmCellEmitter(OnnxGraph g, XLstmConfig c)
         string qn = b.Op($"{p}/qn/MatMul", "MatMul", [qs, Col("n_col", nNew)]);                                  // [B,NH,1,1]
         string h = Normalize(b, p, num, qn, Col("m4", mNew));
         string hNew = b.Op($"{p}/h_acc/Concat", "Concat", [hAcc, h], Attr.Int("axis", 2));
-        LoopOutputs(b, p, [cNew, nNew, mNew, hNew]);
+        LoopOutputs(b, p, [Stored(b, $"{p}/C_new", cNew), Stored(b, $"{p}/n_new", nNew), mNew, hNew]);
         return b;
     }
 

@@ -11,7 +11,7 @@ namespace XLstmOnnx.GraphBuilder.Architecture;
 /// </summary>
 internal sealed class StandardLayerOps(GraphContext x) : ILayerOps
 {
-    private readonly MLstmCellEmitter _cell = new(x.G, x.C);
+    private readonly MLstmCellEmitter _cell = new(x.G, x.C, x.O.StateDtype == StateDtype.Bf16);
     private OnnxGraph G => x.G;
 
     /// <summary>Add (named by the block that made the update), then RMSNorm.</summary>
@@ -44,7 +44,8 @@ internal sealed class StandardLayerOps(GraphContext x) : ILayerOps
 
     /// <summary>
     /// q, k, v ─► float32 ─► Loop on HF's schedule ─► h ─► model type; the state is float32 inside the Loop (a bfloat16
-    /// C and n are cast to float32 on the way in and rounded once on the way out, as the fused op does).
+    /// C and n are cast to float32 on the way in, rounded after every piece inside the Loop and cast back on the way
+    /// out, exactly, as the fused op does).
     /// </summary>
     public (string H, CellState State) Cell(string layer, string q, string k, string v, string i, string f, CellState past)
     {
