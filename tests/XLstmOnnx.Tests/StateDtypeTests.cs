@@ -157,6 +157,34 @@ public class StateDtypeTests
         Assert.That(drift, Is.GreaterThan(0), "the state was rounded at all");
     }
 
+    /// <summary>
+    /// The shipped model with a bf16 state served under load (8 slots, 20 requests at once, the prefix cache on, prompts
+    /// read in groups and pieces) gives every greedy stream the tokens of the same request served alone (one call per
+    /// prompt): the rounding after every piece makes the engine's schedules exact.
+    /// </summary>
+    [Test]
+    public void ServingTheShippedModelWithABf16StateUnderLoadEqualsAlone()
+    {
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), tmp.Sub("m"),
+            new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, StateDtype = StateDtype.Bf16 });
+        using var session = XLstmSession.Load(tmp.Sub("m"));
+        var rng = new Random(13);
+        var cases = Enumerable.Range(0, 20).Select(i => (
+            Prompt: Enumerable.Range(0, 1 + rng.Next(50)).Select(_ => 3 + rng.Next(2000)).ToArray(),
+            Options: new GenerationOptions { Greedy = true, MaxNewTokens = 8 + rng.Next(24), IgnoreEos = true })).ToArray();
+        static int[] Collect(System.Threading.Channels.ChannelReader<Runtime.Serving.CompletionEvent> r) =>
+            r.ReadAllAsync().ToBlockingEnumerable().Select(e => e.Token).ToArray();
+        int[][] Serve(bool alone)
+        {
+            using var engine = new Runtime.Serving.ServingEngine(session, new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefixCacheBytes = alone ? 0 : null });
+            if (alone) return [.. cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options)))];
+            var readers = cases.Select(c => engine.Submit(c.Prompt, c.Options)).ToArray();
+            return [.. readers.Select(Collect)];
+        }
+        Assert.That(Serve(alone: false), Is.EqualTo(Serve(alone: true)));
+    }
+
     [Test]
     public void TheManifestNamesTheStateTypeAndAMismatchIsRefused()
     {
