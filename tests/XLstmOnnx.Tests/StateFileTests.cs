@@ -64,10 +64,21 @@ public class StateFileTests
         Assert.That(state[0, StatePart.C], Is.Not.EqualTo(state[1, StatePart.C]).Within(1e-3));
     }
 
-    [Test]
-    public void ALoadedStateIsWhatWasSaved()
+    [TestCase(false)]
+    [TestCase(true)]
+    public void ALoadedStateIsWhatWasSaved(bool bf16State)
     {
-        using var session = XLstmSession.Load(_model);
+        // a bf16 state is saved as its float32 values (exact) and loaded back into bfloat16 (exact again)
+        string model = _model;
+        if (bf16State)
+        {
+            model = _tmp.Sub("model-bf16-state");
+            if (!Directory.Exists(model))
+            {
+                OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "segmented"), model, new ExportOptions { MLstmKernels = MLstmKernels.Custom, StateDtype = StateDtype.Bf16 });
+            }
+        }
+        using var session = XLstmSession.Load(model);
         using var g = new Generator(session);
         var o = new GenerationOptions { Greedy = true, MaxNewTokens = 5, IgnoreEos = true };
         var first = g.Generate([Prompt], o).Tokens[0];
