@@ -201,14 +201,6 @@ public class CudaTests
         for (int i = 0; i < cases.Length; i++) Assert.That(loaded[i], Is.EqualTo(alone[i]), $"request {i}: under load equals alone");
     }
 
-    private static string ExportShippedWithBf16State(TempDir tmp)
-    {
-        _ = CustomOpLibrary.Find() ?? throw new AssertionException($"{CustomOpLibrary.FileName} is not beside the tests (CUDA build of customops/).");
-        OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), tmp.Sub("m"),
-            new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, StateDtype = StateDtype.Bf16 });
-        return tmp.Sub("m");
-    }
-
     /// <summary>
     /// --state-dtype bf16 on the GPU: the step kernel reads and writes bfloat16 C and n itself, prompts go through float32
     /// copies rounded after every piece. On the shipped (trained) model greedy decoding with CUDA graphs, batched, equals
@@ -218,8 +210,9 @@ public class CudaTests
     [Test]
     public void Bf16StateGreedyOnCudaEqualsTheCpu()
     {
+        _ = CustomOpLibrary.Find() ?? throw new AssertionException($"{CustomOpLibrary.FileName} is not beside the tests (CUDA build of customops/).");
         using var tmp = TestPaths.Temp();
-        string model = ExportShippedWithBf16State(tmp);
+        string model = StateDtypeTests.ExportShippedWithBf16State(tmp);
         int[][] prompts = [[297, 387, 389], [.. Enumerable.Range(300, 45)], [42]];
         var o = new GenerationOptions { Greedy = true, MaxNewTokens = 32, IgnoreEos = true };
         int[][] Run(ExecutionDevice device)
@@ -244,21 +237,13 @@ public class CudaTests
     [Explicit("hung or crashed on the H200 on 2026-11-29; see the summary")]
     public void Bf16StateServingOnCudaEqualsServedAlone()
     {
+        _ = CustomOpLibrary.Find() ?? throw new AssertionException($"{CustomOpLibrary.FileName} is not beside the tests (CUDA build of customops/).");
         using var tmp = TestPaths.Temp();
-        string model = ExportShippedWithBf16State(tmp);
-        var rng = new Random(13);
-        var cases = Enumerable.Range(0, 20).Select(i => (
-            Prompt: Enumerable.Range(0, 1 + rng.Next(50)).Select(_ => 3 + rng.Next(2000)).ToArray(),
-            Options: new GenerationOptions { Greedy = true, MaxNewTokens = 8 + rng.Next(24), IgnoreEos = true })).ToArray();
-        static int[] Collect(System.Threading.Channels.ChannelReader<Runtime.Serving.CompletionEvent> r) =>
-            r.ReadAllAsync().ToBlockingEnumerable().Select(e => e.Token).ToArray();
+        string model = StateDtypeTests.ExportShippedWithBf16State(tmp);
         int[][] Serve(bool alone)
         {
             using var s = XLstmSession.Load(model, new RuntimeOptions { Device = ExecutionDevice.Cuda, CudaGraph = true });
-            using var engine = new Runtime.Serving.ServingEngine(s, new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefixCacheBytes = alone ? 0 : null });
-            if (alone) return [.. cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options)))];
-            var readers = cases.Select(c => engine.Submit(c.Prompt, c.Options)).ToArray();
-            return [.. readers.Select(Collect)];
+            return StateDtypeTests.ServeShipped(s, alone);
         }
         TestContext.Progress.WriteLine("bf16 state: serving under load on CUDA");
         var loaded = Serve(alone: false);

@@ -166,23 +166,34 @@ public class StateDtypeTests
     public void ServingTheShippedModelWithABf16StateUnderLoadEqualsAlone()
     {
         using var tmp = TestPaths.Temp();
+        using var session = XLstmSession.Load(ExportShippedWithBf16State(tmp));
+        Assert.That(ServeShipped(session, alone: false), Is.EqualTo(ServeShipped(session, alone: true)));
+    }
+
+    /// <summary>The shipped model exported with a bf16 state, the custom ops, last logits and next_token.</summary>
+    internal static string ExportShippedWithBf16State(TempDir tmp)
+    {
         OnnxExporter.Export(Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm"), tmp.Sub("m"),
             new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, StateDtype = StateDtype.Bf16 });
-        using var session = XLstmSession.Load(tmp.Sub("m"));
+        return tmp.Sub("m");
+    }
+
+    /// <summary>
+    /// 20 greedy requests (prompts of 1 to 50 tokens, 8 to 31 new tokens) through an engine of 8 slots: submitted at once
+    /// with the prefix cache on, or one after another without it. Their token streams.
+    /// </summary>
+    internal static int[][] ServeShipped(XLstmSession session, bool alone)
+    {
         var rng = new Random(13);
         var cases = Enumerable.Range(0, 20).Select(i => (
             Prompt: Enumerable.Range(0, 1 + rng.Next(50)).Select(_ => 3 + rng.Next(2000)).ToArray(),
             Options: new GenerationOptions { Greedy = true, MaxNewTokens = 8 + rng.Next(24), IgnoreEos = true })).ToArray();
         static int[] Collect(System.Threading.Channels.ChannelReader<Runtime.Serving.CompletionEvent> r) =>
             r.ReadAllAsync().ToBlockingEnumerable().Select(e => e.Token).ToArray();
-        int[][] Serve(bool alone)
-        {
-            using var engine = new Runtime.Serving.ServingEngine(session, new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefixCacheBytes = alone ? 0 : null });
-            if (alone) return [.. cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options)))];
-            var readers = cases.Select(c => engine.Submit(c.Prompt, c.Options)).ToArray();
-            return [.. readers.Select(Collect)];
-        }
-        Assert.That(Serve(alone: false), Is.EqualTo(Serve(alone: true)));
+        using var engine = new Runtime.Serving.ServingEngine(session, new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefixCacheBytes = alone ? 0 : null });
+        if (alone) return [.. cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options)))];
+        var readers = cases.Select(c => engine.Submit(c.Prompt, c.Options)).ToArray();
+        return [.. readers.Select(Collect)];
     }
 
     [Test]
