@@ -31,7 +31,7 @@ internal static class LoadTestCommand
 
     private sealed record Plan(int Clients, int Seconds, double Warmup, int MaxRequests, int Check, int Unloaded, int LongPrompt);
 
-    private sealed record Settings(string Model, int MaxTokens, (int Min, int Max)? PromptTokens, int PromptVocab, ulong Seed, bool IgnoreEos, double Temperature);
+    private sealed record Settings(string Model, int MaxTokens, (int Min, int Max)? PromptTokens, int? PromptVocab, ulong Seed, bool IgnoreEos, double Temperature);
 
     public static Command Create()
     {
@@ -43,7 +43,7 @@ internal static class LoadTestCommand
         var maxRequests = new Option<int>("--max-requests") { Description = "Upper bound on requests in all.", DefaultValueFactory = _ => 100_000 };
         var maxTokens = new Option<int>("--max-tokens") { Description = "max_tokens of each request.", DefaultValueFactory = _ => 64 };
         var promptTokens = new Option<string?>("--prompt-tokens") { Description = "Random token-id prompts of MIN:MAX tokens (e.g. 64:160) instead of text." };
-        var promptVocab = new Option<int>("--prompt-vocab") { Description = "Random prompt ids are drawn from [0, N).", DefaultValueFactory = _ => 50_000 };
+        var promptVocab = new Option<int?>("--prompt-vocab") { Description = "Random prompt ids are drawn from [0, N) (default: the vocab_size the server reports in /v1/models, else 50000)." };
         var seed = new Option<ulong>("--seed") { Description = "Seed of the random prompts.", DefaultValueFactory = _ => 1 };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Ask for exactly --max-tokens tokens (vLLM's ignore_eos)." };
         var temperature = new Option<double>("--temperature") { Description = "Sampling temperature (0: greedy); sampled requests carry a seed, so they are checked too.", DefaultValueFactory = _ => 0 };
@@ -59,6 +59,7 @@ internal static class LoadTestCommand
             if (r.GetValue(clients) < 1) throw new XLstmOnnxException($"option --clients must be at least 1; found {r.GetValue(clients)}.");
             if (r.GetValue(seconds) < 1) throw new XLstmOnnxException($"option --seconds must be at least 1; found {r.GetValue(seconds)}.");
             if (r.GetValue(maxTokens) < 1) throw new XLstmOnnxException($"option --max-tokens must be at least 1; found {r.GetValue(maxTokens)}.");
+            if (r.GetValue(promptVocab) is < 1) throw new XLstmOnnxException($"option --prompt-vocab must be at least 1; found {r.GetValue(promptVocab)}.");
             var settings = new Settings(r.GetValue(model)!, r.GetValue(maxTokens), ParseRange(r.GetValue(promptTokens)), r.GetValue(promptVocab), r.GetValue(seed),
                 r.GetValue(ignoreEos), r.GetValue(temperature));
             if (r.GetValue(longPrompt) < 0) throw new XLstmOnnxException($"option --long-prompt must be positive; found {r.GetValue(longPrompt)}.");
@@ -139,7 +140,8 @@ internal static class LoadTestCommand
     /// GET /v1/models before the load: no server, a server that wants a key, or one that serves another model is an error
     /// that says so, not a run of failed requests.
     /// </summary>
-    private static async Task CheckServer(HttpClient http, Uri uri, string model)
+    /// <returns>The vocabulary size the server reports for the model (our server's extension of the model object), or null.</returns>
+    private static async Task<long?> CheckServer(HttpClient http, Uri uri, string model)
     {
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
         string body;
@@ -165,19 +167,29 @@ internal static class LoadTestCommand
         }
         if ((int)status is < 200 or > 299) throw new XLstmOnnxException($"option --url: the server at {uri} answered GET /v1/models with HTTP {(int)status}: {Shown()}");
         string[] ids;
+        long? vocab = null;
         try
         {
             using var doc = JsonDocument.Parse(body);
-            ids = [.. doc.RootElement.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString() ?? "")];
+            var models = doc.RootElement.GetProperty("data").EnumerateArray().ToArray();
+            ids = [.. models.Select(m => m.GetProperty("id").GetString() ?? "")];
+            foreach (var m in models)
+            {
+                if (m.GetProperty("id").GetString() == model && m.TryGetProperty("vocab_size", out var v) && v.TryGetInt64(out long n) && n > 0) vocab = n;
+            }
         }
         catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException)
         {
             throw new XLstmOnnxException($"option --url: the server at {uri} is not an OpenAI-compatible server: GET /v1/models answered {Shown()}");
         }
         if (!ids.Contains(model)) throw new XLstmOnnxException($"option --model-name: the server at {uri} serves {string.Join(", ", ids.Select(i => $"'{i}'"))}; found '{model}'.");
+        return vocab;
     }
 
     private const int UnloadedIndex = 1 << 28, LongIndex = 1 << 29;
+
+    /// <summary>Prompt ids come from [0, this) when neither --prompt-vocab nor the server says otherwise (xLSTM-7b has 50,304).</summary>
+    private const int DefaultPromptVocab = 50_000;
 
     private static async Task<int> Run(string url, string? apiKey, Settings s, Plan plan, string? output, string command)
     {
@@ -193,7 +205,16 @@ internal static class LoadTestCommand
         double warmup = plan.Warmup;
         using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients + 4 }) { BaseAddress = uri, Timeout = TimeSpan.FromSeconds(seconds + 600) };
         if (apiKey is not null) http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", apiKey);
-        await CheckServer(http, uri, s.Model).ConfigureAwait(false);
+        long? vocab = await CheckServer(http, uri, s.Model).ConfigureAwait(false);
+        if (s.PromptTokens is not null)
+        {
+            // random ids the model does not have would be refused (400) one request after another
+            if (s.PromptVocab is { } given && vocab is { } served && given > served)
+            {
+                throw new XLstmOnnxException($"option --prompt-vocab: the model '{s.Model}' has a vocabulary of {served} ids; found {given}.");
+            }
+            s = s with { PromptVocab = s.PromptVocab ?? (int)Math.Min(vocab ?? DefaultPromptVocab, int.MaxValue) };
+        }
         var limits = new RateLimits();
         var clock = Stopwatch.StartNew();
         var unloaded = new List<Sample>();
@@ -320,7 +341,7 @@ internal static class LoadTestCommand
             return (int)((z ^ (z >> 31)) % (ulong)n);
         }
         int length = range.Min + Next(range.Max - range.Min + 1);
-        return Enumerable.Range(0, length).Select(_ => Next(s.PromptVocab)).ToArray();
+        return Enumerable.Range(0, length).Select(_ => Next(s.PromptVocab ?? DefaultPromptVocab)).ToArray();
     }
 
     private static async Task<Sample> Send(HttpClient http, Settings s, int index, Stopwatch clock)

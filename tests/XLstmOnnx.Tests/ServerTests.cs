@@ -380,7 +380,7 @@ public class ServerTests
         using var tmp = TestPaths.Temp();
         string file = tmp.Sub("load.json");
         var r = CliTests.Run("loadtest", "--url", _server.Url, "--model-name", "kjv", "--clients", "3", "--seconds", "2", "--max-tokens", "6",
-            "--prompt-tokens", "8:16", "--prompt-vocab", "2000", "--ignore-eos", "--check-alone", "3", "--unloaded", "1", "--out", file);
+            "--prompt-tokens", "8:16", "--ignore-eos", "--check-alone", "3", "--unloaded", "1", "--out", file); // ids below the vocab_size the server reports
         Assert.That(r.Code, Is.Zero, r.Out + r.Err);
         var j = JsonDocument.Parse(File.ReadAllText(file)).RootElement;
         int ok = j.GetProperty("ok").GetInt32();
@@ -405,6 +405,21 @@ public class ServerTests
             }
             Assert.That(j.GetProperty("unloaded_ttft_ms").GetProperty("count").GetInt32(), Is.EqualTo(1));
         });
+    }
+
+    /// <summary>
+    /// The model object carries the vocabulary size (an extension field): loadtest draws token-id prompts below it, and
+    /// refuses a --prompt-vocab above it instead of sending requests the server must refuse one by one.
+    /// </summary>
+    [Test]
+    public async Task TheModelObjectNamesTheVocabularyAndLoadTestKeepsItsIdsInside()
+    {
+        var models = JsonDocument.Parse(await _http.GetStringAsync("/v1/models")).RootElement.GetProperty("data")[0];
+        Assert.That(models.GetProperty("vocab_size").GetInt64(), Is.EqualTo(2048), "the shipped model's vocabulary");
+        var r = CliTests.Run("loadtest", "--url", _server.Url, "--model-name", "kjv", "--clients", "1", "--seconds", "1", "--max-tokens", "2",
+            "--prompt-tokens", "4:8", "--prompt-vocab", "5000", "--check-alone", "0");
+        Assert.That(r.Code, Is.EqualTo(2), r.Out + r.Err);
+        Assert.That(r.Err, Does.Contain("option --prompt-vocab: the model 'kjv' has a vocabulary of 2048 ids; found 5000."));
     }
 
     /// <summary>The value of a series, <c>name</c> or <c>name{label="value"}</c>, summed over its other labels (MetricsTests checks the format).</summary>

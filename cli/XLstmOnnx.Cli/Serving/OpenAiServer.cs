@@ -151,7 +151,9 @@ public static partial class OpenAiServer
             string what = http.Response.StatusCode == 405 ? $"Method {http.Request.Method} is not allowed on {http.Request.Path}" : $"Unknown route: {http.Request.Method} {http.Request.Path}";
             await http.Response.WriteAsJsonAsync(new ApiError(http.Response.StatusCode, what, type: "invalid_request_error", code: http.Response.StatusCode == 405 ? "method_not_allowed" : "not_found").Body, Json).ConfigureAwait(false);
         });
-        var modelInfo = new { id = options.ModelId, @object = "model", created, owned_by = "xlstm-onnx" };
+        // OpenAI's model object, plus the vocabulary size (an extension, as vLLM adds max_model_len): token-id prompts
+        // (loadtest --prompt-tokens, a client without the tokenizer) need to know the valid ids
+        var modelInfo = new { id = options.ModelId, @object = "model", created, owned_by = "xlstm-onnx", vocab_size = engine.Session.Manifest.VocabSize };
         app.MapGet("/health", () => Results.Json(new { status = "ok" }));
         app.MapPrometheusScrapingEndpoint("/metrics");
         app.MapGet("/v1/models", () => Results.Json(new { @object = "list", data = new[] { modelInfo } }));
