@@ -118,6 +118,35 @@ public class ServingEngineTests
         Assert.That(refused.Message, Does.Contain("stopped after an error").And.Contain("planted failure"));
     }
 
+    /// <summary>
+    /// A failure as a request joins the live rows (a failed device copy) reaches that request, though it is then neither
+    /// waiting nor live: after a prompt read in a piece and then with its group (30 tokens, segments of 20), and for a
+    /// prompt the prefix cache holds whole, which joins straight from the queue (before, that one waited forever).
+    /// </summary>
+    [TestCase("pieces")]
+    [TestCase("cached")]
+    public void AFailureAsARequestJoinsEndsItWithTheError(string path)
+    {
+        using var session = XLstmSession.Load(_fast);
+        using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 4 });
+        var options = new GenerationOptions { Greedy = true, MaxNewTokens = 3 };
+        int[] prompt = [.. Enumerable.Range(0, path == "pieces" ? 30 : 12).Select(i => 3 + i % 90)];
+        if (path == "cached") Assert.That(ServeAlone(engine, new Case(prompt, options)), Has.Length.EqualTo(3), "read once: now cached whole");
+        engine.BeforeJoin = _ => throw new InvalidOperationException("planted failure of a join");
+        var read = Collect(engine.Submit(prompt, options));
+        try
+        {
+            read.Wait(TimeSpan.FromSeconds(30));
+        }
+        catch (AggregateException)
+        {
+            // checked below
+        }
+        Assert.That(read.IsCompleted, "the request ended within 30 s instead of waiting forever");
+        var e = Assert.Throws<AggregateException>(() => read.Wait())!;
+        Assert.That(e.InnerException!.Message, Is.EqualTo("planted failure of a join"));
+    }
+
     [TestCase(false, false)]
     [TestCase(true, false)]
     [TestCase(true, true)]

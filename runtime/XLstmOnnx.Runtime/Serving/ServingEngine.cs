@@ -144,6 +144,7 @@ public sealed class ServingEngine : IDisposable
     private readonly SequenceDecoder?[] _decoders;        // _live[r]?.Decoder, for the chooser
     private readonly int[] _tokens;
     private readonly List<Job> _jobs = [];
+    private readonly List<Request> _transit = [];         // out of the queue or the jobs, not yet live: a failure must reach them too
     private readonly Stack<int> _freeStaging = new();
     private readonly long _chunk, _segment;
     private readonly Thread _loop;
@@ -316,6 +317,7 @@ public sealed class ServingEngine : IDisposable
             _failure = e;
             for (int r = 0; r < _count; r++) _live[r]?.Request.Events.Writer.TryComplete(e);
             foreach (var j in _jobs) j.Request.Events.Writer.TryComplete(e);
+            foreach (var t in _transit) t.Events.Writer.TryComplete(e);
             while (_queue.Reader.TryRead(out var q)) q.Events.Writer.TryComplete(e);
         }
     }
@@ -326,10 +328,12 @@ public sealed class ServingEngine : IDisposable
         while (_freeStaging.Count > 0 && _count + _jobs.Count < _o.MaxBatch && _queue.Reader.TryRead(out var req))
         {
             Interlocked.Decrement(ref _queued);
+            _transit.Add(req);
             if (req.Cancel.IsCancellationRequested)
             {
                 req.Events.Writer.TryComplete();
                 Metrics.Finished(cancelled: true);
+                _transit.Remove(req);
                 continue;
             }
             Metrics.PromptTokens(req.Prompt.Length);
@@ -343,6 +347,7 @@ public sealed class ServingEngine : IDisposable
                 _memory.Copy(_runner.NextAt(row), _cache.NextAt(whole.Slot), 8);
                 _memory.Wait();
                 Join([req], row);
+                _transit.Remove(req);
                 continue;
             }
             var job = new Job(req, _freeStaging.Pop()) { Since = _steps };
@@ -356,6 +361,7 @@ public sealed class ServingEngine : IDisposable
                 _staging.Zero(job.Set, job.Row, 1);
             }
             _jobs.Add(job);
+            _transit.Remove(req);
         }
         Metrics.QueueDepth = Volatile.Read(ref _queued);
         Metrics.CacheHits = _cache.Hits;
@@ -388,11 +394,13 @@ public sealed class ServingEngine : IDisposable
             Read(job, piece);
             Spent(piece, Stopwatch.GetElapsedTime(t0).TotalSeconds, paced);
             if (job.Fed < job.Request.Prompt.Length) continue; // the same job goes on while there is credit
+            _transit.Add(job.Request);
             _jobs.RemoveAt(k);
             int row = _count;
             _staging.CopyRow(job.Set, job.Row, _pool, _set, row);
             _freeStaging.Push(job.Row);
             Join([job.Request], row);
+            _transit.Remove(job.Request);
         }
     }
 
@@ -438,6 +446,9 @@ public sealed class ServingEngine : IDisposable
             throw;
         }
     }
+
+    /// <summary>Tests only: runs as requests join the live rows, with their number (a failure there is a failed device copy).</summary>
+    internal Action<int>? BeforeJoin { get; set; }
 
     /// <summary>Tests only: runs before each group call with the number of rows it reads (a failure there is a failed model call).</summary>
     internal Action<int>? BeforeGroupCall { get; set; }
@@ -533,6 +544,7 @@ public sealed class ServingEngine : IDisposable
     /// </summary>
     private void Join(IReadOnlyList<Request> requests, int first)
     {
+        BeforeJoin?.Invoke(requests.Count);
         int n = requests.Count;
         for (int g = 0; g < n; g++)
         {
