@@ -116,7 +116,12 @@ public sealed class XLstmSession : IDisposable
         }
         catch (OnnxRuntimeException e)
         {
-            throw new XLstmOnnxException($"{path}: ONNX Runtime could not load the model: {e.Message}", e);
+            // a library built before --state-dtype bf16 has no kernels for a bfloat16 state: ORT calls the type invalid
+            string hint = manifest.StateDtype == StateDtype.Bf16 && manifest.MLstmKernels == MLstmKernels.Custom && e.Message.Contains("bfloat16", StringComparison.Ordinal)
+                ? $" The model keeps its state in bf16 ({ModelManifest.FileName} field '{ModelManifest.Field(nameof(ModelManifest.StateDtype))}'); the custom-op library "
+                    + $"{CustomOpLibrary.Find() ?? CustomOpLibrary.FileName} may predate that: rebuild customops/."
+                : "";
+            throw new XLstmOnnxException($"{path}: ONNX Runtime could not load the model: {e.Message}{hint}", e);
         }
         try
         {
