@@ -289,5 +289,12 @@ public class ServingEngineTests
             .And.Contain("free after the weights").And.Contain("Lower ServingOptions.MaxBatch or ServingOptions.PrefixCacheBytes"));
         // host memory is not budgeted; the default cache is capped at 1 GiB there
         Assert.That(ServingEngine.Plan(m, o, null), Is.EqualTo(7));
+        // a bf16 state (C and n two bytes a value, m four): 64 MiB a sequence, so the 256 slots refused above fit in the
+        // same memory, and the refusal of a pool twice that size names the bf16 sizes
+        var b = m with { StateDtype = StateDtype.Bf16 };
+        Assert.That(StatePool.RowBytesFor(b), Is.EqualTo(32L * ((8 * 256 * 512 + 8 * 256) * 2 + 8 * 4)));
+        Assert.That(ServingEngine.Plan(b, o with { MaxBatch = 256 }, (60 * GiB, 80 * GiB)), Is.GreaterThan(0));
+        e = Assert.Throws<XLstmOnnxException>(() => ServingEngine.Plan(b, o with { MaxBatch = 512 }, (60 * GiB, 80 * GiB)))!;
+        Assert.That(e.Message, Does.Contain("2 × 512 × 64 MiB").And.Contain("of bf16 state"));
     }
 }
