@@ -15,7 +15,7 @@
 #   source /tmp/xlstm/env.sh && bash tools/gpu/bf16_fidelity_7b.sh OUTDIR
 # Every step logs into OUTDIR/<step>.log and says its exit status; a failed step leaves n/a in the table, the rest goes on.
 # Overrides (for a dry run on a small config): CLI, PYTHON, DEVICE (cuda), EXPORT_DTYPE (bf16), CONFIG
-# (models/presets/xlstm-7b.json), BLOCKS (2), KERNELS ("custom onnx"), WORK (/tmp/bf16-fid), FWD_T (256), PROMPT (32),
+# (models/presets/xlstm-7b.json), BLOCKS (2), KERNELS ("custom onnx custom+bf16state"), WORK (/tmp/bf16-fid), FWD_T (256), PROMPT (32),
 # NEW (64), F32_STATE (1: also transformers bf16 with a float32 cache).
 set -uo pipefail
 out=${1:?output folder}; mkdir -p "$out"; out=$(cd "$out" && pwd)
@@ -25,7 +25,7 @@ DEVICE=${DEVICE:-cuda}
 EXPORT_DTYPE=${EXPORT_DTYPE:-bf16}
 CONFIG=${CONFIG:-models/presets/xlstm-7b.json}
 BLOCKS=${BLOCKS:-2}
-KERNELS=${KERNELS:-custom onnx}
+KERNELS=${KERNELS:-custom onnx custom+bf16state}
 WORK=${WORK:-/tmp/bf16-fid}
 FWD_T=${FWD_T:-256}; PROMPT=${PROMPT:-32}; NEW=${NEW:-64}
 F32_STATE=${F32_STATE:-1}
@@ -64,10 +64,12 @@ if [[ $F32_STATE == 1 ]]; then
   step ref-bf16-f32state "$PYTHON" $mr --checkpoint "$ckpt" --out "$WORK/ref-bf16-f32state.safetensors" --dtype bfloat16 --cache-dtype float32 "${cases[@]}" "${prompts[@]}"
 fi
 
-# (c) ours: bf16 exports, verified against each reference (--atol 1e9: every value inside, the figures are what counts;
+# (c) ours: bf16 exports (custom ops; the standard-op cell; custom ops with --state-dtype bf16, the state precision
+# transformers' own bf16 cache has, m aside), verified against each reference (--atol 1e9: every value inside, the figures are what counts;
 # differing greedy ids still make verify exit 1, which is a result here, not a failure of the step)
 for k in $KERNELS; do
-  step "export-$k" "$CLI" export --checkpoint "$ckpt" --output "$WORK/ours-$k" --dtype "$EXPORT_DTYPE" --mlstm-kernels "$k"
+  flags=(--mlstm-kernels "${k%%+*}"); [[ $k == *+bf16state ]] && flags+=(--state-dtype bf16)   # custom+bf16state: C and n stored in bf16
+  step "export-$k" "$CLI" export --checkpoint "$ckpt" --output "$WORK/ours-$k" --dtype "$EXPORT_DTYPE" "${flags[@]}"
   for r in fp32 bf16; do
     [[ -f $WORK/ref-$r.safetensors && -d $WORK/ours-$k ]] || { say "verify-$k-vs-$r: skipped (no export or no reference)"; continue; }
     OK_RC=1 OK_RC_MEANS="values outside the tolerance (greedy ids differ, or a NaN)" step "verify-$k-vs-$r" "$CLI" verify --model "$WORK/ours-$k" --reference "$WORK/ref-$r.safetensors" --device "$DEVICE" --atol 1e9 --rtol 0
@@ -139,7 +141,7 @@ def cells(row):
 
 rows = []
 for k in kernels.split():
-    cell = "custom ops" if k == "custom" else "standard-op cell" if k == "onnx" else k
+    cell = {"custom": "custom ops", "onnx": "standard-op cell", "custom+bf16state": "custom ops, bf16 state"}.get(k, k)
     rows.append((f"ours {edtype} ({cell}) vs HF fp32", verify_row(f"verify-{k}-vs-fp32.log")))
     rows.append((f"ours {edtype} ({cell}) vs HF bf16", verify_row(f"verify-{k}-vs-bf16.log")))
 rows.append(("HF bf16 vs HF fp32 (transformers' own gap)", compare_row("compare-bf16-vs-fp32.json")))
