@@ -25,7 +25,7 @@ public class StateDtypeTests
         return (fp32, bf16);
     }
 
-    private static float RoundToBf16(float x) => Bf16.ToFloat(Bf16.FromFloat(x));
+    private static float RoundToBf16(float x) => BFloat16Bits.ToFloat(BFloat16Bits.FromFloat(x));
 
     /// <summary>
     /// From a zero state, one chunk (8 tokens) gives the same logits bit for bit (the state is only written), and the
@@ -246,15 +246,15 @@ public class StateDtypeTests
     {
         Assert.Multiple(() =>
         {
-            Assert.That(Bf16.FromFloat(1.0f), Is.EqualTo(0x3f80));
-            Assert.That(Bf16.ToFloat(0x3f80), Is.EqualTo(1.0f));
+            Assert.That(BFloat16Bits.FromFloat(1.0f), Is.EqualTo(0x3f80));
+            Assert.That(BFloat16Bits.ToFloat(0x3f80), Is.EqualTo(1.0f));
             // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: to the even one (1); 1 + 3·2^-8 goes up to 1 + 2^-6
-            Assert.That(Bf16.ToFloat(Bf16.FromFloat(1f + MathF.Pow(2, -8))), Is.EqualTo(1.0f));
-            Assert.That(Bf16.ToFloat(Bf16.FromFloat(1f + 3 * MathF.Pow(2, -8))), Is.EqualTo(1f + MathF.Pow(2, -6)));
-            Assert.That(Bf16.ToFloat(Bf16.FromFloat(-2.5f)), Is.EqualTo(-2.5f));
-            Assert.That(float.IsNaN(Bf16.ToFloat(Bf16.FromFloat(float.NaN))));
-            Assert.That(Bf16.ToFloat(Bf16.FromFloat(float.PositiveInfinity)), Is.EqualTo(float.PositiveInfinity));
-            Assert.That(Bf16.ToFloat(Bf16.FromFloat(float.MaxValue)), Is.EqualTo(float.PositiveInfinity), "rounds up past the largest bfloat16");
+            Assert.That(BFloat16Bits.ToFloat(BFloat16Bits.FromFloat(1f + MathF.Pow(2, -8))), Is.EqualTo(1.0f));
+            Assert.That(BFloat16Bits.ToFloat(BFloat16Bits.FromFloat(1f + 3 * MathF.Pow(2, -8))), Is.EqualTo(1f + MathF.Pow(2, -6)));
+            Assert.That(BFloat16Bits.ToFloat(BFloat16Bits.FromFloat(-2.5f)), Is.EqualTo(-2.5f));
+            Assert.That(float.IsNaN(BFloat16Bits.ToFloat(BFloat16Bits.FromFloat(float.NaN))));
+            Assert.That(BFloat16Bits.ToFloat(BFloat16Bits.FromFloat(float.PositiveInfinity)), Is.EqualTo(float.PositiveInfinity));
+            Assert.That(BFloat16Bits.ToFloat(BFloat16Bits.FromFloat(float.MaxValue)), Is.EqualTo(float.PositiveInfinity), "rounds up past the largest bfloat16");
         });
     }
 }

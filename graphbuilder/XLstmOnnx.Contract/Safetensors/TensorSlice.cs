@@ -49,7 +49,7 @@ public sealed class TensorSlice
                 break;
             case SafetensorsDtype.BF16:
                 var raw = MemoryMarshal.Cast<byte, ushort>(src);
-                for (int i = 0; i < dest.Length; i++) dest[i] = BitConverter.Int32BitsToSingle(raw[i] << 16);
+                BFloat16Bits.ToFloat(raw, dest);
                 break;
         }
     }

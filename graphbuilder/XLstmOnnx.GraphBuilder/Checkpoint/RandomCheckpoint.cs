@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using XLstmOnnx.Contract;
 using XLstmOnnx.Contract.Safetensors;
 using XLstmOnnx.GraphBuilder.Config;
 
@@ -85,20 +86,11 @@ public static class RandomCheckpoint
                     break;
                 default:
                     var u = MemoryMarshal.Cast<byte, ushort>(bytes.AsSpan());
-                    for (int j = 0; j < n; j++) u[j] = ToBf16(f[j]);
+                    BFloat16Bits.FromFloat(f.AsSpan(0, n), u);
                     s.Write(bytes.AsSpan(0, n * 2));
                     break;
             }
         }
-    }
-
-    /// <summary>float32 to bfloat16, round to nearest even (as torch).</summary>
-    public static ushort ToBf16(float x)
-    {
-        uint bits = BitConverter.SingleToUInt32Bits(x);
-        if (float.IsNaN(x)) return 0x7FC0;
-        uint rounding = 0x7FFF + ((bits >> 16) & 1);
-        return (ushort)((bits + rounding) >> 16);
     }
 
     private static uint StableHash(string s)

@@ -1,5 +1,5 @@
 using System.Runtime.InteropServices;
-using XLstmOnnx.GraphBuilder.Checkpoint;
+using XLstmOnnx.Contract;
 using DataType = XLstmOnnx.GraphBuilder.Onnx.TensorProto.Types.DataType;
 
 namespace XLstmOnnx.GraphBuilder.Graph;
@@ -22,7 +22,7 @@ public static class WeightBytes
                 return scratch.AsSpan(0, values.Length * 2);
             case DataType.Bfloat16:
                 var u = MemoryMarshal.Cast<byte, ushort>(scratch.AsSpan(0, values.Length * 2));
-                for (int i = 0; i < values.Length; i++) u[i] = RandomCheckpoint.ToBf16(values[i]);
+                BFloat16Bits.FromFloat(values, u);
                 return scratch.AsSpan(0, values.Length * 2);
             default:
                 throw new ArgumentOutOfRangeException(nameof(type), type, "float32, float16 or bfloat16");

@@ -134,7 +134,7 @@ internal sealed class StatePool : IDisposable
             {
                 var bits = new ushort[tensors[i].Length];
                 _memory.Download<ushort>(At(set, i, start), bits);
-                Bf16.ToFloat(bits, tensors[i]);
+                BFloat16Bits.ToFloat(bits, tensors[i]);
             }
             else
             {
@@ -157,7 +157,7 @@ internal sealed class StatePool : IDisposable
             if (_bf16[PartOf(i)])
             {
                 var bits = new ushort[tensors[i].Length];
-                Bf16.FromFloat(tensors[i], bits);  // rounded to the nearest even: a state read from this pool comes back exact
+                BFloat16Bits.FromFloat(tensors[i], bits);  // rounded to the nearest even: a state read from this pool comes back exact
                 _memory.Upload<ushort>(bits, At(set, i, start));
             }
             else
