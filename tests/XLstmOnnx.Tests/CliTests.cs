@@ -12,6 +12,21 @@ namespace XLstmOnnx.Tests;
 [NonParallelizable] // redirects Console
 public class CliTests
 {
+    /// <summary>The CLI in-process with <paramref name="stdin"/> as its input (chat reads lines from it).</summary>
+    internal static (int Code, string Out, string Err) RunWithInput(string stdin, params string[] args)
+    {
+        var saved = Console.In;
+        Console.SetIn(new StringReader(stdin));
+        try
+        {
+            return Run(args);
+        }
+        finally
+        {
+            Console.SetIn(saved);
+        }
+    }
+
     internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var (o, e) = (Console.Out, Console.Error);

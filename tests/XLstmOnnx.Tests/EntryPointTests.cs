@@ -165,7 +165,7 @@ public class EntryPointTests
             $"/save {after}",
             "And God said",
             "/exit") + "\n";
-        var r = RunWithInput(input, "chat", "--model", _model, "--greedy", "--max-new-tokens", "3");
+        var r = CliTests.RunWithInput(input, "chat", "--model", _model, "--greedy", "--max-new-tokens", "3");
         Assert.That(r.Code, Is.Zero, r.Err);
         Assert.That(r.Err, Does.Not.Contain("   at "));
         Assert.Multiple(() =>
@@ -182,19 +182,6 @@ public class EntryPointTests
         Assert.That(System.Text.RegularExpressions.Regex.Matches(r.Err, @"\[\d+ tokens, first after").Count, Is.EqualTo(2), "both turns were answered");
     }
 
-    private static (int Code, string Out, string Err) RunWithInput(string input, params string[] args)
-    {
-        var old = Console.In;
-        Console.SetIn(new StringReader(input));
-        try
-        {
-            return CliTests.Run(args);
-        }
-        finally
-        {
-            Console.SetIn(old);
-        }
-    }
 
     [Test]
     public void NegativeCountsAreRefused()

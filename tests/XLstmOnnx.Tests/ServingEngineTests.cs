@@ -82,6 +82,23 @@ public class ServingEngineTests
         return [.. ids];
     }
 
+    /// <summary>The request's events end within 30 s (not never) with the error <paramref name="message"/>.</summary>
+    private static void EndsWithin30SecondsWith(ChannelReader<CompletionEvent> events, string message)
+    {
+        var read = Collect(events);
+        try
+        {
+            read.Wait(TimeSpan.FromSeconds(30));
+        }
+        catch (AggregateException)
+        {
+            // checked below
+        }
+        Assert.That(read.IsCompleted, "the request ended within 30 s instead of waiting forever");
+        var e = Assert.Throws<AggregateException>(() => read.Wait())!;
+        Assert.That(e.InnerException!.Message, Is.EqualTo(message));
+    }
+
     private static int[][] ServeAll(ServingEngine engine, IReadOnlyList<Case> cases) =>
         Task.WhenAll(cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options), c.Options))).GetAwaiter().GetResult();
 
@@ -99,21 +116,7 @@ public class ServingEngineTests
         using var engine = new ServingEngine(session, new ServingOptions { MaxBatch = 4 });
         engine.BeforeGroupCall = _ => throw new InvalidOperationException("planted failure of a group call");
         var readers = Enumerable.Range(0, 3).Select(i => engine.Submit([5 + i, 6, 7], new GenerationOptions { Greedy = true, MaxNewTokens = 4 })).ToArray();
-        foreach (var r in readers)
-        {
-            var read = Collect(r);
-            try
-            {
-                read.Wait(TimeSpan.FromSeconds(30));
-            }
-            catch (AggregateException)
-            {
-                // checked below
-            }
-            Assert.That(read.IsCompleted, "a request of the failed group ended within 30 s instead of waiting forever");
-            var e = Assert.Throws<AggregateException>(() => read.Wait())!;
-            Assert.That(e.InnerException!.Message, Is.EqualTo("planted failure of a group call"));
-        }
+        foreach (var r in readers) EndsWithin30SecondsWith(r, "planted failure of a group call");
         var refused = Assert.Throws<XLstmOnnxException>(() => engine.Submit([5], new GenerationOptions { Greedy = true, MaxNewTokens = 1 }))!;
         Assert.That(refused.Message, Does.Contain("stopped after an error").And.Contain("planted failure"));
     }
@@ -133,18 +136,7 @@ public class ServingEngineTests
         int[] prompt = [.. Enumerable.Range(0, path == "pieces" ? 30 : 12).Select(i => 3 + i % 90)];
         if (path == "cached") Assert.That(ServeAlone(engine, new Case(prompt, options)), Has.Length.EqualTo(3), "read once: now cached whole");
         engine.BeforeJoin = _ => throw new InvalidOperationException("planted failure of a join");
-        var read = Collect(engine.Submit(prompt, options));
-        try
-        {
-            read.Wait(TimeSpan.FromSeconds(30));
-        }
-        catch (AggregateException)
-        {
-            // checked below
-        }
-        Assert.That(read.IsCompleted, "the request ended within 30 s instead of waiting forever");
-        var e = Assert.Throws<AggregateException>(() => read.Wait())!;
-        Assert.That(e.InnerException!.Message, Is.EqualTo("planted failure of a join"));
+        EndsWithin30SecondsWith(engine.Submit(prompt, options), "planted failure of a join");
     }
 
     [TestCase(false, false)]

@@ -134,20 +134,6 @@ public class ShippedModelTests
         Assert.That(streamed[^1].Finish, Is.EqualTo(Runtime.Generation.StopReason.StopString));
     }
 
-    /// <summary>The CLI in-process with <paramref name="stdin"/> as its input (chat reads lines from it).</summary>
-    private static (int Code, string Out, string Err) RunWithInput(string stdin, params string[] args)
-    {
-        var saved = Console.In;
-        Console.SetIn(new StringReader(stdin));
-        try
-        {
-            return CliTests.Run(args);
-        }
-        finally
-        {
-            Console.SetIn(saved);
-        }
-    }
 
     /// <summary>
     /// A greedy multi-turn chat by value: every reply equals a one-shot greedy generation over the whole transcript
@@ -163,7 +149,7 @@ public class ShippedModelTests
         string state = _tmp.Sub($"chat-by-value-{custom}.safetensors");
         string[] args = ["chat", "--model", _model, "--greedy", "--max-new-tokens", "24"];
         if (custom) args = [.. args, "--system", system, "--user-prefix", userPrefix, "--assistant-prefix", assistantPrefix];
-        var r = RunWithInput($"{turns[0]}\n/save {state}\n{turns[1]}\n/reset\n{turns[2]}\n/load {state}\n{turns[3]}\n/exit\n", args);
+        var r = CliTests.RunWithInput($"{turns[0]}\n/save {state}\n{turns[1]}\n/reset\n{turns[2]}\n/load {state}\n{turns[3]}\n/exit\n", args);
         Assert.That(r.Code, Is.Zero, r.Err);
         Assert.That(r.Err, Does.Contain("state saved").And.Contain("state reset").And.Contain("state loaded"));
 

@@ -17,11 +17,12 @@ public class StateDtypeTests
 {
     private static string Fixture => Path.Combine(TestPaths.Fixtures, "segmented"); // chunk 8, segments of 20: every schedule path
 
-    private static (string Fp32, string Bf16) ExportBoth(TempDir tmp, MLstmKernels kernels)
+    /// <summary><paramref name="source"/> (default: the fixture) exported twice, with a float32 and with a bf16 state.</summary>
+    private static (string Fp32, string Bf16) ExportBoth(TempDir tmp, MLstmKernels kernels, string? source = null)
     {
         string fp32 = tmp.Sub("fp32"), bf16 = tmp.Sub("bf16");
-        OnnxExporter.Export(Fixture, fp32, new ExportOptions { MLstmKernels = kernels });
-        OnnxExporter.Export(Fixture, bf16, new ExportOptions { MLstmKernels = kernels, StateDtype = StateDtype.Bf16 });
+        OnnxExporter.Export(source ?? Fixture, fp32, new ExportOptions { MLstmKernels = kernels });
+        OnnxExporter.Export(source ?? Fixture, bf16, new ExportOptions { MLstmKernels = kernels, StateDtype = StateDtype.Bf16 });
         return (fp32, bf16);
     }
 
@@ -104,10 +105,7 @@ public class StateDtypeTests
     public void DecodingFromARoundedStateIsRoundingBetweenCalls(MLstmKernels kernels, string model)
     {
         using var tmp = TestPaths.Temp();
-        string source = model == "kjv" ? Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm") : Fixture;
-        string fp32Dir = tmp.Sub("fp32"), bf16Dir = tmp.Sub("bf16");
-        OnnxExporter.Export(source, fp32Dir, new ExportOptions { MLstmKernels = kernels });
-        OnnxExporter.Export(source, bf16Dir, new ExportOptions { MLstmKernels = kernels, StateDtype = StateDtype.Bf16 });
+        var (fp32Dir, bf16Dir) = ExportBoth(tmp, kernels, model == "kjv" ? Path.Combine(TestPaths.RepoRoot, "models", "kjv-xlstm") : null);
         using var fp32 = XLstmSession.Load(fp32Dir);
         using var bf16 = XLstmSession.Load(bf16Dir);
         var rng = new Random(9);
