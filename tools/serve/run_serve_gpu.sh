@@ -39,6 +39,11 @@ serve() { # serve LABEL ARGS...: starts a server on $PORT in the background, wai
   say "server $label up: $(grep -h serving "$R/serve-$label.log" | head -1)"
 }
 stop() { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
+engine_bench() { # engine_bench LABEL MODEL BATCHES: the engine alone (`bench`, the same prompt and decode lengths in every run)
+  local label=$1 model=$2 batches=$3
+  "$CLI" bench --model "$model" --device cuda --cuda-graph --batch "$batches" --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/$label.json" > "$R/$label.log" 2>&1
+  say "$label rc=$?"; tail -n $(( $(tr ',' '\n' <<< "$batches" | wc -l) + 1 )) "$R/$label.log" | tee -a "$R/summary.txt"
+}
 lt() { # lt NAME ARGS...: a load test against the server on $PORT
   local name=$1; shift
   "$CLI" loadtest --url http://127.0.0.1:$PORT --model-name x --out "$R/lt-$name.json" "$@" > "$R/lt-$name.log" 2>&1
@@ -65,8 +70,7 @@ build)
   ;;
 serve)
   # the engine alone (Generator: all rows prefilled together, then greedy steps), same batch sizes as the loads below
-  "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1,8,32,64 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench.json" > "$R/bench.log" 2>&1
-  say "bench rc=$?"; tail -5 "$R/bench.log" | tee -a "$R/summary.txt"
+  engine_bench bench $M7 1,8,32,64
   serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512 --max-prompt-tokens 20000
   lt 64x1024 --clients 64 --seconds 50 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 4
   lt 8x512 --clients 8 --seconds 20 --warmup-seconds 4 --max-tokens 512 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 4
@@ -86,8 +90,7 @@ final)
   say "NUnit CUDA tests rc=$?: $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
   "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --output $M7 > "$R/export-7b.log" 2>&1
   say "7B export rc=$?"
-  "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 32,64 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench.json" > "$R/bench.log" 2>&1
-  say "bench rc=$?"; tail -2 "$R/bench.log" | tee -a "$R/summary.txt"
+  engine_bench bench $M7 32,64
   serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
   lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 6
   stop
@@ -114,10 +117,7 @@ linear)
   done
   ;;
 linear-bench)
-  for m in gemm custom invariant; do
-    "$CLI" bench --model /tmp/m7b-$m --device cuda --cuda-graph --batch 1,8,16,32,64 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench-$m.json" > "$R/bench-$m.log" 2>&1
-    say "bench $m rc=$?"; tail -7 "$R/bench-$m.log" | tee -a "$R/summary.txt"
-  done
+  for m in gemm custom invariant; do engine_bench bench-$m /tmp/m7b-$m 1,8,16,32,64; done
   ;;
 linear-serve)
   # the issue's three loads on the batch-invariant export: greedy streams under load against the same requests alone
@@ -163,10 +163,7 @@ state-check)
     CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-b64-$st.tsv "$CLI" bench --model /tmp/m7b-$st --device cuda --cuda-graph --batch 64 --prompt-tokens 128 --new-tokens 256 --reps 1 > /dev/null 2>&1
     say "trace b64 $st: $(head -2 "$R/kernels-b64-$st.tsv" | tail -1 | cut -c1-120)"
   done
-  for st in float32 bf16; do
-    "$CLI" bench --model /tmp/m7b-$st --device cuda --cuda-graph --batch 1,16,64,128 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench-$st.json" > "$R/bench-$st.log" 2>&1
-    say "bench (state $st) rc=$?"; tail -5 "$R/bench-$st.log" | tee -a "$R/summary.txt"
-  done
+  for st in float32 bf16; do engine_bench bench-$st /tmp/m7b-$st 1,16,64,128; done
   rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
   for t in $(grep -B3 "public void" tests/XLstmOnnx.Tests/CudaTests.cs | grep "public void" | sed 's/.*public void \([A-Za-z0-9]*\).*/\1/' | grep -v RequireCuda); do
     timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
@@ -174,10 +171,7 @@ state-check)
   done
   ;;
 state-bench)
-  for st in float32 bf16; do
-    "$CLI" bench --model /tmp/m7b-$st --device cuda --cuda-graph --batch 1,16,64,128 --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/bench-$st.json" > "$R/bench-$st.log" 2>&1
-    say "bench (state $st) rc=$?"; tail -5 "$R/bench-$st.log" | tee -a "$R/summary.txt"
-  done
+  for st in float32 bf16; do engine_bench bench-$st /tmp/m7b-$st 1,16,64,128; done
   ;;
 state-serve)
   # run 5: served loads on the bf16-state export (greedy streams under load against the same requests alone)
