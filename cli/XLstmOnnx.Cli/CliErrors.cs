@@ -34,6 +34,7 @@ internal static class CliErrors
         [$"{nameof(OnnxExporter)}.{nameof(OnnxExporter.Export)}(outputDir)"] = "--output",
         [ExportOptions.Name(nameof(ExportOptions.LinearKernels))] = "--linear-kernels",
         [ExportOptions.Name(nameof(ExportOptions.StateDtype))] = "--state-dtype",
+        [ExportOptions.Name(nameof(ExportOptions.MixedGraph))] = "--mixed-graph",
         [$"{nameof(Int4Quantizer)}(blockSize)"] = "--block-size",
         [$"{nameof(RandomCheckpoint)}.{nameof(RandomCheckpoint.Write)}(dtype)"] = "--dtype",
         [Scorer.WindowParameter] = "--window",

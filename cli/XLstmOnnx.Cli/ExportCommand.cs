@@ -37,6 +37,11 @@ internal static class ExportCommand
         var stateDtype = ChoiceOption.Create("--state-dtype",
             "Stored type of the recurrent state's C and n: float32 or bf16 (half the bytes a decode step streams per sequence; m and the math stay float32).",
             [.. Enum.GetValues<StateDtype>().Select(d => (d.JsonName(), d))], StateDtype.Float32);
+        var mixed = new Option<bool>("--mixed-graph")
+        {
+            Description = "Also write model.mixed.onnx: a decode step and a prompt piece in one call (one pass over the weights for both), "
+                + "which serve uses to read prompts inside decode steps. Reads the same weights file; needs --mlstm-kernels custom.",
+        };
         var allowNonFinite = new Option<bool>("--allow-non-finite") { Description = "Export weights that hold NaN or Inf (refused by default, naming the tensor and index)." };
         var linear = new Option<string?>("--linear-kernels")
         {
@@ -46,7 +51,7 @@ internal static class ExportCommand
         };
         linear.AcceptOnlyFromAmong("onnx", "custom", "batch-invariant");
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")
-            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels, linear, stateDtype, allowNonFinite };
+            { checkpoint, random, preset, config, blocks, seed, output, dtype, quantize, blockSize, lastOnly, nextToken, embeds, hidden, external, kernels, linear, stateDtype, mixed, allowNonFinite };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new ExportOptions
@@ -66,6 +71,7 @@ internal static class ExportCommand
                     _ => null,
                 },
                 StateDtype = r.GetValue(stateDtype),
+                MixedGraph = r.GetValue(mixed),
                 QuantizeBits = r.GetValue(quantize) is null ? null : 4,
                 QuantizeBlockSize = r.GetValue(blockSize),
                 AllowNonFinite = r.GetValue(allowNonFinite),

@@ -27,6 +27,17 @@ public static class GraphNames
     /// <summary>The prefix of the hidden-state outputs: each block's output, then the final normed output.</summary>
     public const string HiddenPrefix = "hidden_states.";
 
+    /// <summary>
+    /// The mixed graph's prompt lane (<see cref="ModelManifest.MixedModelFile"/>; docs/exported-graph.md, "The mixed graph"):
+    /// its inputs and state outputs are the plain graph's names with this prefix (prompt_input_ids [P, L],
+    /// prompt_attention_mask, prompt_past_state.*, prompt_present_state.*). Its logits and next_token rows follow the
+    /// decode lane's in the one logits and next_token output: [B + P, 1, V] and [B + P, 1].
+    /// </summary>
+    public const string PromptPrefix = "prompt_";
+
+    /// <summary>The prompt lane's name for <paramref name="name"/>: prompt_input_ids, prompt_past_state.0.C, ...</summary>
+    public static string Prompt(string name) => PromptPrefix + name;
+
     /// <summary>Hidden-state output <paramref name="index"/>: float32 [B, S, H].</summary>
     public static string Hidden(int index) => HiddenPrefix + index.ToString(System.Globalization.CultureInfo.InvariantCulture);
 }

@@ -19,6 +19,11 @@ public sealed record ModelManifest
     public string Producer { get; init; } = "";
     public string ModelFile { get; init; } = "model.onnx";
     public string? ExternalDataFile { get; init; }
+    /// <summary>
+    /// The mixed graph (a decode step and a prompt piece in one call, <see cref="GraphNames.PromptPrefix"/>), beside
+    /// <see cref="ModelFile"/> and reading the same weights; null when it was not exported.
+    /// </summary>
+    public string? MixedModelFile { get; init; }
     /// <summary>Weight and activation precision.</summary>
     public WeightDtype Dtype { get; init; } = WeightDtype.Fp32;
     /// <summary>Quantized projections, e.g. "int4-block32", or null.</summary>
@@ -121,6 +126,7 @@ public sealed record ModelManifest
         FileName(Field(nameof(ModelFile)), ModelFile, required: true);
         FileName(Field(nameof(ExternalDataFile)), ExternalDataFile, required: false);
         FileName(Field(nameof(SamplerFile)), SamplerFile, required: false);
+        FileName(Field(nameof(MixedModelFile)), MixedModelFile, required: false);
         if (TokenizerFiles is null) throw new XLstmOnnxException($"{path}: field '{Field(nameof(TokenizerFiles))}' is null; expected a list of file names.");
         foreach (var t in TokenizerFiles) FileName(Field(nameof(TokenizerFiles)), t, required: true);
         foreach (var (field, value) in new[]

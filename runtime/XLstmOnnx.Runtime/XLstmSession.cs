@@ -72,15 +72,6 @@ public sealed class XLstmSession : IDisposable
         var defaults = Generation.GenerationDefaults.Load(dir); // before the session: a bad file fails fast
         string path = Path.Combine(dir, manifest.ModelFile);
         if (!File.Exists(path)) throw new XLstmOnnxException($"{dir}: {manifest.ModelFile} named by {ModelManifest.FileName} is missing.");
-        using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
-        if (options.Threads > 0) sessionOptions.IntraOpNumThreads = options.Threads;
-        // weights get exact-size device buffers, outside the activation arena (no arena rounding on 13 GB)
-        sessionOptions.AddSessionConfigEntry("session.use_device_allocator_for_initializers", "1");
-        if (options.ProfilePrefix is { } prefix)
-        {
-            sessionOptions.ProfileOutputPathPrefix = prefix; // first: enabling reads the prefix
-            sessionOptions.EnableProfiling = true;
-        }
         if (options.CudaGraph)
         {
             string cudaGraph = RuntimeOptions.Name(nameof(RuntimeOptions.CudaGraph));
@@ -94,6 +85,31 @@ public sealed class XLstmSession : IDisposable
                 throw XLstmOnnxException.InParameter(cudaGraph, $"{cudaGraph}: {dir} has {ModelManifest.Field(nameof(ModelManifest.MLstmKernels))} "
                     + $"\"{manifest.MLstmKernels.JsonName()}\", whose Loop nodes cannot be captured; export with ExportOptions.MLstmKernels {MLstmKernels.Custom}.");
             }
+        }
+        var session = Open(path, manifest, dir, options);
+        try
+        {
+            Check(session, manifest, path);
+            return new XLstmSession(session, manifest, dir, options, defaults);
+        }
+        catch
+        {
+            session.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>An ONNX Runtime session of <paramref name="path"/> (model.onnx or the mixed graph) with <paramref name="options"/>.</summary>
+    private static InferenceSession Open(string path, ModelManifest manifest, string dir, RuntimeOptions options)
+    {
+        using var sessionOptions = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
+        if (options.Threads > 0) sessionOptions.IntraOpNumThreads = options.Threads;
+        // weights get exact-size device buffers, outside the activation arena (no arena rounding on 13 GB)
+        sessionOptions.AddSessionConfigEntry("session.use_device_allocator_for_initializers", "1");
+        if (options.ProfilePrefix is { } prefix)
+        {
+            sessionOptions.ProfileOutputPathPrefix = prefix; // first: enabling reads the prefix
+            sessionOptions.EnableProfiling = true;
         }
         if (options.Device == ExecutionDevice.Cuda)
         {
@@ -109,10 +125,9 @@ public sealed class XLstmSession : IDisposable
             }
         }
         if (manifest.MLstmKernels == MLstmKernels.Custom) CustomOpLibrary.Register(sessionOptions, dir);
-        InferenceSession session;
         try
         {
-            session = new InferenceSession(path, sessionOptions); // by path, so that external data resolves beside it
+            return new InferenceSession(path, sessionOptions); // by path, so that external data resolves beside it
         }
         catch (OnnxRuntimeException e)
         {
@@ -123,15 +138,39 @@ public sealed class XLstmSession : IDisposable
                 : "";
             throw new XLstmOnnxException($"{path}: ONNX Runtime could not load the model: {e.Message}{hint}", e);
         }
-        try
+    }
+
+    private InferenceSession? _mixed;
+
+    /// <summary>Whether the export has the mixed graph (<see cref="ModelManifest.MixedModelFile"/>).</summary>
+    public bool HasMixedGraph => Manifest.MixedModelFile is not null;
+
+    /// <summary>
+    /// The mixed graph's session (a decode step and a prompt piece in one call), opened on first use with this session's
+    /// options. It holds its own copy of the weights on the device. Throws when the export has no mixed graph.
+    /// </summary>
+    internal InferenceSession MixedSession
+    {
+        get
         {
-            Check(session, manifest, path);
-            return new XLstmSession(session, manifest, dir, options, defaults);
-        }
-        catch
-        {
-            session.Dispose();
-            throw;
+            if (_mixed is not null) return _mixed;
+            if (Manifest.MixedModelFile is not { } file)
+            {
+                throw new XLstmOnnxException($"{Directory}: {ModelManifest.FileName} names no mixed graph (field '{ModelManifest.Field(nameof(ModelManifest.MixedModelFile))}'); export with --mixed-graph.");
+            }
+            string path = Path.Combine(Directory, file);
+            if (!File.Exists(path)) throw new XLstmOnnxException($"{Directory}: {file} named by {ModelManifest.FileName} is missing.");
+            // never captured: its prompt piece changes shape from call to call
+            var session = Open(path, Manifest, Directory, Options with { CudaGraph = false });
+            var expected = Io.MixedInputs();
+            var missing = expected.Where(n => !session.InputMetadata.ContainsKey(n)).ToList();
+            if (missing.Count > 0 || session.InputMetadata.Count != expected.Count)
+            {
+                session.Dispose();
+                throw new XLstmOnnxException($"{path}: the mixed graph must take {expected.Count} inputs ({string.Join(", ", expected.Take(4))}, ...); "
+                    + $"it takes {session.InputMetadata.Count}{(missing.Count > 0 ? $", without {string.Join(", ", missing.Take(4))}" : "")}.");
+            }
+            return _mixed = session;
         }
     }
 
@@ -350,5 +389,9 @@ public sealed class XLstmSession : IDisposable
         return run;
     }
 
-    public void Dispose() => _session.Dispose();
+    public void Dispose()
+    {
+        _mixed?.Dispose();
+        _session.Dispose();
+    }
 }

@@ -17,7 +17,7 @@ namespace XLstmOnnx.Tests;
 public class ServingEngineTests
 {
     private static TempDir _tmp = null!;
-    private static string _plain = "", _fast = "", _long = "", _fastBf16 = "";
+    private static string _plain = "", _fast = "", _long = "", _fastBf16 = "", _mixed = "", _mixedBf16 = "";
 
     [OneTimeSetUp]
     public static void Export()
@@ -32,6 +32,11 @@ public class ServingEngineTests
         // the same with the state's C and n stored as bfloat16 (--state-dtype bf16)
         _fastBf16 = _tmp.Sub("fast-bf16");
         OnnxExporter.Export(fixture, _fastBf16, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, StateDtype = StateDtype.Bf16 });
+        // with the mixed graph: prompts read inside decode steps (float32 and bfloat16 state)
+        _mixed = _tmp.Sub("mixed");
+        OnnxExporter.Export(fixture, _mixed, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, MixedGraph = true });
+        _mixedBf16 = _tmp.Sub("mixed-bf16");
+        OnnxExporter.Export(fixture, _mixedBf16, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, MixedGraph = true, StateDtype = StateDtype.Bf16 });
         // one segment of 16384: a long prompt alone is one call, under load many pieces
         _long = _tmp.Sub("long");
         OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "fused_bias"), _long, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
@@ -139,17 +144,37 @@ public class ServingEngineTests
         EndsWithin30SecondsWith(engine.Submit(prompt, options), "planted failure of a join");
     }
 
-    [TestCase(false, false)]
-    [TestCase(true, false)]
-    [TestCase(true, true)]
-    public void EveryStreamUnderLoadEqualsTheRequestServedAlone(bool fastPath, bool bf16State)
+    /// <summary>
+    /// Under load (4 slots, 30 requests) every stream equals the same request served alone: standard ops, the fast path
+    /// (float32 and bfloat16 state), and with the mixed graph, where prompts are read inside the decode steps (the decode
+    /// rows' projections then run with the prompt's rows beside them).
+    /// </summary>
+    [TestCase("plain")]
+    [TestCase("fast")]
+    [TestCase("fast-bf16")]
+    [TestCase("mixed")]
+    [TestCase("mixed-bf16")]
+    public void EveryStreamUnderLoadEqualsTheRequestServedAlone(string model)
     {
-        using var session = XLstmSession.Load(bf16State ? _fastBf16 : fastPath ? _fast : _plain);
+        bool fastPath = model != "plain", mixed = model.StartsWith("mixed", StringComparison.Ordinal);
+        using var session = XLstmSession.Load(model switch
+        {
+            "plain" => _plain,
+            "fast" => _fast,
+            "fast-bf16" => _fastBf16,
+            "mixed" => _mixed,
+            _ => _mixedBf16,
+        });
         var cases = Cases(30, fastPath ? 2 : 1);
         // 4 slots for 30 requests: queueing, joins, rows moving as others end, buckets 1/2/4, prompts read in pieces of 8
         var options = new ServingOptions { MaxBatch = 4, PrefillRows = 2, PrefillChunkTokens = 8, QueueCapacity = 64 };
         int[][] underLoad;
-        using (var engine = new ServingEngine(session, options)) underLoad = ServeAll(engine, cases);
+        using (var engine = new ServingEngine(session, options))
+        {
+            underLoad = ServeAll(engine, cases);
+            if (mixed) Assert.That(engine.Metrics.MixedSteps, Is.GreaterThan(10), "prompts were read inside decode steps");
+            else Assert.That(engine.Metrics.MixedSteps, Is.Zero);
+        }
         using (var alone = new ServingEngine(session, options with { PrefixCacheBytes = 0 }))
         {
             for (int i = 0; i < cases.Count; i++)

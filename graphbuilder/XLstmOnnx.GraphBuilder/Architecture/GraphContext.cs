@@ -15,8 +15,6 @@ namespace XLstmOnnx.GraphBuilder.Architecture;
 /// </summary>
 internal sealed class GraphContext
 {
-    private readonly Dictionary<string, string> _shapes = [];
-
     public GraphContext(OnnxGraph graph, XLstmConfig config, ExportOptions options)
     {
         G = graph;
@@ -30,21 +28,30 @@ internal sealed class GraphContext
     public ExportOptions O { get; }
     /// <summary>Weights and activations: float32, float16 or bfloat16. Gates, state, norm statistics and logits stay float32.</summary>
     public DataType T { get; }
-    /// <summary>[B, S] int64, the embedded input's leading dims (set by the embedding).</summary>
-    public string BatchAndSequence { get; set; } = "";
-    /// <summary>An int64 [B, S] input (input_ids, else attention_mask) whose shape tells <c>Linear</c> a decode step from a prompt; null when there is none.</summary>
+    /// <summary>
+    /// The rows the layer ops work on now: the plain graph has one lane; the mixed graph (<see cref="ExportOptions.MixedGraph"/>)
+    /// has the decode lane [B, 1] and the prompt lane [P, L], whose rows the token-wise ops see as one [B + P·L, H] stream.
+    /// </summary>
+    public Lane Lane { get; set; } = new("", "", "batch");
+    /// <summary>[B, S] int64, the current lane's embedded input's leading dims (set by the embedding).</summary>
+    public string BatchAndSequence { get => Lane.BatchAndSequence; set => Lane.BatchAndSequence = value; }
+    /// <summary>
+    /// An int64 tensor whose shape [M/S, S] tells <c>Linear</c> a decode step (S = 1) from a prompt: input_ids (else
+    /// attention_mask); in the mixed graph a [B + P·L, 1] tensor (every row through the decode kernels); null when there is none.
+    /// </summary>
     public string? SequenceShape { get; set; }
-    /// <summary>The <c>attention_mask</c> input [B, S] int64, or null when exported without one.</summary>
-    public string? MaskInput { get; set; }
-    /// <summary>The mask as [B, 1, S] bool (true for real tokens; broadcasts over heads), or null.</summary>
-    public string? Mask { get; set; }
+    /// <summary>The current lane's mask input [B, S] int64, or null when exported without one.</summary>
+    public string? MaskInput { get => Lane.MaskInput; set => Lane.MaskInput = value; }
+    /// <summary>The current lane's mask as [B, 1, S] bool (true for real tokens; broadcasts over heads), or null.</summary>
+    public string? Mask { get => Lane.Mask; set => Lane.Mask = value; }
 
     /// <summary>Initializer names follow the node path: /model/blocks.3/mlstm/qkvo_proj -> model.blocks.3.mlstm.qkvo_proj.weight.</summary>
     public static string InitName(string path, string what) => $"{path.TrimStart('/').Replace('/', '.')}.{what}";
 
     /// <summary>The weight <paramref name="what"/> ("weight", "bias") of the module at <paramref name="path"/>, stored in <paramref name="type"/> (default: T).</summary>
+    /// A lane's segment is not part of the name: both lanes of the mixed graph read one initializer.
     public string Weight(string path, string what, IWeightSource source, DataType? type = null) =>
-        G.Weight(InitName(path, what), source, type ?? T);
+        G.Weight(InitName(Lane.Segment.Length == 0 ? path : path.Replace(Lane.Segment + "/", "/", StringComparison.Ordinal), what), source, type ?? T);
 
     /// <summary>y = x Wᵀ + b with W in the checkpoint's [out, in] layout, stored in <paramref name="type"/> (default: T).</summary>
     public string Gemm(string p, string x, IWeightSource weight, IWeightSource? bias, DataType? type = null, bool quantize = false)
@@ -116,15 +123,33 @@ internal sealed class GraphContext
         return G.Op($"{p}/Transpose", "Transpose", [r], Attr.Ints("perm", 0, 2, 1));
     }
 
-    /// <summary>The shape [B, S, tail...] as an int64 tensor, built once per tail.</summary>
+    /// <summary>The current lane's shape [B, S, tail...] as an int64 tensor, built once per lane and tail.</summary>
     public string ShapeBS(params long[] tail)
     {
         string key = string.Join(",", tail);
-        if (!_shapes.TryGetValue(key, out var s))
+        if (!Lane.Shapes.TryGetValue(key, out var s))
         {
-            s = G.Op($"/model/shape_B_S_{string.Join("_", tail)}/Concat", "Concat", [BatchAndSequence, G.Constant(tail)], Attr.Int("axis", 0));
-            _shapes[key] = s;
+            s = G.Op($"/model{Lane.Segment}/shape_B_S_{string.Join("_", tail)}/Concat", "Concat", [BatchAndSequence, G.Constant(tail)], Attr.Int("axis", 0));
+            Lane.Shapes[key] = s;
         }
         return s;
     }
+}
+
+/// <summary>
+/// One batch of rows of one [B, S] shape and what belongs to it: the shape, the mask, the state inputs' name prefix. Its
+/// <see cref="Segment"/> ("" in the plain graph; "/decode" or "/prompt" in the mixed graph) goes into the paths of its
+/// nodes (<c>/model/blocks.3/mlstm/prompt/cell/Chunkwise</c>), never into weight names.
+/// </summary>
+internal sealed class Lane(string segment, string inputPrefix, string batchDim)
+{
+    public string Segment { get; } = segment;
+    /// <summary>Prefix of the lane's graph inputs and state outputs: "" or <see cref="GraphNames.PromptPrefix"/>.</summary>
+    public string InputPrefix { get; } = inputPrefix;
+    /// <summary>The symbolic name of the lane's batch axis in the graph's inputs and outputs.</summary>
+    public string BatchDim { get; } = batchDim;
+    public string BatchAndSequence { get; set; } = "";
+    public string? MaskInput { get; set; }
+    public string? Mask { get; set; }
+    public Dictionary<string, string> Shapes { get; } = [];
 }

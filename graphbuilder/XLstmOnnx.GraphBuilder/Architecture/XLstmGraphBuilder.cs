@@ -27,8 +27,14 @@ public sealed class XLstmGraphBuilder
     private readonly ExportOptions _o;
     private readonly ILayerOps _ops;
     private readonly StateLayout _state;
+    /// <summary>The mixed graph's lanes, decode then prompt; null in the plain graph.</summary>
+    private readonly Lane[]? _lanes;
+    /// <summary>The stream-wide lane of the mixed graph (norms, projections, FFN: no lane segment in their paths).</summary>
+    private readonly Lane _stream;
+    /// <summary>The mixed graph's rows per lane, [B, P·L] int64, for splitting the stream.</summary>
+    private string _laneRows = "";
 
-    private XLstmGraphBuilder(XLstmConfig config, BoundWeights weights, ExportOptions options)
+    private XLstmGraphBuilder(XLstmConfig config, BoundWeights weights, ExportOptions options, bool mixed)
     {
         _x = new GraphContext(new OnnxGraph("xlstm"), config, options);
         _c = config;
@@ -37,6 +43,8 @@ public sealed class XLstmGraphBuilder
         _state = new StateLayout(checked((int)config.NumBlocks), config.NumHeads, config.QkHeadDim, config.VHeadDim);
         // --mlstm-kernels custom: the ONNX Runtime fast path, our fused kernels; otherwise standard ops only
         _ops = options.MLstmKernels == MLstmKernels.Custom ? new FusedLayerOps(_x) : new StandardLayerOps(_x);
+        _stream = _x.Lane;
+        if (mixed) _lanes = [new Lane("/decode", "", "batch"), new Lane("/prompt", GraphNames.PromptPrefix, "prompt_batch")];
     }
 
     private OnnxGraph G => _x.G;
@@ -44,36 +52,52 @@ public sealed class XLstmGraphBuilder
     /// <summary>Builds the graph; initializers still reference the checkpoint until the exporter streams them.</summary>
     public static OnnxGraph Build(XLstmConfig config, BoundWeights weights, ExportOptions options)
     {
-        var b = new XLstmGraphBuilder(config, weights, options);
+        var b = new XLstmGraphBuilder(config, weights, options, mixed: false);
+        b.BuildGraph();
+        return b._x.G;
+    }
+
+    /// <summary>
+    /// Builds the mixed graph (<see cref="ExportOptions.MixedGraph"/>; docs/exported-graph.md, "The mixed graph"): a
+    /// decode lane input_ids [B, 1] and a prompt lane prompt_input_ids [P, L], each with its mask and state, stacked into
+    /// one [B + P·L, H] stream for the embedding, norms, projections and FFN, split for the cell, and the last position of
+    /// each row out: logits [B + P, 1, V]. Its weights have the plain graph's names.
+    /// </summary>
+    public static OnnxGraph BuildMixed(XLstmConfig config, BoundWeights weights, ExportOptions options)
+    {
+        var b = new XLstmGraphBuilder(config, weights, options, mixed: true);
         b.BuildGraph();
         return b._x.G;
     }
 
     private void BuildGraph()
     {
-        var residual = new Residual(MakeEmbedding());                    // [B·S, H]
+        var residual = new Residual(_lanes is null ? MakeEmbedding() : MakeMixedEmbedding()); // [B·S, H]; mixed: [B + P·L, H]
         // transformers' hidden states: the embedding output (the first block's input), the outputs of blocks 0..N-2,
         // then the normed output in place of the last block's (docs/hf-semantics.md, "Hidden states")
         var hidden = new List<string>();
         if (_c.NumBlocks > 0) hidden.Add(residual.X);
         for (int i = 0; i < _c.NumBlocks; i++) residual = MakeBlock(i, residual, hidden);
         string x = _x.Sum(residual);                                      // the last block's FFN residual add
-        if (_o.LastLogitsOnly) x = MakeLastPosition(x);                  // [B, H]
+        bool last = _o.LastLogitsOnly || _lanes is not null;
+        if (_lanes is not null) x = MakeLastPositions(x);                // [B + P, H]
+        else if (last) x = MakeLastPosition(x);                          // [B, H]
         x = _x.RmsNorm("/model/out_norm", x, _w[WeightRole.OutNorm], null);
         hidden.Add(x);
         string logits = _x.ToFloat("/model/lm_head", _x.Gemm("/model/lm_head", x, _w[WeightRole.LmHead], null, quantize: true)); // [B·S, V], matmul in T, then fp32 (as HF)
         if (_c.OutputLogitSoftCap is { } cap) logits = _x.SoftCap("/model/logits_soft_cap", logits, cap);
         // [B·S, V] -> [B, S, V]   (last-only: [B, V] -> [B, 1, V])
-        logits = _o.LastLogitsOnly
+        logits = last
             ? G.Op("/model/logits/Unsqueeze", "Unsqueeze", [logits, G.Constant(1)])
             : G.Op("/model/logits/Reshape", "Reshape", [logits, _x.ShapeBS(_c.VocabSize)]);
-        G.Output(GraphNames.Logits, logits, DataType.Float, "batch", _o.LastLogitsOnly ? 1L : "sequence", _c.VocabSize);
+        string rows = _lanes is null ? "batch" : "rows"; // mixed: B + P
+        G.Output(GraphNames.Logits, logits, DataType.Float, rows, last ? 1L : "sequence", _c.VocabSize);
         if (_o.NextToken)
         {
             // [B,1,V] -> [B,1]: greedy decoding reads B ids instead of B·V logits (ties: the first index, as ONNX specifies)
             string argMax = G.Op("/model/next_token/ArgMax", "ArgMax", [logits], Attr.Int("axis", 2), Attr.Int("keepdims", 0));
             string next = G.Op("/model/next_token/Where", "Where", [NonFiniteRows("/model/next_token", logits, 2), G.Constant(GraphNames.NonFiniteToken), argMax]);
-            G.Output(GraphNames.NextToken, next, DataType.Int64, "batch", 1L);
+            G.Output(GraphNames.NextToken, next, DataType.Int64, rows, 1L);
         }
         if (_o.HiddenStates) MakeHiddenStates(hidden);
     }
@@ -137,6 +161,55 @@ public sealed class XLstmGraphBuilder
     }
 
     /// <summary>
+    /// The mixed graph's two lanes, embedded and stacked (decode rows first), each with its mask:
+    /// <code>
+    ///   input_ids [B, 1]        ─► Gather ─► [B, H]   ─┐
+    ///   prompt_input_ids [P, L] ─► Gather ─► [P·L, H] ─┴► Concat ─► [B + P·L, H]
+    /// </code>
+    /// Sets the rows per lane, and a [B + P·L, 1] tensor for <c>Linear</c>'s shape input (every row runs the decode
+    /// kernels, so in batch-invariant mode a decode row's result does not depend on the prompt beside it).
+    /// </summary>
+    private string MakeMixedEmbedding()
+    {
+        string table = _x.Weight("/model/embeddings", "weight", _w[WeightRole.Embedding]);
+        var rows = new List<string>();
+        var counts = new List<string>();
+        foreach (var lane in _lanes!)
+        {
+            _x.Lane = lane;
+            object sequence = lane.InputPrefix.Length == 0 ? 1L : "prompt_sequence";
+            string ids = G.Input(lane.InputPrefix + GraphNames.InputIds, DataType.Int64, lane.BatchDim, sequence);
+            string e = G.Op($"/model/embeddings{lane.Segment}/Gather", "Gather", [table, ids]);                          // [B, S, E]
+            _x.BatchAndSequence = G.Op($"/model{lane.Segment}/batch_and_sequence/Shape", "Shape", [e], Attr.Int("start", 0), Attr.Int("end", 2));
+            string mask = _x.MaskInput = G.Input(lane.InputPrefix + GraphNames.AttentionMask, DataType.Int64, lane.BatchDim, sequence);
+            string b = G.Op($"/model{lane.Segment}/attention_mask/Cast", "Cast", [mask], Attr.Int("to", (long)DataType.Bool));
+            _x.Mask = G.Op($"/model{lane.Segment}/attention_mask/Unsqueeze", "Unsqueeze", [b, G.Constant(1)]);        // [B,1,S]
+            rows.Add(G.Op($"/model/embeddings{lane.Segment}/Reshape", "Reshape", [e, G.Constant(-1, _c.HiddenSize)])); // [B·S, H]
+            counts.Add(G.Op($"/model{lane.Segment}/rows/ReduceProd", "ReduceProd", [_x.BatchAndSequence], Attr.Int("keepdims", 1))); // [1]
+        }
+        _x.Lane = _stream;
+        _laneRows = G.Op("/model/lanes/rows/Concat", "Concat", [.. counts], Attr.Int("axis", 0));                       // [2]
+        string x = G.Op("/model/embeddings/Concat", "Concat", [.. rows], Attr.Int("axis", 0));                          // [B + P·L, H]
+        string m = G.Op("/model/lanes/stream_rows/Shape", "Shape", [x], Attr.Int("start", 0), Attr.Int("end", 1));     // [1]
+        string shape = G.Op("/model/lanes/linear_shape/Concat", "Concat", [m, G.Constant(1L)], Attr.Int("axis", 0));    // [B + P·L, 1]
+        _x.SequenceShape = G.Op("/model/lanes/linear_shape/ConstantOfShape", "ConstantOfShape", [shape], Attr.Int64Tensor("value", 0));
+        return x;
+    }
+
+    /// <summary>The stream [B + P·L, …] cut into its lanes' rows: [B, …] and [P·L, …].</summary>
+    private string[] SplitLanes(string p, string x) => G.Node($"{p}/lanes/Split", "Split", [x, _laneRows], 2, "", Attr.Int("axis", 0));
+
+    /// <summary>The mixed graph's last positions: the decode rows as they are, each prompt row's last token: [B + P, H].</summary>
+    private string MakeLastPositions(string x)
+    {
+        var lanes = SplitLanes("/model/last_position", x);
+        _x.Lane = _lanes![1];
+        string prompt = MakeLastPosition(lanes[1]);                                                                     // [P, H]
+        _x.Lane = _stream;
+        return G.Op("/model/last_position/Concat", "Concat", [lanes[0], prompt], Attr.Int("axis", 0));
+    }
+
+    /// <summary>
     /// x ─► norm_mlstm ─► mLSTM layer ─► (+x) ─► norm_ffn ─► FFN ─► (+)
     /// Each residual add is left pending in the returned <see cref="Residual"/> and added by the norm after it (one
     /// node on the fast path); the add keeps this block's name. <paramref name="hidden"/> receives the previous
@@ -160,18 +233,45 @@ public sealed class XLstmGraphBuilder
     {
         string p = $"/model/blocks.{i}/mlstm";
         string proj = _x.Gemm($"{p}/qkvo_proj", x, _w[WeightRole.QkvoProj, i], _w.Optional(WeightRole.QkvoProjBias, i), quantize: true);
+        // gate pre-activations in float32, from a float32 copy of x (the i/f weights, 2·NH rows, are stored float32)
+        string preact = _x.Gemm($"{p}/if_gate", _x.ToFloat($"{p}/if_gate/input", x), _w[WeightRole.IfGate, i], _w[WeightRole.IfGateBias, i], DataType.Float);
+        string gated;
+        if (_lanes is null)
+        {
+            gated = MakeCell(i, p, proj, preact);
+        }
+        else
+        {
+            // the cell runs once per lane, on its rows: the step on the decode rows, HF's schedule on the prompt rows
+            var projs = SplitLanes($"{p}/qkvo_proj", proj);
+            var preacts = SplitLanes($"{p}/if_gate", preact);
+            var outs = new string[_lanes.Length];
+            for (int l = 0; l < _lanes.Length; l++)
+            {
+                _x.Lane = _lanes[l];
+                outs[l] = MakeCell(i, p + _lanes[l].Segment, projs[l], preacts[l]);
+            }
+            _x.Lane = _stream;
+            gated = G.Op($"{p}/lanes/Concat", "Concat", outs, Attr.Int("axis", 0));                                    // [B + P·L, NH·DV]
+        }
+        return _x.Gemm($"{p}/out_proj", gated, _w[WeightRole.OutProj, i], _w.Optional(WeightRole.OutProjBias, i), quantize: true); // [B·S, H]
+    }
+
+    /// <summary>
+    /// The cell of layer <paramref name="i"/> on the current lane's rows, from the projections: q, k, v, o = split(proj);
+    /// ĩ, f̃ = gates(preact); h, state = mLSTM(q, k, v, ĩ, f̃; past state); σ(o) ⊙ MultiHeadLayerNorm(h), [B·S, NH·DV].
+    /// </summary>
+    private string MakeCell(int i, string p, string proj, string preact)
+    {
         var qkvo = G.Node($"{p}/qkvo_proj/Split", "Split", [proj, G.Constant(_c.QkDim, _c.QkDim, _c.VDim, _c.VDim)], 4, "", Attr.Int("axis", 1));
         string q = _x.Heads($"{p}/q_heads", qkvo[0], _c.QkHeadDim);                                        // [B,NH,S,DQK]
         string k = _x.Heads($"{p}/k_heads", qkvo[1], _c.QkHeadDim);
         string v = _x.Heads($"{p}/v_heads", qkvo[2], _c.VHeadDim);                                         // [B,NH,S,DV]
         string o = qkvo[3];                                                                                 // [B·S, NH·DV]
-        // gate pre-activations in float32, from a float32 copy of x (the i/f weights, 2·NH rows, are stored float32)
-        string preact = _x.Gemm($"{p}/if_gate", _x.ToFloat($"{p}/if_gate/input", x), _w[WeightRole.IfGate, i], _w[WeightRole.IfGateBias, i], DataType.Float);
         var (ig, fg) = _ops.Gates(p, preact);                                                               // [B,NH,S] each
         var (h, state) = _ops.Cell(p, q, k, v, ig, fg, PastState(i));                                       // [B,NH,S,DV]
         PresentState(i, state);
-        string gated = _ops.HeadNormGate(p, h, o, _w[WeightRole.MultiheadNorm, i], _w.Optional(WeightRole.MultiheadNormBias, i));
-        return _x.Gemm($"{p}/out_proj", gated, _w[WeightRole.OutProj, i], _w.Optional(WeightRole.OutProjBias, i), quantize: true); // [B·S, H]
+        return _ops.HeadNormGate(p, h, o, _w[WeightRole.MultiheadNorm, i], _w.Optional(WeightRole.MultiheadNormBias, i));
     }
 
     /// <summary>gate, z = split(x W_upᵀ); y = (silu(gate) ⊙ z) W_downᵀ.</summary>
@@ -182,28 +282,32 @@ public sealed class XLstmGraphBuilder
         return _x.Gemm($"{p}/proj_down", _ops.SwiGlu(p, up), _w[WeightRole.FfnDown, i], _w.Optional(WeightRole.FfnDownBias, i), quantize: true);
     }
 
-    /// <summary>Layer <paramref name="i"/>'s state inputs past_state.i.{C,n,m} (C and n in the state dtype, m float32).</summary>
+    /// <summary>
+    /// Layer <paramref name="i"/>'s state inputs of the current lane: past_state.i.{C,n,m} (the prompt lane's:
+    /// prompt_past_state.i.*); C and n in the state dtype, m float32.
+    /// </summary>
     private CellState PastState(int i) => new(
-        G.Input(StateLayout.PastName(i, StatePart.C), _x.StateType(StatePart.C), StateDims(StatePart.C)),
-        G.Input(StateLayout.PastName(i, StatePart.N), _x.StateType(StatePart.N), StateDims(StatePart.N)),
-        G.Input(StateLayout.PastName(i, StatePart.M), _x.StateType(StatePart.M), StateDims(StatePart.M)));
+        G.Input(_x.Lane.InputPrefix + StateLayout.PastName(i, StatePart.C), _x.StateType(StatePart.C), StateDims(StatePart.C)),
+        G.Input(_x.Lane.InputPrefix + StateLayout.PastName(i, StatePart.N), _x.StateType(StatePart.N), StateDims(StatePart.N)),
+        G.Input(_x.Lane.InputPrefix + StateLayout.PastName(i, StatePart.M), _x.StateType(StatePart.M), StateDims(StatePart.M)));
 
-    /// <summary>Layer <paramref name="i"/>'s state outputs present_state.i.{C,n,m}.</summary>
+    /// <summary>Layer <paramref name="i"/>'s state outputs of the current lane: present_state.i.{C,n,m} (or prompt_present_state.i.*).</summary>
     private void PresentState(int i, CellState s)
     {
-        G.Output(StateLayout.PresentName(i, StatePart.C), s.C, _x.StateType(StatePart.C), StateDims(StatePart.C));
-        G.Output(StateLayout.PresentName(i, StatePart.N), s.N, _x.StateType(StatePart.N), StateDims(StatePart.N));
-        G.Output(StateLayout.PresentName(i, StatePart.M), s.M, _x.StateType(StatePart.M), StateDims(StatePart.M));
+        G.Output(_x.Lane.InputPrefix + StateLayout.PresentName(i, StatePart.C), s.C, _x.StateType(StatePart.C), StateDims(StatePart.C));
+        G.Output(_x.Lane.InputPrefix + StateLayout.PresentName(i, StatePart.N), s.N, _x.StateType(StatePart.N), StateDims(StatePart.N));
+        G.Output(_x.Lane.InputPrefix + StateLayout.PresentName(i, StatePart.M), s.M, _x.StateType(StatePart.M), StateDims(StatePart.M));
     }
 
     /// <summary>The dims of a state part: C [batch, NH, DQK, DV], n [batch, NH, DQK], m [batch, NH, 1] (<see cref="StateLayout"/>).</summary>
-    private object[] StateDims(StatePart part) => ["batch", .. _state.RowShape(part).Cast<object>()];
+    private object[] StateDims(StatePart part) => [_x.Lane.BatchDim, .. _state.RowShape(part).Cast<object>()];
 
-    /// <summary>[B·S, H] -> [B, S, H] -> last position [B, H].</summary>
+    /// <summary>[B·S, H] -> [B, S, H] -> last position [B, H] (of the current lane).</summary>
     private string MakeLastPosition(string x)
     {
-        string r = G.Op("/model/last_position/Reshape", "Reshape", [x, _x.ShapeBS(_c.HiddenSize)]);
-        string s = G.Op("/model/last_position/Slice", "Slice", [r, G.Constant(-1), G.Constant(long.MaxValue), G.Constant(1)]); // [B,1,H]
-        return G.Op("/model/last_position/Squeeze", "Squeeze", [s, G.Constant(1)]);
+        string p = $"/model{_x.Lane.Segment}/last_position";
+        string r = G.Op($"{p}/Reshape", "Reshape", [x, _x.ShapeBS(_c.HiddenSize)]);
+        string s = G.Op($"{p}/Slice", "Slice", [r, G.Constant(-1), G.Constant(long.MaxValue), G.Constant(1)]); // [B,1,H]
+        return G.Op($"{p}/Squeeze", "Squeeze", [s, G.Constant(1)]);
     }
 }

@@ -73,6 +73,14 @@ public sealed record ExportOptions
     /// </summary>
     public StateDtype StateDtype { get; init; } = StateDtype.Float32;
 
+    /// <summary>
+    /// Also write model.mixed.onnx, the mixed graph (docs/exported-graph.md, "The mixed graph"): a decode step of B rows
+    /// and a prompt piece of P rows in one call, whose projections stream the weights once for both. It reads the same
+    /// weights file; the serving engine uses it to read prompts inside decode steps. Needs <see cref="MLstmKernels"/> custom,
+    /// <see cref="AttentionMask"/>, <c>input_ids</c> and no hidden states.
+    /// </summary>
+    public bool MixedGraph { get; init; }
+
     /// <summary>What <see cref="LinearKernels"/> resolves to for these options.</summary>
     public LinearKernels Linear => LinearKernels ?? Contract.LinearKernels.Onnx;
 
@@ -112,6 +120,15 @@ public sealed record ExportOptions
         {
             throw XLstmOnnxException.InParameter(Name(nameof(NextToken)),
                 $"{Name(nameof(NextToken))} needs {Name(nameof(LastLogitsOnly))} (it is the argmax of the last position's logits).");
+        }
+        if (MixedGraph)
+        {
+            string need = MLstmKernels != MLstmKernels.Custom ? $"{Name(nameof(MLstmKernels))} custom (found {MLstmKernels.JsonName()})"
+                : !AttentionMask ? $"{Name(nameof(AttentionMask))} (found false)"
+                : InputsEmbeds ? $"input_ids (found {Name(nameof(InputsEmbeds))} true)"
+                : HiddenStates ? $"no hidden states (found {Name(nameof(HiddenStates))} true)"
+                : "";
+            if (need.Length > 0) throw XLstmOnnxException.InParameter(Name(nameof(MixedGraph)), $"{Name(nameof(MixedGraph))} needs {need}.");
         }
         if (ExternalDataThresholdBytes <= 0) throw XLstmOnnxException.MustBe(Name(nameof(ExternalDataThresholdBytes)), "positive", ExternalDataThresholdBytes);
     }

@@ -26,6 +26,8 @@ public static class OnnxExporter
 {
     public const string ModelFile = "model.onnx";
     public const string DataFile = "model.onnx.data";
+    /// <summary>The mixed graph (<see cref="ExportOptions.MixedGraph"/>), reading <see cref="DataFile"/> with model.onnx.</summary>
+    public const string MixedModelFile = "model.mixed.onnx";
     /// <summary>External tensors start at multiples of 64 KiB so that they can be memory-mapped on every OS.</summary>
     public const int ExternalAlignment = 64 * 1024;
     /// <summary>Elements converted per block while streaming (4 MiB of float32).</summary>
@@ -39,7 +41,7 @@ public static class OnnxExporter
     /// which the next export may replace; anything else in it is the user's, and the export refuses to delete it.
     /// </summary>
     public static readonly IReadOnlyCollection<string> OutputFiles = new HashSet<string>(
-        [ModelFile, DataFile, ModelManifest.FileName, "config.json", SamplerModel.FileName, TokenizerModel.FileName, AtomicFolder.LockFile, .. SideFiles],
+        [ModelFile, DataFile, MixedModelFile, ModelManifest.FileName, "config.json", SamplerModel.FileName, TokenizerModel.FileName, AtomicFolder.LockFile, .. SideFiles],
         StringComparer.Ordinal);
 
     /// <summary>The absolute form of <paramref name="outputDir"/>; throws naming the parameter when it is empty or not a path.</summary>
@@ -96,25 +98,13 @@ public static class OnnxExporter
 
         using var folder = AtomicFolder.Begin(target, OutputFiles, ModelManifest.FileName);
         string staging = folder.Staging;
-        var model = new ModelProto
-        {
-            IrVersion = ExportOptions.IrVersion,
-            ProducerName = "XLstmOnnx",
-            ProducerVersion = typeof(OnnxExporter).Assembly.GetName().Version?.ToString() ?? "0",
-            DocString = "xLSTMForCausalLM exported by XLstmOnnx from a Hugging Face checkpoint.",
-            Graph = graph.Proto,
-        };
-        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
-        if (graph.Proto.Node.Any(n => n.Domain == "com.microsoft")) model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.microsoft", Version = 1 });
-        if (options.MLstmKernels == MLstmKernels.Custom)
-        {
-            model.OpsetImport.Add(new OperatorSetIdProto { Domain = CustomOps.Domain, Version = CustomOps.DomainVersion });
-        }
+        var model = Model(graph, options);
         WriteWeights(graph, staging, external, weightBytes, progress, cancel);
         using (var fs = new FileStream(Path.Combine(staging, ModelFile), FileMode.CreateNew, FileAccess.Write))
         {
             model.WriteTo(fs);
         }
+        if (options.MixedGraph) WriteMixed(config, weights, options, graph, staging);
         var copied = new List<string>();
         foreach (var f in sideFiles)
         {
@@ -137,12 +127,53 @@ public static class OnnxExporter
             weightBytes, graph.Proto.Node.Count, clock.Elapsed);
     }
 
+    private static ModelProto Model(OnnxGraph graph, ExportOptions options)
+    {
+        var model = new ModelProto
+        {
+            IrVersion = ExportOptions.IrVersion,
+            ProducerName = "XLstmOnnx",
+            ProducerVersion = typeof(OnnxExporter).Assembly.GetName().Version?.ToString() ?? "0",
+            DocString = "xLSTMForCausalLM exported by XLstmOnnx from a Hugging Face checkpoint.",
+            Graph = graph.Proto,
+        };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
+        if (graph.Proto.Node.Any(n => n.Domain == "com.microsoft")) model.OpsetImport.Add(new OperatorSetIdProto { Domain = "com.microsoft", Version = 1 });
+        if (options.MLstmKernels == MLstmKernels.Custom)
+        {
+            model.OpsetImport.Add(new OperatorSetIdProto { Domain = CustomOps.Domain, Version = CustomOps.DomainVersion });
+        }
+        return model;
+    }
+
+    /// <summary>
+    /// Writes model.mixed.onnx: the mixed graph, whose initializers are the plain graph's as written (the same external
+    /// data entries, so both read one weights file; raw bytes copied for small models). Every weight the mixed graph
+    /// reads must be one the plain graph wrote.
+    /// </summary>
+    private static void WriteMixed(XLstmConfig config, BoundWeights weights, ExportOptions options, OnnxGraph plain, string staging)
+    {
+        var mixed = XLstmGraphBuilder.BuildMixed(config, weights, options);
+        var written = plain.Proto.Initializer.ToDictionary(t => t.Name);
+        foreach (var name in mixed.Weights.Select(w => w.Name).Concat(mixed.RawWeights.Select(w => w.Name)))
+        {
+            if (!written.TryGetValue(name, out var t))
+            {
+                throw new InvalidOperationException($"{MixedModelFile}: weight {name} is not one of {ModelFile}'s initializers");
+            }
+            mixed.Proto.Initializer.Add(t.Clone());
+        }
+        using var fs = new FileStream(Path.Combine(staging, MixedModelFile), FileMode.CreateNew, FileAccess.Write);
+        Model(mixed, options).WriteTo(fs);
+    }
+
     /// <summary>The manifest of a model exported from <paramref name="c"/> with <paramref name="o"/>.</summary>
     internal static ModelManifest Manifest(XLstmConfig c, ExportOptions o, string? externalDataFile, IReadOnlyList<string> tokenizerFiles, bool sampler) => new()
     {
         Producer = $"XLstmOnnx {typeof(OnnxExporter).Assembly.GetName().Version}",
         ModelFile = ModelFile,
         ExternalDataFile = externalDataFile,
+        MixedModelFile = o.MixedGraph ? MixedModelFile : null,
         Dtype = o.Dtype,
         Quantization = o.QuantizeBits is { } bits ? $"int{bits}-block{o.QuantizeBlockSize}" : null,
         StateDtype = o.StateDtype,

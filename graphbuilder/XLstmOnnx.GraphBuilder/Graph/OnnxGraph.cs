@@ -22,6 +22,14 @@ public sealed class Attr
         p.Ints.AddRange(v);
         return new(p);
     }
+    /// <summary>A one-element int64 tensor attribute (ConstantOfShape's value).</summary>
+    public static Attr Int64Tensor(string name, long v)
+    {
+        var t = new TensorProto { DataType = (int)DataType.Int64 };
+        t.Dims.Add(1);
+        t.Int64Data.Add(v);
+        return new(new() { Name = name, Type = AttributeProto.Types.AttributeType.Tensor, T = t });
+    }
     public static Attr Graph(string name, OnnxGraph g) => new(new() { Name = name, Type = AttributeProto.Types.AttributeType.Graph, G = g.Proto });
 }
 

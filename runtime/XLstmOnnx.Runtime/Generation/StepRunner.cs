@@ -38,6 +38,31 @@ internal sealed class ModelIo(ModelManifest manifest)
         if (logits is not null) b.BindOutput(GraphNames.Logits, logits);
         if (next is not null && manifest.NextToken) b.BindOutput(GraphNames.NextToken, next);
     }
+
+    /// <summary>The mixed graph's inputs: the decode lane's (the plain graph's names), then the prompt lane's (<see cref="GraphNames.PromptPrefix"/>).</summary>
+    public IReadOnlyList<string> MixedInputs()
+    {
+        string[] lane = [GraphNames.InputIds, GraphNames.AttentionMask, .. _past];
+        return [.. lane, .. lane.Select(GraphNames.Prompt)];
+    }
+
+    /// <summary>
+    /// Binds one call of the mixed graph: the decode lane (ids and mask [B, 1], its state) like <see cref="Bind"/>, the
+    /// prompt lane (ids and mask [P, L], its state) under the prompt names; logits [B + P, 1, V] and next_token [B + P, 1]
+    /// cover both lanes' rows, decode rows first.
+    /// </summary>
+    public void BindMixed(OrtIoBinding b, OrtValue ids, OrtValue mask, IReadOnlyList<OrtValue> past, IReadOnlyList<OrtValue> present,
+        OrtValue promptIds, OrtValue promptMask, IReadOnlyList<OrtValue> promptPast, IReadOnlyList<OrtValue> promptPresent, OrtValue logits, OrtValue? next)
+    {
+        Bind(b, ids, mask, past, present, logits, next);
+        b.BindInput(GraphNames.Prompt(GraphNames.InputIds), promptIds);
+        b.BindInput(GraphNames.Prompt(GraphNames.AttentionMask), promptMask);
+        for (int i = 0; i < _past.Length; i++)
+        {
+            b.BindInput(GraphNames.Prompt(_past[i]), promptPast[i]);
+            b.BindOutput(GraphNames.Prompt(_present[i]), promptPresent[i]);
+        }
+    }
 }
 
 /// <summary>
@@ -73,7 +98,8 @@ internal sealed class StepRunner : IDisposable
     /// <param name="model">The session.</param>
     /// <param name="memory">The session's device memory.</param>
     /// <param name="pool">The pool whose rows [0, n) decode steps run over (double-buffered).</param>
-    public StepRunner(XLstmSession model, DeviceMemory memory, StatePool pool)
+    /// <param name="promptRows">Output rows beyond the pool's for the prompt rows of a mixed call (<see cref="DecodeWithPrompt"/>).</param>
+    public StepRunner(XLstmSession model, DeviceMemory memory, StatePool pool, int promptRows = 0)
     {
         if (model.Manifest.Input != GraphNames.InputIds) throw new XLstmOnnxException($"{model.Directory}: generation needs an input_ids model; this one takes {model.Manifest.Input}.");
         if (pool.Sets != 2) throw new ArgumentException("decode steps need a double-buffered pool", nameof(pool));
@@ -84,14 +110,15 @@ internal sealed class StepRunner : IDisposable
         _pool = pool;
         _vocab = _m.VocabSize;
         Rows = pool.Rows;
+        OutputRows = Rows + promptRows;
         Ids = new long[Rows];
         Mask = new long[Rows];
         try
         {
             _ids = memory.Allocate(Rows * 8L, "decode input ids");
             _mask = memory.Allocate(Rows * 8L, "decode attention mask");
-            _logits = memory.Allocate(Rows * _vocab * 4, "decode logits");
-            _next = memory.Allocate(Rows * 8L, "decode next_token");
+            _logits = memory.Allocate(OutputRows * _vocab * 4, "decode logits");
+            _next = memory.Allocate(OutputRows * 8L, "decode next_token");
         }
         catch
         {
@@ -100,8 +127,11 @@ internal sealed class StepRunner : IDisposable
         }
     }
 
-    /// <summary>Rows of the fixed buffers (the pool's rows).</summary>
+    /// <summary>Rows of the fixed input buffers (the pool's rows).</summary>
     public int Rows { get; }
+
+    /// <summary>Rows of the logits and next_token buffers: the pool's, and the prompt rows a mixed call may add.</summary>
+    public int OutputRows { get; }
 
     /// <summary>The token each row reads at the next <see cref="Decode"/>.</summary>
     public long[] Ids { get; }
@@ -174,7 +204,7 @@ internal sealed class StepRunner : IDisposable
     public void Prompt(StatePool pool, int set, int start, int count, long[] ids, long[] mask, int seq, int outRow)
     {
         if (ids.Length != count * seq || mask.Length != count * seq) throw new ArgumentException($"ids and mask must hold {count}×{seq} values");
-        if (outRow < 0 || outRow + count > Rows) throw new ArgumentOutOfRangeException(nameof(outRow), outRow, $"output rows [{outRow}, {outRow + count}) of {Rows}");
+        if (outRow < 0 || outRow + count > OutputRows) throw new ArgumentOutOfRangeException(nameof(outRow), outRow, $"output rows [{outRow}, {outRow + count}) of {OutputRows}");
         var past = pool.Views(set, start, count);
         var present = pool.Views(1 - set, start, count);
         using var idsValue = OrtValue.CreateTensorValueFromMemory(ids, [count, seq]);
@@ -204,6 +234,47 @@ internal sealed class StepRunner : IDisposable
         {
             foreach (var v in past) v.Dispose();
             foreach (var v in present) v.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// One call of the mixed graph: a decode step for pool rows [0, <paramref name="rows"/>) from <see cref="Ids"/> and
+    /// <see cref="Mask"/> (as <see cref="Decode"/>: set <paramref name="set"/> in, 1 − set out), and <paramref name="seq"/>
+    /// tokens into each of rows [<paramref name="start"/>, start + <paramref name="count"/>) of <paramref name="promptPool"/>
+    /// (set <paramref name="promptSet"/> in, 1 − promptSet out; ids and mask [count, seq] as in <see cref="Prompt"/>). One
+    /// pass over the weights for both. The decode rows' logits and next_token land in output rows [0, rows), the prompt
+    /// rows' in [rows, rows + count). Never captured.
+    /// </summary>
+    public void DecodeWithPrompt(int rows, int set, StatePool promptPool, int promptSet, int start, int count, long[] ids, long[] mask, int seq)
+    {
+        if (rows < 1 || rows > Rows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"1 to {Rows} rows");
+        if (ids.Length != count * seq || mask.Length != count * seq) throw new ArgumentException($"ids and mask must hold {count}×{seq} values");
+        if (rows + count > OutputRows) throw new ArgumentOutOfRangeException(nameof(count), count, $"output rows [0, {rows + count}) of {OutputRows}");
+        if (ReferenceEquals(promptPool, _pool)) throw new ArgumentException("the prompt rows must be in another pool than the decode rows", nameof(promptPool));
+        var session = _model.MixedSession;
+        _memory.Upload<long>(Ids.AsSpan(0, rows), _ids.Address);
+        _memory.Upload<long>(Mask.AsSpan(0, rows), _mask.Address);
+        var past = _pool.Views(set, 0, rows);
+        var present = _pool.Views(1 - set, 0, rows);
+        var promptPast = promptPool.Views(promptSet, start, count);
+        var promptPresent = promptPool.Views(1 - promptSet, start, count);
+        try
+        {
+            using var decodeIds = _memory.View(_ids.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
+            using var decodeMask = _memory.View(_mask.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
+            using var promptIds = OrtValue.CreateTensorValueFromMemory(ids, [count, seq]);
+            using var promptMask = OrtValue.CreateTensorValueFromMemory(mask, [count, seq]);
+            using var logits = LogitsView(0, rows + count);
+            using var next = _memory.View(_next.Address, TensorElementType.Int64, [rows + count, 1], (rows + count) * 8L);
+            using var run = new RunOptions();
+            using var binding = session.CreateIoBinding();
+            _io.BindMixed(binding, decodeIds, decodeMask, past, present, promptIds, promptMask, promptPast, promptPresent, logits, next);
+            session.RunWithBinding(run, binding);
+            binding.SynchronizeBoundOutputs();
+        }
+        finally
+        {
+            foreach (var v in past.Concat(present).Concat(promptPast).Concat(promptPresent)) v.Dispose();
         }
     }
 

@@ -43,6 +43,13 @@ public sealed record ServingOptions
     /// and, with CUDA graphs, its own captured graphs). Null: powers of two up to <see cref="MaxBatch"/>, and MaxBatch.
     /// </summary>
     public IReadOnlyList<int>? DecodeBuckets { get; init; }
+    /// <summary>
+    /// Read prompts inside decode steps through the model's mixed graph (<c>export --mixed-graph</c>): while sequences
+    /// decode, each step carries one prompt piece of up to <see cref="PrefillChunkTokens"/> tokens (default: four
+    /// chunks), and the weights are streamed once for both. Null: when the model has the mixed graph. True for a model
+    /// without it is refused. The mixed graph's session holds its own copy of the weights.
+    /// </summary>
+    public bool? MixedSteps { get; init; }
     /// <summary>Run every decode bucket once at start (captures the CUDA graphs before the first request).</summary>
     public bool WarmUp { get; init; } = true;
 
@@ -147,6 +154,7 @@ public sealed class ServingEngine : IDisposable
     private readonly List<Request> _transit = [];         // out of the queue or the jobs, not yet live: a failure must reach them too
     private readonly Stack<int> _freeStaging = new();
     private readonly long _chunk, _segment;
+    private readonly bool _mixed;                        // prompt pieces ride in decode steps (the mixed graph)
     private readonly Thread _loop;
     private readonly CancellationTokenSource _stop = new();
     private int _count;                                  // live rows
@@ -169,12 +177,20 @@ public sealed class ServingEngine : IDisposable
         _segment = schedule.SegmentLength;
         _tokenizer = session.Tokenizer;
         _memory = DeviceMemory.For(session.Options);
+        _mixed = _o.MixedSteps ?? session.HasMixedGraph;
+        if (_mixed && !session.HasMixedGraph)
+        {
+            throw XLstmOnnxException.InParameter(ServingOptions.Name(nameof(ServingOptions.MixedSteps)),
+                $"{ServingOptions.Name(nameof(ServingOptions.MixedSteps))} true needs the mixed graph; {session.Directory} has none ({ModelManifest.FileName} field "
+                + $"'{ModelManifest.Field(nameof(ModelManifest.MixedModelFile))}' is absent): export with --mixed-graph.");
+        }
+        if (_mixed) _ = session.MixedSession; // its weights are on the device before the pool is planned
         int cacheEntries = CacheEntries(m);
         try
         {
             _pool = new StatePool(m, _memory, _o.MaxBatch, 2, $"the state pool ({ServingOptions.Name(nameof(ServingOptions.MaxBatch))} {_o.MaxBatch})");
             _staging = new StatePool(m, _memory, _o.PrefillRows, 2, $"the prefill rows ({_o.PrefillRows})");
-            _runner = new StepRunner(session, _memory, _pool);
+            _runner = new StepRunner(session, _memory, _pool, promptRows: _mixed ? 1 : 0);
             _chooser = new TokenChooser(session, _runner, _memory);
             _cache = new PrefixCache(m, _memory, cacheEntries);
         }
@@ -211,7 +227,7 @@ public sealed class ServingEngine : IDisposable
     {
         long row = StatePool.RowBytesFor(m);
         long pool = StatePool.BytesFor(m, o.MaxBatch, 2) + StatePool.BytesFor(m, o.PrefillRows, 2);
-        long buffers = o.MaxBatch * m.VocabSize * 4L * 7; // logits, sampler counts and output counts (two sets each), logit bias, cached logits
+        long buffers = (o.MaxBatch + 1) * m.VocabSize * 4L * 7; // logits, sampler counts and output counts (two sets each), logit bias, cached logits
         long budget = o.PrefixCacheBytes ?? Math.Min(2L * o.MaxBatch * row,
             device is { } a ? Math.Max(0, (a.Free - pool - buffers) / 4) : 1L << 30);
         if (device is { } d)
@@ -379,6 +395,7 @@ public sealed class ServingEngine : IDisposable
     /// </summary>
     private void Prefill()
     {
+        if (_mixed && _count > 0) return; // prompts ride in the decode steps (Step)
         bool paced = _count > 0;
         var whole = _jobs.Where(j => ReadsWhole(j, paced)).ToList();
         if (whole.Count > 0 && (!paced || (_credit > 0 && Gathered(whole)))) ReadWhole(whole);
@@ -525,13 +542,7 @@ public sealed class ServingEngine : IDisposable
 
     private void Read(Job job, int piece)
     {
-        var ids = new long[piece];
-        var mask = new long[piece];
-        for (int j = 0; j < piece; j++)
-        {
-            ids[j] = job.Request.Prompt[job.Fed + j];
-            mask[j] = 1;
-        }
+        var (ids, mask) = PieceIds(job, piece);
         // its logits land in the row it will join (every live row has chosen its token: their logits are spent)
         _runner.Prompt(_staging, job.Set, job.Row, 1, ids, mask, piece, _count);
         job.Set = 1 - job.Set;
@@ -595,15 +606,36 @@ public sealed class ServingEngine : IDisposable
             _runner.Mask[r] = real ? 1 : 0;
         }
         Metrics.Occupancy = _count;
+        var rider = _mixed && _jobs.Count > 0 ? _jobs[0] : null; // the oldest prompt rides along
+        int piece = 0;
         long t0 = Stopwatch.GetTimestamp();
-        _runner.Decode(b, _set);
+        if (rider is null)
+        {
+            _runner.Decode(b, _set);
+        }
+        else
+        {
+            piece = MixedPieceLength(rider);
+            var (ids, mask) = PieceIds(rider, piece);
+            // its logits land in output row b, after the decode rows'
+            _runner.DecodeWithPrompt(b, _set, _staging, rider.Set, rider.Row, 1, ids, mask, piece);
+            rider.Set = 1 - rider.Set;
+            rider.Fed += piece;
+        }
         _set = 1 - _set;
         var step = Stopwatch.GetElapsedTime(t0);
         Interlocked.Increment(ref _stepsByBatch[b]);
         _steps++;
         Metrics.DecodeStep(step, _count);
-        _stepSeconds = _stepSeconds == 0 ? step.TotalSeconds : 0.9 * _stepSeconds + 0.1 * step.TotalSeconds;
-        _credit = Math.Min(_credit + _o.PrefillShare * step.TotalSeconds, 4 * _o.PrefillShare * _stepSeconds);
+        if (rider is null)
+        {
+            _stepSeconds = _stepSeconds == 0 ? step.TotalSeconds : 0.9 * _stepSeconds + 0.1 * step.TotalSeconds;
+            _credit = Math.Min(_credit + _o.PrefillShare * step.TotalSeconds, 4 * _o.PrefillShare * _stepSeconds);
+        }
+        else
+        {
+            Metrics.MixedStep(piece);
+        }
         _chooser.Choose(_decoders, 0, _count, _tokens);
         long now = Stopwatch.GetTimestamp();
         // back to front: a finished row is replaced by the last one, which has already been handled
@@ -616,6 +648,50 @@ public sealed class ServingEngine : IDisposable
             if (_tokens[r] == TokenChooser.NonFinite) Free(r, cancelled: false, TokenChooser.NonFiniteError(r, live.Decoder.Generated));
             else if (Emit(r, _tokens[r])) Free(r, cancelled: false);
         }
+        if (rider is not null && rider.Fed == rider.Request.Prompt.Length) JoinRider(rider, b);
+    }
+
+    /// <summary>
+    /// The rider's prompt is read: its row joins the live rows (after this step's frees, so at the first free row), with
+    /// its logits moved from output row <paramref name="outRow"/> (after the step's decode rows) to that row.
+    /// </summary>
+    private void JoinRider(Job job, int outRow)
+    {
+        _transit.Add(job.Request);
+        _jobs.Remove(job);
+        int row = _count;
+        _staging.CopyRow(job.Set, job.Row, _pool, _set, row);
+        _freeStaging.Push(job.Row);
+        _runner.CopyOutputs(outRow, row);
+        Join([job.Request], row);
+        _transit.Remove(job.Request);
+    }
+
+    /// <summary>
+    /// The next piece of a prompt read inside a decode step: up to <see cref="ServingOptions.PrefillChunkTokens"/> (default
+    /// four chunks), ending on a chunk boundary and inside its segment as <see cref="PieceLength"/>'s pieces do, so that
+    /// the cell's schedule is the one of the rest read in one call.
+    /// </summary>
+    private int MixedPieceLength(Job job)
+    {
+        int done = job.Fed - job.Start, left = job.Request.Prompt.Length - job.Fed;
+        int max = Math.Min(left, (int)(_segment - done % _segment));
+        long want = _o.PrefillChunkTokens ?? 4 * _chunk;
+        want = Math.Max(_chunk, want / _chunk * _chunk);
+        return want >= max ? max : (int)want;
+    }
+
+    /// <summary>Ids and mask [1, piece] of <paramref name="job"/>'s next <paramref name="piece"/> tokens.</summary>
+    private static (long[] Ids, long[] Mask) PieceIds(Job job, int piece)
+    {
+        var ids = new long[piece];
+        var mask = new long[piece];
+        for (int j = 0; j < piece; j++)
+        {
+            ids[j] = job.Request.Prompt[job.Fed + j];
+            mask[j] = 1;
+        }
+        return (ids, mask);
     }
 
     /// <summary>Sends row <paramref name="row"/>'s token; true when the sequence ends with it.</summary>

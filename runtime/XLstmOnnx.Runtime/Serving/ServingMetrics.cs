@@ -24,6 +24,7 @@ namespace XLstmOnnx.Runtime.Serving;
 /// <item><term>xlstm_prefix_cache_bytes, xlstm_prefix_cache_entries, xlstm_prefix_cache_capacity</term><description>gauges: the cache's size, and how many states it can hold</description></item>
 /// <item><term>xlstm_decode_step_seconds</term><description>histogram: one batched decode step</description></item>
 /// <item><term>xlstm_decode_step_sequences</term><description>histogram: sequences in a decode step (batch occupancy)</description></item>
+/// <item><term>xlstm_mixed_steps_total, xlstm_mixed_step_prompt_tokens_total</term><description>counters: decode steps that carried a prompt piece (the mixed graph), and the prompt tokens they read</description></item>
 /// </list>
 /// The engine's loop thread records; exporters read from their own threads. Recording a token costs a counter add and
 /// a histogram record, with no lock and no allocation.
@@ -58,10 +59,10 @@ public sealed class ServingMetrics : IDisposable
     private readonly Meter _meter;
     private readonly Histogram<double> _timeToFirstToken, _interTokenLatency, _requestLatency, _decodeStep;
     private readonly Histogram<int> _decodeStepSequences;
-    private readonly Counter<long> _promptTokens, _generationTokens, _requestSuccess, _rejected;
+    private readonly Counter<long> _promptTokens, _generationTokens, _requestSuccess, _rejected, _mixedSteps, _mixedTokens;
     private KeyValuePair<string, object?>[] _labels = [];
     private int _occupancy, _queueDepth, _cacheEntries, _cacheCapacity;
-    private long _cacheHits, _cacheMisses, _cacheBytes, _finished, _cancelled;
+    private long _cacheHits, _cacheMisses, _cacheBytes, _finished, _cancelled, _mixedStepCount;
 
     public ServingMetrics()
     {
@@ -76,6 +77,8 @@ public sealed class ServingMetrics : IDisposable
         _generationTokens = _meter.CreateCounter<long>("xlstm_generation_tokens", null, "Tokens generated.");
         _requestSuccess = _meter.CreateCounter<long>("xlstm_request_success", null, "Finished requests by finished_reason: stop, length or abort (the client went away).");
         _rejected = _meter.CreateCounter<long>("xlstm_requests_rejected", null, "Requests refused because the queue was full (HTTP 429).");
+        _mixedSteps = _meter.CreateCounter<long>("xlstm_mixed_steps", null, "Decode steps that also read a prompt piece (the mixed graph).");
+        _mixedTokens = _meter.CreateCounter<long>("xlstm_mixed_step_prompt_tokens", null, "Prompt tokens read inside decode steps.");
         _meter.CreateObservableGauge("xlstm_num_requests_running", () => Observe(Occupancy), null, "Sequences in the batch.");
         _meter.CreateObservableGauge("xlstm_num_requests_waiting", () => Observe(QueueDepth), null, "Requests waiting for a slot.");
         _meter.CreateObservableCounter("xlstm_prefix_cache_queries", () => Observe(CacheHits + CacheMisses), null, "Prompts looked up in the prefix-state cache.");
@@ -115,6 +118,8 @@ public sealed class ServingMetrics : IDisposable
 
     /// <summary>Requests that finished normally (not cancelled), since the start.</summary>
     public long FinishedRequests => Interlocked.Read(ref _finished);
+    /// <summary>Decode steps that also read a prompt piece, since the start.</summary>
+    public long MixedSteps => Interlocked.Read(ref _mixedStepCount);
     /// <summary>Requests dropped because their client went away, since the start.</summary>
     public long CancelledRequests => Interlocked.Read(ref _cancelled);
 
@@ -179,6 +184,14 @@ public sealed class ServingMetrics : IDisposable
     {
         _decodeStep.Record(elapsed.TotalSeconds, _labels);
         _decodeStepSequences.Record(sequences, _labels);
+    }
+
+    /// <summary>A decode step also read <paramref name="promptTokens"/> tokens of a prompt.</summary>
+    internal void MixedStep(int promptTokens)
+    {
+        Interlocked.Increment(ref _mixedStepCount);
+        _mixedSteps.Add(1, _labels);
+        _mixedTokens.Add(promptTokens, _labels);
     }
 
     public void Dispose() => _meter.Dispose();
