@@ -63,6 +63,7 @@ internal static class CliErrors
         [ServingOptions.Name(nameof(ServingOptions.PrefillChunkTokens))] = "--prefill-chunk",
         [ServingOptions.Name(nameof(ServingOptions.PrefillGatherSteps))] = "--prefill-gather-steps",
         [ServingOptions.Name(nameof(ServingOptions.DecodeBuckets))] = "--decode-buckets",
+        [ServingOptions.Name(nameof(ServingOptions.MixedSteps))] = "--mixed-steps",
         [ServerOptions.Name(nameof(ServerOptions.Host))] = "--host",
         [ServerOptions.Name(nameof(ServerOptions.Port))] = "--port",
         [ServerOptions.Name(nameof(ServerOptions.AllowRemote))] = "--allow-remote",

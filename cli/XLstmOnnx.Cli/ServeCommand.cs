@@ -28,12 +28,18 @@ internal static class ServeCommand
         var prefillChunk = new Option<int?>("--prefill-chunk") { Description = "Longest prompt piece read between decode steps while others decode (default: paced so prefill takes at most 0.9 of a step's time)." };
         var gather = new Option<int>("--prefill-gather-steps") { Description = "Decode steps a short prompt may wait to be read together with others (0: at once).", DefaultValueFactory = _ => 0 };
         var buckets = new Option<string?>("--decode-buckets") { Description = "Batch sizes a decode step runs at, e.g. 1,8,64 (default: powers of two up to --max-batch, and --max-batch)." };
+        var mixedSteps = new Option<string>("--mixed-steps")
+        {
+            Description = "Read prompts inside decode steps through the model's mixed graph (export --mixed-graph): auto (when the model has it), on or off.",
+            DefaultValueFactory = _ => "auto",
+        };
+        mixedSteps.AcceptOnlyFromAmong("auto", "on", "off");
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "Longest prompt accepted (400 above it).", DefaultValueFactory = _ => 8192 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens accepted (400 above it).", DefaultValueFactory = _ => 2048 };
         var name = new Option<string?>("--model-name") { Description = "Model id in the API (default: the folder's name)." };
         var logLevel = ChoiceOption.ForEnum("--log-level", "Least level logged to stderr: information writes one line per request; warning only refused and failed ones.", LogLevel.Information);
         var cmd = new Command("serve", "OpenAI-compatible HTTP server with continuous batching and a prefix-state cache.")
-            { host, port, allowRemote, apiKey, origins, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, maxPrompt, maxTokens, name, logLevel };
+            { host, port, allowRemote, apiKey, origins, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, mixedSteps, maxPrompt, maxTokens, name, logLevel };
         model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
@@ -50,6 +56,7 @@ internal static class ServeCommand
                 PrefillChunkTokens = r.GetValue(prefillChunk),
                 PrefillGatherSteps = r.GetValue(gather),
                 DecodeBuckets = bucketList,
+                MixedSteps = r.GetValue(mixedSteps) switch { "on" => true, "off" => false, _ => null },
             };
             serving.Validate(); // before the model loads
             var options = new ServerOptions
@@ -74,7 +81,8 @@ internal static class ServeCommand
             using var engine = new ServingEngine(session, serving);
             var (app, url) = OpenAiServer.StartAsync(engine, options).GetAwaiter().GetResult();
             Console.Error.WriteLine($"serving '{options.ModelId}' on {url} (OpenAI API under /v1; /health, /metrics); {engine.Options.MaxBatch} slots, "
-                + $"decode batch sizes {string.Join(",", engine.Options.Buckets())}, prefix cache {engine.Metrics.CacheCapacity} states; Ctrl+C stops");
+                + $"decode batch sizes {string.Join(",", engine.Options.Buckets())}, prefix cache {engine.Metrics.CacheCapacity} states, "
+                + $"prompts read {(engine.MixedSteps ? "inside decode steps (mixed graph)" : "between decode steps")}; Ctrl+C stops");
             app.WaitForShutdownAsync().GetAwaiter().GetResult();
             app.DisposeAsync().AsTask().GetAwaiter().GetResult();
             return 0;

@@ -15,10 +15,14 @@
 #                                                                                 with float32 and with bf16 state
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh state-bench   # run 5: the engine on each export (B 1 to 128)
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh state-serve   # run 5: the loads on the bf16-state export
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed         # run 6: customops and CTest, the 7B export with --mixed-graph,
+#                                                                                 the engine (B 8, 32, 64)
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed-32      # run 6: 32 slots, 32 clients, 128 tokens, mixed steps on and off
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed-64      # run 6: 64 slots: 8 clients, then 64 clients and 1,024 tokens
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench or state-serve}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, mixed-32 or mixed-64}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -181,6 +185,32 @@ state-serve)
   stop
   serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
   lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 6
+  stop
+  ;;
+mixed)
+  # run 6 on a fresh machine: customops (CTest against the CPU oracle), the 7B export with the mixed graph, the engine
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
+  say "customops build + CUDA CTest: rc=$? $(grep -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"
+  rm -rf $M7
+  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --mixed-graph --output $M7 > "$R/export-7b.log" 2>&1
+  say "7B export (--mixed-graph) rc=$?: $(grep -E '^exported' "$R/export-7b.log")"
+  engine_bench bench $M7 8,32,64
+  ;;
+mixed-32)
+  # 32 slots, 32 clients, 128 new tokens: prompts read inside decode steps (the mixed graph), then between them (run 1-5's engine)
+  for mode in on off; do
+    serve 32-$mode "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --mixed-steps $mode
+    lt 32x128-$mode --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 6
+    say "$(grep -E '^xlstm_(mixed_steps|decode_step_seconds_(sum|count))' "$R/metrics-32x128-$mode.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+    stop
+  done
+  ;;
+mixed-64)
+  # 64 slots with the mixed graph: 8 clients (buckets), then 64 clients and 1,024 new tokens
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 8x1024 --clients 8 --seconds 20 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 2
+  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 2
   stop
   ;;
 extra)

@@ -213,6 +213,8 @@ public sealed class ServingEngine : IDisposable
 
     public XLstmSession Session => _session;
     public ServingOptions Options => _o;
+    /// <summary>Whether prompts are read inside decode steps (<see cref="ServingOptions.MixedSteps"/> resolved for this model).</summary>
+    public bool MixedSteps => _mixed;
     public ServingMetrics Metrics { get; } = new();
 
     /// <summary>Entries of the prefix cache: the option, or the default (see <see cref="ServingOptions.PrefixCacheBytes"/>); checks that everything fits.</summary>
