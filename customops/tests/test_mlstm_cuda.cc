@@ -207,6 +207,11 @@ int main() {
   cases.push_back({"7b dims", big, BF16, TC});
   cases.push_back({"7b dims", big, F16, TC});
   cases.push_back({"7b dims", big, BF16, SIMT});
+  // a recurrent tail of 63 tokens after a chunk, and a prompt shorter than a chunk (all recurrent): the run of
+  // one-token pieces the tensor-core kernel steps through in registers
+  cases.push_back({"7b dims S 127 (tail 63)", MakeProblem(1, 8, 127, 256, 512, 64, 33u), BF16, TC});
+  cases.push_back({"7b dims S 40 (all recurrent)", MakeProblem(2, 2, 40, 256, 512, 64, 34u), BF16, TC});
+  cases.push_back({"DQK 128 S 100 (tail 36)", MakeProblem(1, 2, 100, 128, 96, 64, 35u), F16, TC});
   cases.push_back({"7b dims zero state", MakeProblem(2, 1, 256, 256, 512, 64, 31u, false), BF16, TC});
   cases.push_back({"7b dims chunk 128 (split in 64s)", MakeProblem(2, 1, 300, 256, 512, 128, 32u), BF16, TC});
   cases.push_back({"7b dims chunk 128", MakeProblem(1, 1, 300, 256, 512, 128, 32u), F32, SIMT});
@@ -238,7 +243,8 @@ int main() {
   for (int64_t B : {1, 64}) RunStateBf16("step 7b dims", MakeProblem(B, 8, 1, 256, 512, 64, 70u + B), BF16, true);
   RunStateBf16("step DV 22", MakeProblem(3, 2, 1, 16, 22, 16, 72u), F32, true);
   RunStateBf16("chunkwise 7b dims", MakeProblem(1, 2, 130, 256, 512, 64, 73u), BF16, false);
+  RunStateBf16("chunkwise 7b dims tail 63", MakeProblem(1, 2, 127, 256, 512, 64, 75u), BF16, false);
   RunStateBf16("chunkwise odd dims", MakeProblem(2, 3, 70, 20, 36, 16, 74u), F32, false);
-  std::printf("%zu cases, %d failed\n", cases.size() + 5, failures);
+  std::printf("%zu cases, %d failed\n", cases.size() + 6, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -17,12 +17,15 @@
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh state-serve   # run 5: the loads on the bf16-state export
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed         # run 6: customops and CTest, the 7B export with --mixed-graph,
 #                                                                                 the engine (B 8, 32, 64)
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh tail          # run 6: customops (CTest), time to first token around chunk
+#                                                                                 boundaries (recurrent tails of 0 to 63 tokens), the engine
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed-trace   # run 6: CUPTI kernel time of the 32-slot load, mixed steps on/off
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed-32      # run 6: 32 slots, 32 clients, 128 tokens, mixed steps on and off
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed-64      # run 6: 64 slots: 8 clients, then 64 clients and 1,024 tokens
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, mixed-32 or mixed-64}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32 or mixed-64}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -39,7 +42,7 @@ serve() { # serve LABEL ARGS...: starts a server on $PORT in the background, wai
   local label=$1; shift
   "$@" --port $PORT --model-name x --log-level warning > "$R/serve-$label.log" 2>&1 &
   server=$!
-  for _ in $(seq 240); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
+  for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
   say "server $label up: $(grep -h serving "$R/serve-$label.log" | head -1)"
 }
 stop() { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
@@ -206,6 +209,32 @@ mixed-32)
     stop
   done
   ;;
+tail)
+  # run 6 after the recurrent-run change of the tensor-core kernel: customops (CTest), the 7B export with the mixed
+  # graph, time to first token at batch 1 around one and two chunks (tails of 0, 1, 32, 63 tokens), the engine
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  [[ -f /tmp/cb/libxlstm_customops.so ]] || { OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1; say "customops build + CUDA CTest: rc=$? $(grep -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"; }
+  [[ -d $M7 ]] || { "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --mixed-graph --output $M7 > "$R/export-7b.log" 2>&1; say "7B export (--mixed-graph) rc=$?"; }
+  for pt in 64 65 96 127 128 160; do
+    "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1 --prompt-tokens $pt --new-tokens 8 --reps 3 --out "$R/ttft-$pt.json" > "$R/ttft-$pt.log" 2>&1
+    say "prompt $pt: $(tail -1 "$R/ttft-$pt.log")"
+  done
+  engine_bench bench $M7 8,32,64
+  ;;
+mixed-trace)
+  # kernel time (CUPTI) of the 32-slot load with prompts read inside decode steps and between them
+  bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
+  for mode in on off; do
+    CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-32-$mode.tsv \
+      "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --mixed-steps $mode --port $PORT --model-name x --log-level warning > "$R/serve-$mode.log" 2>&1 &
+    server=$!
+    for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
+    lt trace-$mode --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+    say "$(grep -E '^xlstm_(mixed_steps|mixed_step_prompt_tokens|decode_step_seconds_(sum|count)|prompt_tokens)' "$R/metrics-trace-$mode.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+    stop
+    head -25 "$R/kernels-32-$mode.tsv" | cut -c1-160 | tee -a "$R/summary.txt"
+  done
+  ;;
 mixed-64)
   # 64 slots with the mixed graph: 8 clients (buckets), then 64 clients and 1,024 new tokens
   serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
@@ -233,7 +262,7 @@ profile)
     CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-$v.tsv \
       "$bin" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512 --port $PORT --model-name x "${extra[@]}" > "$R/serve-$v.log" 2>&1 &
     server=$!
-    for _ in $(seq 240); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
     "$CLI" loadtest --url http://127.0.0.1:$PORT --model-name x --clients 64 --seconds 30 --warmup-seconds 10 --max-tokens 1024 --prompt-tokens 64:160 \
       --ignore-eos --check-alone 0 --out "$R/lt-profile-$v.json" > "$R/lt-profile-$v.log" 2>&1
     curl -s 127.0.0.1:$PORT/metrics > "$R/metrics-profile-$v.txt"

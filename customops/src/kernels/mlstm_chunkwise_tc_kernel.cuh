@@ -191,6 +191,134 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
   __syncthreads();
 
   for (int64_t t0 = 0; t0 < S;) {
+    if (len == 1) {
+      // (R) a run of recurrent tokens (a segment's tail, shorter than a chunk): HF's recurrent step per token, with the
+      //     state in float32 registers in a known layout instead of the WMMA fragments, so that a token costs a few
+      //     register FMAs, one reduction and one barrier instead of a whole piece's seven phases (docs/performance.md,
+      //     "The recurrent tail"). Lane l of a warp holds, in each of its C blocks, row l/2 and the 8 columns
+      //     (l%2)·8 … +7; the warps of column block 0 hold n for their rows (even lanes).
+      int run = 1;
+      while (t0 + run < S && run < LT && SchedulePiece(t0 + run, S, p.chunk_size, p.max_inference_chunksize, LT) == 1) ++run;
+      CpAsyncWaitAll();  // the first token's q, prefetched: the same rows are loaded again below
+      __syncthreads();
+      LoadTileAsync<T, LT, KD>(sQ, LDQ, Qg + t0 * DK, DK, run, DK);
+      LoadTileAsync<T, LT, KD>(sK, LDQ, Kg + t0 * DK, DK, run, DK);
+      LoadTileAsync<T, LT, DVT>(sV, LDV, Vg + t0 * DV, DV, run, nE);
+      if (warp == 0) {
+        float* lfs = vecSc;   // free during the run: log σ(f̃_j) and ĩ_j, read by all lanes at once
+        float* igs = vecAbar;
+        for (int j = lane; j < run; j += 32) {
+          lfs[j] = LogSigmoidF(Fg[t0 + j]);
+          igs[j] = Ig[t0 + j];
+        }
+        __syncwarp();
+        if (lane == 0) {  // m_t = max(log σ(f̃_t) + m_{t−1}, ĩ_t), sequential as HF's steps
+          float m = scaM;
+          for (int j = 0; j < run; ++j) {
+            const float m_new = fmaxf(lfs[j] + m, igs[j]);
+            vecB[j] = expf(lfs[j] + m - m_new);  // f̄_j
+            vecI[j] = expf(igs[j] - m_new);      // ī_j
+            vecMc[j] = m_new;
+            m = m_new;
+          }
+        }
+      }
+      static_assert(kRowBlocks == 1, "the recurrent run assumes one row block per warp (KD ≤ 256)");
+      const int row = rb0 * 16 + lane / 2, col8 = (lane % 2) * 8;  // this lane's C row and first column in a block
+      const bool owns_n = cb0 == 0 && lane % 2 == 0;
+      float creg[kCFrags][8];
+#pragma unroll
+      for (int r = 0; r < kCFrags; ++r) {
+        wmma::store_matrix_sync(stage, cfrag[r], 16, wmma::mem_row_major);
+        __syncwarp();
+#pragma unroll
+        for (int x = 0; x < 8; ++x) creg[r][x] = stage[(lane / 2) * 16 + col8 + x];
+        __syncwarp();
+      }
+      float nreg = owns_n ? sN[row] : 0.0f;
+      CpAsyncWaitAll();
+      __syncthreads();
+      for (int j = 0; j < run; ++j) {
+        const float fb = vecB[j], ib = vecI[j];
+        const float kd = ToF(sK[j * LDQ + row]), qd = ToF(sQ[j * LDQ + row]) * scale;
+        float qn = 0.0f;
+        if (owns_n) {
+          nreg = fb * nreg + ib * kd;
+          qn = qd * nreg;
+        }
+        float num[kCFrags][8];
+#pragma unroll
+        for (int r = 0; r < kCFrags; ++r) {
+          float vv[8];
+          Unpack8<T>(*reinterpret_cast<const uint4*>(sV + j * LDV + (cb0 + r) * 16 + col8), vv);
+#pragma unroll
+          for (int x = 0; x < 8; ++x) {
+            creg[r][x] = fb * creg[r][x] + ib * (kd * vv[x]);
+            num[r][x] = qd * creg[r][x];
+          }
+        }
+        // sums over the warp's 16 rows (lanes of equal parity), then over the warps of a column through shared memory
+#pragma unroll
+        for (int o = 2; o < 32; o <<= 1) {
+#pragma unroll
+          for (int r = 0; r < kCFrags; ++r) {
+#pragma unroll
+            for (int x = 0; x < 8; ++x) num[r][x] += __shfl_xor_sync(0xffffffffu, num[r][x], o);
+          }
+        }
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) qn += __shfl_xor_sync(0xffffffffu, qn, o);
+        float* part = sAcc + (j % 2) * (KD / 16) * LDS;  // [row block][64 columns, then q·n], two sets by token parity
+        if (lane < 2) {
+#pragma unroll
+          for (int r = 0; r < kCFrags; ++r) {
+#pragma unroll
+            for (int x = 0; x < 8; ++x) part[rb0 * LDS + (cb0 + r) * 16 + col8 + x] = num[r][x];
+          }
+        }
+        if (cb0 == 0 && lane == 0) part[rb0 * LDS + DVT] = qn;
+        if (p.round_state_bf16) {  // the stored state after each recurrent token (mlstm_params.h)
+#pragma unroll
+          for (int r = 0; r < kCFrags; ++r) {
+#pragma unroll
+            for (int x = 0; x < 8; ++x) creg[r][x] = RoundToBf16(creg[r][x]);
+          }
+          nreg = RoundToBf16(nreg);
+        }
+        __syncthreads();
+        if (tid < nE) {
+          float hn = 0.0f, hq = 0.0f;
+          for (int b = 0; b < KD / 16; ++b) {
+            hn += part[b * LDS + tid];
+            hq += part[b * LDS + DVT];
+          }
+          const float den = fmaxf(fabsf(hq), expf(-vecMc[j])) + p.eps;
+          Hg[(t0 + j) * DV + tid] = FromF<T>(hn / den);
+        }
+      }
+      __syncthreads();  // the last token's sums are read: sAcc is the warps' staging again
+      // back to the fragments (and C_T, n) for the pieces after the run
+#pragma unroll
+      for (int r = 0; r < kCFrags; ++r) {
+#pragma unroll
+        for (int x = 0; x < 8; ++x) stage[(lane / 2) * 16 + col8 + x] = creg[r][x];
+        __syncwarp();
+        wmma::load_matrix_sync(cfrag[r], stage, 16, wmma::mem_row_major);
+        {
+          const float* src = stage + (lane / 2) * 16 + col8;
+          *reinterpret_cast<uint4*>(sCT + row * LDV + (cb0 + r) * 16 + col8) = Pack8<T>(src);
+        }
+        __syncwarp();
+      }
+      if (owns_n) sN[row] = nreg;
+      scaM = vecMc[run - 1];
+      t0 += run;
+      len = t0 < S ? static_cast<int>(SchedulePiece(t0, S, p.chunk_size, p.max_inference_chunksize, LT)) : 0;
+      __syncthreads();  // sQ, sAcc and the gate vectors are free again
+      if (len > 0) LoadTileAsync<T, LT, KD>(sQ, LDQ, Qg + t0 * DK, DK, len, DK);
+      __syncthreads();
+      continue;
+    }
     // (1) k and v of this piece (q is in flight already); meanwhile warp 0 does the gate math
     LoadTileAsync<T, LT, KD>(sK, LDQ, Kg + t0 * DK, DK, len, DK);
     LoadTileAsync<T, LT, DVT>(sV, LDV, Vg + t0 * DV, DV, len, nE);
