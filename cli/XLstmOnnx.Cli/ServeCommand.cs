@@ -79,6 +79,7 @@ internal static class ServeCommand
             using var session = model.Load(r);
             Console.Error.WriteLine("serve: allocating the state pool" + (session.Options.CudaGraph ? " and capturing a CUDA graph per decode batch size" : "") + " ...");
             using var engine = new ServingEngine(session, serving);
+            if (session.MixedCaptureError is { } why) Console.Error.WriteLine($"serve: warning: the mixed graph runs without CUDA graphs: {why}");
             var (app, url) = OpenAiServer.StartAsync(engine, options).GetAwaiter().GetResult();
             Console.Error.WriteLine($"serving '{options.ModelId}' on {url} (OpenAI API under /v1; /health, /metrics); {engine.Options.MaxBatch} slots, "
                 + $"decode batch sizes {string.Join(",", engine.Options.Buckets())}, prefix cache {engine.Metrics.CacheCapacity} states, "

@@ -142,6 +142,12 @@ public sealed class XLstmSession : IDisposable
 
     private InferenceSession? _mixed;
 
+    /// <summary>Whether the mixed graph's calls are captured as CUDA graphs (set when <see cref="MixedSession"/> opens).</summary>
+    internal bool MixedCaptured { get; private set; }
+
+    /// <summary>Why ONNX Runtime would not open the mixed graph for capture, when it would not; null otherwise.</summary>
+    public string? MixedCaptureError { get; private set; }
+
     /// <summary>Whether the export has the mixed graph (<see cref="ModelManifest.MixedModelFile"/>).</summary>
     public bool HasMixedGraph => Manifest.MixedModelFile is not null;
 
@@ -160,8 +166,19 @@ public sealed class XLstmSession : IDisposable
             }
             string path = Path.Combine(Directory, file);
             if (!File.Exists(path)) throw new XLstmOnnxException($"{Directory}: {file} named by {ModelManifest.FileName} is missing.");
-            // never captured: its prompt piece changes shape from call to call
-            var session = Open(path, Manifest, Directory, Options with { CudaGraph = false });
+            // with CUDA graphs on, each (decode batch, state set, piece length) of it is captured once and replayed; should
+            // ONNX Runtime refuse to capture this graph, it runs uncaptured (slower: every node launched from the host)
+            InferenceSession session;
+            try
+            {
+                session = Open(path, Manifest, Directory, Options);
+                MixedCaptured = Options.CudaGraph;
+            }
+            catch (XLstmOnnxException e) when (Options.CudaGraph)
+            {
+                session = Open(path, Manifest, Directory, Options with { CudaGraph = false });
+                MixedCaptureError = e.Message;
+            }
             var expected = Io.MixedInputs();
             var missing = expected.Where(n => !session.InputMetadata.ContainsKey(n)).ToList();
             if (missing.Count > 0 || session.InputMetadata.Count != expected.Count)
@@ -380,6 +397,11 @@ public sealed class XLstmSession : IDisposable
     /// (its own batch and state buffers) must never reuse another's ids. Returns the first.
     /// </summary>
     internal int ReserveGraphIds(int count) => Interlocked.Add(ref _lastGraphId, count) - count + 1;
+
+    private int _lastMixedGraphId;
+
+    /// <summary>As <see cref="ReserveGraphIds"/>, for the mixed graph's session (its graph ids are its own).</summary>
+    internal int ReserveMixedGraphIds(int count) => Interlocked.Add(ref _lastMixedGraphId, count) - count + 1;
 
     /// <summary>Run options that capture (first use) or replay (later) CUDA graph <paramref name="id"/> (1 or more).</summary>
     internal static RunOptions GraphRunOptions(int id)

@@ -52,7 +52,7 @@ public class MixedGraphTests
         var memory = DeviceMemory.For(session.Options);
         using var pool = new StatePool(m, memory, 3, 2, "decode rows");
         using var staging = new StatePool(m, memory, 1, 2, "prompt row");
-        using var runner = new StepRunner(session, memory, pool, promptRows: 1);
+        using var runner = new StepRunner(session, memory, pool, promptRows: 1, promptTokens: 64);
         var rng = new Random(piece * 31 + pads);
         // states from real prompts: each decode row reads its own, the prompt row a first piece
         for (int r = 0; r < 3; r++) Read(runner, pool, r, RandomIds(rng, 5 + 9 * r), outRow: r);

@@ -93,13 +93,17 @@ internal sealed class StepRunner : IDisposable
     private readonly StatePool _pool;
     private readonly DeviceAllocation _ids, _mask, _logits, _next;
     private readonly Dictionary<(int Rows, int Set), Step> _steps = [];
+    private readonly Dictionary<MixedKey, Step> _mixed = [];
+    private readonly DeviceAllocation? _promptIds, _promptMask;   // the mixed calls' prompt ids and mask
+    private readonly int _promptCapacity;
     private readonly long _vocab;
 
     /// <param name="model">The session.</param>
     /// <param name="memory">The session's device memory.</param>
     /// <param name="pool">The pool whose rows [0, n) decode steps run over (double-buffered).</param>
     /// <param name="promptRows">Output rows beyond the pool's for the prompt rows of a mixed call (<see cref="DecodeWithPrompt"/>).</param>
-    public StepRunner(XLstmSession model, DeviceMemory memory, StatePool pool, int promptRows = 0)
+    /// <param name="promptTokens">Prompt tokens a mixed call takes at most (all its prompt rows together).</param>
+    public StepRunner(XLstmSession model, DeviceMemory memory, StatePool pool, int promptRows = 0, int promptTokens = 0)
     {
         if (model.Manifest.Input != GraphNames.InputIds) throw new XLstmOnnxException($"{model.Directory}: generation needs an input_ids model; this one takes {model.Manifest.Input}.");
         if (pool.Sets != 2) throw new ArgumentException("decode steps need a double-buffered pool", nameof(pool));
@@ -119,6 +123,12 @@ internal sealed class StepRunner : IDisposable
             _mask = memory.Allocate(Rows * 8L, "decode attention mask");
             _logits = memory.Allocate(OutputRows * _vocab * 4, "decode logits");
             _next = memory.Allocate(OutputRows * 8L, "decode next_token");
+            _promptCapacity = promptRows > 0 ? promptTokens : 0;
+            if (_promptCapacity > 0)
+            {
+                _promptIds = memory.Allocate(_promptCapacity * 8L, "mixed-call prompt ids");
+                _promptMask = memory.Allocate(_promptCapacity * 8L, "mixed-call prompt mask");
+            }
         }
         catch
         {
@@ -237,51 +247,63 @@ internal sealed class StepRunner : IDisposable
         }
     }
 
+    /// <summary>The rows, state sets and prompt shape of one mixed call: each has its own bindings and captured graph.</summary>
+    private readonly record struct MixedKey(int Rows, int Set, StatePool Prompt, int PromptSet, int Start, int Count, int Seq);
+
     /// <summary>
     /// One call of the mixed graph: a decode step for pool rows [0, <paramref name="rows"/>) from <see cref="Ids"/> and
     /// <see cref="Mask"/> (as <see cref="Decode"/>: set <paramref name="set"/> in, 1 − set out), and <paramref name="seq"/>
     /// tokens into each of rows [<paramref name="start"/>, start + <paramref name="count"/>) of <paramref name="promptPool"/>
     /// (set <paramref name="promptSet"/> in, 1 − promptSet out; ids and mask [count, seq] as in <see cref="Prompt"/>). One
     /// pass over the weights for both. The decode rows' logits and next_token land in output rows [0, rows), the prompt
-    /// rows' in [rows, rows + count). Never captured.
+    /// rows' in [rows, rows + count). Each (rows, set, prompt rows, seq) has its own bindings over fixed buffers and,
+    /// with CUDA graphs, its own captured graph: callers keep the prompt shapes to a few (the serving engine's pieces).
     /// </summary>
     public void DecodeWithPrompt(int rows, int set, StatePool promptPool, int promptSet, int start, int count, long[] ids, long[] mask, int seq)
     {
         if (rows < 1 || rows > Rows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"1 to {Rows} rows");
         if (ids.Length != count * seq || mask.Length != count * seq) throw new ArgumentException($"ids and mask must hold {count}×{seq} values");
         if (rows + count > OutputRows) throw new ArgumentOutOfRangeException(nameof(count), count, $"output rows [0, {rows + count}) of {OutputRows}");
+        if (count * seq > _promptCapacity) throw new ArgumentOutOfRangeException(nameof(seq), seq, $"{count}×{seq} prompt tokens; the runner holds {_promptCapacity}");
         if (ReferenceEquals(promptPool, _pool)) throw new ArgumentException("the prompt rows must be in another pool than the decode rows", nameof(promptPool));
-        var session = _model.MixedSession;
+        var key = new MixedKey(rows, set, promptPool, promptSet, start, count, seq);
+        if (!_mixed.TryGetValue(key, out var step)) _mixed[key] = step = MakeMixedStep(key);
         _memory.Upload<long>(Ids.AsSpan(0, rows), _ids.Address);
         _memory.Upload<long>(Mask.AsSpan(0, rows), _mask.Address);
-        var past = _pool.Views(set, 0, rows);
-        var present = _pool.Views(1 - set, 0, rows);
-        var promptPast = promptPool.Views(promptSet, start, count);
-        var promptPresent = promptPool.Views(1 - promptSet, start, count);
-        try
-        {
-            using var decodeIds = _memory.View(_ids.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
-            using var decodeMask = _memory.View(_mask.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
-            using var promptIds = OrtValue.CreateTensorValueFromMemory(ids, [count, seq]);
-            using var promptMask = OrtValue.CreateTensorValueFromMemory(mask, [count, seq]);
-            using var logits = LogitsView(0, rows + count);
-            using var next = _memory.View(_next.Address, TensorElementType.Int64, [rows + count, 1], (rows + count) * 8L);
-            using var run = new RunOptions();
-            using var binding = session.CreateIoBinding();
-            _io.BindMixed(binding, decodeIds, decodeMask, past, present, promptIds, promptMask, promptPast, promptPresent, logits, next);
-            session.RunWithBinding(run, binding);
-            binding.SynchronizeBoundOutputs();
-        }
-        finally
-        {
-            foreach (var v in past.Concat(present).Concat(promptPast).Concat(promptPresent)) v.Dispose();
-        }
+        _memory.Upload<long>(ids, _promptIds!.Address);
+        _memory.Upload<long>(mask, _promptMask!.Address);
+        _model.MixedSession.RunWithBinding(step.Run, step.Binding);
+        step.Binding.SynchronizeBoundOutputs();
+    }
+
+    private Step MakeMixedStep(MixedKey k)
+    {
+        var session = _model.MixedSession;
+        var ids = _memory.View(_ids.Address, TensorElementType.Int64, [k.Rows, 1], k.Rows * 8L);
+        var mask = _memory.View(_mask.Address, TensorElementType.Int64, [k.Rows, 1], k.Rows * 8L);
+        var promptIds = _memory.View(_promptIds!.Address, TensorElementType.Int64, [k.Count, k.Seq], k.Count * k.Seq * 8L);
+        var promptMask = _memory.View(_promptMask!.Address, TensorElementType.Int64, [k.Count, k.Seq], k.Count * k.Seq * 8L);
+        var logits = LogitsView(0, k.Rows + k.Count);
+        var next = _memory.View(_next.Address, TensorElementType.Int64, [k.Rows + k.Count, 1], (k.Rows + k.Count) * 8L);
+        var past = _pool.Views(k.Set, 0, k.Rows);
+        var present = _pool.Views(1 - k.Set, 0, k.Rows);
+        var promptPast = k.Prompt.Views(k.PromptSet, k.Start, k.Count);
+        var promptPresent = k.Prompt.Views(1 - k.PromptSet, k.Start, k.Count);
+        OrtValue[] views = [ids, mask, promptIds, promptMask, logits, next, .. past, .. present, .. promptPast, .. promptPresent];
+        var binding = session.CreateIoBinding();
+        _io.BindMixed(binding, ids, mask, past, present, promptIds, promptMask, promptPast, promptPresent, logits, next);
+        var run = _model.MixedCaptured ? XLstmSession.GraphRunOptions(_model.ReserveMixedGraphIds(1)) : new RunOptions();
+        return new Step(binding, run, views);
     }
 
     public void Dispose()
     {
         foreach (var s in _steps.Values) s.Dispose();
         _steps.Clear();
+        foreach (var s in _mixed.Values) s.Dispose();
+        _mixed.Clear();
+        _promptIds?.Dispose();
+        _promptMask?.Dispose();
         _ids?.Dispose();
         _mask?.Dispose();
         _logits?.Dispose();

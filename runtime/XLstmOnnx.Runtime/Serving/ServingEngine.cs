@@ -143,6 +143,8 @@ public sealed class ServingEngine : IDisposable
     private readonly Channel<Request> _queue;
     private readonly DeviceMemory _memory;
     private readonly StatePool _pool, _staging;
+    private readonly StatePool? _rider;                  // mixed steps: the row of the prompt read inside them (set 0 between steps)
+    private Job? _inRider;                               // the job whose state is in the rider row now
     private readonly StepRunner _runner;
     private readonly TokenChooser _chooser;
     private readonly PrefixCache _cache;
@@ -190,7 +192,12 @@ public sealed class ServingEngine : IDisposable
         {
             _pool = new StatePool(m, _memory, _o.MaxBatch, 2, $"the state pool ({ServingOptions.Name(nameof(ServingOptions.MaxBatch))} {_o.MaxBatch})");
             _staging = new StatePool(m, _memory, _o.PrefillRows, 2, $"the prefill rows ({_o.PrefillRows})");
-            _runner = new StepRunner(session, _memory, _pool, promptRows: _mixed ? 1 : 0);
+            if (_mixed)
+            {
+                _rider = new StatePool(m, _memory, 1, 2, "the prompt row of mixed steps");
+                for (int set = 0; set < 2; set++) _rider.Zero(set, 0, 1);
+            }
+            _runner = new StepRunner(session, _memory, _pool, promptRows: _mixed ? 1 : 0, promptTokens: _mixed ? MaxPieceTokens : 0);
             _chooser = new TokenChooser(session, _runner, _memory);
             _cache = new PrefixCache(m, _memory, cacheEntries);
         }
@@ -228,7 +235,7 @@ public sealed class ServingEngine : IDisposable
     internal static int Plan(ModelManifest m, ServingOptions o, (long Free, long Total)? device)
     {
         long row = StatePool.RowBytesFor(m);
-        long pool = StatePool.BytesFor(m, o.MaxBatch, 2) + StatePool.BytesFor(m, o.PrefillRows, 2);
+        long pool = StatePool.BytesFor(m, o.MaxBatch, 2) + StatePool.BytesFor(m, o.PrefillRows, 2) + StatePool.BytesFor(m, 1, 2); // and the rider row
         long buffers = (o.MaxBatch + 1) * m.VocabSize * 4L * 7; // logits, sampler counts and output counts (two sets each), logit bias, cached logits
         long budget = o.PrefixCacheBytes ?? Math.Min(2L * o.MaxBatch * row,
             device is { } a ? Math.Max(0, (a.Free - pool - buffers) / 4) : 1L << 30);
@@ -290,10 +297,14 @@ public sealed class ServingEngine : IDisposable
         return events.Reader;
     }
 
-    /// <summary>Each bucket's decode step, twice per state set, on masked rows: CUDA graphs are captured before any request.</summary>
+    /// <summary>
+    /// Each bucket's decode step, twice per state set, on masked rows, and with mixed steps each bucket, set and piece
+    /// shape three times (ONNX Runtime captures a graph id after two plain runs): CUDA graphs are captured before any request.
+    /// </summary>
     private void WarmUp()
     {
-        Array.Fill(_runner.Ids, _session.Manifest.PadTokenId ?? 0);
+        long pad = _session.Manifest.PadTokenId ?? 0;
+        Array.Fill(_runner.Ids, pad);
         Array.Clear(_runner.Mask);
         foreach (int b in _buckets)
         {
@@ -302,8 +313,26 @@ public sealed class ServingEngine : IDisposable
                 _runner.Decode(b, _set);
                 _set = 1 - _set;
             }
+            if (!_mixed) continue;
+            foreach (int shape in MixedShapes())
+            {
+                var ids = Enumerable.Repeat(pad, shape).ToArray();
+                var mask = new long[shape];
+                for (int i = 0; i < 6; i++)
+                {
+                    _runner.DecodeWithPrompt(b, _set, _rider!, 0, 0, 1, ids, mask, shape);
+                    _set = 1 - _set;
+                }
+            }
         }
     }
+
+    /// <summary>Every piece length <see cref="MixedPiece"/> gives: 1, 2 and 4 chunks (up to <see cref="MaxPieceTokens"/>), and the padded tails.</summary>
+    private IEnumerable<int> MixedShapes() =>
+        ((int[])[1, 2, 4]).Select(c => c * (int)_chunk).Where(n => n <= MaxPieceTokens).Concat(TailLengths());
+
+    /// <summary>The lengths a recurrent tail is left-padded to: 8, 16 and 32 below the chunk length, and chunk − 1.</summary>
+    private IEnumerable<int> TailLengths() => ((int[])[8, 16, 32]).Where(n => n < _chunk).Append((int)_chunk - 1);
 
     private void Loop()
     {
@@ -398,6 +427,7 @@ public sealed class ServingEngine : IDisposable
     private void Prefill()
     {
         if (_mixed && _count > 0) return; // prompts ride in the decode steps (Step)
+        SpillRider();
         bool paced = _count > 0;
         var whole = _jobs.Where(j => ReadsWhole(j, paced)).ToList();
         if (whole.Count > 0 && (!paced || (_credit > 0 && Gathered(whole)))) ReadWhole(whole);
@@ -544,7 +574,7 @@ public sealed class ServingEngine : IDisposable
 
     private void Read(Job job, int piece)
     {
-        var (ids, mask) = PieceIds(job, piece);
+        var (ids, mask) = PieceIds(job, piece, piece);
         // its logits land in the row it will join (every live row has chosen its token: their logits are spent)
         _runner.Prompt(_staging, job.Set, job.Row, 1, ids, mask, piece, _count);
         job.Set = 1 - job.Set;
@@ -617,12 +647,18 @@ public sealed class ServingEngine : IDisposable
         }
         else
         {
-            piece = MixedPieceLength(rider);
-            var (ids, mask) = PieceIds(rider, piece);
-            // its logits land in output row b, after the decode rows'
-            _runner.DecodeWithPrompt(b, _set, _staging, rider.Set, rider.Row, 1, ids, mask, piece);
-            rider.Set = 1 - rider.Set;
-            rider.Fed += piece;
+            var (tokens, padded) = MixedPiece(rider);
+            if (!ReferenceEquals(_inRider, rider))
+            {
+                _staging.CopyRow(rider.Set, rider.Row, _rider!, 0, 0);
+                _inRider = rider;
+            }
+            var (ids, mask) = PieceIds(rider, tokens, padded);
+            // its logits land in output row b, after the decode rows'; the rider row goes from set 0 to set 1 and back
+            _runner.DecodeWithPrompt(b, _set, _rider!, 0, 0, 1, ids, mask, padded);
+            _rider!.CopyRow(1, 0, _rider, 0, 0);
+            rider.Fed += tokens;
+            piece = tokens;
         }
         _set = 1 - _set;
         var step = Stopwatch.GetElapsedTime(t0);
@@ -662,36 +698,61 @@ public sealed class ServingEngine : IDisposable
         _transit.Add(job.Request);
         _jobs.Remove(job);
         int row = _count;
-        _staging.CopyRow(job.Set, job.Row, _pool, _set, row);
+        _rider!.CopyRow(0, 0, _pool, _set, row);
+        _inRider = null;
         _freeStaging.Push(job.Row);
         _runner.CopyOutputs(outRow, row);
         Join([job.Request], row);
         _transit.Remove(job.Request);
     }
 
+    /// <summary>Puts the rider's state back in its job's staging row (the job is then read between steps, or not at all).</summary>
+    private void SpillRider()
+    {
+        if (_inRider is not { } job) return;
+        _rider!.CopyRow(0, 0, _staging, job.Set, job.Row);
+        _inRider = null;
+    }
+
+    /// <summary>The longest prompt piece a mixed step carries: four chunks, or fewer with a smaller <see cref="ServingOptions.PrefillChunkTokens"/>.</summary>
+    private int MaxPieceTokens => (int)Math.Max(_chunk, Math.Min(4 * _chunk, (_o.PrefillChunkTokens ?? 4 * _chunk) / _chunk * _chunk));
+
     /// <summary>
-    /// The next piece of a prompt read inside a decode step: up to <see cref="ServingOptions.PrefillChunkTokens"/> (default
-    /// four chunks), ending on a chunk boundary and inside its segment as <see cref="PieceLength"/>'s pieces do, so that
-    /// the cell's schedule is the one of the rest read in one call.
+    /// The next piece of a prompt read inside a decode step, in one of a few shapes (each decode batch size and shape is
+    /// one captured graph of the mixed session): 1, 2 or 4 whole chunks (at most <see cref="MaxPieceTokens"/>), or the
+    /// recurrent tail of a segment (fewer tokens than a chunk), left-padded to 8, 16, 32 or chunk − 1 tokens with masked
+    /// positions, which leave the state exactly as it was. Pieces end on chunk boundaries and inside their segment as
+    /// <see cref="PieceLength"/>'s do, so the cell's schedule is the one of the rest read in one call.
     /// </summary>
-    private int MixedPieceLength(Job job)
+    private (int Tokens, int Padded) MixedPiece(Job job)
     {
         int done = job.Fed - job.Start, left = job.Request.Prompt.Length - job.Fed;
         int max = Math.Min(left, (int)(_segment - done % _segment));
-        long want = _o.PrefillChunkTokens ?? 4 * _chunk;
-        want = Math.Max(_chunk, want / _chunk * _chunk);
-        return want >= max ? max : (int)want;
+        if (max >= _chunk)
+        {
+            int chunks = (int)(Math.Min(max, MaxPieceTokens) / _chunk);
+            chunks = chunks >= 4 ? 4 : chunks >= 2 ? 2 : 1;
+            return (chunks * (int)_chunk, chunks * (int)_chunk);
+        }
+        int padded = TailLengths().First(n => n >= max);
+        return (max, padded);
     }
 
-    /// <summary>Ids and mask [1, piece] of <paramref name="job"/>'s next <paramref name="piece"/> tokens.</summary>
-    private static (long[] Ids, long[] Mask) PieceIds(Job job, int piece)
+    /// <summary>
+    /// Ids and mask [1, <paramref name="padded"/>] of <paramref name="job"/>'s next <paramref name="piece"/> tokens, after
+    /// padded − piece masked pad positions.
+    /// </summary>
+    private (long[] Ids, long[] Mask) PieceIds(Job job, int piece, int padded)
     {
-        var ids = new long[piece];
-        var mask = new long[piece];
-        for (int j = 0; j < piece; j++)
+        var ids = new long[padded];
+        var mask = new long[padded];
+        int pads = padded - piece;
+        long pad = _session.Manifest.PadTokenId ?? 0;
+        for (int j = 0; j < padded; j++)
         {
-            ids[j] = job.Request.Prompt[job.Fed + j];
-            mask[j] = 1;
+            bool real = j >= pads;
+            ids[j] = real ? job.Request.Prompt[job.Fed + j - pads] : pad;
+            mask[j] = real ? 1 : 0;
         }
         return (ids, mask);
     }
@@ -733,6 +794,7 @@ public sealed class ServingEngine : IDisposable
             job.Request.Events.Writer.TryComplete();
             _freeStaging.Push(job.Row);
             _jobs.RemoveAt(k);
+            if (ReferenceEquals(job, _inRider)) _inRider = null;
             Metrics.Finished(cancelled: true);
         }
     }
@@ -767,6 +829,7 @@ public sealed class ServingEngine : IDisposable
         _chooser?.Dispose();
         _runner?.Dispose();
         _staging?.Dispose();
+        _rider?.Dispose();
         _pool?.Dispose();
     }
 
