@@ -23,6 +23,7 @@ public sealed record ModelManifest
     /// The mixed graph (a decode step and a prompt piece in one call, <see cref="GraphNames.PromptPrefix"/>), beside
     /// <see cref="ModelFile"/> and reading the same weights; null when it was not exported.
     /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] // absent, not null, in manifests without one (older ones read the same)
     public string? MixedModelFile { get; init; }
     /// <summary>Weight and activation precision.</summary>
     public WeightDtype Dtype { get; init; } = WeightDtype.Fp32;

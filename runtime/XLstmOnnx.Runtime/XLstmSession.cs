@@ -162,7 +162,7 @@ public sealed class XLstmSession : IDisposable
             if (_mixed is not null) return _mixed;
             if (Manifest.MixedModelFile is not { } file)
             {
-                throw new XLstmOnnxException($"{Directory}: {ModelManifest.FileName} names no mixed graph (field '{ModelManifest.Field(nameof(ModelManifest.MixedModelFile))}'); export with --mixed-graph.");
+                throw new XLstmOnnxException($"{Directory}: {ModelManifest.FileName} names no mixed graph (field '{ModelManifest.Field(nameof(ModelManifest.MixedModelFile))}'); export with ExportOptions.MixedGraph.");
             }
             string path = Path.Combine(Directory, file);
             if (!File.Exists(path)) throw new XLstmOnnxException($"{Directory}: {file} named by {ModelManifest.FileName} is missing.");

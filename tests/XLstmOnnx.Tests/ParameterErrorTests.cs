@@ -76,12 +76,19 @@ public class ParameterErrorTests
             (["serve", "--model", tmp.Sub("m"), "--prefill-gather-steps", "-1"], "option --prefill-gather-steps must be 0 (at once) or more; found -1."),
             (["serve", "--model", tmp.Sub("m"), "--max-batch", "4", "--decode-buckets", "2,8"],
                 "option --decode-buckets must be sizes in [1, 4] (--max-batch); found \"2,8\"."),
+            (["export", "--checkpoint", Fixture, "--output", tmp.Sub("x"), "--mixed-graph"],
+                "option --mixed-graph needs --mlstm-kernels custom (found onnx)."),
         ];
         foreach (var (args, error) in cases)
         {
             var r = CliTests.Run(args);
             Assert.That((r.Code, r.Err.Trim()), Is.EqualTo((CliErrors.BadInput, $"error: {error}")), string.Join(' ', args));
         }
+        // found once the model is loaded: after serve's progress line
+        var mixed = CliTests.Run("serve", "--model", tmp.Sub("m"), "--mixed-steps", "on");
+        Assert.That(mixed.Code, Is.EqualTo(CliErrors.BadInput));
+        Assert.That(mixed.Err.Trim(), Does.EndWith($"error: option --mixed-steps true needs the mixed graph; {tmp.Sub("m")} has none "
+            + "(xlstm_runtime.json field 'mixed_model_file' is absent): export with --mixed-graph."));
     }
 
     [Test]

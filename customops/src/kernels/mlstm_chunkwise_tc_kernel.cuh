@@ -194,9 +194,9 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
     if (len == 1) {
       // (R) a run of recurrent tokens (a segment's tail, shorter than a chunk): HF's recurrent step per token, with the
       //     state in float32 registers in a known layout instead of the WMMA fragments, so that a token costs a few
-      //     register FMAs, one reduction and one barrier instead of a whole piece's seven phases (docs/performance.md,
-      //     "The recurrent tail"). Lane l of a warp holds, in each of its C blocks, row l/2 and the 8 columns
-      //     (l%2)·8 … +7; the warps of column block 0 hold n for their rows (even lanes).
+      //     register FMAs, one reduction and one barrier instead of a whole piece's seven phases
+      //     (docs/performance.md, "The recurrent tail"). Lane l of a warp holds, in each of its C blocks, row l/2 and
+      //     the 8 columns (l%2)·8 … +7; the warps of column block 0 hold n for their rows (even lanes).
       int run = 1;
       while (t0 + run < S && run < LT && SchedulePiece(t0 + run, S, p.chunk_size, p.max_inference_chunksize, LT) == 1) ++run;
       CpAsyncWaitAll();  // the first token's q, prefetched: the same rows are loaded again below

@@ -184,7 +184,7 @@ public sealed class ServingEngine : IDisposable
         {
             throw XLstmOnnxException.InParameter(ServingOptions.Name(nameof(ServingOptions.MixedSteps)),
                 $"{ServingOptions.Name(nameof(ServingOptions.MixedSteps))} true needs the mixed graph; {session.Directory} has none ({ModelManifest.FileName} field "
-                + $"'{ModelManifest.Field(nameof(ModelManifest.MixedModelFile))}' is absent): export with --mixed-graph.");
+                + $"'{ModelManifest.Field(nameof(ModelManifest.MixedModelFile))}' is absent): export with ExportOptions.MixedGraph.");
         }
         if (_mixed) _ = session.MixedSession; // its weights are on the device before the pool is planned
         int cacheEntries = CacheEntries(m);
