@@ -172,7 +172,12 @@ public class ServingEngineTests
         using (var engine = new ServingEngine(session, options))
         {
             underLoad = ServeAll(engine, cases);
-            if (mixed) Assert.That(engine.Metrics.MixedSteps, Is.GreaterThan(10), "prompts were read inside decode steps");
+            if (mixed)
+            {
+                Assert.That(engine.Metrics.MixedSteps, Is.GreaterThan(10), "prompts were read inside decode steps");
+                // chunk 8, segments of 20: whole chunks, tails padded to 7, and a chunk with a padded tail after it
+                Assert.That(engine.MixedShapesUsed, Does.Contain((8, 0)).And.Contain((7, 0)).And.Contain((15, 8)));
+            }
             else Assert.That(engine.Metrics.MixedSteps, Is.Zero);
         }
         using (var alone = new ServingEngine(session, options with { PrefixCacheBytes = 0 }))

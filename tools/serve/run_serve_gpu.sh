@@ -25,7 +25,7 @@
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32 or mixed-64}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64 or mixed-final}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -220,6 +220,23 @@ tail)
     say "prompt $pt: $(tail -1 "$R/ttft-$pt.log")"
   done
   engine_bench bench $M7 8,32,64
+  ;;
+mixed-final)
+  # run 6, last lease: customops, the export, the engine at 8 and 32, then the 32-slot load with mixed steps and 8
+  # clients on 64 slots (each piece now one step where a prompt's chunks and tail fit one: one mixed step per prompt)
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
+  say "customops build + CUDA CTest: rc=$? $(grep -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"
+  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --mixed-graph --output $M7 > "$R/export-7b.log" 2>&1
+  say "7B export (--mixed-graph) rc=$?"
+  engine_bench bench $M7 8,32
+  serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
+  lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 6
+  say "$(grep -E '^xlstm_(mixed_steps|decode_step_seconds_(sum|count))' "$R/metrics-32x128.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+  stop
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+  stop
   ;;
 mixed-trace)
   # kernel time (CUPTI) of the 32-slot load with prompts read inside decode steps and between them

@@ -197,7 +197,7 @@ public sealed class ServingEngine : IDisposable
                 _rider = new StatePool(m, _memory, 1, 2, "the prompt row of mixed steps");
                 for (int set = 0; set < 2; set++) _rider.Zero(set, 0, 1);
             }
-            _runner = new StepRunner(session, _memory, _pool, promptRows: _mixed ? 1 : 0, promptTokens: _mixed ? MaxPieceTokens : 0);
+            _runner = new StepRunner(session, _memory, _pool, promptRows: _mixed ? 1 : 0, promptTokens: _mixed ? MaxPieceTokens + (int)_chunk : 0); // chunks and a padded tail
             _chooser = new TokenChooser(session, _runner, _memory);
             _cache = new PrefixCache(m, _memory, cacheEntries);
         }
@@ -263,6 +263,11 @@ public sealed class ServingEngine : IDisposable
 
     private long[] _stepsByBatch = [];
 
+    /// <summary>The (length, chunk tokens before the pads) of every piece read inside a decode step so far (tests).</summary>
+    internal IReadOnlyCollection<(int Length, int PadsAt)> MixedShapesUsed => _mixedShapes;
+
+    private readonly HashSet<(int Length, int PadsAt)> _mixedShapes = [];
+
     /// <summary>
     /// Queues a completion; events arrive on the returned reader until one with a Finish reason, then it completes.
     /// Cancelling <paramref name="cancel"/> (a client that went away) frees the slot at the next step.
@@ -327,9 +332,16 @@ public sealed class ServingEngine : IDisposable
         }
     }
 
-    /// <summary>Every piece length <see cref="MixedPiece"/> gives: 1, 2 and 4 chunks (up to <see cref="MaxPieceTokens"/>), and the padded tails.</summary>
-    private IEnumerable<int> MixedShapes() =>
-        ((int[])[1, 2, 4]).Select(c => c * (int)_chunk).Where(n => n <= MaxPieceTokens).Concat(TailLengths());
+    /// <summary>
+    /// Every piece length <see cref="MixedPiece"/> gives: 1, 2 and 4 chunks (up to <see cref="MaxPieceTokens"/>), the
+    /// padded tails, and 1 or 2 chunks with a padded tail (within a segment).
+    /// </summary>
+    private IEnumerable<int> MixedShapes()
+    {
+        var chunks = ((int[])[1, 2, 4]).Select(c => c * (int)_chunk).Where(n => n <= MaxPieceTokens).ToList();
+        var combined = chunks.Where(n => n <= 2 * _chunk).SelectMany(n => TailLengths().Select(t => n + t)).Where(n => n <= _segment);
+        return chunks.Concat(TailLengths()).Concat(combined).Distinct();
+    }
 
     /// <summary>The lengths a recurrent tail is left-padded to: 8, 16 and 32 below the chunk length, and chunk − 1.</summary>
     private IEnumerable<int> TailLengths() => ((int[])[8, 16, 32]).Where(n => n < _chunk).Append((int)_chunk - 1);
@@ -574,7 +586,7 @@ public sealed class ServingEngine : IDisposable
 
     private void Read(Job job, int piece)
     {
-        var (ids, mask) = PieceIds(job, piece, piece);
+        var (ids, mask) = PieceIds(job, piece);
         // its logits land in the row it will join (every live row has chosen its token: their logits are spent)
         _runner.Prompt(_staging, job.Set, job.Row, 1, ids, mask, piece, _count);
         job.Set = 1 - job.Set;
@@ -647,18 +659,19 @@ public sealed class ServingEngine : IDisposable
         }
         else
         {
-            var (tokens, padded) = MixedPiece(rider);
+            var shape = MixedPiece(rider);
             if (!ReferenceEquals(_inRider, rider))
             {
                 _staging.CopyRow(rider.Set, rider.Row, _rider!, 0, 0);
                 _inRider = rider;
             }
-            var (ids, mask) = PieceIds(rider, tokens, padded);
+            var (ids, mask) = PieceIds(rider, shape.Tokens, shape.Pads, shape.PadsAt);
             // its logits land in output row b, after the decode rows'; the rider row goes from set 0 to set 1 and back
-            _runner.DecodeWithPrompt(b, _set, _rider!, 0, 0, 1, ids, mask, padded);
+            _runner.DecodeWithPrompt(b, _set, _rider!, 0, 0, 1, ids, mask, shape.Length);
             _rider!.CopyRow(1, 0, _rider, 0, 0);
-            rider.Fed += tokens;
-            piece = tokens;
+            rider.Fed += shape.Tokens;
+            piece = shape.Tokens;
+            _mixedShapes.Add((shape.Length, shape.PadsAt));
         }
         _set = 1 - _set;
         var step = Stopwatch.GetElapsedTime(t0);
@@ -719,39 +732,49 @@ public sealed class ServingEngine : IDisposable
 
     /// <summary>
     /// The next piece of a prompt read inside a decode step, in one of a few shapes (each decode batch size and shape is
-    /// one captured graph of the mixed session): 1, 2 or 4 whole chunks (at most <see cref="MaxPieceTokens"/>), or the
-    /// recurrent tail of a segment (fewer tokens than a chunk), left-padded to 8, 16, 32 or chunk − 1 tokens with masked
-    /// positions, which leave the state exactly as it was. Pieces end on chunk boundaries and inside their segment as
-    /// <see cref="PieceLength"/>'s do, so the cell's schedule is the one of the rest read in one call.
+    /// one captured graph of the mixed session): 1, 2 or 4 whole chunks (at most <see cref="MaxPieceTokens"/>); the
+    /// recurrent tail of a segment (fewer tokens than a chunk) padded to 8, 16, 32 or chunk − 1 tokens with masked
+    /// positions, which leave the state exactly as it was; or 1 or 2 chunks and such a padded tail in one piece, when
+    /// they are the rest of the segment (the pads then sit between the chunks and the tail, where the cell is already in
+    /// its recurrent form). Pieces end on chunk boundaries and inside their segment as <see cref="PieceLength"/>'s do,
+    /// so the cell's schedule is the one of the rest read in one call.
     /// </summary>
-    private (int Tokens, int Padded) MixedPiece(Job job)
+    private MixedPieceShape MixedPiece(Job job)
     {
         int done = job.Fed - job.Start, left = job.Request.Prompt.Length - job.Fed;
         int max = Math.Min(left, (int)(_segment - done % _segment));
-        if (max >= _chunk)
+        int c = (int)_chunk;
+        if (max < c) return new(max, TailLengths().First(n => n >= max) - max, 0);
+        int chunks = Math.Min(max, MaxPieceTokens) / c;
+        chunks = chunks >= 4 ? 4 : chunks >= 2 ? 2 : 1;
+        int tail = max - chunks * c;
+        if (tail > 0 && tail < c && chunks <= 2)
         {
-            int chunks = (int)(Math.Min(max, MaxPieceTokens) / _chunk);
-            chunks = chunks >= 4 ? 4 : chunks >= 2 ? 2 : 1;
-            return (chunks * (int)_chunk, chunks * (int)_chunk);
+            int padded = TailLengths().First(n => n >= tail);
+            if (chunks * c + padded <= _segment) return new(max, padded - tail, chunks * c); // the call's own segment holds it all
         }
-        int padded = TailLengths().First(n => n >= max);
-        return (max, padded);
+        return new(chunks * c, 0, 0);
+    }
+
+    /// <summary>A piece of <see cref="Tokens"/> prompt tokens with <see cref="Pads"/> masked positions before its token <see cref="PadsAt"/>.</summary>
+    private readonly record struct MixedPieceShape(int Tokens, int Pads, int PadsAt)
+    {
+        public int Length => Tokens + Pads;
     }
 
     /// <summary>
-    /// Ids and mask [1, <paramref name="padded"/>] of <paramref name="job"/>'s next <paramref name="piece"/> tokens, after
-    /// padded − piece masked pad positions.
+    /// Ids and mask [1, tokens + pads] of <paramref name="job"/>'s next <paramref name="tokens"/> tokens, with
+    /// <paramref name="pads"/> masked positions before the piece's token <paramref name="padsAt"/>.
     /// </summary>
-    private (long[] Ids, long[] Mask) PieceIds(Job job, int piece, int padded)
+    private (long[] Ids, long[] Mask) PieceIds(Job job, int tokens, int pads = 0, int padsAt = 0)
     {
-        var ids = new long[padded];
-        var mask = new long[padded];
-        int pads = padded - piece;
+        var ids = new long[tokens + pads];
+        var mask = new long[tokens + pads];
         long pad = _session.Manifest.PadTokenId ?? 0;
-        for (int j = 0; j < padded; j++)
+        for (int j = 0, t = 0; j < ids.Length; j++)
         {
-            bool real = j >= pads;
-            ids[j] = real ? job.Request.Prompt[job.Fed + j - pads] : pad;
+            bool real = j < padsAt || j >= padsAt + pads;
+            ids[j] = real ? job.Request.Prompt[job.Fed + t++] : pad;
             mask[j] = real ? 1 : 0;
         }
         return (ids, mask);
