@@ -4,7 +4,7 @@
 // events: the figure is GPU time per launch. Prints one JSON document on stdout (tools/bench/bench_kernels.py
 // merges it with transformers' native kernels timed in the same run).
 //
-//   xlstm_kernel_bench [--quick | --tail]     (--tail: the tensor-core kernel at batch 1, S 40, 64, 127 and 128)
+//   xlstm_kernel_bench [--quick]
 //
 // TFLOP/s counts B·NH·S·(4·DQK·DV + L·(DQK+DV)) (docs/performance.md, "Counting FLOPs and bytes"). GB/s counts the
 // minimum traffic: q, k, v in and h out in the input type, the gates, and the state read once and written once in
@@ -190,7 +190,6 @@ Row BenchStep(cudaStream_t stream, Dtype dtype, int64_t B, int reps) {
 int main(int argc, char** argv) {
   using namespace xlstm;
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
-  const bool tail = argc > 1 && std::strcmp(argv[1], "--tail") == 0;  // prompts at batch 1 around one and two chunks
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   int driver = 0, runtime = 0;
@@ -200,14 +199,9 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
   std::vector<Row> rows;
-  if (tail) {
-    // S = 64 is one chunk, 127 adds 63 recurrent tokens, 128 is two chunks, 40 is recurrent only
-    for (int64_t S : {40, 64, 127, 128}) rows.push_back(BenchChunkwise(stream, Dtype::kBFloat16, CudaPath::kTensorCore, 1, S, 50));
-  }
   const std::vector<int64_t> seqs = quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 4096, 16384};
   for (int64_t B : {1, 8}) {
     for (int64_t S : seqs) {
-      if (tail) break;
       const int reps = S * B >= 65536 ? 5 : 20;
       rows.push_back(BenchChunkwise(stream, Dtype::kBFloat16, CudaPath::kTensorCore, B, S, reps));
       rows.push_back(BenchChunkwise(stream, Dtype::kFloat16, CudaPath::kTensorCore, B, S, reps));
@@ -216,7 +210,6 @@ int main(int argc, char** argv) {
     }
   }
   for (int64_t B : {1, 8, 64}) {
-    if (tail) break;
     rows.push_back(BenchStep(stream, Dtype::kFloat32, B, 200));
     rows.push_back(BenchStep(stream, Dtype::kBFloat16, B, 200));
   }

@@ -195,8 +195,8 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
       // (R) a run of recurrent tokens (a segment's tail, shorter than a chunk): HF's recurrent step per token, with the
       //     state in float32 registers in a known layout instead of the WMMA fragments, so that a token costs a few
       //     register FMAs, one reduction and one barrier instead of a whole piece's seven phases
-      //     (docs/performance.md, "The recurrent tail"). Thread t holds one column (t % 64) of RPT = KD/8 rows, so the
-      //     q·C sum over its rows needs no shuffles; 8 partials a column meet in shared memory.
+      //     (docs/performance.md, "The recurrent tail"). Lane l of a warp holds, in each of its C blocks, row l/2 and
+      //     the 8 columns (l%2)·8 … +7; the warps of column block 0 hold n for their rows (even lanes).
       int run = 1;
       while (t0 + run < S && run < LT && SchedulePiece(t0 + run, S, p.chunk_size, p.max_inference_chunksize, LT) == 1) ++run;
       CpAsyncWaitAll();  // the first token's q, prefetched: the same rows are loaded again below
@@ -223,103 +223,94 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
           }
         }
       }
-      // the C tile leaves the fragments for registers: thread t holds column t % 64 and the RPT rows of row group t / 64,
-      // through float32 shared memory (the C_T and accumulator regions, free during the run) in two halves of KD/2 rows
-      constexpr int RPT = KD / 8;                         // rows per thread: 8 row groups of 64 threads
-      const int col = tid % DVT, group = tid / DVT, row0 = group * RPT;
-      float* cbuf = reinterpret_cast<float*>(sCT);      // [KD/2][64] float32, over sCT and sAcc
-      static_assert(sizeof(float) * (KD / 2) * DVT <= L::kN - L::kCT, "half the C tile fits over C_T and the accumulators");
-      float creg[RPT];
+      static_assert(kRowBlocks == 1, "the recurrent run assumes one row block per warp (KD ≤ 256)");
+      const int row = rb0 * 16 + lane / 2, col8 = (lane % 2) * 8;  // this lane's C row and first column in a block
+      const bool owns_n = cb0 == 0 && lane % 2 == 0;
+      float creg[kCFrags][8];
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
+      for (int r = 0; r < kCFrags; ++r) {
+        wmma::store_matrix_sync(stage, cfrag[r], 16, wmma::mem_row_major);
+        __syncwarp();
 #pragma unroll
-        for (int r = 0; r < kCFrags; ++r) {
-          const int d0 = (rb0 + r / kWarpCols) * 16, c0 = (cb0 + r % kWarpCols) * 16;
-          if (d0 / (KD / 2) == hh) wmma::store_matrix_sync(cbuf + (d0 - hh * (KD / 2)) * DVT + c0, cfrag[r], DVT, wmma::mem_row_major);
-        }
-        __syncthreads();
-        if (row0 / (KD / 2) == hh) {
-#pragma unroll
-          for (int i = 0; i < RPT; ++i) creg[i] = cbuf[(row0 + i - hh * (KD / 2)) * DVT + col];
-        }
-        __syncthreads();
+        for (int x = 0; x < 8; ++x) creg[r][x] = stage[(lane / 2) * 16 + col8 + x];
+        __syncwarp();
       }
-      // n: lane l < RPT of the first warp of a row group holds n of row row0 + l
-      const bool owns_n = tid % DVT < 32 && lane < RPT;
-      float nreg = owns_n ? sN[row0 + lane] : 0.0f;
+      float nreg = owns_n ? sN[row] : 0.0f;
       CpAsyncWaitAll();
       __syncthreads();
-      float* part = sAcc;  // two sets by token parity: [8 groups][64 columns] of q·C partials, then [8] of q·n partials
-      constexpr int kPart = 8 * DVT + 8;
       for (int j = 0; j < run; ++j) {
         const float fb = vecB[j], ib = vecI[j];
-        const float v = ToF(sV[j * LDV + col]);
-        float acc = 0.0f;
+        const float kd = ToF(sK[j * LDQ + row]), qd = ToF(sQ[j * LDQ + row]) * scale;
+        float qn = 0.0f;
+        if (owns_n) {
+          nreg = fb * nreg + ib * kd;
+          qn = qd * nreg;
+        }
+        float num[kCFrags][8];
 #pragma unroll
-        for (int i8 = 0; i8 < RPT; i8 += 8) {  // 8 rows at a time: k and q of those rows in one 16-byte load each
-          float kd[8], qd[8];
-          Unpack8<T>(*reinterpret_cast<const uint4*>(sK + j * LDQ + row0 + i8), kd);
-          Unpack8<T>(*reinterpret_cast<const uint4*>(sQ + j * LDQ + row0 + i8), qd);
+        for (int r = 0; r < kCFrags; ++r) {
+          float vv[8];
+          Unpack8<T>(*reinterpret_cast<const uint4*>(sV + j * LDV + (cb0 + r) * 16 + col8), vv);
 #pragma unroll
           for (int x = 0; x < 8; ++x) {
-            const float c = fb * creg[i8 + x] + ib * (kd[x] * v);
-            acc += (qd[x] * scale) * c;
-            creg[i8 + x] = p.round_state_bf16 ? RoundToBf16(c) : c;  // the stored state after each token (mlstm_params.h)
+            creg[r][x] = fb * creg[r][x] + ib * (kd * vv[x]);
+            num[r][x] = qd * creg[r][x];
           }
         }
-        float* pj = part + (j % 2) * kPart;
-        pj[group * DVT + col] = acc;
-        if (tid % DVT < 32) {  // the row group's q·n: its first warp, one row a lane
-          float qn = 0.0f;
-          if (owns_n) {
-            const float n = fb * nreg + ib * ToF(sK[j * LDQ + row0 + lane]);
-            qn = (ToF(sQ[j * LDQ + row0 + lane]) * scale) * n;
-            nreg = p.round_state_bf16 ? RoundToBf16(n) : n;
-          }
+        // sums over the warp's 16 rows (lanes of equal parity), then over the warps of a column through shared memory
 #pragma unroll
-          for (int o = 16; o > 0; o >>= 1) qn += __shfl_xor_sync(0xffffffffu, qn, o);
-          if (lane == 0) pj[8 * DVT + group] = qn;
+        for (int o = 2; o < 32; o <<= 1) {
+#pragma unroll
+          for (int r = 0; r < kCFrags; ++r) {
+#pragma unroll
+            for (int x = 0; x < 8; ++x) num[r][x] += __shfl_xor_sync(0xffffffffu, num[r][x], o);
+          }
+        }
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) qn += __shfl_xor_sync(0xffffffffu, qn, o);
+        float* part = sAcc + (j % 2) * (KD / 16) * LDS;  // [row block][64 columns, then q·n], two sets by token parity
+        if (lane < 2) {
+#pragma unroll
+          for (int r = 0; r < kCFrags; ++r) {
+#pragma unroll
+            for (int x = 0; x < 8; ++x) part[rb0 * LDS + (cb0 + r) * 16 + col8 + x] = num[r][x];
+          }
+        }
+        if (cb0 == 0 && lane == 0) part[rb0 * LDS + DVT] = qn;
+        if (p.round_state_bf16) {  // the stored state after each recurrent token (mlstm_params.h)
+#pragma unroll
+          for (int r = 0; r < kCFrags; ++r) {
+#pragma unroll
+            for (int x = 0; x < 8; ++x) creg[r][x] = RoundToBf16(creg[r][x]);
+          }
+          nreg = RoundToBf16(nreg);
         }
         __syncthreads();
         if (tid < nE) {
           float hn = 0.0f, hq = 0.0f;
-#pragma unroll
-          for (int g = 0; g < 8; ++g) {
-            hn += pj[g * DVT + tid];
-            hq += pj[8 * DVT + g];
+          for (int b = 0; b < KD / 16; ++b) {
+            hn += part[b * LDS + tid];
+            hq += part[b * LDS + DVT];
           }
           const float den = fmaxf(fabsf(hq), expf(-vecMc[j])) + p.eps;
           Hg[(t0 + j) * DV + tid] = FromF<T>(hn / den);
         }
       }
-      __syncthreads();  // the last token's sums are read: the regions go back to C, then C_T and the staging
-      // back to the fragments, in the same two halves, then C_T for the pieces after the run
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        if (row0 / (KD / 2) == hh) {
-#pragma unroll
-          for (int i = 0; i < RPT; ++i) cbuf[(row0 + i - hh * (KD / 2)) * DVT + col] = creg[i];
-        }
-        __syncthreads();
-#pragma unroll
-        for (int r = 0; r < kCFrags; ++r) {
-          const int d0 = (rb0 + r / kWarpCols) * 16, c0 = (cb0 + r % kWarpCols) * 16;
-          if (d0 / (KD / 2) == hh) wmma::load_matrix_sync(cfrag[r], cbuf + (d0 - hh * (KD / 2)) * DVT + c0, DVT, wmma::mem_row_major);
-        }
-        __syncthreads();
-      }
+      __syncthreads();  // the last token's sums are read: sAcc is the warps' staging again
+      // back to the fragments (and C_T, n) for the pieces after the run
 #pragma unroll
       for (int r = 0; r < kCFrags; ++r) {
-        const int d0 = (rb0 + r / kWarpCols) * 16, c0 = (cb0 + r % kWarpCols) * 16;
-        wmma::store_matrix_sync(stage, cfrag[r], 16, wmma::mem_row_major);
+#pragma unroll
+        for (int x = 0; x < 8; ++x) stage[(lane / 2) * 16 + col8 + x] = creg[r][x];
         __syncwarp();
-        {  // lane: row lane/2, 8 columns (lane%2)·8 … +7 — one 16-byte store
-          const float* src = stage + (lane / 2) * 16 + (lane % 2) * 8;
-          *reinterpret_cast<uint4*>(sCT + (d0 + lane / 2) * LDV + c0 + (lane % 2) * 8) = Pack8<T>(src);
+        wmma::load_matrix_sync(cfrag[r], stage, 16, wmma::mem_row_major);
+        {
+          const float* src = stage + (lane / 2) * 16 + col8;
+          *reinterpret_cast<uint4*>(sCT + row * LDV + (cb0 + r) * 16 + col8) = Pack8<T>(src);
         }
         __syncwarp();
       }
-      if (owns_n) sN[row0 + lane] = nreg;
+      if (owns_n) sN[row] = nreg;
       scaM = vecMc[run - 1];
       t0 += run;
       len = t0 < S ? static_cast<int>(SchedulePiece(t0, S, p.chunk_size, p.max_inference_chunksize, LT)) : 0;
