@@ -156,6 +156,7 @@ public sealed class ServingEngine : IDisposable
     private readonly List<Request> _transit = [];         // out of the queue or the jobs, not yet live: a failure must reach them too
     private readonly Stack<int> _freeStaging = new();
     private readonly long _chunk, _segment;
+    private readonly PromptPieces _pieces;
     private readonly bool _mixed;                        // prompt pieces ride in decode steps (the mixed graph)
     private readonly Thread _loop;
     private readonly CancellationTokenSource _stop = new();
@@ -177,6 +178,7 @@ public sealed class ServingEngine : IDisposable
         var schedule = new Schedule(m.ChunkSize, m.MaxInferenceChunksize); // throws naming a bad setting
         _chunk = schedule.ChunkSize;
         _segment = schedule.SegmentLength;
+        _pieces = new PromptPieces(_chunk, _segment, _o.PrefillChunkTokens);
         _tokenizer = session.Tokenizer;
         _memory = DeviceMemory.For(session.Options);
         _mixed = _o.MixedSteps ?? session.HasMixedGraph;
@@ -197,7 +199,7 @@ public sealed class ServingEngine : IDisposable
                 _rider = new StatePool(m, _memory, 1, 2, "the prompt row of mixed steps");
                 for (int set = 0; set < 2; set++) _rider.Zero(set, 0, 1);
             }
-            _runner = new StepRunner(session, _memory, _pool, promptRows: _mixed ? 1 : 0, promptTokens: _mixed ? MaxPieceTokens + (int)_chunk : 0); // chunks and a padded tail
+            _runner = new StepRunner(session, _memory, _pool, promptRows: _mixed ? 1 : 0, promptTokens: _mixed ? _pieces.MaxMixedLength : 0);
             _chooser = new TokenChooser(session, _runner, _memory);
             _cache = new PrefixCache(m, _memory, cacheEntries);
         }
@@ -319,7 +321,7 @@ public sealed class ServingEngine : IDisposable
                 _set = 1 - _set;
             }
             if (!_mixed) continue;
-            foreach (int shape in MixedShapes())
+            foreach (int shape in _pieces.MixedShapes())
             {
                 var ids = Enumerable.Repeat(pad, shape).ToArray();
                 var mask = new long[shape];
@@ -331,20 +333,6 @@ public sealed class ServingEngine : IDisposable
             }
         }
     }
-
-    /// <summary>
-    /// Every piece length <see cref="MixedPiece"/> gives: 1, 2 and 4 chunks (up to <see cref="MaxPieceTokens"/>), the
-    /// padded tails, and 1 or 2 chunks with a padded tail (within a segment).
-    /// </summary>
-    private IEnumerable<int> MixedShapes()
-    {
-        var chunks = ((int[])[1, 2, 4]).Select(c => c * (int)_chunk).Where(n => n <= MaxPieceTokens).ToList();
-        var combined = chunks.Where(n => n <= 2 * _chunk).SelectMany(n => TailLengths().Select(t => n + t)).Where(n => n <= _segment);
-        return chunks.Concat(TailLengths()).Concat(combined).Distinct();
-    }
-
-    /// <summary>The lengths a recurrent tail is left-padded to: 8, 16 and 32 below the chunk length, and chunk − 1.</summary>
-    private IEnumerable<int> TailLengths() => ((int[])[8, 16, 32]).Where(n => n < _chunk).Append((int)_chunk - 1);
 
     private void Loop()
     {
@@ -450,7 +438,8 @@ public sealed class ServingEngine : IDisposable
             int k = _jobs.FindIndex(j => !ReadsWhole(j, paced));
             if (k < 0) return;
             var job = _jobs[k];
-            int piece = PieceLength(job, paced);
+            int piece = _pieces.Piece(job.Fed - job.Start, job.Request.Prompt.Length - job.Fed,
+                paced ? _o.PrefillChunkTokens ?? (long)(_credit * Math.Max(_prefillTokensPerSecond, 1)) : null);
             long t0 = Stopwatch.GetTimestamp();
             Read(job, piece);
             Spent(piece, Stopwatch.GetElapsedTime(t0).TotalSeconds, paced);
@@ -474,7 +463,7 @@ public sealed class ServingEngine : IDisposable
     private bool ReadsWhole(Job job, bool paced)
     {
         int rest = job.Request.Prompt.Length - job.Fed;
-        if (rest > _segment - (job.Fed - job.Start) % _segment) return false;
+        if (_pieces.SegmentRest(job.Fed - job.Start, rest) < rest) return false;
         return !paced || rest < _chunk;
     }
 
@@ -567,26 +556,9 @@ public sealed class ServingEngine : IDisposable
         Join([.. ordered.Select(j => j.Request)], first);
     }
 
-    /// <summary>
-    /// The next piece of a prompt: it ends on a chunk boundary (counted from where the reading started) and never crosses a
-    /// max_inference_chunksize segment, so the cell's schedule inside each piece is the one it has when the rest of the
-    /// prompt is read in one call (only the last piece of a segment has a recurrent tail).
-    /// </summary>
-    private int PieceLength(Job job, bool paced)
-    {
-        int done = job.Fed - job.Start, left = job.Request.Prompt.Length - job.Fed;
-        int toSegmentEnd = (int)(_segment - done % _segment);
-        int max = Math.Min(left, toSegmentEnd);
-        if (!paced) return max;
-        long want = _o.PrefillChunkTokens ?? (long)(_credit * Math.Max(_prefillTokensPerSecond, 1));
-        want = Math.Max(_chunk, want / _chunk * _chunk);
-        // short remainders go whole: one call costs less than two, and the request starts sooner
-        return want >= max || max <= 4 * _chunk ? max : (int)want;
-    }
-
     private void Read(Job job, int piece)
     {
-        var (ids, mask) = PieceIds(job, piece);
+        var (ids, mask) = PromptPieces.Ids(job.Request.Prompt, job.Fed, new MixedPieceShape(piece, 0, 0), _session.Manifest.PadTokenId ?? 0);
         // its logits land in the row it will join (every live row has chosen its token: their logits are spent)
         _runner.Prompt(_staging, job.Set, job.Row, 1, ids, mask, piece, _count);
         job.Set = 1 - job.Set;
@@ -659,13 +631,13 @@ public sealed class ServingEngine : IDisposable
         }
         else
         {
-            var shape = MixedPiece(rider);
+            var shape = _pieces.Mixed(rider.Fed - rider.Start, rider.Request.Prompt.Length - rider.Fed);
             if (!ReferenceEquals(_inRider, rider))
             {
                 _staging.CopyRow(rider.Set, rider.Row, _rider!, 0, 0);
                 _inRider = rider;
             }
-            var (ids, mask) = PieceIds(rider, shape.Tokens, shape.Pads, shape.PadsAt);
+            var (ids, mask) = PromptPieces.Ids(rider.Request.Prompt, rider.Fed, shape, _session.Manifest.PadTokenId ?? 0);
             // its logits land in output row b, after the decode rows'; the rider row goes from set 0 to set 1 and back
             _runner.DecodeWithPrompt(b, _set, _rider!, 0, 0, 1, ids, mask, shape.Length);
             _rider!.CopyRow(1, 0, _rider, 0, 0);
@@ -725,59 +697,6 @@ public sealed class ServingEngine : IDisposable
         if (_inRider is not { } job) return;
         _rider!.CopyRow(0, 0, _staging, job.Set, job.Row);
         _inRider = null;
-    }
-
-    /// <summary>The longest prompt piece a mixed step carries: four chunks, or fewer with a smaller <see cref="ServingOptions.PrefillChunkTokens"/>.</summary>
-    private int MaxPieceTokens => (int)Math.Max(_chunk, Math.Min(4 * _chunk, (_o.PrefillChunkTokens ?? 4 * _chunk) / _chunk * _chunk));
-
-    /// <summary>
-    /// The next piece of a prompt read inside a decode step, in one of a few shapes (each decode batch size and shape is
-    /// one captured graph of the mixed session): 1, 2 or 4 whole chunks (at most <see cref="MaxPieceTokens"/>); the
-    /// recurrent tail of a segment (fewer tokens than a chunk) padded to 8, 16, 32 or chunk − 1 tokens with masked
-    /// positions, which leave the state exactly as it was; or 1 or 2 chunks and such a padded tail in one piece, when
-    /// they are the rest of the segment (the pads then sit between the chunks and the tail, where the cell is already in
-    /// its recurrent form). Pieces end on chunk boundaries and inside their segment as <see cref="PieceLength"/>'s do,
-    /// so the cell's schedule is the one of the rest read in one call.
-    /// </summary>
-    private MixedPieceShape MixedPiece(Job job)
-    {
-        int done = job.Fed - job.Start, left = job.Request.Prompt.Length - job.Fed;
-        int max = Math.Min(left, (int)(_segment - done % _segment));
-        int c = (int)_chunk;
-        if (max < c) return new(max, TailLengths().First(n => n >= max) - max, 0);
-        int chunks = Math.Min(max, MaxPieceTokens) / c;
-        chunks = chunks >= 4 ? 4 : chunks >= 2 ? 2 : 1;
-        int tail = max - chunks * c;
-        if (tail > 0 && tail < c && chunks <= 2)
-        {
-            int padded = TailLengths().First(n => n >= tail);
-            if (chunks * c + padded <= _segment) return new(max, padded - tail, chunks * c); // the call's own segment holds it all
-        }
-        return new(chunks * c, 0, 0);
-    }
-
-    /// <summary>A piece of <see cref="Tokens"/> prompt tokens with <see cref="Pads"/> masked positions before its token <see cref="PadsAt"/>.</summary>
-    private readonly record struct MixedPieceShape(int Tokens, int Pads, int PadsAt)
-    {
-        public int Length => Tokens + Pads;
-    }
-
-    /// <summary>
-    /// Ids and mask [1, tokens + pads] of <paramref name="job"/>'s next <paramref name="tokens"/> tokens, with
-    /// <paramref name="pads"/> masked positions before the piece's token <paramref name="padsAt"/>.
-    /// </summary>
-    private (long[] Ids, long[] Mask) PieceIds(Job job, int tokens, int pads = 0, int padsAt = 0)
-    {
-        var ids = new long[tokens + pads];
-        var mask = new long[tokens + pads];
-        long pad = _session.Manifest.PadTokenId ?? 0;
-        for (int j = 0, t = 0; j < ids.Length; j++)
-        {
-            bool real = j < padsAt || j >= padsAt + pads;
-            ids[j] = real ? job.Request.Prompt[job.Fed + t++] : pad;
-            mask[j] = real ? 1 : 0;
-        }
-        return (ids, mask);
     }
 
     /// <summary>Sends row <paramref name="row"/>'s token; true when the sequence ends with it.</summary>

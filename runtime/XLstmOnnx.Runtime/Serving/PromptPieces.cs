@@ -1,0 +1,102 @@
+namespace XLstmOnnx.Runtime.Serving;
+
+/// <summary>
+/// A prompt piece read inside a decode step: <see cref="Tokens"/> prompt tokens, with <see cref="Pads"/> masked
+/// positions before the piece's token <see cref="PadsAt"/> (0 when there are none).
+/// </summary>
+internal readonly record struct MixedPieceShape(int Tokens, int Pads, int PadsAt)
+{
+    /// <summary>The piece's length in the call: tokens and pads.</summary>
+    public int Length => Tokens + Pads;
+}
+
+/// <summary>
+/// How the serving engine cuts prompts into pieces (docs/serving.md, "Reading prompts"), as arithmetic on token counts;
+/// the engine owns the rows. Every piece ends on a chunk boundary counted from where the reading started, or is the
+/// rest of its max_inference_chunksize segment, and never crosses a segment: so the cell's schedule inside a piece is
+/// the one it has when the rest of the prompt is read in one call (only a segment's last piece has recurrent tokens),
+/// and a prompt read in pieces gives the bits of one call.
+/// </summary>
+/// <param name="chunk">The model's chunk_size.</param>
+/// <param name="segment">The model's max_inference_chunksize.</param>
+/// <param name="chunkTokens">ServingOptions.PrefillChunkTokens: the longest piece while others decode (null: paced, and four chunks for mixed steps).</param>
+internal sealed class PromptPieces(long chunk, long segment, int? chunkTokens)
+{
+    private readonly int _chunk = checked((int)chunk);
+
+    /// <summary>The longest piece a mixed step carries in whole chunks: four, or fewer with a smaller <c>chunkTokens</c>.</summary>
+    public int MaxMixedChunkTokens { get; } = (int)Math.Max(chunk, Math.Min(4 * chunk, (chunkTokens ?? 4 * chunk) / chunk * chunk));
+
+    /// <summary>Prompt tokens a mixed call may carry: the whole chunks and a padded tail after them.</summary>
+    public int MaxMixedLength => MaxMixedChunkTokens + _chunk;
+
+    /// <summary>
+    /// The most a piece may hold: the prompt's <paramref name="left"/> tokens, but no further than the end of the segment
+    /// the reading is in (<paramref name="read"/> tokens read since it started).
+    /// </summary>
+    public int SegmentRest(int read, int left) => (int)Math.Min(left, segment - read % segment);
+
+    /// <summary>
+    /// A piece read on its own call: unpaced (nothing decodes), the whole <see cref="SegmentRest"/>; paced, about
+    /// <paramref name="want"/> tokens in whole chunks (at least one), and short remainders (four chunks or less) whole,
+    /// since one call costs less than two and the request starts sooner.
+    /// </summary>
+    public int Piece(int read, int left, long? want)
+    {
+        int max = SegmentRest(read, left);
+        if (want is not { } w) return max;
+        w = Math.Max(chunk, w / chunk * chunk);
+        return w >= max || max <= 4 * chunk ? max : (int)w;
+    }
+
+    /// <summary>
+    /// A piece read inside a decode step, in one of <see cref="MixedShapes"/> (each decode batch size and shape is one
+    /// captured graph): 1, 2 or 4 whole chunks (at most <see cref="MaxMixedChunkTokens"/>); the recurrent rest of a segment
+    /// (fewer tokens than a chunk) padded to one of <see cref="TailLengths"/> with masked positions before it, which leave
+    /// the state exactly as it was; or 1 or 2 chunks and such a padded tail in one piece when they are the segment's rest
+    /// and fit in one segment of the call (the pads then sit between the chunks and the tail, where the cell already
+    /// runs its recurrent form).
+    /// </summary>
+    public MixedPieceShape Mixed(int read, int left)
+    {
+        int max = SegmentRest(read, left);
+        if (max < _chunk) return new(max, TailLengths().First(n => n >= max) - max, 0);
+        int chunks = Math.Min(max, MaxMixedChunkTokens) / _chunk;
+        chunks = chunks >= 4 ? 4 : chunks >= 2 ? 2 : 1;
+        int tail = max - chunks * _chunk;
+        if (tail > 0 && tail < _chunk && chunks <= 2)
+        {
+            int padded = TailLengths().First(n => n >= tail);
+            if (chunks * _chunk + padded <= segment) return new(max, padded - tail, chunks * _chunk);
+        }
+        return new(chunks * _chunk, 0, 0);
+    }
+
+    /// <summary>The lengths a recurrent tail is padded to: 8, 16 and 32 below the chunk length, and chunk − 1.</summary>
+    public IEnumerable<int> TailLengths() => ((int[])[8, 16, 32]).Where(n => n < _chunk).Append(_chunk - 1);
+
+    /// <summary>Every length <see cref="Mixed"/> gives: 1, 2 and 4 chunks, the padded tails, 1 or 2 chunks with a padded tail.</summary>
+    public IEnumerable<int> MixedShapes()
+    {
+        var chunks = ((int[])[1, 2, 4]).Select(c => c * _chunk).Where(n => n <= MaxMixedChunkTokens).ToList();
+        var combined = chunks.Where(n => n <= 2 * _chunk).SelectMany(n => TailLengths().Select(t => n + t)).Where(n => n <= segment);
+        return chunks.Concat(TailLengths()).Concat(combined).Distinct();
+    }
+
+    /// <summary>
+    /// Ids and mask [1, tokens + pads] of <paramref name="prompt"/>'s tokens from <paramref name="from"/> on, with the
+    /// shape's masked positions (id <paramref name="pad"/>) before its token <see cref="MixedPieceShape.PadsAt"/>.
+    /// </summary>
+    public static (long[] Ids, long[] Mask) Ids(ReadOnlySpan<int> prompt, int from, MixedPieceShape shape, long pad)
+    {
+        var ids = new long[shape.Length];
+        var mask = new long[shape.Length];
+        for (int j = 0, t = 0; j < ids.Length; j++)
+        {
+            bool real = j < shape.PadsAt || j >= shape.PadsAt + shape.Pads;
+            ids[j] = real ? prompt[from + t++] : pad;
+            mask[j] = real ? 1 : 0;
+        }
+        return (ids, mask);
+    }
+}
