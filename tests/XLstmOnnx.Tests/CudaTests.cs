@@ -128,15 +128,17 @@ public class CudaTests
     /// <summary>
     /// The serving engine on the GPU, with CUDA graphs per decode batch size: every stream under load (greedy, sampled,
     /// penalised; rows joining, moving and leaving; prompts read in pieces) equals the same request served alone, and
-    /// the greedy ones equal the CPU engine's.
+    /// the greedy ones equal the CPU engine's. With the mixed graph, prompts are read inside the decode steps, each
+    /// (batch size, state set, piece shape) a captured graph of the mixed session.
     /// </summary>
-    [Test]
-    public void ServingOnCudaWithGraphsEqualsServedAloneAndTheCpu()
+    [TestCase(false)]
+    [TestCase(true)]
+    public void ServingOnCudaWithGraphsEqualsServedAloneAndTheCpu(bool mixedSteps)
     {
         _ = CustomOpLibrary.Find() ?? throw new AssertionException($"{CustomOpLibrary.FileName} is not beside the tests (CUDA build of customops/).");
         using var tmp = TestPaths.Temp();
         OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "segmented"), tmp.Sub("m"),
-            new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
+            new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, MixedGraph = mixedSteps });
         var rng = new Random(5);
         var cases = Enumerable.Range(0, 24).Select(i => (
             Prompt: Enumerable.Range(0, 1 + rng.Next(60)).Select(_ => 3 + rng.Next(95)).ToArray(),
@@ -155,7 +157,10 @@ public class CudaTests
             using var engine = new Runtime.Serving.ServingEngine(s, options with { PrefixCacheBytes = alone ? 0 : null });
             if (alone) return [.. cases.Select(c => Collect(engine.Submit(c.Prompt, c.Options)))];
             var readers = cases.Select(c => engine.Submit(c.Prompt, c.Options)).ToArray();
-            return [.. readers.Select(Collect)];
+            int[][] tokens = [.. readers.Select(Collect)];
+            if (mixedSteps) Assert.That(engine.Metrics.MixedSteps, Is.GreaterThan(0), $"prompts were read inside decode steps on {device}");
+            if (mixedSteps && device == ExecutionDevice.Cuda) Assert.That(s.MixedCaptureError, Is.Null, "the mixed graph is captured");
+            return tokens;
         }
         var loaded = Serve(ExecutionDevice.Cuda, alone: false);
         Assert.That(loaded, Is.EqualTo(Serve(ExecutionDevice.Cuda, alone: true)), "under load equals alone, on the GPU");
