@@ -30,7 +30,7 @@ internal static class ServeCommand
         var buckets = new Option<string?>("--decode-buckets") { Description = "Batch sizes a decode step runs at, e.g. 1,8,64 (default: powers of two up to --max-batch, and --max-batch)." };
         var mixedSteps = new Option<string>("--mixed-steps")
         {
-            Description = "Read prompts inside decode steps through the model's mixed graph (export --mixed-graph): auto (when the model has it), on or off.",
+            Description = "Read prompts inside decode steps through the model's mixed graph (export --mixed-graph): auto (when the model has it and runs on CUDA), on or off.",
             DefaultValueFactory = _ => "auto",
         };
         mixedSteps.AcceptOnlyFromAmong("auto", "on", "off");

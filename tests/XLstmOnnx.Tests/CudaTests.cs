@@ -150,7 +150,7 @@ public class CudaTests
             }) with { MaxNewTokens = 6 + rng.Next(20), IgnoreEos = true })).ToArray();
         static int[] Collect(System.Threading.Channels.ChannelReader<Runtime.Serving.CompletionEvent> r) =>
             r.ReadAllAsync().ToBlockingEnumerable().Select(e => e.Token).ToArray();
-        var options = new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefillRows = 2, PrefillChunkTokens = 8 };
+        var options = new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefillRows = 2, PrefillChunkTokens = 8, MixedSteps = mixedSteps ? true : null };
         int[][] Serve(ExecutionDevice device, bool alone)
         {
             using var s = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = device, CudaGraph = device == ExecutionDevice.Cuda });

@@ -20,7 +20,12 @@ internal readonly record struct MixedPieceShape(int Tokens, int Pads, int PadsAt
 /// <param name="chunk">The model's chunk_size.</param>
 /// <param name="segment">The model's max_inference_chunksize.</param>
 /// <param name="chunkTokens">ServingOptions.PrefillChunkTokens: the longest piece while others decode (null: paced, and four chunks for mixed steps).</param>
-internal sealed class PromptPieces(long chunk, long segment, int? chunkTokens)
+/// <param name="fixedShapes">
+/// Whether pieces read inside decode steps take only <see cref="MixedShapes"/> (their calls are captured CUDA graphs);
+/// otherwise a piece is the prompt's rest up to four chunks and a tail, unpadded (on the CPU a pad costs a token's work
+/// and a new shape costs nothing).
+/// </param>
+internal sealed class PromptPieces(long chunk, long segment, int? chunkTokens, bool fixedShapes)
 {
     private readonly int _chunk = checked((int)chunk);
 
@@ -50,8 +55,9 @@ internal sealed class PromptPieces(long chunk, long segment, int? chunkTokens)
     }
 
     /// <summary>
-    /// A piece read inside a decode step, in one of <see cref="MixedShapes"/> (each decode batch size and shape is one
-    /// captured graph): 1, 2 or 4 whole chunks (at most <see cref="MaxMixedChunkTokens"/>); the recurrent rest of a segment
+    /// A piece read inside a decode step; without fixed shapes, the segment's rest when it is shorter than
+    /// <see cref="MaxMixedLength"/>, else <see cref="MaxMixedChunkTokens"/>. With them, one of <see cref="MixedShapes"/>
+    /// (each decode batch size and shape is one captured graph): 1, 2 or 4 whole chunks (at most <see cref="MaxMixedChunkTokens"/>); the recurrent rest of a segment
     /// (fewer tokens than a chunk) padded to one of <see cref="TailLengths"/> with masked positions before it, which leave
     /// the state exactly as it was; or 1 or 2 chunks and such a padded tail in one piece when they are the segment's rest
     /// and fit in one segment of the call (the pads then sit between the chunks and the tail, where the cell already
@@ -60,6 +66,7 @@ internal sealed class PromptPieces(long chunk, long segment, int? chunkTokens)
     public MixedPieceShape Mixed(int read, int left)
     {
         int max = SegmentRest(read, left);
+        if (!fixedShapes) return new(max < MaxMixedLength ? max : MaxMixedChunkTokens, 0, 0);
         if (max < _chunk) return new(max, TailLengths().First(n => n >= max) - max, 0);
         int chunks = Math.Min(max, MaxMixedChunkTokens) / _chunk;
         chunks = chunks >= 4 ? 4 : chunks >= 2 ? 2 : 1;

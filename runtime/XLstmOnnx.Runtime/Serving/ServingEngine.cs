@@ -46,10 +46,17 @@ public sealed record ServingOptions
     /// <summary>
     /// Read prompts inside decode steps through the model's mixed graph (<c>export --mixed-graph</c>): while sequences
     /// decode, each step carries one prompt piece of up to <see cref="PrefillChunkTokens"/> tokens (default: four
-    /// chunks), and the weights are streamed once for both. Null: when the model has the mixed graph. True for a model
-    /// without it is refused. The mixed graph's session holds its own copy of the weights.
+    /// chunks), and the weights are streamed once for both. Null: when the model has the mixed graph and runs on CUDA
+    /// (on the CPU, where a small model's weights stay in cache, the shipped model served faster with prompts read
+    /// between steps: docs/serving.md, "Reading prompts"). True for a model without it is refused. The mixed graph's
+    /// session holds its own copy of the weights.
     /// </summary>
     public bool? MixedSteps { get; init; }
+    /// <summary>
+    /// Tests only: whether prompt pieces inside decode steps take the few fixed shapes of captured mixed calls (null:
+    /// exactly when the mixed graph is captured, that is on CUDA with CUDA graphs).
+    /// </summary>
+    internal bool? FixedPieceShapes { get; init; }
     /// <summary>Run every decode bucket once at start (captures the CUDA graphs before the first request).</summary>
     public bool WarmUp { get; init; } = true;
 
@@ -178,10 +185,9 @@ public sealed class ServingEngine : IDisposable
         var schedule = new Schedule(m.ChunkSize, m.MaxInferenceChunksize); // throws naming a bad setting
         _chunk = schedule.ChunkSize;
         _segment = schedule.SegmentLength;
-        _pieces = new PromptPieces(_chunk, _segment, _o.PrefillChunkTokens);
         _tokenizer = session.Tokenizer;
         _memory = DeviceMemory.For(session.Options);
-        _mixed = _o.MixedSteps ?? session.HasMixedGraph;
+        _mixed = _o.MixedSteps ?? (session.HasMixedGraph && session.Options.Device == ExecutionDevice.Cuda);
         if (_mixed && !session.HasMixedGraph)
         {
             throw XLstmOnnxException.InParameter(ServingOptions.Name(nameof(ServingOptions.MixedSteps)),
@@ -189,6 +195,7 @@ public sealed class ServingEngine : IDisposable
                 + $"'{ModelManifest.Field(nameof(ModelManifest.MixedModelFile))}' is absent): export with ExportOptions.MixedGraph.");
         }
         if (_mixed) _ = session.MixedSession; // its weights are on the device before the pool is planned
+        _pieces = new PromptPieces(_chunk, _segment, _o.PrefillChunkTokens, fixedShapes: _o.FixedPieceShapes ?? session.MixedCaptured);
         int cacheEntries = CacheEntries(m);
         try
         {
