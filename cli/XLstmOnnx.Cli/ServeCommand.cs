@@ -80,6 +80,7 @@ internal static class ServeCommand
             Console.Error.WriteLine("serve: allocating the state pool" + (session.Options.CudaGraph ? " and capturing a CUDA graph per decode batch size" : "") + " ...");
             using var engine = new ServingEngine(session, serving);
             if (session.MixedCaptureError is { } why) Console.Error.WriteLine($"serve: warning: the mixed graph runs without CUDA graphs: {why}");
+            if (engine.MixedStepsError is { } error) Console.Error.WriteLine($"serve: warning: prompts are read between decode steps; the mixed graph could not be opened: {error}");
             var (app, url) = OpenAiServer.StartAsync(engine, options).GetAwaiter().GetResult();
             Console.Error.WriteLine($"serving '{options.ModelId}' on {url} (OpenAI API under /v1; /health, /metrics); {engine.Options.MaxBatch} slots, "
                 + $"decode batch sizes {string.Join(",", engine.Options.Buckets())}, prefix cache {engine.Metrics.CacheCapacity} states, "

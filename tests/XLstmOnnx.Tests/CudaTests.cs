@@ -172,6 +172,26 @@ public class CudaTests
     }
 
     /// <summary>
+    /// On CUDA, a mixed graph ONNX Runtime cannot open (here: not a model; on a small GPU: no room for its copy of the
+    /// weights) is skipped when MixedSteps is left to choose: prompts are read between steps and the reason is kept.
+    /// </summary>
+    [Test]
+    public void AMixedGraphThatCannotBeOpenedIsSkippedOnCudaWhenLeftToChoose()
+    {
+        _ = CustomOpLibrary.Find() ?? throw new AssertionException($"{CustomOpLibrary.FileName} is not beside the tests (CUDA build of customops/).");
+        using var tmp = TestPaths.Temp();
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "segmented"), tmp.Sub("m"),
+            new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, MixedGraph = true });
+        File.WriteAllText(Path.Combine(tmp.Sub("m"), OnnxExporter.MixedModelFile), "not an ONNX model");
+        using var s = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = ExecutionDevice.Cuda, CudaGraph = true });
+        using var engine = new Runtime.Serving.ServingEngine(s, new Runtime.Serving.ServingOptions { MaxBatch = 2 });
+        Assert.That(engine.MixedSteps, Is.False);
+        Assert.That(engine.MixedStepsError, Does.Contain(OnnxExporter.MixedModelFile));
+        var tokens = engine.Submit([5, 6, 7], new GenerationOptions { Greedy = true, MaxNewTokens = 3 }).ReadAllAsync().ToBlockingEnumerable().Count();
+        Assert.That(tokens, Is.EqualTo(3));
+    }
+
+    /// <summary>
     /// bfloat16 with ai.xlstm::Linear in batch-invariant mode: greedy streams served under load, at decode batch sizes
     /// 1 to 32 as rows come and go, equal the same requests served alone, token for token. With ONNX Gemm (cuBLAS) they
     /// need not: its small-batch kernels sum in another order at each batch size.

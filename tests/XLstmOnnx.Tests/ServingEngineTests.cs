@@ -200,6 +200,27 @@ public class ServingEngineTests
         }
     }
 
+    /// <summary>
+    /// A mixed graph ONNX Runtime cannot open: asked for (MixedSteps true), the engine refuses to start naming the file;
+    /// left to choose, it reads prompts between steps and says why (MixedStepsError; on the CPU auto does not use the
+    /// mixed graph at all, so that path runs in CudaTests).
+    /// </summary>
+    [Test]
+    public void AMixedGraphThatCannotBeOpenedIsNamedWhenAskedFor()
+    {
+        using var tmp = TestPaths.Temp();
+        string dir = Directory.CreateDirectory(tmp.Sub("broken")).FullName;
+        foreach (var f in Directory.GetFiles(_mixed)) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+        File.WriteAllText(Path.Combine(dir, OnnxExporter.MixedModelFile), "not an ONNX model");
+        using var session = XLstmSession.Load(dir);
+        var e = Assert.Throws<XLstmOnnxException>(() => new ServingEngine(session, new ServingOptions { MaxBatch = 2, MixedSteps = true }))!;
+        Assert.That(e.Message, Does.Contain(Path.Combine(dir, OnnxExporter.MixedModelFile)).And.Contain("could not load"));
+        using var auto = new ServingEngine(session, new ServingOptions { MaxBatch = 2 });
+        Assert.That((auto.MixedSteps, auto.MixedStepsError), Is.EqualTo((false, (string?)null)), "on the CPU auto leaves the mixed graph alone");
+        var o = new GenerationOptions { Greedy = true, MaxNewTokens = 3 };
+        Assert.That(Collect(auto.Submit([5, 6, 7], o)).GetAwaiter().GetResult(), Has.Length.EqualTo(3));
+    }
+
     [Test]
     public void DecodeRunsAtTheSmallestBucketThatHoldsTheLiveRows()
     {

@@ -187,14 +187,28 @@ public sealed class ServingEngine : IDisposable
         _segment = schedule.SegmentLength;
         _tokenizer = session.Tokenizer;
         _memory = DeviceMemory.For(session.Options);
-        _mixed = _o.MixedSteps ?? (session.HasMixedGraph && session.Options.Device == ExecutionDevice.Cuda);
-        if (_mixed && !session.HasMixedGraph)
+        bool mixed = _o.MixedSteps ?? (session.HasMixedGraph && session.Options.Device == ExecutionDevice.Cuda);
+        if (mixed && !session.HasMixedGraph)
         {
             throw XLstmOnnxException.InParameter(ServingOptions.Name(nameof(ServingOptions.MixedSteps)),
                 $"{ServingOptions.Name(nameof(ServingOptions.MixedSteps))} true needs the mixed graph; {session.Directory} has none ({ModelManifest.FileName} field "
                 + $"'{ModelManifest.Field(nameof(ModelManifest.MixedModelFile))}' is absent): export with ExportOptions.MixedGraph.");
         }
-        if (_mixed) _ = session.MixedSession; // its weights are on the device before the pool is planned
+        if (mixed)
+        {
+            try
+            {
+                _ = session.MixedSession; // its weights are on the device before the pool is planned
+            }
+            catch (XLstmOnnxException e) when (_o.MixedSteps is null)
+            {
+                // auto: a mixed graph that cannot be opened (no room for its copy of the weights, say) leaves prompts
+                // between the steps, and says why
+                MixedStepsError = e.Message;
+                mixed = false;
+            }
+        }
+        _mixed = mixed;
         _pieces = new PromptPieces(_chunk, _segment, _o.PrefillChunkTokens, fixedShapes: _o.FixedPieceShapes ?? session.MixedCaptured);
         int cacheEntries = CacheEntries(m);
         try
@@ -231,6 +245,12 @@ public sealed class ServingEngine : IDisposable
     public ServingOptions Options => _o;
     /// <summary>Whether prompts are read inside decode steps (<see cref="ServingOptions.MixedSteps"/> resolved for this model).</summary>
     public bool MixedSteps => _mixed;
+
+    /// <summary>
+    /// Why the mixed graph was not used though <see cref="ServingOptions.MixedSteps"/> was left to choose and the model has
+    /// it (ONNX Runtime could not open it: on a GPU, most likely no room for its copy of the weights); null otherwise.
+    /// </summary>
+    public string? MixedStepsError { get; private set; }
     public ServingMetrics Metrics { get; } = new();
 
     /// <summary>Entries of the prefix cache: the option, or the default (see <see cref="ServingOptions.PrefixCacheBytes"/>); checks that everything fits.</summary>
