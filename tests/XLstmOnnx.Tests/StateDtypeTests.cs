@@ -8,9 +8,10 @@ namespace XLstmOnnx.Tests;
 
 /// <summary>
 /// <c>export --state-dtype bf16</c>: C and n are stored (graph inputs and outputs, pools, caches) as bfloat16, m as
-/// float32, and the cell computes in float32 either way. So the only difference from a float32-state export is one
-/// rounding of C and n at the end of each call; both cell forms (standard ops: Cast around the Loop; the custom op:
-/// float32 copies on the CPU, the step kernel's own loads on CUDA) must show exactly that.
+/// float32, and the cell computes in float32 either way. So the only difference from a float32-state export is the
+/// rounding of C and n after every piece of the schedule (each chunk, each recurrent token); both cell forms (standard
+/// ops: Cast there and back in the Loop; the custom op: float32 copies on the CPU, the step kernel's own loads on CUDA)
+/// must show exactly that.
 /// </summary>
 [TestFixture]
 public class StateDtypeTests

@@ -46,6 +46,17 @@ serve() { # serve LABEL ARGS...: starts a server on $PORT in the background, wai
   say "server $label up: $(grep -h serving "$R/serve-$label.log" | head -1)"
 }
 stop() { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
+customops() { # builds customops/ with nvcc into /tmp/cb and runs its CUDA CTest (the CPU kernels are the oracle)
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
+  say "customops build + CUDA CTest: rc=$? $(grep -h -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"
+}
+export_7b() { # export_7b DIR LABEL FLAGS...: the xLSTM-7b preset, random bf16 weights, custom ops, last logits, next_token, FLAGS
+  local dir=$1 label=$2; shift 2
+  rm -rf "$dir"
+  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token "$@" --output "$dir" > "$R/export-$label.log" 2>&1
+  say "7B export ($label) rc=$?: $(grep -E '^exported' "$R/export-$label.log")"
+}
 engine_bench() { # engine_bench LABEL MODEL BATCHES: the engine alone (`bench`, the same prompt and decode lengths in every run)
   local label=$1 model=$2 batches=$3
   "$CLI" bench --model "$model" --device cuda --cuda-graph --batch "$batches" --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/$label.json" > "$R/$label.log" 2>&1
@@ -62,18 +73,14 @@ case $stage in
 build)
   [[ -d $APP ]] || cp -a /tmp/xlstm/.gpu/app "$APP"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$R/gpu.txt"
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
-  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
-  say "customops build + CUDA CTest: rc=$? ($(grep -c '\[       OK \]' "$R/customops.log") OK, $(grep -c '\[  FAILED  \]' "$R/customops.log") FAILED lines)"
+  customops
   grep -E "error" "$R/build.log" | head -20
   cp /tmp/cb/libxlstm_customops.so "$APP/"
   bash tools/profile/build.sh /tmp/libkernel_trace.so 2>&1 | tee -a "$R/summary.txt"
   "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" > "$R/nunit-cuda.log" 2>&1
   say "NUnit CUDA tests rc=$?: $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
   grep -B2 -A12 "failed " "$R/nunit-cuda.log" | head -60
-  rm -rf $M7
-  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --output $M7 > "$R/export-7b.log" 2>&1
-  say "7B export rc=$?: $(grep -E '^exported' "$R/export-7b.log")"
+  export_7b $M7 7b
   ;;
 serve)
   # the engine alone (Generator: all rows prefilled together, then greedy steps), same batch sizes as the loads below
@@ -90,13 +97,10 @@ final)
   # the shipped defaults after run 2, on a fresh machine, in one call: build and CUDA tests, then the two loads the last
   # change touched, with the engine's figures of the same run
   [[ -d $APP/XLstmOnnx.Tests ]] || { rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; }
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
-  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
-  say "customops build + CUDA CTest: rc=$? ($(grep -h 'failed' "$R/cuda_tests.log" | tr '\n' ' '))"
+  customops
   "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" > "$R/nunit-cuda.log" 2>&1
   say "NUnit CUDA tests rc=$?: $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
-  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --output $M7 > "$R/export-7b.log" 2>&1
-  say "7B export rc=$?"
+  export_7b $M7 7b
   engine_bench bench $M7 32,64
   serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
   lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 6
@@ -108,9 +112,7 @@ final)
 linear)
   # run 4 (ai.xlstm::Linear): build, kernel tests and bench, NUnit CUDA tests, the 7B export three ways
   [[ -d $APP/XLstmOnnx.Tests ]] || { rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; }
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
-  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
-  say "customops build + CUDA CTest: rc=$? ($(grep -h -E 'passed|FAILED' "$R/cuda_tests.log" 2>/dev/null | tr '\n' ' '))"
+  customops
   /tmp/cb/xlstm_linear_bench --json "$R/linear-bench.json" > "$R/linear-bench.log" 2>&1
   say "linear bench rc=$?"; grep -E "^step" "$R/linear-bench.log" | tee -a "$R/summary.txt"
   "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" > "$R/nunit-cuda.log" 2>&1
@@ -118,9 +120,7 @@ linear)
   grep -B2 -A12 "failed " "$R/nunit-cuda.log" | head -60
   for m in invariant custom gemm; do
     flag=batch-invariant; [[ $m == custom ]] && flag=custom; [[ $m == gemm ]] && flag=onnx
-    rm -rf /tmp/m7b-$m
-    "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --linear-kernels $flag --last-logits-only --next-token --output /tmp/m7b-$m > "$R/export-7b-$m.log" 2>&1
-    say "7B export ($flag) rc=$?: $(grep -E '^exported' "$R/export-7b-$m.log")"
+    export_7b /tmp/m7b-$m 7b-$m --linear-kernels $flag
   done
   ;;
 linear-bench)
@@ -141,29 +141,21 @@ state)
   # run 5 (--state-dtype bf16): build and CUDA tests, then the engine with the state in float32 and in bfloat16
   [[ -d $APP/XLstmOnnx.Tests ]] || { rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; }
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$R/gpu.txt"
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
-  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
-  say "customops build + CUDA CTest: rc=$? ($(grep -h -E 'cases, [0-9]+ failed|Linear CUDA cases|fused' "$R/cuda_tests.log" 2>/dev/null | tr '\n' ' '))"
+  customops
   cp /tmp/cb/libxlstm_customops.so "$APP/"
   timeout 300 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~Cuda" > "$R/nunit-cuda.log" 2>&1
   say "NUnit CUDA tests rc=$?: $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda.log" | tr -s ' \n' ' ')"
   grep -B2 -A12 "failed " "$R/nunit-cuda.log" | head -40
   for st in float32 bf16; do
-    rm -rf /tmp/m7b-$st
-    "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --state-dtype $st --output /tmp/m7b-$st > "$R/export-7b-$st.log" 2>&1
-    say "7B export (state $st) rc=$?"
+    export_7b /tmp/m7b-$st 7b-$st --state-dtype $st
   done
   ;;
 state-check)
   # run 5 on a fresh machine in one call: customops and CTest, both 7B exports, a kernel trace of the bf16-state step at
   # batch 64, the engine on each, then the NUnit CUDA tests one at a time (a crash names its test)
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
-  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
-  say "customops build + CUDA CTest: rc=$? $(grep -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"
+  customops
   for st in float32 bf16; do
-    rm -rf /tmp/m7b-$st
-    "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --state-dtype $st --output /tmp/m7b-$st > "$R/export-7b-$st.log" 2>&1
-    say "7B export (state $st) rc=$?"
+    export_7b /tmp/m7b-$st 7b-$st --state-dtype $st
   done
   bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
   for st in float32 bf16; do
@@ -192,12 +184,8 @@ state-serve)
   ;;
 mixed)
   # run 6 on a fresh machine: customops (CTest against the CPU oracle), the 7B export with the mixed graph, the engine
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
-  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
-  say "customops build + CUDA CTest: rc=$? $(grep -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"
-  rm -rf $M7
-  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --mixed-graph --output $M7 > "$R/export-7b.log" 2>&1
-  say "7B export (--mixed-graph) rc=$?: $(grep -E '^exported' "$R/export-7b.log")"
+  customops
+  export_7b $M7 7b-mixed --mixed-graph
   engine_bench bench $M7 8,32,64
   ;;
 mixed-32)
@@ -212,9 +200,8 @@ mixed-32)
 tail)
   # run 6 after the recurrent-run change of the tensor-core kernel: customops (CTest), the 7B export with the mixed
   # graph, time to first token at batch 1 around one and two chunks (tails of 0, 1, 32, 63 tokens), the engine
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
-  [[ -f /tmp/cb/libxlstm_customops.so ]] || { OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1; say "customops build + CUDA CTest: rc=$? $(grep -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"; }
-  [[ -d $M7 ]] || { "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --mixed-graph --output $M7 > "$R/export-7b.log" 2>&1; say "7B export (--mixed-graph) rc=$?"; }
+  [[ -f /tmp/cb/libxlstm_customops.so ]] || customops
+  [[ -d $M7 ]] || export_7b $M7 7b-mixed --mixed-graph
   for pt in 64 65 96 127 128 160; do
     "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1 --prompt-tokens $pt --new-tokens 8 --reps 3 --out "$R/ttft-$pt.json" > "$R/ttft-$pt.log" 2>&1
     say "prompt $pt: $(tail -1 "$R/ttft-$pt.log")"
@@ -224,11 +211,8 @@ tail)
 mixed-final)
   # run 6, last lease: customops, the export, the engine at 8 and 32, then the 32-slot load with mixed steps and 8
   # clients on 64 slots (each piece now one step where a prompt's chunks and tail fit one: one mixed step per prompt)
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
-  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
-  say "customops build + CUDA CTest: rc=$? $(grep -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"
-  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --mixed-graph --output $M7 > "$R/export-7b.log" 2>&1
-  say "7B export (--mixed-graph) rc=$?"
+  customops
+  export_7b $M7 7b-mixed --mixed-graph
   engine_bench bench $M7 8,32
   serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
   lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 6

@@ -183,20 +183,32 @@ internal sealed class StepRunner : IDisposable
     {
         if (rows < 1 || rows > Rows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"1 to {Rows} rows");
         if (!_steps.TryGetValue((rows, set), out var step)) _steps[(rows, set)] = step = MakeStep(rows, set);
+        RunStep(_model.Session, step, rows);
+    }
+
+    /// <summary>Uploads the decode rows' <see cref="Ids"/> and <see cref="Mask"/>, runs <paramref name="step"/> and waits for its outputs.</summary>
+    private void RunStep(InferenceSession session, Step step, int rows)
+    {
         _memory.Upload<long>(Ids.AsSpan(0, rows), _ids.Address);
         if (_m.AttentionMask) _memory.Upload<long>(Mask.AsSpan(0, rows), _mask.Address);
-        _model.Session.RunWithBinding(step.Run, step.Binding);
+        session.RunWithBinding(step.Run, step.Binding);
         step.Binding.SynchronizeBoundOutputs();
     }
 
+    /// <summary>An int64 tensor [rows, cols] over device memory at <paramref name="at"/>; the caller disposes it.</summary>
+    private OrtValue Int64View(IntPtr at, long rows, long cols) => _memory.View(at, TensorElementType.Int64, [rows, cols], rows * cols * 8L);
+
+    /// <summary>
+    /// The decode rows' tensors: ids and mask [rows, 1] over the fixed buffers, logits and next_token of output rows
+    /// [0, <paramref name="outputs"/>), pool rows [0, rows) of set <paramref name="set"/> (past) and 1 − set (present).
+    /// </summary>
+    private (OrtValue Ids, OrtValue Mask, OrtValue Logits, OrtValue Next, OrtValue[] Past, OrtValue[] Present) DecodeViews(int rows, int set, int outputs) =>
+        (Int64View(_ids.Address, rows, 1), Int64View(_mask.Address, rows, 1), LogitsView(0, outputs), Int64View(_next.Address, outputs, 1),
+            _pool.Views(set, 0, rows), _pool.Views(1 - set, 0, rows));
+
     private Step MakeStep(int rows, int set)
     {
-        var ids = _memory.View(_ids.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
-        var mask = _memory.View(_mask.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
-        var logits = LogitsView(0, rows);
-        var next = _memory.View(_next.Address, TensorElementType.Int64, [rows, 1], rows * 8L);
-        var past = _pool.Views(set, 0, rows);
-        var present = _pool.Views(1 - set, 0, rows);
+        var (ids, mask, logits, next, past, present) = DecodeViews(rows, set, rows);
         OrtValue[] views = [ids, mask, logits, next, .. past, .. present];
         var binding = _model.Session.CreateIoBinding();
         _io.Bind(binding, ids, mask, past, present, logits, next);
@@ -221,7 +233,7 @@ internal sealed class StepRunner : IDisposable
         using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [count, seq]);
         bool all = _m.Logits == LogitsOutput.All;
         using var logits = all ? null : LogitsView(outRow, count);
-        using var next = _memory.View(_next.Address + outRow * 8, TensorElementType.Int64, [count, 1], count * 8L);
+        using var next = Int64View(_next.Address + outRow * 8, count, 1);
         using var run = _model.UncapturedRunOptions();
         using var binding = _model.Session.CreateIoBinding();
         try
@@ -268,25 +280,17 @@ internal sealed class StepRunner : IDisposable
         if (ReferenceEquals(promptPool, _pool)) throw new ArgumentException("the prompt rows must be in another pool than the decode rows", nameof(promptPool));
         var key = new MixedKey(rows, set, promptPool, promptSet, start, count, seq);
         if (!_mixed.TryGetValue(key, out var step)) _mixed[key] = step = MakeMixedStep(key);
-        _memory.Upload<long>(Ids.AsSpan(0, rows), _ids.Address);
-        _memory.Upload<long>(Mask.AsSpan(0, rows), _mask.Address);
         _memory.Upload<long>(ids, _promptIds!.Address);
         _memory.Upload<long>(mask, _promptMask!.Address);
-        _model.MixedSession.RunWithBinding(step.Run, step.Binding);
-        step.Binding.SynchronizeBoundOutputs();
+        RunStep(_model.MixedSession, step, rows);
     }
 
     private Step MakeMixedStep(MixedKey k)
     {
         var session = _model.MixedSession;
-        var ids = _memory.View(_ids.Address, TensorElementType.Int64, [k.Rows, 1], k.Rows * 8L);
-        var mask = _memory.View(_mask.Address, TensorElementType.Int64, [k.Rows, 1], k.Rows * 8L);
-        var promptIds = _memory.View(_promptIds!.Address, TensorElementType.Int64, [k.Count, k.Seq], k.Count * k.Seq * 8L);
-        var promptMask = _memory.View(_promptMask!.Address, TensorElementType.Int64, [k.Count, k.Seq], k.Count * k.Seq * 8L);
-        var logits = LogitsView(0, k.Rows + k.Count);
-        var next = _memory.View(_next.Address, TensorElementType.Int64, [k.Rows + k.Count, 1], (k.Rows + k.Count) * 8L);
-        var past = _pool.Views(k.Set, 0, k.Rows);
-        var present = _pool.Views(1 - k.Set, 0, k.Rows);
+        var (ids, mask, logits, next, past, present) = DecodeViews(k.Rows, k.Set, k.Rows + k.Count);
+        var promptIds = Int64View(_promptIds!.Address, k.Count, k.Seq);
+        var promptMask = Int64View(_promptMask!.Address, k.Count, k.Seq);
         var promptPast = k.Prompt.Views(k.PromptSet, k.Start, k.Count);
         var promptPresent = k.Prompt.Views(1 - k.PromptSet, k.Start, k.Count);
         OrtValue[] views = [ids, mask, promptIds, promptMask, logits, next, .. past, .. present, .. promptPast, .. promptPresent];
