@@ -34,12 +34,18 @@ internal static class ServeCommand
             DefaultValueFactory = _ => "auto",
         };
         mixedSteps.AcceptOnlyFromAmong("auto", "on", "off");
+        var padPrompts = new Option<string>("--pad-prompts")
+        {
+            Description = "Pad each prompt on the left to whole chunks (masked positions) so the mLSTM cell reads it in chunks only, never in recurrent steps: auto (on CUDA), on or off.",
+            DefaultValueFactory = _ => "auto",
+        };
+        padPrompts.AcceptOnlyFromAmong("auto", "on", "off");
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "Longest prompt accepted (400 above it).", DefaultValueFactory = _ => 8192 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens accepted (400 above it).", DefaultValueFactory = _ => 2048 };
         var name = new Option<string?>("--model-name") { Description = "Model id in the API (default: the folder's name)." };
         var logLevel = ChoiceOption.ForEnum("--log-level", "Least level logged to stderr: information writes one line per request; warning only refused and failed ones.", LogLevel.Information);
         var cmd = new Command("serve", "OpenAI-compatible HTTP server with continuous batching and a prefix-state cache.")
-            { host, port, allowRemote, apiKey, origins, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, mixedSteps, maxPrompt, maxTokens, name, logLevel };
+            { host, port, allowRemote, apiKey, origins, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, mixedSteps, padPrompts, maxPrompt, maxTokens, name, logLevel };
         model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
@@ -57,6 +63,7 @@ internal static class ServeCommand
                 PrefillGatherSteps = r.GetValue(gather),
                 DecodeBuckets = bucketList,
                 MixedSteps = r.GetValue(mixedSteps) switch { "on" => true, "off" => false, _ => null },
+                PadPrompts = r.GetValue(padPrompts) switch { "on" => true, "off" => false, _ => null },
             };
             serving.Validate(); // before the model loads
             var options = new ServerOptions
@@ -84,7 +91,7 @@ internal static class ServeCommand
             var (app, url) = OpenAiServer.StartAsync(engine, options).GetAwaiter().GetResult();
             Console.Error.WriteLine($"serving '{options.ModelId}' on {url} (OpenAI API under /v1; /health, /metrics); {engine.Options.MaxBatch} slots, "
                 + $"decode batch sizes {string.Join(",", engine.Options.Buckets())}, prefix cache {engine.Metrics.CacheCapacity} states, "
-                + $"prompts read {(engine.MixedSteps ? "inside decode steps (mixed graph)" : "between decode steps")}; Ctrl+C stops");
+                + $"prompts read {(engine.MixedSteps ? "inside decode steps (mixed graph)" : "between decode steps")}{(engine.PadPrompts ? " in whole chunks" : "")}; Ctrl+C stops");
             app.WaitForShutdownAsync().GetAwaiter().GetResult();
             app.DisposeAsync().AsTask().GetAwaiter().GetResult();
             return 0;

@@ -227,6 +227,18 @@ int main() {
       }
     }
     for (Dtype d : {F32, BF16}) cases.push_back({"masked positions", masked, d, AUTO});
+    // whole-chunk prompts (serve --pad-prompts): 7B heads, masked lead positions filling the first of two chunks, from
+    // a zero state (a new prompt) and from a random one (after a cached prefix)
+    for (bool random_state : {false, true}) {
+      Problem lead = MakeProblem(1, 8, 128, 256, 512, 64, random_state ? 63u : 62u, random_state);
+      for (int64_t h = 0; h < lead.Heads(); ++h) {
+        for (int64_t t = 0; t < 1 + 9 * h; ++t) {
+          lead.i[h * lead.S + t] = -INFINITY;
+          lead.f[h * lead.S + t] = INFINITY;
+        }
+      }
+      cases.push_back({random_state ? "7b dims masked lead, random state" : "7b dims masked lead, zero state", lead, BF16, TC});
+    }
     Problem one = MakeProblem(2, 2, 1, 64, 64, 64, 61u);
     one.i[0] = -INFINITY, one.f[0] = INFINITY;
     cases.push_back({"masked positions (step)", one, F32, AUTO, true});

@@ -129,15 +129,18 @@ public class CudaTests
     /// The serving engine on the GPU, with CUDA graphs per decode batch size: every stream under load (greedy, sampled,
     /// penalised; rows joining, moving and leaving; prompts read in pieces) equals the same request served alone, and
     /// the greedy ones equal the CPU engine's. With the mixed graph, prompts are read inside the decode steps, each
-    /// (batch size, state set, piece shape) a captured graph of the mixed session.
+    /// (batch size, state set, piece shape) a captured graph of the mixed session. With whole-chunk prompts (a fixture of
+    /// one segment; the CPU engine asked to pad too) the tensor-core kernel runs chunks with masked lead positions.
     /// </summary>
-    [TestCase(false)]
-    [TestCase(true)]
-    public void ServingOnCudaWithGraphsEqualsServedAloneAndTheCpu(bool mixedSteps)
+    [TestCase(false, false)]
+    [TestCase(true, false)]
+    [TestCase(false, true)]
+    [TestCase(true, true)]
+    public void ServingOnCudaWithGraphsEqualsServedAloneAndTheCpu(bool mixedSteps, bool padPrompts)
     {
         _ = CustomOpLibrary.Find() ?? throw new AssertionException($"{CustomOpLibrary.FileName} is not beside the tests (CUDA build of customops/).");
         using var tmp = TestPaths.Temp();
-        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "segmented"), tmp.Sub("m"),
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, padPrompts ? "fused_bias" : "segmented"), tmp.Sub("m"),
             new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, MixedGraph = mixedSteps });
         var rng = new Random(5);
         var cases = Enumerable.Range(0, 24).Select(i => (
@@ -150,7 +153,7 @@ public class CudaTests
             }) with { MaxNewTokens = 6 + rng.Next(20), IgnoreEos = true })).ToArray();
         static int[] Collect(System.Threading.Channels.ChannelReader<Runtime.Serving.CompletionEvent> r) =>
             r.ReadAllAsync().ToBlockingEnumerable().Select(e => e.Token).ToArray();
-        var options = new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefillRows = 2, PrefillChunkTokens = 8, MixedSteps = mixedSteps ? true : null };
+        var options = new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefillRows = 2, PrefillChunkTokens = 8, MixedSteps = mixedSteps ? true : null, PadPrompts = padPrompts };
         int[][] Serve(ExecutionDevice device, bool alone)
         {
             using var s = XLstmSession.Load(tmp.Sub("m"), new RuntimeOptions { Device = device, CudaGraph = device == ExecutionDevice.Cuda });
@@ -160,6 +163,7 @@ public class CudaTests
             int[][] tokens = [.. readers.Select(Collect)];
             if (mixedSteps) Assert.That(engine.Metrics.MixedSteps, Is.GreaterThan(0), $"prompts were read inside decode steps on {device}");
             if (mixedSteps && device == ExecutionDevice.Cuda) Assert.That(s.MixedCaptureError, Is.Null, "the mixed graph is captured");
+            Assert.That(engine.PadPrompts, Is.EqualTo(padPrompts));
             return tokens;
         }
         var loaded = Serve(ExecutionDevice.Cuda, alone: false);

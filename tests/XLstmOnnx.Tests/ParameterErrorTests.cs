@@ -89,6 +89,12 @@ public class ParameterErrorTests
         Assert.That(mixed.Code, Is.EqualTo(CliErrors.BadInput));
         Assert.That(mixed.Err.Trim(), Does.EndWith($"error: option --mixed-steps true needs the mixed graph; {tmp.Sub("m")} has none "
             + "(xlstm_runtime.json field 'mixed_model_file' is absent): export with --mixed-graph."));
+        // segments of 20 tokens, chunks of 8: a padded reading cannot be whole chunks
+        Assert.That(CliTests.Run("export", "--checkpoint", Path.Combine(TestPaths.Fixtures, "segmented"), "--output", tmp.Sub("s")).Code, Is.Zero);
+        var pad = CliTests.Run("serve", "--model", tmp.Sub("s"), "--pad-prompts", "on");
+        Assert.That(pad.Code, Is.EqualTo(CliErrors.BadInput));
+        Assert.That(pad.Err.Trim(), Does.EndWith($"error: option --pad-prompts true needs segments of whole chunks; {tmp.Sub("s")}'s max_inference_chunksize "
+            + "20 is not a multiple of its chunk_size 8, so a padded reading would still end its segments in recurrent steps."));
     }
 
     [Test]

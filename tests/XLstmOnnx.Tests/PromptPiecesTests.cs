@@ -86,4 +86,72 @@ public class PromptPiecesTests
         Assert.That(pieces.Piece(16300, 1000, 64), Is.EqualTo(84), "the segment's short rest, whole");
         Assert.That(pieces.Piece(16320, 1000, 4096), Is.EqualTo(64), "to the segment's end");
     }
+
+    /// <summary>
+    /// Whole-chunk readings (ServingOptions.PadPrompts): the lead pads fill the first chunk, every piece (between steps or
+    /// inside them) is whole chunks of one of the captured shapes, the pads are the first piece's first positions, and
+    /// the pieces give the prompt's tokens in order, ending on a real token.
+    /// </summary>
+    [TestCase(64, 16384, null, true)]
+    [TestCase(8, 16384, null, false)]
+    [TestCase(8, 16, 8, true)]
+    [TestCase(16, 64, 32, true)]
+    public void WholeChunkReadingsArePaddedOnceAndCutInWholeChunks(int chunk, int segment, int? chunkTokens, bool fixedShapes)
+    {
+        var pieces = new PromptPieces(chunk, segment, chunkTokens, fixedShapes, wholeChunks: true);
+        var shapes = pieces.MixedShapes().ToHashSet();
+        Assert.That(shapes, Is.All.Matches<int>(n => n % chunk == 0 && n <= pieces.MaxMixedChunkTokens));
+        foreach (int length in Enumerable.Range(1, 5 * chunk + 3).Append(segment + chunk + 3))
+        {
+            var prompt = Enumerable.Range(0, length).Select(i => 1000 + i).ToArray();
+            int lead = pieces.LeadPads(length);
+            Assert.That(lead, Is.InRange(0, chunk - 1));
+            Assert.That((lead + length) % chunk, Is.Zero, $"length {length}: {lead} pads make whole chunks");
+            foreach (bool mixed in new[] { true, false })
+            {
+                int read = 0, pads = lead, fed = 0;
+                var tokens = new List<long>();
+                while (pads + length - fed > 0)
+                {
+                    int left = pads + length - fed;
+                    MixedPieceShape shape;
+                    if (mixed) shape = pieces.Mixed(read, left, pads);
+                    else
+                    {
+                        int piece = pieces.Piece(read, left, chunk);
+                        int p = Math.Min(pads, piece);
+                        shape = new MixedPieceShape(piece - p, p, 0);
+                    }
+                    string at = $"length {length}, {(mixed ? "mixed" : "between steps")}, read {read}: {shape}";
+                    Assert.That(shape.Length % chunk, Is.Zero, at + ": whole chunks");
+                    Assert.That(read % segment + shape.Length, Is.LessThanOrEqualTo(segment), at + ": inside its segment");
+                    if (mixed && fixedShapes) Assert.That(shapes, Does.Contain(shape.Length), at);
+                    Assert.That(shape.Pads, Is.EqualTo(read == 0 ? lead : 0), at + ": the lead pads, all in the first piece");
+                    Assert.That(shape.PadsAt, Is.Zero, at);
+                    var (ids, mask) = PromptPieces.Ids(prompt, fed, shape, pad: 7);
+                    Assert.That(mask.Take(shape.Pads), Is.All.Zero, at);
+                    Assert.That(mask[^1], Is.EqualTo(1), at + ": the last position is a real token");
+                    tokens.AddRange(ids.Where((_, j) => mask[j] == 1));
+                    read += shape.Length;
+                    fed += shape.Tokens;
+                    pads -= shape.Pads;
+                }
+                Assert.That(tokens, Is.EqualTo(prompt.Select(t => (long)t)), $"length {length}: every token once, in order");
+            }
+        }
+    }
+
+    [Test]
+    public void A64TokenChunkModelPadsA100TokenPromptTo128()
+    {
+        var pieces = new PromptPieces(64, 16384, null, fixedShapes: true, wholeChunks: true);
+        Assert.That(pieces.MixedShapes(), Is.EqualTo(new[] { 64, 128, 192, 256 }));
+        Assert.That(pieces.MaxMixedLength, Is.EqualTo(256));
+        Assert.That(pieces.LeadPads(100), Is.EqualTo(28));
+        Assert.That(pieces.LeadPads(128), Is.Zero);
+        Assert.That(pieces.Mixed(0, 128, 28), Is.EqualTo(new MixedPieceShape(100, 28, 0)), "one step: 28 pads and 100 tokens");
+        Assert.That(pieces.Mixed(0, 320, 20), Is.EqualTo(new MixedPieceShape(236, 20, 0)), "300 tokens: 4 chunks, then one");
+        Assert.That(pieces.Mixed(256, 64, 0), Is.EqualTo(new MixedPieceShape(64, 0, 0)));
+        Assert.That(new PromptPieces(64, 16384, null, fixedShapes: true).LeadPads(100), Is.Zero, "not padded unless asked");
+    }
 }

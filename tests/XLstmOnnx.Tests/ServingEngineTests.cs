@@ -17,7 +17,7 @@ namespace XLstmOnnx.Tests;
 public class ServingEngineTests
 {
     private static TempDir _tmp = null!;
-    private static string _plain = "", _fast = "", _long = "", _fastBf16 = "", _mixed = "", _mixedBf16 = "";
+    private static string _plain = "", _fast = "", _long = "", _fastBf16 = "", _mixed = "", _mixedBf16 = "", _paddedMixed = "";
 
     [OneTimeSetUp]
     public static void Export()
@@ -40,6 +40,9 @@ public class ServingEngineTests
         // one segment of 16384: a long prompt alone is one call, under load many pieces
         _long = _tmp.Sub("long");
         OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "fused_bias"), _long, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true });
+        // chunks of 8 in one segment: prompts padded to whole chunks (PadPrompts), also inside mixed steps
+        _paddedMixed = _tmp.Sub("padded-mixed");
+        OnnxExporter.Export(Path.Combine(TestPaths.Fixtures, "fused_bias"), _paddedMixed, new ExportOptions { MLstmKernels = MLstmKernels.Custom, LastLogitsOnly = true, NextToken = true, MixedGraph = true });
     }
 
     [OneTimeTearDown]
@@ -155,21 +158,31 @@ public class ServingEngineTests
     [TestCase("mixed")]
     [TestCase("mixed-fixed")]
     [TestCase("mixed-bf16-fixed")]
+    [TestCase("padded")]
+    [TestCase("padded-mixed")]
+    [TestCase("padded-mixed-fixed")]
     public void EveryStreamUnderLoadEqualsTheRequestServedAlone(string model)
     {
-        bool fastPath = model != "plain", mixed = model.StartsWith("mixed", StringComparison.Ordinal);
+        bool fastPath = model != "plain", mixed = model.Contains("mixed", StringComparison.Ordinal);
         bool fixedShapes = model.EndsWith("-fixed", StringComparison.Ordinal); // the pieces of captured mixed calls, pads and all
+        bool padded = model.StartsWith("padded", StringComparison.Ordinal);  // readings padded to whole chunks
         using var session = XLstmSession.Load(model switch
         {
             "plain" => _plain,
             "fast" => _fast,
             "fast-bf16" => _fastBf16,
             "mixed" or "mixed-fixed" => _mixed,
+            "padded" => _long,
+            "padded-mixed" or "padded-mixed-fixed" => _paddedMixed,
             _ => _mixedBf16,
         });
         var cases = Cases(30, fastPath ? 2 : 1);
         // 4 slots for 30 requests: queueing, joins, rows moving as others end, buckets 1/2/4, prompts read in pieces of 8
-        var options = new ServingOptions { MaxBatch = 4, PrefillRows = 2, PrefillChunkTokens = 8, QueueCapacity = 64, FixedPieceShapes = fixedShapes, MixedSteps = mixed ? true : null };
+        var options = new ServingOptions
+        {
+            MaxBatch = 4, PrefillRows = 2, PrefillChunkTokens = 8, QueueCapacity = 64, FixedPieceShapes = fixedShapes, MixedSteps = mixed ? true : null,
+            PadPrompts = padded ? true : null,
+        };
         int[][] underLoad;
         using (var engine = new ServingEngine(session, options))
         {
@@ -177,11 +190,14 @@ public class ServingEngineTests
             if (mixed)
             {
                 Assert.That(engine.Metrics.MixedSteps, Is.GreaterThan(10), "prompts were read inside decode steps");
+                // whole-chunk readings: pieces of one chunk (PrefillChunkTokens), the lead pads at the start of a first piece
+                if (padded) Assert.That(engine.MixedShapesUsed, Is.EquivalentTo(new[] { (8, 0) }));
                 // chunk 8, segments of 20: whole chunks, tails padded to 7, and a chunk with a padded tail after it
-                if (fixedShapes) Assert.That(engine.MixedShapesUsed, Does.Contain((8, 0)).And.Contain((7, 0)).And.Contain((15, 8)));
+                else if (fixedShapes) Assert.That(engine.MixedShapesUsed, Does.Contain((8, 0)).And.Contain((7, 0)).And.Contain((15, 8)));
                 else Assert.That(engine.MixedShapesUsed.Select(s => s.Length).Distinct().Count(), Is.GreaterThan(8), "unpadded: the prompts' own lengths");
             }
             else Assert.That(engine.Metrics.MixedSteps, Is.Zero);
+            Assert.That(engine.PadPrompts, Is.EqualTo(padded), "on the CPU prompts are padded only when asked for");
         }
         using (var alone = new ServingEngine(session, options with { PrefixCacheBytes = 0 }))
         {
@@ -191,7 +207,9 @@ public class ServingEngineTests
                 Assert.That(underLoad[i], Is.EqualTo(ServeAlone(alone, cases[i])), $"request {i} (prompt of {cases[i].Prompt.Length}, {cases[i].Options})");
             }
         }
-        // and alone through a generator (another decode loop over the same pieces): the greedy rows
+        // and alone through a generator (another decode loop over the same pieces): the greedy rows. A Generator reads
+        // prompts in transformers' schedule, not padded: that is equal to rounding only (PaddedPromptTests)
+        if (padded) return;
         using var g = new Generator(session, 1);
         foreach (var (c, i) in cases.Select((c, i) => (c, i)).Where(x => x.c.Options.Greedy))
         {

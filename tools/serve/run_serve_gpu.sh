@@ -22,10 +22,14 @@
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed-trace   # run 6: CUPTI kernel time of the 32-slot load, mixed steps on/off
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed-32      # run 6: 32 slots, 32 clients, 128 tokens, mixed steps on and off
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh mixed-64      # run 6: 64 slots: 8 clients, then 64 clients and 1,024 tokens
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad         # run 7: customops (CTest), the kernel trial of
+#                                                                                 tools/serve/trial/*.patch if present, the 7B export, the engine
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad-serve   # run 7: the loads with prompts padded to whole chunks, and not
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad-tests   # run 7: the NUnit CUDA serving tests, one process each
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64 or mixed-final}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve or pad-tests}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -242,6 +246,52 @@ mixed-64)
   lt 8x1024 --clients 8 --seconds 20 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 2
   lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 2
   stop
+  ;;
+pad)
+  # run 7: customops and CTest (masked lead positions in the tensor-core kernel); a kernel variant from a patch in
+  # tools/serve/trial/ (untracked, carried along) built beside it with its own CTest, and time to first token at prompts
+  # with recurrent tails with each library (bench reads prompts in transformers' schedule: the tail runs)
+  customops
+  cp /tmp/cb/libxlstm_customops.so /tmp/libmain.so
+  export_7b $M7 7b-mixed --mixed-graph
+  engine_bench bench $M7 8,32,64
+  ttft() { # ttft LABEL LIB
+    for pt in 96 127 128 160; do
+      XLSTM_CUSTOMOPS_PATH=$2 "$CLI" bench --model $M7 --device cuda --cuda-graph --batch 1 --prompt-tokens $pt --new-tokens 8 --reps 3 --out "$R/ttft-$1-$pt.json" > "$R/ttft-$1-$pt.log" 2>&1
+      say "$1 prompt $pt: $(tail -1 "$R/ttft-$1-$pt.log")"
+    done
+  }
+  ttft main /tmp/libmain.so
+  for patch in tools/serve/trial/*.patch; do
+    [[ -f $patch ]] || continue
+    name=$(basename "$patch" .patch)
+    rm -rf /tmp/trial && mkdir -p /tmp/trial && cp -a customops tools /tmp/trial/
+    (cd /tmp/trial && patch -p1 < "$OLDPWD/$patch" > "$R/trial-$name-patch.log" 2>&1 && OUT=$R/trial-$name BUILD_DIR=/tmp/cbt bash tools/bench/run_gpu.sh --tests-only > "$R/trial-$name.log" 2>&1)
+    say "trial $name: rc=$? $(grep -h -E 'cases, |build failed' "$R/trial-$name.log" | tr '\n' ' ')"
+    [[ -f /tmp/cbt/libxlstm_customops.so ]] && ttft "$name" /tmp/cbt/libxlstm_customops.so
+    [[ -x /tmp/cbt/xlstm_kernel_bench ]] && /tmp/cbt/xlstm_kernel_bench --tail > "$R/trial-$name-tail.txt" 2>&1 && tail -6 "$R/trial-$name-tail.txt" | tee -a "$R/summary.txt"
+  done
+  ;;
+pad-serve)
+  # run 7: 32 slots, 32 clients, 128 tokens, prompts padded to whole chunks (auto on CUDA) and not; then 64 slots
+  for pad in auto off; do
+    serve 32-$pad "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --pad-prompts $pad
+    lt 32x128-$pad --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 6
+    say "$(grep -E '^xlstm_(mixed_steps|decode_step_seconds_(sum|count))' "$R/metrics-32x128-$pad.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+    stop
+  done
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
+  stop
+  ;;
+pad-tests)
+  # run 7: the NUnit CUDA tests of serving (and the rest of CudaTests), each in its own process (a crash names its test)
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  for t in $(grep -B3 "public void" tests/XLstmOnnx.Tests/CudaTests.cs | grep "public void" | sed 's/.*public void \([A-Za-z0-9]*\).*/\1/' | grep -v RequireCuda); do
+    timeout 120 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
+    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
+  done
   ;;
 extra)
   # the long prompt (16,384 tokens) read while 16 streams decode; then one decode batch size only (every step at 64 rows,

@@ -53,6 +53,14 @@ public sealed record ServingOptions
     /// </summary>
     public bool? MixedSteps { get; init; }
     /// <summary>
+    /// Pad every prompt reading on the left to whole chunks with masked positions, so the cell reads it in chunks only and
+    /// never steps through a recurrent tail (docs/serving.md, "Whole-chunk prompts"): on a GPU a chunk costs about what
+    /// two recurrent tokens cost, and the pads ride in GEMMs that stream weights anyway. The schedule then differs from
+    /// transformers' (chunks and a recurrent tail) by rounding only; served alone or under load, a request gets the same
+    /// schedule. Null: on CUDA (on the CPU a pad costs a token's work). Needs the model's attention_mask.
+    /// </summary>
+    public bool? PadPrompts { get; init; }
+    /// <summary>
     /// Tests only: whether prompt pieces inside decode steps take the few fixed shapes of captured mixed calls (null:
     /// exactly when the mixed graph is captured, that is on CUDA with CUDA graphs).
     /// </summary>
@@ -141,6 +149,12 @@ public sealed class ServingEngine : IDisposable
         public int Set;              // the staging pool's set holding the row's state
         public int Start;            // tokens [0, Start) were taken from the prefix cache
         public int Fed;              // tokens [0, Fed) are in the state
+        public int Lead;             // masked positions before token Start (PadPrompts: the reading is whole chunks)
+        public int Pads;             // of those, not yet read (all of them are read in the first piece)
+        /// <summary>Positions of the reading still to read: its unread lead pads and tokens.</summary>
+        public int Left => Pads + Request.Prompt.Length - Fed;
+        /// <summary>Positions read since the reading started (pads included).</summary>
+        public int Read => Lead - Pads + Fed - Start;
         public long Since;           // the decode step count when it was admitted
     }
 
@@ -165,6 +179,7 @@ public sealed class ServingEngine : IDisposable
     private readonly long _chunk, _segment;
     private readonly PromptPieces _pieces;
     private readonly bool _mixed;                        // prompt pieces ride in decode steps (the mixed graph)
+    private readonly bool _padPrompts;                   // readings start with lead pads to whole chunks
     private readonly Thread _loop;
     private readonly CancellationTokenSource _stop = new();
     private int _count;                                  // live rows
@@ -209,7 +224,20 @@ public sealed class ServingEngine : IDisposable
             }
         }
         _mixed = mixed;
-        _pieces = new PromptPieces(_chunk, _segment, _o.PrefillChunkTokens, fixedShapes: _o.FixedPieceShapes ?? session.MixedCaptured);
+        if (_o.PadPrompts == true && !m.AttentionMask)
+        {
+            throw XLstmOnnxException.InParameter(ServingOptions.Name(nameof(ServingOptions.PadPrompts)),
+                $"{ServingOptions.Name(nameof(ServingOptions.PadPrompts))} true needs the model's attention_mask; {session.Directory} has none "
+                + $"({ModelManifest.FileName} field '{ModelManifest.Field(nameof(ModelManifest.AttentionMask))}' is false): export with ExportOptions.AttentionMask.");
+        }
+        if (_o.PadPrompts == true && _segment % _chunk != 0)
+        {
+            throw XLstmOnnxException.InParameter(ServingOptions.Name(nameof(ServingOptions.PadPrompts)),
+                $"{ServingOptions.Name(nameof(ServingOptions.PadPrompts))} true needs segments of whole chunks; {session.Directory}'s max_inference_chunksize "
+                + $"{_segment} is not a multiple of its chunk_size {_chunk}, so a padded reading would still end its segments in recurrent steps.");
+        }
+        _padPrompts = _o.PadPrompts ?? (m.AttentionMask && _segment % _chunk == 0 && session.Options.Device == ExecutionDevice.Cuda);
+        _pieces = new PromptPieces(_chunk, _segment, _o.PrefillChunkTokens, fixedShapes: _o.FixedPieceShapes ?? session.MixedCaptured, wholeChunks: _padPrompts);
         int cacheEntries = CacheEntries(m);
         try
         {
@@ -251,6 +279,9 @@ public sealed class ServingEngine : IDisposable
     /// it (ONNX Runtime could not open it: on a GPU, most likely no room for its copy of the weights); null otherwise.
     /// </summary>
     public string? MixedStepsError { get; private set; }
+    /// <summary>Whether prompt readings are padded to whole chunks (<see cref="ServingOptions.PadPrompts"/> resolved for this model).</summary>
+    public bool PadPrompts => _padPrompts;
+
     public ServingMetrics Metrics { get; } = new();
 
     /// <summary>Entries of the prefix cache: the option, or the default (see <see cref="ServingOptions.PrefixCacheBytes"/>); checks that everything fits.</summary>
@@ -334,12 +365,26 @@ public sealed class ServingEngine : IDisposable
     /// <summary>
     /// Each bucket's decode step, twice per state set, on masked rows, and with mixed steps each bucket, set and piece
     /// shape three times (ONNX Runtime captures a graph id after two plain runs): CUDA graphs are captured before any request.
+    /// With whole-chunk prompts also every prompt call of up to four chunks at every group size, all masked: the first
+    /// call of a new shape costs ONNX Runtime far more than later ones (on the H200 ~150 ms at 7B, tools/serve/README.md).
     /// </summary>
     private void WarmUp()
     {
         long pad = _session.Manifest.PadTokenId ?? 0;
         Array.Fill(_runner.Ids, pad);
         Array.Clear(_runner.Mask);
+        if (_padPrompts)
+        {
+            for (int rows = Math.Min(_o.PrefillRows, _o.MaxBatch); rows >= 1; rows--)
+            {
+                for (int chunks = 4; chunks >= 1; chunks--)
+                {
+                    int seq = chunks * (int)_chunk;
+                    // masked positions leave the rows' state as it was; admission zeroes a staging row anyway
+                    _runner.Prompt(_staging, 0, 0, rows, Enumerable.Repeat(pad, rows * seq).ToArray(), new long[rows * seq], seq, 0);
+                }
+            }
+        }
         foreach (int b in _buckets)
         {
             for (int i = 0; i < 4; i++)
@@ -434,6 +479,7 @@ public sealed class ServingEngine : IDisposable
             {
                 _staging.Zero(job.Set, job.Row, 1);
             }
+            job.Lead = job.Pads = _pieces.LeadPads(req.Prompt.Length - job.Start);
             _jobs.Add(job);
             _transit.Remove(req);
         }
@@ -465,12 +511,12 @@ public sealed class ServingEngine : IDisposable
             int k = _jobs.FindIndex(j => !ReadsWhole(j, paced));
             if (k < 0) return;
             var job = _jobs[k];
-            int piece = _pieces.Piece(job.Fed - job.Start, job.Request.Prompt.Length - job.Fed,
+            int piece = _pieces.Piece(job.Read, job.Left,
                 paced ? _o.PrefillChunkTokens ?? (long)(_credit * Math.Max(_prefillTokensPerSecond, 1)) : null);
             long t0 = Stopwatch.GetTimestamp();
             Read(job, piece);
             Spent(piece, Stopwatch.GetElapsedTime(t0).TotalSeconds, paced);
-            if (job.Fed < job.Request.Prompt.Length) continue; // the same job goes on while there is credit
+            if (job.Left > 0) continue; // the same job goes on while there is credit
             _transit.Add(job.Request);
             _jobs.RemoveAt(k);
             int row = _count;
@@ -489,8 +535,8 @@ public sealed class ServingEngine : IDisposable
     /// </summary>
     private bool ReadsWhole(Job job, bool paced)
     {
-        int rest = job.Request.Prompt.Length - job.Fed;
-        if (_pieces.SegmentRest(job.Fed - job.Start, rest) < rest) return false;
+        int rest = job.Left;
+        if (_pieces.SegmentRest(job.Read, rest) < rest) return false;
         return !paced || rest < _chunk;
     }
 
@@ -532,7 +578,7 @@ public sealed class ServingEngine : IDisposable
 
     private void ReadWholeOrThrow(List<Job> group)
     {
-        int Rest(Job j) => j.Request.Prompt.Length - j.Fed;
+        int Rest(Job j) => j.Left;                           // positions: lead pads (whole-chunk readings) and tokens
         int Head(Job j) => (int)(Rest(j) / _chunk * _chunk);
         var ordered = group.OrderBy(j => Head(j) == 0 ? 0 : Rest(j) > Head(j) ? 1 : 2).ToList();
         int first = _count, n = ordered.Count;
@@ -546,6 +592,7 @@ public sealed class ServingEngine : IDisposable
         int tailOnly = ordered.Count(j => Head(j) == 0), tails = ordered.Count(j => Rest(j) > Head(j));
         long t0 = Stopwatch.GetTimestamp();
         int tokens = 0;
+        // start: the job's first position in the call, counted in its reading (lead pads, then tokens from Fed)
         void Call(int from, int count, Func<Job, int> start, Func<Job, int> length)
         {
             if (count == 0) return;
@@ -556,14 +603,15 @@ public sealed class ServingEngine : IDisposable
             for (int i = 0; i < count; i++)
             {
                 var job = ordered[from + i];
-                int len = length(job), offset = seq - len, at = start(job);
+                int len = length(job), at = start(job), lead = Math.Max(0, job.Pads - at);
+                int offset = seq - len + lead; // the call's left pads, then the job's unread lead pads in this call
                 for (int c = 0; c < seq; c++)
                 {
                     bool real = c >= offset;
-                    ids[i * seq + c] = real ? job.Request.Prompt[at + c - offset] : pad;
+                    ids[i * seq + c] = real ? job.Request.Prompt[job.Fed + at - job.Pads + c - offset + lead] : pad;
                     mask[i * seq + c] = real ? 1 : 0;
                 }
-                tokens += len;
+                tokens += len - lead;
             }
             BeforeGroupCall?.Invoke(count);
             _runner.Prompt(_pool, _set, first + from, count, ids, mask, seq, first + from);
@@ -572,24 +620,27 @@ public sealed class ServingEngine : IDisposable
         }
         if (n == 1)
         {
-            Call(0, 1, j => j.Fed, Rest); // alone, one call runs the same split inside the cell (and costs one weight read, not two)
+            Call(0, 1, _ => 0, Rest); // alone, one call runs the same split inside the cell (and costs one weight read, not two)
         }
         else
         {
-            Call(tailOnly, n - tailOnly, j => j.Fed, Head);                      // whole chunks: rows with some
-            Call(0, tails, j => j.Fed + Head(j), j => Rest(j) - Head(j));         // recurrent tails: rows with one
+            Call(tailOnly, n - tailOnly, _ => 0, Head);                          // whole chunks: rows with some
+            Call(0, tails, Head, j => Rest(j) - Head(j));                        // recurrent tails: rows with one
         }
         Spent(tokens, Stopwatch.GetElapsedTime(t0).TotalSeconds, _count > 0);
         Join([.. ordered.Select(j => j.Request)], first);
     }
 
+    /// <summary>Reads the next <paramref name="piece"/> positions of <paramref name="job"/> (its unread lead pads first).</summary>
     private void Read(Job job, int piece)
     {
-        var (ids, mask) = PromptPieces.Ids(job.Request.Prompt, job.Fed, new MixedPieceShape(piece, 0, 0), _session.Manifest.PadTokenId ?? 0);
+        int pads = Math.Min(job.Pads, piece);
+        var (ids, mask) = PromptPieces.Ids(job.Request.Prompt, job.Fed, new MixedPieceShape(piece - pads, pads, 0), _session.Manifest.PadTokenId ?? 0);
         // its logits land in the row it will join (every live row has chosen its token: their logits are spent)
         _runner.Prompt(_staging, job.Set, job.Row, 1, ids, mask, piece, _count);
         job.Set = 1 - job.Set;
-        job.Fed += piece;
+        job.Fed += piece - pads;
+        job.Pads -= pads;
     }
 
     /// <summary>
@@ -658,7 +709,7 @@ public sealed class ServingEngine : IDisposable
         }
         else
         {
-            var shape = _pieces.Mixed(rider.Fed - rider.Start, rider.Request.Prompt.Length - rider.Fed);
+            var shape = _pieces.Mixed(rider.Read, rider.Left, rider.Pads);
             if (!ReferenceEquals(_inRider, rider))
             {
                 _staging.CopyRow(rider.Set, rider.Row, _rider!, 0, 0);
@@ -669,6 +720,7 @@ public sealed class ServingEngine : IDisposable
             _runner.DecodeWithPrompt(b, _set, _rider!, 0, 0, 1, ids, mask, shape.Length);
             _rider!.CopyRow(1, 0, _rider, 0, 0);
             rider.Fed += shape.Tokens;
+            if (_padPrompts) rider.Pads -= shape.Pads; // whole chunks: a piece's pads are the reading's lead pads
             piece = shape.Tokens;
             _mixedShapes.Add((shape.Length, shape.PadsAt));
         }
@@ -698,7 +750,7 @@ public sealed class ServingEngine : IDisposable
             if (_tokens[r] == TokenChooser.NonFinite) Free(r, cancelled: false, TokenChooser.NonFiniteError(r, live.Decoder.Generated));
             else if (Emit(r, _tokens[r])) Free(r, cancelled: false);
         }
-        if (rider is not null && rider.Fed == rider.Request.Prompt.Length) JoinRider(rider, b);
+        if (rider is not null && rider.Left == 0) JoinRider(rider, b);
     }
 
     /// <summary>
