@@ -65,6 +65,7 @@ internal static class CliErrors
         [ServingOptions.Name(nameof(ServingOptions.DecodeBuckets))] = "--decode-buckets",
         [ServingOptions.Name(nameof(ServingOptions.MixedSteps))] = "--mixed-steps",
         [ServingOptions.Name(nameof(ServingOptions.PadPrompts))] = "--pad-prompts",
+        [ServingOptions.Name(nameof(ServingOptions.MixedPromptRows))] = "--mixed-prompt-rows",
         [ServerOptions.Name(nameof(ServerOptions.Host))] = "--host",
         [ServerOptions.Name(nameof(ServerOptions.Port))] = "--port",
         [ServerOptions.Name(nameof(ServerOptions.AllowRemote))] = "--allow-remote",

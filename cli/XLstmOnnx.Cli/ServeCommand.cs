@@ -40,12 +40,13 @@ internal static class ServeCommand
             DefaultValueFactory = _ => "auto",
         };
         padPrompts.AcceptOnlyFromAmong("auto", "on", "off");
+        var mixedRows = new Option<int>("--mixed-prompt-rows") { Description = "Prompts one mixed step reads at most when several wait (with prompts padded to whole chunks; else 1).", DefaultValueFactory = _ => 2 };
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "Longest prompt accepted (400 above it).", DefaultValueFactory = _ => 8192 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens accepted (400 above it).", DefaultValueFactory = _ => 2048 };
         var name = new Option<string?>("--model-name") { Description = "Model id in the API (default: the folder's name)." };
         var logLevel = ChoiceOption.ForEnum("--log-level", "Least level logged to stderr: information writes one line per request; warning only refused and failed ones.", LogLevel.Information);
         var cmd = new Command("serve", "OpenAI-compatible HTTP server with continuous batching and a prefix-state cache.")
-            { host, port, allowRemote, apiKey, origins, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, mixedSteps, padPrompts, maxPrompt, maxTokens, name, logLevel };
+            { host, port, allowRemote, apiKey, origins, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, mixedSteps, padPrompts, mixedRows, maxPrompt, maxTokens, name, logLevel };
         model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
@@ -64,6 +65,7 @@ internal static class ServeCommand
                 DecodeBuckets = bucketList,
                 MixedSteps = r.GetValue(mixedSteps) switch { "on" => true, "off" => false, _ => null },
                 PadPrompts = r.GetValue(padPrompts) switch { "on" => true, "off" => false, _ => null },
+                MixedPromptRows = r.GetValue(mixedRows),
             };
             serving.Validate(); // before the model loads
             var options = new ServerOptions

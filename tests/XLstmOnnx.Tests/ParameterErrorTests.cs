@@ -74,6 +74,7 @@ public class ParameterErrorTests
                 "option --next-token needs --last-logits-only (it is the argmax of the last position's logits)."),
             (["serve", "--model", tmp.Sub("m"), "--max-batch", "0"], "option --max-batch must be at least 1; found 0."),
             (["serve", "--model", tmp.Sub("m"), "--prefill-gather-steps", "-1"], "option --prefill-gather-steps must be 0 (at once) or more; found -1."),
+            (["serve", "--model", tmp.Sub("m"), "--mixed-prompt-rows", "0"], "option --mixed-prompt-rows must be at least 1; found 0."),
             (["serve", "--model", tmp.Sub("m"), "--max-batch", "4", "--decode-buckets", "2,8"],
                 "option --decode-buckets must be sizes in [1, 4] (--max-batch); found \"2,8\"."),
             (["export", "--checkpoint", Fixture, "--output", tmp.Sub("x"), "--mixed-graph"],

@@ -190,6 +190,9 @@ public class ServingEngineTests
             if (mixed)
             {
                 Assert.That(engine.Metrics.MixedSteps, Is.GreaterThan(10), "prompts were read inside decode steps");
+                // whole chunks: two waiting prompts ride one step (ServingOptions.MixedPromptRows 2), each in its own row
+                if (padded) Assert.That(engine.MixedRowsUsed, Does.Contain(2), "some steps read two prompts");
+                else Assert.That(engine.MixedRowsUsed, Is.Empty, "pieces with recurrent tails ride one at a time");
                 // whole-chunk readings: pieces of one chunk (PrefillChunkTokens), the lead pads at the start of a first piece
                 if (padded) Assert.That(engine.MixedShapesUsed, Is.EquivalentTo(new[] { (8, 0) }));
                 // chunk 8, segments of 20: whole chunks, tails padded to 7, and a chunk with a padded tail after it

@@ -25,11 +25,15 @@
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad         # run 7: customops (CTest), the kernel trial of
 #                                                                                 tools/serve/trial/*.patch if present, the 7B export, the engine
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad-serve   # run 7: the loads with prompts padded to whole chunks, and not
-#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad-tests   # run 7: the NUnit CUDA serving tests, one process each
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad-trace   # run 7: CUPTI kernel time of the 32-slot load, whole-chunk prompts
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad-tests   # run 7: the NUnit CUDA tests, one process each
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad2        # run 7, second lease: customops, export, engine, 32 slots with
+#                                                                                 one and two prompts a mixed step
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad2-64     # run 7, second lease: 64 slots, NUnit CUDA serving tests
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve or pad-tests}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2 or pad2-64}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -284,6 +288,44 @@ pad-serve)
   lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 0
   lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
   stop
+  ;;
+pad-trace)
+  # run 7: CUPTI kernel time of the 32-slot load with whole-chunk prompts in mixed steps
+  bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
+  CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-32-pad.tsv \
+    "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --port $PORT --model-name x --log-level warning > "$R/serve-pad.log" 2>&1 &
+  server=$!
+  for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
+  lt trace-pad --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+  say "$(grep -E '^xlstm_(mixed_steps|mixed_step_prompt_tokens|decode_step_seconds_(sum|count)|prompt_tokens)' "$R/metrics-trace-pad.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+  stop
+  head -30 "$R/kernels-32-pad.tsv" | cut -c1-160 | tee -a "$R/summary.txt"
+  ;;
+pad2)
+  # run 7, second lease: customops (CTest), the export, the engine, then 32 slots with two prompts a mixed step and one
+  customops
+  export_7b $M7 7b-mixed --mixed-graph
+  engine_bench bench $M7 8,32,64
+  for rows in 2 1; do
+    serve 32-rows$rows "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --mixed-prompt-rows $rows
+    lt 32x128-rows$rows --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 6
+    say "$(grep -E '^xlstm_(mixed_step|decode_step_seconds_(sum|count))' "$R/metrics-32x128-rows$rows.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+    stop
+  done
+  ;;
+pad2-64)
+  # run 7, second lease: 64 slots (8 clients, then 64 clients and 1,024 tokens), then the NUnit CUDA serving tests
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
+  say "$(grep -E '^xlstm_(mixed_step|decode_step_seconds_(sum|count))' "$R/metrics-64x1024.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+  stop
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  for t in ServingWholeChunkPromptsOnCudaEqualsServedAloneAndTheCpu ServingOnCudaWithGraphsEqualsServedAloneAndTheCpu; do
+    timeout 150 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
+    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
+    grep -E "engine started|requests served|did not end|Assert|Expected|But was" "$R/nunit-$t.log" | head -20 | tee -a "$R/summary.txt"
+  done
   ;;
 pad-tests)
   # run 7: the NUnit CUDA tests of serving (and the rest of CudaTests), each in its own process (a crash names its test)

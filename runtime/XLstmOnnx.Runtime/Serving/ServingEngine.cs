@@ -61,6 +61,11 @@ public sealed record ServingOptions
     /// </summary>
     public bool? PadPrompts { get; init; }
     /// <summary>
+    /// Prompts one mixed step reads at most, each in its own row of the prompt lane, when several wait (with whole-chunk
+    /// prompts; otherwise one): the cell's cost at batch 1 is latency, so a second prompt rides nearly free of it.
+    /// </summary>
+    public int MixedPromptRows { get; init; } = 2;
+    /// <summary>
     /// Tests only: whether prompt pieces inside decode steps take the few fixed shapes of captured mixed calls (null:
     /// exactly when the mixed graph is captured, that is on CUDA with CUDA graphs).
     /// </summary>
@@ -88,6 +93,7 @@ public sealed record ServingOptions
         if (PrefixCacheBytes is < 0) throw XLstmOnnxException.MustBe(Name(nameof(PrefixCacheBytes)), "0 (off), positive or null (the default)", PrefixCacheBytes);
         if (PrefillChunkTokens is < 1) throw XLstmOnnxException.MustBe(Name(nameof(PrefillChunkTokens)), "positive or null (paced)", PrefillChunkTokens);
         if (PrefillGatherSteps < 0) throw XLstmOnnxException.MustBe(Name(nameof(PrefillGatherSteps)), "0 (at once) or more", PrefillGatherSteps);
+        if (MixedPromptRows < 1) throw XLstmOnnxException.MustBe(Name(nameof(MixedPromptRows)), "at least 1", MixedPromptRows);
         Buckets();
     }
 
@@ -151,6 +157,7 @@ public sealed class ServingEngine : IDisposable
         public int Fed;              // tokens [0, Fed) are in the state
         public int Lead;             // masked positions before token Start (PadPrompts: the reading is whole chunks)
         public int Pads;             // of those, not yet read (all of them are read in the first piece)
+        public bool Fresh;           // its state is zeros not yet written to its row (written where it is first needed)
         /// <summary>Positions of the reading still to read: its unread lead pads and tokens.</summary>
         public int Left => Pads + Request.Prompt.Length - Fed;
         /// <summary>Positions read since the reading started (pads included).</summary>
@@ -164,8 +171,9 @@ public sealed class ServingEngine : IDisposable
     private readonly Channel<Request> _queue;
     private readonly DeviceMemory _memory;
     private readonly StatePool _pool, _staging;
-    private readonly StatePool? _rider;                  // mixed steps: the row of the prompt read inside them (set 0 between steps)
-    private Job? _inRider;                               // the job whose state is in the rider row now
+    private readonly StatePool? _rider;                  // mixed steps: the rows of the prompts read inside them
+    private readonly List<Job> _riders = [];             // the jobs whose states are in rider rows [0, n), in the pool's set _set
+    private readonly int _riderRows;                     // prompts a mixed step reads at most
     private readonly StepRunner _runner;
     private readonly TokenChooser _chooser;
     private readonly PrefixCache _cache;
@@ -238,6 +246,8 @@ public sealed class ServingEngine : IDisposable
         }
         _padPrompts = _o.PadPrompts ?? (m.AttentionMask && _segment % _chunk == 0 && session.Options.Device == ExecutionDevice.Cuda);
         _pieces = new PromptPieces(_chunk, _segment, _o.PrefillChunkTokens, fixedShapes: _o.FixedPieceShapes ?? session.MixedCaptured, wholeChunks: _padPrompts);
+        // pieces of several prompts share one call only when they are whole chunks (extra left pads are whole masked chunks)
+        _riderRows = _padPrompts ? Math.Min(_o.MixedPromptRows, _o.PrefillRows) : 1;
         int cacheEntries = CacheEntries(m);
         try
         {
@@ -245,10 +255,10 @@ public sealed class ServingEngine : IDisposable
             _staging = new StatePool(m, _memory, _o.PrefillRows, 2, $"the prefill rows ({_o.PrefillRows})");
             if (_mixed)
             {
-                _rider = new StatePool(m, _memory, 1, 2, "the prompt row of mixed steps");
-                for (int set = 0; set < 2; set++) _rider.Zero(set, 0, 1);
+                _rider = new StatePool(m, _memory, _riderRows, 2, $"the prompt rows of mixed steps ({ServingOptions.Name(nameof(ServingOptions.MixedPromptRows))} {_riderRows})");
+                for (int set = 0; set < 2; set++) _rider.Zero(set, 0, _riderRows);
             }
-            _runner = new StepRunner(session, _memory, _pool, promptRows: _mixed ? 1 : 0, promptTokens: _mixed ? _pieces.MaxMixedLength : 0);
+            _runner = new StepRunner(session, _memory, _pool, promptRows: _mixed ? _riderRows : 0, promptTokens: _mixed ? _riderRows * _pieces.MaxMixedLength : 0);
             _chooser = new TokenChooser(session, _runner, _memory);
             _cache = new PrefixCache(m, _memory, cacheEntries);
         }
@@ -326,6 +336,11 @@ public sealed class ServingEngine : IDisposable
     /// <summary>The (length, chunk tokens before the pads) of every piece read inside a decode step so far (tests).</summary>
     internal IReadOnlyCollection<(int Length, int PadsAt)> MixedShapesUsed => _mixedShapes;
 
+    /// <summary>The numbers of prompts above one that a mixed step has read together so far (tests).</summary>
+    internal IReadOnlyCollection<int> MixedRowsUsed => _mixedRows;
+
+    private readonly HashSet<int> _mixedRows = [];
+
     private readonly HashSet<(int Length, int PadsAt)> _mixedShapes = [];
 
     /// <summary>
@@ -393,14 +408,17 @@ public sealed class ServingEngine : IDisposable
                 _set = 1 - _set;
             }
             if (!_mixed) continue;
-            foreach (int shape in _pieces.MixedShapes())
+            for (int rows = 1; rows <= _riderRows; rows++)
             {
-                var ids = Enumerable.Repeat(pad, shape).ToArray();
-                var mask = new long[shape];
-                for (int i = 0; i < 6; i++)
+                foreach (int shape in _pieces.MixedShapes())
                 {
-                    _runner.DecodeWithPrompt(b, _set, _rider!, 0, 0, 1, ids, mask, shape);
-                    _set = 1 - _set;
+                    var ids = Enumerable.Repeat(pad, rows * shape).ToArray();
+                    var mask = new long[rows * shape];
+                    for (int i = 0; i < 6; i++)
+                    {
+                        _runner.DecodeWithPrompt(b, _set, _rider!, _set, 0, rows, ids, mask, shape);
+                        _set = 1 - _set;
+                    }
                 }
             }
         }
@@ -477,7 +495,7 @@ public sealed class ServingEngine : IDisposable
             }
             else
             {
-                _staging.Zero(job.Set, job.Row, 1);
+                job.Fresh = true; // zeros, written where the state is first read (often straight into a rider or pool row)
             }
             job.Lead = job.Pads = _pieces.LeadPads(req.Prompt.Length - job.Start);
             _jobs.Add(job);
@@ -585,7 +603,8 @@ public sealed class ServingEngine : IDisposable
         for (int g = 0; g < n; g++)
         {
             var job = ordered[g];
-            _staging.CopyRow(job.Set, job.Row, _pool, _set, first + g);
+            if (job.Fresh) _pool.Zero(_set, first + g, 1);
+            else _staging.CopyRow(job.Set, job.Row, _pool, _set, first + g);
             _freeStaging.Push(job.Row);
             _jobs.Remove(job);
         }
@@ -635,6 +654,8 @@ public sealed class ServingEngine : IDisposable
     private void Read(Job job, int piece)
     {
         int pads = Math.Min(job.Pads, piece);
+        if (job.Fresh) _staging.Zero(job.Set, job.Row, 1);
+        job.Fresh = false;
         var (ids, mask) = PromptPieces.Ids(job.Request.Prompt, job.Fed, new MixedPieceShape(piece - pads, pads, 0), _session.Manifest.PadTokenId ?? 0);
         // its logits land in the row it will join (every live row has chosen its token: their logits are spent)
         _runner.Prompt(_staging, job.Set, job.Row, 1, ids, mask, piece, _count);
@@ -682,7 +703,7 @@ public sealed class ServingEngine : IDisposable
         }
     }
 
-    /// <summary>One token for every live row, then the next choices.</summary>
+    /// <summary>One token for every live row (with mixed steps, and pieces of the oldest waiting prompts), then the next choices.</summary>
     private void Step()
     {
         int b = _buckets[^1];
@@ -700,43 +721,53 @@ public sealed class ServingEngine : IDisposable
             _runner.Mask[r] = real ? 1 : 0;
         }
         Metrics.Occupancy = _count;
-        var rider = _mixed && _jobs.Count > 0 ? _jobs[0] : null; // the oldest prompt rides along
-        int piece = 0;
+        if (_mixed) TakeRiders();
+        int n = _riders.Count, tokens = 0;
         long t0 = Stopwatch.GetTimestamp();
-        if (rider is null)
+        if (n == 0)
         {
             _runner.Decode(b, _set);
         }
         else
         {
-            var shape = _pieces.Mixed(rider.Read, rider.Left, rider.Pads);
-            if (!ReferenceEquals(_inRider, rider))
+            // each rider's piece, left-padded to the longest with masked positions: whole chunks when several ride
+            var shapes = _riders.Select(j => _pieces.Mixed(j.Read, j.Left, j.Pads)).ToArray();
+            int seq = shapes.Max(x => x.Length);
+            var ids = new long[n * seq];
+            var mask = new long[n * seq];
+            for (int r = 0; r < n; r++)
             {
-                _staging.CopyRow(rider.Set, rider.Row, _rider!, 0, 0);
-                _inRider = rider;
+                var (pieceIds, pieceMask) = PromptPieces.Ids(_riders[r].Request.Prompt, _riders[r].Fed, shapes[r], pad);
+                int offset = r * seq + seq - shapes[r].Length;
+                Array.Fill(ids, pad, r * seq, seq - shapes[r].Length);
+                pieceIds.CopyTo(ids, offset);
+                pieceMask.CopyTo(mask, offset);
+                _mixedShapes.Add((shapes[r].Length, shapes[r].PadsAt));
             }
-            var (ids, mask) = PromptPieces.Ids(rider.Request.Prompt, rider.Fed, shape, _session.Manifest.PadTokenId ?? 0);
-            // its logits land in output row b, after the decode rows'; the rider row goes from set 0 to set 1 and back
-            _runner.DecodeWithPrompt(b, _set, _rider!, 0, 0, 1, ids, mask, shape.Length);
-            _rider!.CopyRow(1, 0, _rider, 0, 0);
-            rider.Fed += shape.Tokens;
-            if (_padPrompts) rider.Pads -= shape.Pads; // whole chunks: a piece's pads are the reading's lead pads
-            piece = shape.Tokens;
-            _mixedShapes.Add((shape.Length, shape.PadsAt));
+            // the riders' logits land in output rows [b, b + n), after the decode rows'; their states go from set _set to
+            // 1 − _set with the live rows'
+            _runner.DecodeWithPrompt(b, _set, _rider!, _set, 0, n, ids, mask, seq);
+            for (int r = 0; r < n; r++)
+            {
+                _riders[r].Fed += shapes[r].Tokens;
+                if (_padPrompts) _riders[r].Pads -= shapes[r].Pads; // whole chunks: a piece's pads are its reading's lead pads
+                tokens += shapes[r].Tokens;
+            }
+            if (n > 1) _mixedRows.Add(n);
         }
         _set = 1 - _set;
         var step = Stopwatch.GetElapsedTime(t0);
         Interlocked.Increment(ref _stepsByBatch[b]);
         _steps++;
         Metrics.DecodeStep(step, _count);
-        if (rider is null)
+        if (n == 0)
         {
             _stepSeconds = _stepSeconds == 0 ? step.TotalSeconds : 0.9 * _stepSeconds + 0.1 * step.TotalSeconds;
             _credit = Math.Min(_credit + _o.PrefillShare * step.TotalSeconds, 4 * _o.PrefillShare * _stepSeconds);
         }
         else
         {
-            Metrics.MixedStep(piece);
+            Metrics.MixedStep(tokens, n, step);
         }
         _chooser.Choose(_decoders, 0, _count, _tokens);
         long now = Stopwatch.GetTimestamp();
@@ -750,32 +781,67 @@ public sealed class ServingEngine : IDisposable
             if (_tokens[r] == TokenChooser.NonFinite) Free(r, cancelled: false, TokenChooser.NonFiniteError(r, live.Decoder.Generated));
             else if (Emit(r, _tokens[r])) Free(r, cancelled: false);
         }
-        if (rider is not null && rider.Left == 0) JoinRider(rider, b);
+        if (n > 0) JoinRiders(b);
     }
 
     /// <summary>
-    /// The rider's prompt is read: its row joins the live rows (after this step's frees, so at the first free row), with
-    /// its logits moved from output row <paramref name="outRow"/> (after the step's decode rows) to that row.
+    /// Fills the free rider rows with the oldest waiting prompts that do not ride yet: a prompt's state moves from its
+    /// prefill row (or, still zeros, is written) into the rider row, in the live rows' set.
     /// </summary>
-    private void JoinRider(Job job, int outRow)
+    private void TakeRiders()
     {
-        _transit.Add(job.Request);
-        _jobs.Remove(job);
-        int row = _count;
-        _rider!.CopyRow(0, 0, _pool, _set, row);
-        _inRider = null;
-        _freeStaging.Push(job.Row);
-        _runner.CopyOutputs(outRow, row);
-        Join([job.Request], row);
-        _transit.Remove(job.Request);
+        foreach (var job in _jobs)
+        {
+            if (_riders.Count == _riderRows) break;
+            if (_riders.Contains(job)) continue;
+            int row = _riders.Count;
+            if (job.Fresh) _rider!.Zero(_set, row, 1);
+            else _staging.CopyRow(job.Set, job.Row, _rider!, _set, row);
+            job.Fresh = false;
+            _riders.Add(job);
+        }
     }
 
-    /// <summary>Puts the rider's state back in its job's staging row (the job is then read between steps, or not at all).</summary>
+    /// <summary>
+    /// The riders whose prompts are read join the live rows (after this step's frees, so at the first free rows), each
+    /// with its logits moved from its output row (after the step's <paramref name="decodeRows"/> decode rows); the riders
+    /// still reading move down to the first rider rows.
+    /// </summary>
+    private void JoinRiders(int decodeRows)
+    {
+        var staying = new List<Job>();
+        for (int r = 0; r < _riders.Count; r++)
+        {
+            var job = _riders[r];
+            if (job.Left > 0)
+            {
+                if (staying.Count < r) _rider!.CopyRow(_set, r, _rider, _set, staying.Count);
+                // the output row of rider r is beyond the rows joined so far: joins go to rows below decodeRows + r
+                staying.Add(job);
+                continue;
+            }
+            _transit.Add(job.Request);
+            _jobs.Remove(job);
+            int row = _count;
+            _rider!.CopyRow(_set, r, _pool, _set, row);
+            _freeStaging.Push(job.Row);
+            _runner.CopyOutputs(decodeRows + r, row);
+            Join([job.Request], row);
+            _transit.Remove(job.Request);
+        }
+        _riders.Clear();
+        _riders.AddRange(staying);
+    }
+
+    /// <summary>Puts the riders' states back in their prefill rows (they are then read between steps, or not at all).</summary>
     private void SpillRider()
     {
-        if (_inRider is not { } job) return;
-        _rider!.CopyRow(0, 0, _staging, job.Set, job.Row);
-        _inRider = null;
+        for (int r = 0; r < _riders.Count; r++)
+        {
+            var job = _riders[r];
+            _rider!.CopyRow(_set, r, _staging, job.Set, job.Row);
+        }
+        _riders.Clear();
     }
 
     /// <summary>Sends row <paramref name="row"/>'s token; true when the sequence ends with it.</summary>
@@ -815,7 +881,7 @@ public sealed class ServingEngine : IDisposable
             job.Request.Events.Writer.TryComplete();
             _freeStaging.Push(job.Row);
             _jobs.RemoveAt(k);
-            if (ReferenceEquals(job, _inRider)) _inRider = null;
+            if (_riders.Contains(job)) SpillRider(); // the others ride again from their prefill rows at the next step
             Metrics.Finished(cancelled: true);
         }
     }

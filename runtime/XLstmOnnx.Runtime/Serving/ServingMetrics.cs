@@ -24,7 +24,7 @@ namespace XLstmOnnx.Runtime.Serving;
 /// <item><term>xlstm_prefix_cache_bytes, xlstm_prefix_cache_entries, xlstm_prefix_cache_capacity</term><description>gauges: the cache's size, and how many states it can hold</description></item>
 /// <item><term>xlstm_decode_step_seconds</term><description>histogram: one batched decode step</description></item>
 /// <item><term>xlstm_decode_step_sequences</term><description>histogram: sequences in a decode step (batch occupancy)</description></item>
-/// <item><term>xlstm_mixed_steps_total, xlstm_mixed_step_prompt_tokens_total</term><description>counters: decode steps that carried a prompt piece (the mixed graph), and the prompt tokens they read</description></item>
+/// <item><term>xlstm_mixed_steps_total, xlstm_mixed_step_prompt_tokens_total, xlstm_mixed_step_prompts_total, xlstm_mixed_step_seconds_total</term><description>counters: decode steps that carried prompt pieces (the mixed graph), the prompt tokens and pieces they read, and their time (with xlstm_decode_step_seconds: the time of the other steps)</description></item>
 /// </list>
 /// The engine's loop thread records; exporters read from their own threads. Recording a token costs a counter add and
 /// a histogram record, with no lock and no allocation.
@@ -59,10 +59,11 @@ public sealed class ServingMetrics : IDisposable
     private readonly Meter _meter;
     private readonly Histogram<double> _timeToFirstToken, _interTokenLatency, _requestLatency, _decodeStep;
     private readonly Histogram<int> _decodeStepSequences;
-    private readonly Counter<long> _promptTokens, _generationTokens, _requestSuccess, _rejected, _mixedSteps, _mixedTokens;
+    private readonly Counter<long> _promptTokens, _generationTokens, _requestSuccess, _rejected, _mixedSteps, _mixedTokens, _mixedPieces;
+    private readonly Counter<double> _mixedSeconds;
     private KeyValuePair<string, object?>[] _labels = [];
     private int _occupancy, _queueDepth, _cacheEntries, _cacheCapacity;
-    private long _cacheHits, _cacheMisses, _cacheBytes, _finished, _cancelled, _mixedStepCount;
+    private long _cacheHits, _cacheMisses, _cacheBytes, _finished, _cancelled, _mixedStepCount, _mixedPieceCount;
 
     public ServingMetrics()
     {
@@ -79,6 +80,8 @@ public sealed class ServingMetrics : IDisposable
         _rejected = _meter.CreateCounter<long>("xlstm_requests_rejected", null, "Requests refused because the queue was full (HTTP 429).");
         _mixedSteps = _meter.CreateCounter<long>("xlstm_mixed_steps", null, "Decode steps that also read a prompt piece (the mixed graph).");
         _mixedTokens = _meter.CreateCounter<long>("xlstm_mixed_step_prompt_tokens", null, "Prompt tokens read inside decode steps.");
+        _mixedPieces = _meter.CreateCounter<long>("xlstm_mixed_step_prompts", null, "Prompt pieces read inside decode steps (a step may carry several prompts).");
+        _mixedSeconds = _meter.CreateCounter<double>("xlstm_mixed_step_seconds", "s", "Time of the decode steps that also read prompt pieces.");
         _meter.CreateObservableGauge("xlstm_num_requests_running", () => Observe(Occupancy), null, "Sequences in the batch.");
         _meter.CreateObservableGauge("xlstm_num_requests_waiting", () => Observe(QueueDepth), null, "Requests waiting for a slot.");
         _meter.CreateObservableCounter("xlstm_prefix_cache_queries", () => Observe(CacheHits + CacheMisses), null, "Prompts looked up in the prefix-state cache.");
@@ -120,6 +123,8 @@ public sealed class ServingMetrics : IDisposable
     public long FinishedRequests => Interlocked.Read(ref _finished);
     /// <summary>Decode steps that also read a prompt piece, since the start.</summary>
     public long MixedSteps => Interlocked.Read(ref _mixedStepCount);
+    /// <summary>Prompt pieces read inside decode steps, since the start (more than <see cref="MixedSteps"/> when steps carried several).</summary>
+    public long MixedPrompts => Interlocked.Read(ref _mixedPieceCount);
     /// <summary>Requests dropped because their client went away, since the start.</summary>
     public long CancelledRequests => Interlocked.Read(ref _cancelled);
 
@@ -186,12 +191,15 @@ public sealed class ServingMetrics : IDisposable
         _decodeStepSequences.Record(sequences, _labels);
     }
 
-    /// <summary>A decode step also read <paramref name="promptTokens"/> tokens of a prompt.</summary>
-    internal void MixedStep(int promptTokens)
+    /// <summary>A decode step of <paramref name="elapsed"/> also read <paramref name="promptTokens"/> tokens of <paramref name="prompts"/> prompts.</summary>
+    internal void MixedStep(int promptTokens, int prompts, TimeSpan elapsed)
     {
         Interlocked.Increment(ref _mixedStepCount);
+        Interlocked.Add(ref _mixedPieceCount, prompts);
         _mixedSteps.Add(1, _labels);
         _mixedTokens.Add(promptTokens, _labels);
+        _mixedPieces.Add(prompts, _labels);
+        _mixedSeconds.Add(elapsed.TotalSeconds, _labels);
     }
 
     public void Dispose() => _meter.Dispose();
