@@ -40,7 +40,7 @@ internal static class ServeCommand
             DefaultValueFactory = _ => "auto",
         };
         padPrompts.AcceptOnlyFromAmong("auto", "on", "off");
-        var mixedRows = new Option<int>("--mixed-prompt-rows") { Description = "Prompts one mixed step reads at most when several wait (with prompts padded to whole chunks; else 1).", DefaultValueFactory = _ => 2 };
+        var mixedRows = new Option<int>("--mixed-prompt-rows") { Description = "Prompts one mixed step reads at most when several wait (with prompts padded to whole chunks; else 1): 2 serves a little more and answers first tokens later.", DefaultValueFactory = _ => 1 };
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "Longest prompt accepted (400 above it).", DefaultValueFactory = _ => 8192 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens accepted (400 above it).", DefaultValueFactory = _ => 2048 };
         var name = new Option<string?>("--model-name") { Description = "Model id in the API (default: the folder's name)." };

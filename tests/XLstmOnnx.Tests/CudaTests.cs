@@ -131,14 +131,20 @@ public class CudaTests
     /// the greedy ones equal the CPU engine's. With the mixed graph, prompts are read inside the decode steps, each
     /// (batch size, state set, piece shape) a captured graph of the mixed session.
     /// </summary>
-    [TestCase(false)]
-    [TestCase(true)]
-    public void ServingOnCudaWithGraphsEqualsServedAloneAndTheCpu(bool mixedSteps) => ServeOnCudaAndCpu(mixedSteps, padPrompts: false);
+    [Test]
+    public void ServingOnCudaWithGraphsEqualsServedAloneAndTheCpu() => ServeOnCudaAndCpu(mixedSteps: false, padPrompts: false);
 
-    /// <summary>The same with prompts padded to whole chunks (a fixture of one segment; the CPU engine asked to pad too), two prompts a mixed step.</summary>
-    [TestCase(false)]
-    [TestCase(true)]
-    public void ServingWholeChunkPromptsOnCudaEqualsServedAloneAndTheCpu(bool mixedSteps) => ServeOnCudaAndCpu(mixedSteps, padPrompts: true);
+    /// <summary>The same with prompts read inside decode steps (the mixed graph, captured per batch size, set and piece shape).</summary>
+    [Test]
+    public void ServingMixedStepsOnCudaEqualsServedAloneAndTheCpu() => ServeOnCudaAndCpu(mixedSteps: true, padPrompts: false);
+
+    /// <summary>The same with prompts padded to whole chunks (a fixture of one segment; the CPU engine asked to pad too).</summary>
+    [Test]
+    public void ServingWholeChunkPromptsOnCudaEqualsServedAloneAndTheCpu() => ServeOnCudaAndCpu(mixedSteps: false, padPrompts: true);
+
+    /// <summary>Whole-chunk prompts read inside decode steps, two prompts a step when they wait.</summary>
+    [Test]
+    public void ServingWholeChunkMixedStepsOnCudaEqualsServedAloneAndTheCpu() => ServeOnCudaAndCpu(mixedSteps: true, padPrompts: true);
 
     private static void ServeOnCudaAndCpu(bool mixedSteps, bool padPrompts)
     {
@@ -155,7 +161,10 @@ public class CudaTests
                 1 => new GenerationOptions { Greedy = true, RepetitionPenalty = 1.2 },
                 _ => new GenerationOptions { Greedy = true },
             }) with { MaxNewTokens = 6 + rng.Next(20), IgnoreEos = true })).ToArray();
-        var options = new Runtime.Serving.ServingOptions { MaxBatch = 8, PrefillRows = 2, PrefillChunkTokens = 8, MixedSteps = mixedSteps ? true : null, PadPrompts = padPrompts };
+        var options = new Runtime.Serving.ServingOptions
+        {
+            MaxBatch = 8, PrefillRows = 2, PrefillChunkTokens = 8, MixedSteps = mixedSteps ? true : null, PadPrompts = padPrompts, MixedPromptRows = 2,
+        };
         int[][] Serve(ExecutionDevice device, bool alone)
         {
             string what = $"{device}, {(alone ? "alone" : "under load")}";

@@ -181,7 +181,7 @@ public class ServingEngineTests
         var options = new ServingOptions
         {
             MaxBatch = 4, PrefillRows = 2, PrefillChunkTokens = 8, QueueCapacity = 64, FixedPieceShapes = fixedShapes, MixedSteps = mixed ? true : null,
-            PadPrompts = padded ? true : null,
+            PadPrompts = padded ? true : null, MixedPromptRows = 2,
         };
         int[][] underLoad;
         using (var engine = new ServingEngine(session, options))
@@ -190,7 +190,7 @@ public class ServingEngineTests
             if (mixed)
             {
                 Assert.That(engine.Metrics.MixedSteps, Is.GreaterThan(10), "prompts were read inside decode steps");
-                // whole chunks: two waiting prompts ride one step (ServingOptions.MixedPromptRows 2), each in its own row
+                // whole chunks: two waiting prompts ride one step (MixedPromptRows 2), each in its own row
                 if (padded) Assert.That(engine.MixedRowsUsed, Does.Contain(2), "some steps read two prompts");
                 else Assert.That(engine.MixedRowsUsed, Is.Empty, "pieces with recurrent tails ride one at a time");
                 // whole-chunk readings: pieces of one chunk (PrefillChunkTokens), the lead pads at the start of a first piece

@@ -30,10 +30,12 @@
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad2        # run 7, second lease: customops, export, engine, 32 slots with
 #                                                                                 one and two prompts a mixed step
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad2-64     # run 7, second lease: 64 slots, NUnit CUDA serving tests
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad3        # run 7, third lease: the defaults at 32 slots, NUnit CUDA serving
+#                                                                                 tests one by one, CUPTI of the load
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2 or pad2-64}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64 or pad3}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -326,6 +328,34 @@ pad2-64)
     say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
     grep -E "engine started|requests served|did not end|Assert|Expected|But was" "$R/nunit-$t.log" | head -20 | tee -a "$R/summary.txt"
   done
+  ;;
+pad3)
+  # run 7, third lease: customops (CTest), export, engine, the 32-slot load with the defaults, the NUnit CUDA serving
+  # tests one process each, then (time allowing) CUPTI on the same load
+  customops
+  export_7b $M7 7b-mixed --mixed-graph
+  engine_bench bench $M7 8,32,64
+  serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
+  lt 32x128 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 6
+  say "$(grep -E '^xlstm_(mixed_step|decode_step_seconds_(sum|count))' "$R/metrics-32x128.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+  stop
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  for t in ServingOnCudaWithGraphsEqualsServedAloneAndTheCpu ServingWholeChunkPromptsOnCudaEqualsServedAloneAndTheCpu \
+           ServingMixedStepsOnCudaEqualsServedAloneAndTheCpu ServingWholeChunkMixedStepsOnCudaEqualsServedAloneAndTheCpu; do
+    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
+    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
+    grep -E "engine started|requests served|did not end|Exception|Assert|Expected|But was" "$R/nunit-$t.log" | head -12 | tee -a "$R/summary.txt"
+  done
+  if (( $(date +%s) - t0 < 420 )); then
+    bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
+    CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-32.tsv \
+      "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --port $PORT --model-name x --log-level warning > "$R/serve-trace.log" 2>&1 &
+    server=$!
+    for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
+    lt trace --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+    stop
+    head -16 "$R/kernels-32.tsv" | cut -c1-140 | tee -a "$R/summary.txt"
+  fi
   ;;
 pad-tests)
   # run 7: the NUnit CUDA tests of serving (and the rest of CudaTests), each in its own process (a crash names its test)

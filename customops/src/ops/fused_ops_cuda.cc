@@ -15,7 +15,11 @@ Ort::Status Status(const char* op, cudaError_t err) {
   return Ort::Status((std::string(op) + ": CUDA launch failed: " + cudaGetErrorString(err)).c_str(), ORT_EP_FAIL);
 }
 
+// The node's stream. It also clears the runtime's last-error note of this thread: an earlier call (ONNX Runtime's or
+// the host's) may have failed and been handled by its caller, and cudaGetLastError after our launch would otherwise
+// report that failure as ours. An error that spoils the context stays and fails our launch anyway.
 cudaStream_t Stream(OrtKernelContext* context) {
+  (void)cudaGetLastError();
   return static_cast<cudaStream_t>(Ort::KernelContext(context).GetGPUComputeStream());
 }
 

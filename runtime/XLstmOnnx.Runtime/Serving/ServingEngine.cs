@@ -62,9 +62,10 @@ public sealed record ServingOptions
     public bool? PadPrompts { get; init; }
     /// <summary>
     /// Prompts one mixed step reads at most, each in its own row of the prompt lane, when several wait (with whole-chunk
-    /// prompts; otherwise one): the cell's cost at batch 1 is latency, so a second prompt rides nearly free of it.
+    /// prompts; otherwise one). Default 1: on the H200 at 32 clients, two a step served 0.4% more tokens but raised the
+    /// time to first token p50 from 27 to 35 ms, as every step that carries two is longer (tools/serve/README.md, run 7).
     /// </summary>
-    public int MixedPromptRows { get; init; } = 2;
+    public int MixedPromptRows { get; init; } = 1;
     /// <summary>
     /// Tests only: whether prompt pieces inside decode steps take the few fixed shapes of captured mixed calls (null:
     /// exactly when the mixed graph is captured, that is on CUDA with CUDA graphs).
