@@ -35,7 +35,7 @@
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64 or pad3}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra or pad3-tests}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -356,6 +356,25 @@ pad3)
     stop
     head -16 "$R/kernels-32.tsv" | cut -c1-140 | tee -a "$R/summary.txt"
   fi
+  ;;
+pad3-tests)
+  # run 7, third lease: every NUnit CUDA test in one process (sessions of earlier tests disposed before later ones start)
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  timeout 170 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests" > "$R/nunit-cuda-one-process.log" 2>&1
+  say "NUnit CudaTests in one process rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda-one-process.log" | tr -s ' \n' ' ')"
+  grep -E "^failed|Exception :" "$R/nunit-cuda-one-process.log" | head -10 | tee -a "$R/summary.txt"
+  ;;
+pad3-extra)
+  # run 7, third lease: the 32-slot load without the prefix cache (what storing every prompt's state costs), then all
+  # NUnit CUDA tests in one process (sessions of earlier tests disposed before the mixed ones start)
+  serve 32-nocache "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --prefix-cache-mb 0
+  lt 32x128-nocache --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+  say "$(grep -E '^xlstm_(mixed_step|decode_step_seconds_(sum|count))' "$R/metrics-32x128-nocache.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+  stop
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  timeout 170 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests" > "$R/nunit-cuda-one-process.log" 2>&1
+  say "NUnit CudaTests in one process rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-cuda-one-process.log" | tr -s ' \n' ' ')"
+  grep -E "^failed|Exception :" "$R/nunit-cuda-one-process.log" | head -10 | tee -a "$R/summary.txt"
   ;;
 pad-tests)
   # run 7: the NUnit CUDA tests of serving (and the rest of CudaTests), each in its own process (a crash names its test)
