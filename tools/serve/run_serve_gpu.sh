@@ -48,12 +48,22 @@ t0=$(date +%s)
 say() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$R/summary.txt"; }
 finish() { tar czf "$OUT/$stage.tgz" -C /tmp/res "$stage"; cat "$R/summary.txt"; }
 
+up() { # up LABEL: waits until the server started in the background answers (or has died)
+  for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
+  say "server $1 up: $(grep -h serving "$R/serve-$1.log" | head -1)"
+}
 serve() { # serve LABEL ARGS...: starts a server on $PORT in the background, waits until it answers
   local label=$1; shift
   "$@" --port $PORT --model-name x --log-level warning > "$R/serve-$label.log" 2>&1 &
   server=$!
-  for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
-  say "server $label up: $(grep -h serving "$R/serve-$label.log" | head -1)"
+  up "$label"
+}
+traced_serve() { # traced_serve LABEL ARGS...: serve under the CUPTI kernel tracer (tools/profile), kernels in $R/kernels-LABEL.tsv
+  local label=$1; shift
+  [[ -f /tmp/libkernel_trace.so ]] || bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
+  CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-$label.tsv "$@" --port $PORT --model-name x --log-level warning > "$R/serve-$label.log" 2>&1 &
+  server=$!
+  up "$label"
 }
 stop() { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
 customops() { # builds customops/ with nvcc into /tmp/cb and runs its CUDA CTest (the CPU kernels are the oracle)
@@ -71,6 +81,13 @@ engine_bench() { # engine_bench LABEL MODEL BATCHES: the engine alone (`bench`, 
   local label=$1 model=$2 batches=$3
   "$CLI" bench --model "$model" --device cuda --cuda-graph --batch "$batches" --prompt-tokens 128 --new-tokens 256 --reps 2 --out "$R/$label.json" > "$R/$label.log" 2>&1
   say "$label rc=$?"; tail -n $(( $(tr ',' '\n' <<< "$batches" | wc -l) + 1 )) "$R/$label.log" | tee -a "$R/summary.txt"
+}
+load32() { # load32 LABEL FLAGS...: 32 slots, 32 clients, 128 new tokens (the issue's middle load), then the step metrics
+  local label=$1; shift
+  serve 32-$label "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 "$@"
+  lt 32x128-$label --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 6
+  say "$(grep -E '^xlstm_(mixed_step|decode_step_seconds_(sum|count))' "$R/metrics-32x128-$label.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+  stop
 }
 lt() { # lt NAME ARGS...: a load test against the server on $PORT
   local name=$1; shift
@@ -200,12 +217,7 @@ mixed)
   ;;
 mixed-32)
   # 32 slots, 32 clients, 128 new tokens: prompts read inside decode steps (the mixed graph), then between them (run 1-5's engine)
-  for mode in on off; do
-    serve 32-$mode "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --mixed-steps $mode
-    lt 32x128-$mode --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 6
-    say "$(grep -E '^xlstm_(mixed_steps|decode_step_seconds_(sum|count))' "$R/metrics-32x128-$mode.txt" | sed 's/{.*}//' | tr '\n' ' ')"
-    stop
-  done
+  for mode in on off; do load32 $mode --mixed-steps $mode; done
   ;;
 tail)
   # run 6 after the recurrent-run change of the tensor-core kernel: customops (CTest), the 7B export with the mixed
@@ -234,12 +246,8 @@ mixed-final)
   ;;
 mixed-trace)
   # kernel time (CUPTI) of the 32-slot load with prompts read inside decode steps and between them
-  bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
   for mode in on off; do
-    CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-32-$mode.tsv \
-      "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --mixed-steps $mode --port $PORT --model-name x --log-level warning > "$R/serve-$mode.log" 2>&1 &
-    server=$!
-    for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
+    traced_serve 32-$mode "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --mixed-steps $mode
     lt trace-$mode --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
     say "$(grep -E '^xlstm_(mixed_steps|mixed_step_prompt_tokens|decode_step_seconds_(sum|count)|prompt_tokens)' "$R/metrics-trace-$mode.txt" | sed 's/{.*}//' | tr '\n' ' ')"
     stop
@@ -280,12 +288,7 @@ pad)
   ;;
 pad-serve)
   # run 7: 32 slots, 32 clients, 128 tokens, prompts padded to whole chunks (auto on CUDA) and not; then 64 slots
-  for pad in auto off; do
-    serve 32-$pad "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --pad-prompts $pad
-    lt 32x128-$pad --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 6
-    say "$(grep -E '^xlstm_(mixed_steps|decode_step_seconds_(sum|count))' "$R/metrics-32x128-$pad.txt" | sed 's/{.*}//' | tr '\n' ' ')"
-    stop
-  done
+  for pad in auto off; do load32 $pad --pad-prompts $pad; done
   serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
   lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 0
   lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
@@ -293,11 +296,7 @@ pad-serve)
   ;;
 pad-trace)
   # run 7: CUPTI kernel time of the 32-slot load with whole-chunk prompts in mixed steps
-  bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
-  CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-32-pad.tsv \
-    "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --port $PORT --model-name x --log-level warning > "$R/serve-pad.log" 2>&1 &
-  server=$!
-  for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
+  traced_serve 32-pad "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
   lt trace-pad --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
   say "$(grep -E '^xlstm_(mixed_steps|mixed_step_prompt_tokens|decode_step_seconds_(sum|count)|prompt_tokens)' "$R/metrics-trace-pad.txt" | sed 's/{.*}//' | tr '\n' ' ')"
   stop
@@ -308,12 +307,7 @@ pad2)
   customops
   export_7b $M7 7b-mixed --mixed-graph
   engine_bench bench $M7 8,32,64
-  for rows in 2 1; do
-    serve 32-rows$rows "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --mixed-prompt-rows $rows
-    lt 32x128-rows$rows --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 6
-    say "$(grep -E '^xlstm_(mixed_step|decode_step_seconds_(sum|count))' "$R/metrics-32x128-rows$rows.txt" | sed 's/{.*}//' | tr '\n' ' ')"
-    stop
-  done
+  for rows in 2 1; do load32 rows$rows --mixed-prompt-rows $rows; done
   ;;
 pad2-64)
   # run 7, second lease: 64 slots (8 clients, then 64 clients and 1,024 tokens), then the NUnit CUDA serving tests
@@ -347,11 +341,7 @@ pad3)
     grep -E "engine started|requests served|did not end|Exception|Assert|Expected|But was" "$R/nunit-$t.log" | head -12 | tee -a "$R/summary.txt"
   done
   if (( $(date +%s) - t0 < 420 )); then
-    bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
-    CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-32.tsv \
-      "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --port $PORT --model-name x --log-level warning > "$R/serve-trace.log" 2>&1 &
-    server=$!
-    for _ in $(seq 480); do curl -s 127.0.0.1:$PORT/health > /dev/null 2>&1 && break; kill -0 "$server" 2>/dev/null || break; sleep 0.5; done
+    traced_serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
     lt trace --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
     stop
     head -16 "$R/kernels-32.tsv" | cut -c1-140 | tee -a "$R/summary.txt"

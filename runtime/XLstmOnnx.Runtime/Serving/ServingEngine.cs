@@ -162,7 +162,7 @@ public sealed class ServingEngine : IDisposable
         /// <summary>Positions of the reading still to read: its unread lead pads and tokens.</summary>
         public int Left => Pads + Request.Prompt.Length - Fed;
         /// <summary>Positions read since the reading started (pads included).</summary>
-        public int Read => Lead - Pads + Fed - Start;
+        public int Position => Lead - Pads + Fed - Start;
         public long Since;           // the decode step count when it was admitted
     }
 
@@ -379,28 +379,14 @@ public sealed class ServingEngine : IDisposable
     }
 
     /// <summary>
-    /// Each bucket's decode step, twice per state set, on masked rows, and with mixed steps each bucket, set and piece
-    /// shape three times (ONNX Runtime captures a graph id after two plain runs): CUDA graphs are captured before any request.
-    /// With whole-chunk prompts also every prompt call of up to four chunks at every group size, all masked: the first
-    /// call of a new shape costs ONNX Runtime far more than later ones (on the H200 ~150 ms at 7B, tools/serve/README.md).
+    /// Each bucket's decode step, twice per state set, on masked rows, and with mixed steps each bucket, set, number of prompt rows
+    /// and piece shape three times (ONNX Runtime captures a graph id after two plain runs): CUDA graphs are captured before any request.
     /// </summary>
     private void WarmUp()
     {
         long pad = _session.Manifest.PadTokenId ?? 0;
         Array.Fill(_runner.Ids, pad);
         Array.Clear(_runner.Mask);
-        if (_padPrompts)
-        {
-            for (int rows = Math.Min(_o.PrefillRows, _o.MaxBatch); rows >= 1; rows--)
-            {
-                for (int chunks = 4; chunks >= 1; chunks--)
-                {
-                    int seq = chunks * (int)_chunk;
-                    // masked positions leave the rows' state as it was; admission zeroes a staging row anyway
-                    _runner.Prompt(_staging, 0, 0, rows, Enumerable.Repeat(pad, rows * seq).ToArray(), new long[rows * seq], seq, 0);
-                }
-            }
-        }
         foreach (int b in _buckets)
         {
             for (int i = 0; i < 4; i++)
@@ -530,7 +516,7 @@ public sealed class ServingEngine : IDisposable
             int k = _jobs.FindIndex(j => !ReadsWhole(j, paced));
             if (k < 0) return;
             var job = _jobs[k];
-            int piece = _pieces.Piece(job.Read, job.Left,
+            int piece = _pieces.Piece(job.Position, job.Left,
                 paced ? _o.PrefillChunkTokens ?? (long)(_credit * Math.Max(_prefillTokensPerSecond, 1)) : null);
             long t0 = Stopwatch.GetTimestamp();
             Read(job, piece);
@@ -555,7 +541,7 @@ public sealed class ServingEngine : IDisposable
     private bool ReadsWhole(Job job, bool paced)
     {
         int rest = job.Left;
-        if (_pieces.SegmentRest(job.Read, rest) < rest) return false;
+        if (_pieces.SegmentRest(job.Position, rest) < rest) return false;
         return !paced || rest < _chunk;
     }
 
@@ -732,7 +718,7 @@ public sealed class ServingEngine : IDisposable
         else
         {
             // each rider's piece, left-padded to the longest with masked positions: whole chunks when several ride
-            var shapes = _riders.Select(j => _pieces.Mixed(j.Read, j.Left, j.Pads)).ToArray();
+            var shapes = _riders.Select(j => _pieces.Mixed(j.Position, j.Left, j.Pads)).ToArray();
             int seq = shapes.Max(x => x.Length);
             var ids = new long[n * seq];
             var mask = new long[n * seq];
