@@ -35,7 +35,7 @@
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra or pad3-tests}
+stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra, pad3-tests or pad4}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -346,6 +346,13 @@ pad3)
     stop
     head -16 "$R/kernels-32.tsv" | cut -c1-140 | tee -a "$R/summary.txt"
   fi
+  ;;
+pad4)
+  # run 7, last lease: HEAD end to end on a fresh machine: customops (CTest), the export, the engine at 32, the 32-slot load
+  customops
+  export_7b $M7 7b-mixed --mixed-graph
+  engine_bench bench $M7 32
+  load32 defaults
   ;;
 pad3-tests)
   # run 7, third lease: every NUnit CUDA test in one process (sessions of earlier tests disposed before later ones start)
