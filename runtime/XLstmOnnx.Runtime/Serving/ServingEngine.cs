@@ -54,8 +54,8 @@ public sealed record ServingOptions
     public bool? MixedSteps { get; init; }
     /// <summary>
     /// Pad every prompt reading on the left to whole chunks with masked positions, so the cell reads it in chunks only and
-    /// never steps through a recurrent tail (docs/serving.md, "Whole-chunk prompts"): on a GPU a chunk costs about what
-    /// two recurrent tokens cost, and the pads ride in GEMMs that stream weights anyway. The schedule then differs from
+    /// never steps through a recurrent tail (docs/serving.md, "Whole-chunk prompts"): on a GPU a tail of 63 recurrent tokens
+    /// costs about what five chunks cost, and the pads ride in GEMMs that stream weights anyway. The schedule then differs from
     /// transformers' (chunks and a recurrent tail) by rounding only; served alone or under load, a request gets the same
     /// schedule. Null: on CUDA (on the CPU a pad costs a token's work). Needs the model's attention_mask.
     /// </summary>
