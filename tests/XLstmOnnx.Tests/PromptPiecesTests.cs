@@ -37,6 +37,7 @@ public class PromptPiecesTests
                 else Assert.That(shape.Pads, Is.Zero, at + ": no pads without fixed shapes");
                 Assert.That(shape.Length, Is.LessThanOrEqualTo(pieces.MaxMixedLength), at);
                 Assert.That(shape.Tokens, Is.InRange(1, length - read), at);
+                Assert.That(pieces.Positions(shape), Is.EqualTo(shape.Tokens), at + ": a tail's pads are the call's, not the reading's");
                 // the piece never crosses the segment it starts in
                 Assert.That(read % segment + shape.Tokens, Is.LessThanOrEqualTo(segment), at);
                 // its real tokens' schedule: whole chunks then, only at the segment's (or prompt's) end, recurrent tokens
@@ -114,22 +115,20 @@ public class PromptPiecesTests
                 while (pads + length - fed > 0)
                 {
                     int left = pads + length - fed;
-                    MixedPieceShape shape;
-                    if (mixed) shape = pieces.Mixed(read, left, pads);
-                    else
-                    {
-                        int piece = pieces.Piece(read, left, chunk);
-                        int p = Math.Min(pads, piece);
-                        shape = new MixedPieceShape(piece - p, p, 0);
-                    }
+                    var shape = mixed ? pieces.Mixed(read, left, pads) : PromptPieces.Reading(pieces.Piece(read, left, chunk), pads);
+                    Assert.That(pieces.Positions(shape), Is.EqualTo(shape.Length), "whole chunks: a piece's pads are positions of the reading");
                     string at = $"length {length}, {(mixed ? "mixed" : "between steps")}, read {read}: {shape}";
                     Assert.That(shape.Length % chunk, Is.Zero, at + ": whole chunks");
                     Assert.That(read % segment + shape.Length, Is.LessThanOrEqualTo(segment), at + ": inside its segment");
                     if (mixed && fixedShapes) Assert.That(shapes, Does.Contain(shape.Length), at);
                     Assert.That(shape.Pads, Is.EqualTo(read == 0 ? lead : 0), at + ": the lead pads, all in the first piece");
                     Assert.That(shape.PadsAt, Is.Zero, at);
-                    var (ids, mask) = PromptPieces.Ids(prompt, fed, shape, pad: 7);
-                    Assert.That(mask.Take(shape.Pads), Is.All.Zero, at);
+                    // as a row of a call one chunk longer (another prompt's longer piece beside it): a masked chunk first
+                    var ids = new long[shape.Length + chunk];
+                    var mask = new long[shape.Length + chunk];
+                    PromptPieces.Fill(prompt, fed, shape, 7, ids, mask);
+                    Assert.That(mask.Take(chunk + shape.Pads), Is.All.Zero, at);
+                    Assert.That(ids.Skip(chunk), Is.EqualTo(PromptPieces.Ids(prompt, fed, shape, 7).Ids), at + ": the piece at the row's end");
                     Assert.That(mask[^1], Is.EqualTo(1), at + ": the last position is a real token");
                     tokens.AddRange(ids.Where((_, j) => mask[j] == 1));
                     read += shape.Length;

@@ -84,9 +84,7 @@ internal sealed class PromptPieces(long chunk, long segment, int? chunkTokens, b
         if (wholeChunks)
         {
             if (max % _chunk != 0) throw new InvalidOperationException($"a whole-chunk reading has {max} positions left in its segment, not a multiple of chunk_size {_chunk}");
-            int length = Math.Min(max, MaxMixedChunkTokens);
-            int p = Math.Min(pads, length);
-            return new(length - p, p, 0);
+            return Reading(Math.Min(max, MaxMixedChunkTokens), pads);
         }
         if (pads != 0) throw new ArgumentOutOfRangeException(nameof(pads), pads, "lead pads exist only in whole-chunk readings");
         if (!fixedShapes) return new(max < MaxMixedLength ? max : MaxMixedChunkTokens, 0, 0);
@@ -118,6 +116,22 @@ internal sealed class PromptPieces(long chunk, long segment, int? chunkTokens, b
     }
 
     /// <summary>
+    /// The next <paramref name="length"/> positions of a reading whose first <paramref name="pads"/> unread positions are
+    /// its lead pads: those pads (as many as fit), then tokens.
+    /// </summary>
+    public static MixedPieceShape Reading(int length, int pads)
+    {
+        int p = Math.Min(pads, length);
+        return new(length - p, p, 0);
+    }
+
+    /// <summary>
+    /// Reading positions a piece from <see cref="Mixed"/> moves on: with whole chunks its pads are the reading's lead
+    /// pads; otherwise they are the call's padding of a tail, not positions of the reading.
+    /// </summary>
+    public int Positions(MixedPieceShape shape) => wholeChunks ? shape.Length : shape.Tokens;
+
+    /// <summary>
     /// Ids and mask [1, tokens + pads] of <paramref name="prompt"/>'s tokens from <paramref name="from"/> on, with the
     /// shape's masked positions (id <paramref name="pad"/>) before its token <see cref="MixedPieceShape.PadsAt"/>.
     /// </summary>
@@ -125,12 +139,26 @@ internal sealed class PromptPieces(long chunk, long segment, int? chunkTokens, b
     {
         var ids = new long[shape.Length];
         var mask = new long[shape.Length];
-        for (int j = 0, t = 0; j < ids.Length; j++)
+        Fill(prompt, from, shape, pad, ids, mask);
+        return (ids, mask);
+    }
+
+    /// <summary>
+    /// One row of a call (<paramref name="ids"/> and <paramref name="mask"/>, as long as the call's sequence): the piece
+    /// as <see cref="Ids"/> gives it at the row's end, masked positions before it (whole chunks, where callers batch
+    /// pieces of whole-chunk readings, or a recurrent no-op before a tail).
+    /// </summary>
+    public static void Fill(ReadOnlySpan<int> prompt, int from, MixedPieceShape shape, long pad, Span<long> ids, Span<long> mask)
+    {
+        int offset = ids.Length - shape.Length;
+        if (offset < 0 || mask.Length != ids.Length) throw new ArgumentException($"a row of {ids.Length} positions cannot hold a piece of {shape.Length}");
+        ids[..offset].Fill(pad);
+        mask[..offset].Clear();
+        for (int j = 0, t = 0; j < shape.Length; j++)
         {
             bool real = j < shape.PadsAt || j >= shape.PadsAt + shape.Pads;
-            ids[j] = real ? prompt[from + t++] : pad;
-            mask[j] = real ? 1 : 0;
+            ids[offset + j] = real ? prompt[from + t++] : pad;
+            mask[offset + j] = real ? 1 : 0;
         }
-        return (ids, mask);
     }
 }

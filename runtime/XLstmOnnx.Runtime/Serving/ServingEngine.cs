@@ -154,15 +154,16 @@ public sealed class ServingEngine : IDisposable
         public Request Request { get; } = request;
         public int Row { get; } = row;
         public int Set;              // the staging pool's set holding the row's state
-        public int Start;            // tokens [0, Start) were taken from the prefix cache
-        public int Fed;              // tokens [0, Fed) are in the state
-        public int Lead;             // masked positions before token Start (PadPrompts: the reading is whole chunks)
-        public int Pads;             // of those, not yet read (all of them are read in the first piece)
+        public int Start;            // tokens [0, Start) were taken from the prefix cache; the reading is the rest
+        public int Lead;             // masked positions the reading starts with (PadPrompts: it is whole chunks)
+        public int Position;         // positions of the reading in the state (lead pads, then tokens)
         public bool Fresh;           // its state is zeros not yet written to its row (written where it is first needed)
-        /// <summary>Positions of the reading still to read: its unread lead pads and tokens.</summary>
-        public int Left => Pads + Request.Prompt.Length - Fed;
-        /// <summary>Positions read since the reading started (pads included).</summary>
-        public int Position => Lead - Pads + Fed - Start;
+        /// <summary>Lead pads not yet read.</summary>
+        public int Pads => Math.Max(0, Lead - Position);
+        /// <summary>Tokens [0, Fed) are in the state.</summary>
+        public int Fed => Start + Math.Max(0, Position - Lead);
+        /// <summary>Positions of the reading still to read.</summary>
+        public int Left => Lead + Request.Prompt.Length - Start - Position;
         public long Since;           // the decode step count when it was admitted
     }
 
@@ -478,13 +479,13 @@ public sealed class ServingEngine : IDisposable
             if (hit is { } h)
             {
                 _cache.States!.CopyRow(0, h.Slot, _staging, job.Set, job.Row);
-                job.Start = job.Fed = h.Length;
+                job.Start = h.Length;
             }
             else
             {
                 job.Fresh = true; // zeros, written where the state is first read (often straight into a rider or pool row)
             }
-            job.Lead = job.Pads = _pieces.LeadPads(req.Prompt.Length - job.Start);
+            job.Lead = _pieces.LeadPads(req.Prompt.Length - job.Start);
             _jobs.Add(job);
             _transit.Remove(req);
         }
@@ -590,15 +591,15 @@ public sealed class ServingEngine : IDisposable
         for (int g = 0; g < n; g++)
         {
             var job = ordered[g];
-            if (job.Fresh) _pool.Zero(_set, first + g, 1);
-            else _staging.CopyRow(job.Set, job.Row, _pool, _set, first + g);
+            MoveState(job, _pool, _set, first + g);
             _freeStaging.Push(job.Row);
             _jobs.Remove(job);
         }
         int tailOnly = ordered.Count(j => Head(j) == 0), tails = ordered.Count(j => Rest(j) > Head(j));
         long t0 = Stopwatch.GetTimestamp();
         int tokens = 0;
-        // start: the job's first position in the call, counted in its reading (lead pads, then tokens from Fed)
+        // start: the job's first position in the call, counted from its next unread one (a tail call's start is past the
+        // lead pads: only readings without them have tails)
         void Call(int from, int count, Func<Job, int> start, Func<Job, int> length)
         {
             if (count == 0) return;
@@ -609,15 +610,10 @@ public sealed class ServingEngine : IDisposable
             for (int i = 0; i < count; i++)
             {
                 var job = ordered[from + i];
-                int len = length(job), at = start(job), lead = Math.Max(0, job.Pads - at);
-                int offset = seq - len + lead; // the call's left pads, then the job's unread lead pads in this call
-                for (int c = 0; c < seq; c++)
-                {
-                    bool real = c >= offset;
-                    ids[i * seq + c] = real ? job.Request.Prompt[job.Fed + at - job.Pads + c - offset + lead] : pad;
-                    mask[i * seq + c] = real ? 1 : 0;
-                }
-                tokens += len - lead;
+                int at = start(job);
+                var piece = PromptPieces.Reading(length(job), at == 0 ? job.Pads : 0);
+                PromptPieces.Fill(job.Request.Prompt, job.Fed + at, piece, pad, ids.AsSpan(i * seq, seq), mask.AsSpan(i * seq, seq));
+                tokens += piece.Tokens;
             }
             BeforeGroupCall?.Invoke(count);
             _runner.Prompt(_pool, _set, first + from, count, ids, mask, seq, first + from);
@@ -640,15 +636,23 @@ public sealed class ServingEngine : IDisposable
     /// <summary>Reads the next <paramref name="piece"/> positions of <paramref name="job"/> (its unread lead pads first).</summary>
     private void Read(Job job, int piece)
     {
-        int pads = Math.Min(job.Pads, piece);
-        if (job.Fresh) _staging.Zero(job.Set, job.Row, 1);
-        job.Fresh = false;
-        var (ids, mask) = PromptPieces.Ids(job.Request.Prompt, job.Fed, new MixedPieceShape(piece - pads, pads, 0), _session.Manifest.PadTokenId ?? 0);
+        if (job.Fresh) MoveState(job, _staging, job.Set, job.Row);
+        var (ids, mask) = PromptPieces.Ids(job.Request.Prompt, job.Fed, PromptPieces.Reading(piece, job.Pads), _session.Manifest.PadTokenId ?? 0);
         // its logits land in the row it will join (every live row has chosen its token: their logits are spent)
         _runner.Prompt(_staging, job.Set, job.Row, 1, ids, mask, piece, _count);
         job.Set = 1 - job.Set;
-        job.Fed += piece - pads;
-        job.Pads -= pads;
+        job.Position += piece;
+    }
+
+    /// <summary>
+    /// Puts <paramref name="job"/>'s state in row <paramref name="row"/> of <paramref name="to"/>'s set <paramref name="set"/>:
+    /// zeros for a new prompt whose state was never written, else a copy of its prefill row.
+    /// </summary>
+    private void MoveState(Job job, StatePool to, int set, int row)
+    {
+        if (job.Fresh) to.Zero(set, row, 1);
+        else _staging.CopyRow(job.Set, job.Row, to, set, row);
+        job.Fresh = false;
     }
 
     /// <summary>
@@ -724,11 +728,7 @@ public sealed class ServingEngine : IDisposable
             var mask = new long[n * seq];
             for (int r = 0; r < n; r++)
             {
-                var (pieceIds, pieceMask) = PromptPieces.Ids(_riders[r].Request.Prompt, _riders[r].Fed, shapes[r], pad);
-                int offset = r * seq + seq - shapes[r].Length;
-                Array.Fill(ids, pad, r * seq, seq - shapes[r].Length);
-                pieceIds.CopyTo(ids, offset);
-                pieceMask.CopyTo(mask, offset);
+                PromptPieces.Fill(_riders[r].Request.Prompt, _riders[r].Fed, shapes[r], pad, ids.AsSpan(r * seq, seq), mask.AsSpan(r * seq, seq));
                 _mixedShapes.Add((shapes[r].Length, shapes[r].PadsAt));
             }
             // the riders' logits land in output rows [b, b + n), after the decode rows'; their states go from set _set to
@@ -736,8 +736,7 @@ public sealed class ServingEngine : IDisposable
             _runner.DecodeWithPrompt(b, _set, _rider!, _set, 0, n, ids, mask, seq);
             for (int r = 0; r < n; r++)
             {
-                _riders[r].Fed += shapes[r].Tokens;
-                if (_padPrompts) _riders[r].Pads -= shapes[r].Pads; // whole chunks: a piece's pads are its reading's lead pads
+                _riders[r].Position += _pieces.Positions(shapes[r]);
                 tokens += shapes[r].Tokens;
             }
             if (n > 1) _mixedRows.Add(n);
@@ -781,10 +780,7 @@ public sealed class ServingEngine : IDisposable
         {
             if (_riders.Count == _riderRows) break;
             if (_riders.Contains(job)) continue;
-            int row = _riders.Count;
-            if (job.Fresh) _rider!.Zero(_set, row, 1);
-            else _staging.CopyRow(job.Set, job.Row, _rider!, _set, row);
-            job.Fresh = false;
+            MoveState(job, _rider!, _set, _riders.Count);
             _riders.Add(job);
         }
     }
