@@ -5,6 +5,8 @@
 // merges it with transformers' native kernels timed in the same run).
 //
 //   xlstm_kernel_bench [--quick]
+//   xlstm_kernel_bench --lanes   the mixed graph's two cells (kernels/mlstm_lanes.cuh): the step at B 32 beside the
+//                                chunkwise cell at B 1 × S 64..256, alone, one after the other, and forked
 //
 // TFLOP/s counts B·NH·S·(4·DQK·DV + L·(DQK+DV)) (docs/performance.md, "Counting FLOPs and bytes"). GB/s counts the
 // minimum traffic: q, k, v in and h out in the input type, the gates, and the state read once and written once in
@@ -15,12 +17,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "kernels/mlstm_cuda_common.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/mlstm_fw.cuh"
+#include "kernels/mlstm_lanes.cuh"
 
 namespace xlstm {
 namespace {
@@ -184,12 +188,76 @@ Row BenchStep(cudaStream_t stream, Dtype dtype, int64_t B, int reps) {
   return {"step", "ours_step", DtypeName(dtype), B, 1, ms, Flops(B, 1) / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, reps};
 }
 
+/// Device inputs and outputs of one cell call at 7B heads (bfloat16 q, k, v; float32 state), `sets` state sets
+/// to rotate through (past = set r, present = set r + 1), so that a decode step reads its state from HBM.
+struct CellBuffers {
+  Buffers buf;
+  MLstmParams p;
+  std::vector<void*> c, n, m;
+
+  CellBuffers(int64_t B, int64_t S, int sets, uint32_t seed) {
+    const int64_t H = B * NH;
+    p.dtype = Dtype::kBFloat16, p.batch = B, p.heads = NH, p.seq = S, p.dqk = DQK, p.dv = DV, p.chunk_size = L;
+    p.max_inference_chunksize = 16384, p.eps = 1e-6f, p.qk_scale = QkScale(DQK);
+    void* q = buf.Alloc(H * S * DQK * 2);
+    void* k = buf.Alloc(H * S * DQK * 2);
+    void* v = buf.Alloc(H * S * DV * 2);
+    auto* i = static_cast<float*>(buf.Alloc(H * S * 4));
+    auto* f = static_cast<float*>(buf.Alloc(H * S * 4));
+    FillTyped(p.dtype, q, H * S * DQK, seed), FillTyped(p.dtype, k, H * S * DQK, seed + 1), FillTyped(p.dtype, v, H * S * DV, seed + 2);
+    Fill<float>(i, H * S, seed + 3, -5.0f, 2.0f, true), Fill<float>(f, H * S, seed + 4, 4.0f, 2.0f, true);
+    for (int s = 0; s < sets; ++s) {
+      c.push_back(buf.Alloc(H * DQK * DV * 4)), n.push_back(buf.Alloc(H * DQK * 4)), m.push_back(buf.Alloc(H * 4));
+      Fill<float>(static_cast<float*>(c.back()), H * DQK * DV, seed + 10 + s, 0.0f, 0.5f);
+      Fill<float>(static_cast<float*>(n.back()), H * DQK, seed + 100 + s, 0.0f, 0.5f);
+      Fill<float>(static_cast<float*>(m.back()), H, seed + 200 + s, -1.0f, 1.0f);
+    }
+    p.matQ = q, p.matK = k, p.matV = v, p.vecI = i, p.vecF = f;
+    p.matH = buf.Alloc(H * S * DV * 2);
+  }
+
+  MLstmParams At(int r) const {
+    MLstmParams s = p;
+    const int sets = static_cast<int>(c.size());
+    s.matC0 = c[r % sets], s.vecN0 = n[r % sets], s.scaM0 = static_cast<const float*>(m[r % sets]);
+    s.matC = c[(r + 1) % sets], s.vecN = n[(r + 1) % sets], s.scaM = static_cast<float*>(m[(r + 1) % sets]);
+    return s;
+  }
+};
+
+/// The mixed graph's two cells at 7B heads: the step at B 32 and a prompt piece of S tokens at B 1, each alone, then
+/// both one after the other on one stream and forked (LaunchMLstmLanesFw), each as a CUDA graph of `reps` launches.
+void BenchLanes(cudaStream_t stream, std::vector<Row>& rows, int reps) {
+  const int64_t B = 32;
+  const size_t state_bytes = B * NH * DQK * DV * 4;
+  CellBuffers decode(B, 1, static_cast<int>(std::clamp<size_t>((256u << 20) / state_bytes + 1, 2, 64)), 1);
+  LaneStream* made = nullptr;
+  CHECK_CUDA(LaneStream::Create(&made));
+  std::unique_ptr<LaneStream> side(made);
+  CHECK_CUDA(cudaDeviceSynchronize());
+  const double step = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmStepFw(decode.At(r), stream); });
+  rows.push_back({"lanes", "step alone", "bfloat16", B, 1, step, 0, 0, reps});
+  for (int64_t S : {64, 128, 192, 256}) {
+    CellBuffers prompt(1, S, 2, 500);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    const double cell = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmChunkwiseFw(prompt.At(r), stream); });
+    const double one = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), stream, nullptr); });
+    const double two = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), stream, side.get()); });
+    rows.push_back({"lanes", "prompt alone", "bfloat16", 1, S, cell, 0, 0, reps});
+    rows.push_back({"lanes", "both, one stream", "bfloat16", B, S, one, 0, 0, reps});
+    rows.push_back({"lanes", "both, forked", "bfloat16", B, S, two, 0, 0, reps});
+    std::fprintf(stderr, "lanes S%lld: step %.1f us, prompt %.1f us, one stream %.1f us, forked %.1f us\n",
+                 static_cast<long long>(S), step * 1e3, cell * 1e3, one * 1e3, two * 1e3);
+  }
+}
+
 }  // namespace
 }  // namespace xlstm
 
 int main(int argc, char** argv) {
   using namespace xlstm;
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const bool lanes = argc > 1 && std::strcmp(argv[1], "--lanes") == 0;
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   int driver = 0, runtime = 0;
@@ -199,9 +267,11 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
   std::vector<Row> rows;
+  if (lanes) BenchLanes(stream, rows, 100);
   const std::vector<int64_t> seqs = quick ? std::vector<int64_t>{1024} : std::vector<int64_t>{1024, 4096, 16384};
   for (int64_t B : {1, 8}) {
     for (int64_t S : seqs) {
+      if (lanes) break;
       const int reps = S * B >= 65536 ? 5 : 20;
       rows.push_back(BenchChunkwise(stream, Dtype::kBFloat16, CudaPath::kTensorCore, B, S, reps));
       rows.push_back(BenchChunkwise(stream, Dtype::kFloat16, CudaPath::kTensorCore, B, S, reps));
@@ -210,6 +280,7 @@ int main(int argc, char** argv) {
     }
   }
   for (int64_t B : {1, 8, 64}) {
+    if (lanes) break;
     rows.push_back(BenchStep(stream, Dtype::kFloat32, B, 200));
     rows.push_back(BenchStep(stream, Dtype::kBFloat16, B, 200));
   }

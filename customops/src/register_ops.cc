@@ -15,6 +15,7 @@ namespace {
 
 using xlstm::ops::Form;
 using xlstm::ops::MLstmKernel;
+using xlstm::ops::MLstmLanesKernel;
 using LiteOp = Ort::Custom::OrtLiteCustomOp;
 
 constexpr const char* kCpu = "CPUExecutionProvider";
@@ -28,6 +29,8 @@ void AddOps(std::vector<std::unique_ptr<LiteOp>>& ops) {
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, float, Form::kStep, kOnCuda>>(xlstm::ops::kStepName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, Ort::BFloat16_t, Form::kChunkwise, kOnCuda>>(xlstm::ops::kChunkwiseName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmKernel<T, Ort::BFloat16_t, Form::kStep, kOnCuda>>(xlstm::ops::kStepName, ep));
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmLanesKernel<T, float, kOnCuda>>(xlstm::ops::kLanesName, ep));
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmLanesKernel<T, Ort::BFloat16_t, kOnCuda>>(xlstm::ops::kLanesName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::SwiGluKernel<T, kOnCuda>>(xlstm::ops::kSwiGluName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::HeadNormGateKernel<T, kOnCuda>>(xlstm::ops::kHeadNormGateName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::LinearKernel<T, kOnCuda>>(xlstm::ops::kLinearName, ep));

@@ -18,6 +18,7 @@
 
 #include "kernels/cuda_check.h"
 #include "kernels/mlstm_fw.cuh"
+#include "kernels/mlstm_lanes.cuh"
 #include "mlstm_test_util.h"
 
 namespace xlstm::test {
@@ -167,6 +168,97 @@ void RunStateBf16(const std::string& name, Problem p, Dtype dtype, bool step_op)
   if (!ok) ++failures;
 }
 
+/// One lane's inputs and outputs on the device, for the two-lane launcher (state in float32 or bfloat16).
+struct LaneBuffers {
+  std::unique_ptr<DeviceBuffer> q, k, v, i, f, c0, n0, m0, h, c, n, m;
+  size_t nh = 0, nc = 0, nn = 0, nm = 0;
+  MLstmParams prm;
+
+  LaneBuffers(const Problem& p, bool bf16_state) {
+    q.reset(DeviceBuffer::From(Encode<Bf16>(p.q))), k.reset(DeviceBuffer::From(Encode<Bf16>(p.k)));
+    v.reset(DeviceBuffer::From(Encode<Bf16>(p.v))), i.reset(DeviceBuffer::From(p.i)), f.reset(DeviceBuffer::From(p.f));
+    c0.reset(bf16_state ? DeviceBuffer::From(Encode<Bf16>(p.c0)) : DeviceBuffer::From(p.c0));
+    n0.reset(bf16_state ? DeviceBuffer::From(Encode<Bf16>(p.n0)) : DeviceBuffer::From(p.n0));
+    m0.reset(DeviceBuffer::From(p.m0));
+    nh = p.Heads() * p.S * p.DV, nc = p.c0.size(), nn = p.n0.size(), nm = p.m0.size();
+    const size_t es = bf16_state ? 2 : 4;
+    h.reset(new DeviceBuffer(nh * 2)), c.reset(new DeviceBuffer(nc * es)), n.reset(new DeviceBuffer(nn * es));
+    m.reset(new DeviceBuffer(nm * 4));
+    prm = ParamsFor(p, Dtype::kBFloat16);
+    if (bf16_state) prm.state_dtype = Dtype::kBFloat16;
+    prm.matQ = q->As<void>(), prm.matK = k->As<void>(), prm.matV = v->As<void>();
+    prm.vecI = i->As<float>(), prm.vecF = f->As<float>();
+    prm.matC0 = c0->As<void>(), prm.vecN0 = n0->As<void>(), prm.scaM0 = m0->As<float>();
+    prm.matH = h->As<void>(), prm.matC = c->As<void>(), prm.vecN = n->As<void>(), prm.scaM = m->As<float>();
+  }
+
+  /// Every output's bytes (h, C', n', m'), to compare runs bit for bit.
+  std::vector<unsigned char> Bytes() const {
+    const size_t es = prm.state_dtype == Dtype::kBFloat16 ? 2 : 4;
+    std::vector<unsigned char> all;
+    const DeviceBuffer* parts[] = {h.get(), c.get(), n.get(), m.get()};
+    const size_t sizes[] = {nh * 2, nc * es, nn * es, nm * 4};
+    for (int x = 0; x < 4; ++x) {
+      const auto part = parts[x]->To<unsigned char>(sizes[x]);
+      all.insert(all.end(), part.begin(), part.end());
+    }
+    return all;
+  }
+};
+
+/// MLstmLanes' launcher (the mixed graph's two cells): the prompt lane forked onto a second stream, launched directly
+/// and captured in a CUDA graph (as ONNX Runtime captures a mixed step), gives the bits of both lanes run one after the
+/// other on one stream (each kernel is deterministic, and each lane's kernel is checked against the CPU above). The
+/// decode lane at 7B heads and 16 rows; the prompt two chunks at batch 1 (a whole-chunk prompt piece).
+void RunLanes(bool bf16_state) {
+  const Problem dp = RoundedTo(MakeProblem(16, 8, 1, 256, 512, 64, 80u), Dtype::kBFloat16);
+  const Problem pp = RoundedTo(MakeProblem(1, 8, 128, 256, 512, 64, 81u), Dtype::kBFloat16);
+  LaneBuffers decode(dp, bf16_state), prompt(pp, bf16_state);
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  LaneStream* made = nullptr;
+  CHECK_CUDA(LaneStream::Create(&made));
+  std::unique_ptr<LaneStream> side(made);
+  auto run = [&](LaneStream* s, bool captured) {
+    CHECK_CUDA(cudaMemsetAsync(decode.c->As<void>(), 0xff, 64, stream));  // outputs start as garbage
+    CHECK_CUDA(cudaMemsetAsync(prompt.c->As<void>(), 0xff, 64, stream));
+    if (!captured) {
+      CHECK_CUDA(LaunchMLstmLanesFw(decode.prm, prompt.prm, stream, s));
+    } else {
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+      CHECK_CUDA(LaunchMLstmLanesFw(decode.prm, prompt.prm, stream, s));
+      CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+      CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      CHECK_CUDA(cudaGraphLaunch(exec, stream));
+      CHECK_CUDA(cudaStreamSynchronize(stream));
+      CHECK_CUDA(cudaGraphExecDestroy(exec));
+      CHECK_CUDA(cudaGraphDestroy(graph));
+    }
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    CHECK_CUDA(cudaGetLastError());
+    auto bytes = decode.Bytes(), more = prompt.Bytes();
+    bytes.insert(bytes.end(), more.begin(), more.end());
+    return bytes;
+  };
+  const auto one_stream = run(nullptr, false);
+  const auto forked = run(side.get(), false);
+  const auto captured = run(side.get(), true);
+  // and the decode lane against the CPU's step, so that an unlaunched lane cannot pass by matching itself
+  const Result cpu = RunCpu(dp, Dtype::kBFloat16, ThreadedFor(), false, bf16_state);
+  std::vector<float> gpu_m = decode.m->To<float>(decode.nm);
+  const Error em = Compare(gpu_m, cpu.m);
+  const bool ok = forked == one_stream && captured == one_stream && em.finite && em.scaled_max <= 1e-5;
+  std::printf("%-4s %-34s %-9s two lanes   %s state | forked %s, captured %s one stream | decode m %.2e\n", ok ? "PASS" : "FAIL",
+              "lanes: step B16 + chunkwise B1 S128", "bfloat16", bf16_state ? "bf16" : "fp32",
+              forked == one_stream ? "==" : "!=", captured == one_stream ? "==" : "!=", em.scaled_max);
+  std::fflush(stdout);
+  if (!ok) ++failures;
+  side.reset();
+  CHECK_CUDA(cudaStreamDestroy(stream));
+}
+
 }  // namespace
 }  // namespace xlstm::test
 
@@ -257,6 +349,8 @@ int main() {
   RunStateBf16("chunkwise 7b dims", MakeProblem(1, 2, 130, 256, 512, 64, 73u), BF16, false);
   RunStateBf16("chunkwise 7b dims tail 63", MakeProblem(1, 2, 127, 256, 512, 64, 75u), BF16, false);
   RunStateBf16("chunkwise odd dims", MakeProblem(2, 3, 70, 20, 36, 16, 74u), F32, false);
-  std::printf("%zu cases, %d failed\n", cases.size() + 6, failures);
+  // the mixed graph's two cells, forked onto two streams (kernels/mlstm_lanes.cuh)
+  for (bool bf16_state : {false, true}) RunLanes(bf16_state);
+  std::printf("%zu cases, %d failed\n", cases.size() + 8, failures);
   return failures == 0 ? 0 : 1;
 }

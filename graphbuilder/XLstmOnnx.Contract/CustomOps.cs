@@ -13,6 +13,11 @@ public static class CustomOps
     public const string Chunkwise = "MLstmChunkwise";
     /// <summary>The mLSTM cell for one token (S = 1 only), for graphs that only decode; the exporter does not emit it.</summary>
     public const string Step = "MLstmStep";
+    /// <summary>
+    /// The mixed graph's two cells in one node: the decode lane's step and the prompt lane's cell on HF's schedule
+    /// (on CUDA side by side on two streams).
+    /// </summary>
+    public const string Lanes = "MLstmLanes";
     /// <summary>Gate soft cap, attention mask and head layout in one op.</summary>
     public const string Gates = "MLstmGates";
     /// <summary>silu(gate) ⊙ z over the FFN's concatenated gate/up projection.</summary>

@@ -119,8 +119,15 @@ public class MixedGraphTests
         Assert.That(mixed.Graph.Input.Select(i => i.Name), Is.EquivalentTo(lane.Concat(lane.Select(GraphNames.Prompt))));
         Assert.That(mixed.Graph.Output.Select(o => o.Name),
             Is.EquivalentTo(m.State.PresentNames().Concat(m.State.PresentNames().Select(GraphNames.Prompt)).Append(GraphNames.Logits)));
-        Assert.That(mixed.Graph.Node.Select(n => n.Name), Has.Some.StartsWith("/model/blocks.0/mlstm/prompt/cell/")
-            .And.Some.StartsWith("/model/blocks.0/mlstm/decode/cell/"), "each lane's cell is named by its lane");
+        Assert.That(mixed.Graph.Node.Select(n => n.Name), Has.Some.StartsWith("/model/blocks.0/mlstm/prompt/")
+            .And.Some.StartsWith("/model/blocks.0/mlstm/decode/"), "each lane's own nodes are named by its lane");
+        // both lanes' cells in one node a layer, decode lane first (docs/exported-graph.md, "The mixed graph")
+        var cells = mixed.Graph.Node.Where(n => n.OpType == CustomOps.Lanes).ToList();
+        Assert.That(cells.Select(n => n.Name), Is.EqualTo(Enumerable.Range(0, cells.Count).Select(i => $"/model/blocks.{i}/mlstm/lanes/cell/{CustomOps.Lanes}")));
+        Assert.That(cells, Has.Count.EqualTo(m.NumLayers).And.All.Property("Domain").EqualTo(CustomOps.Domain));
+        Assert.That(mixed.Graph.Node.Count(n => n.OpType == CustomOps.Chunkwise), Is.Zero, "no cell outside the lanes node");
+        Assert.That(cells[0].Input.Take(8), Has.Some.StartsWith("past_state.0."), "decode lane's inputs first");
+        Assert.That(cells[0].Input.Skip(8), Has.Some.StartsWith(GraphNames.Prompt("past_state.0.")), "then the prompt lane's");
     }
 
     [Test]

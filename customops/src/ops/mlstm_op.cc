@@ -22,7 +22,7 @@ int64_t RequiredInt(const OrtApi* api, const OrtKernelInfo* info, const char* op
 }
 
 /// Expects `actual` to equal `expected`; otherwise writes the message that names the op, the input and both shapes.
-bool Expect(Form form, const char* input, const std::vector<int64_t>& actual, const std::vector<int64_t>& expected,
+bool Expect(Form form, const std::string& input, const std::vector<int64_t>& actual, const std::vector<int64_t>& expected,
             const char* meaning, const std::vector<int64_t>& q, const std::vector<int64_t>& v, std::string& error) {
   if (actual == expected) return true;
   std::ostringstream s;
@@ -58,7 +58,7 @@ float RequiredFloat(const OrtApi* api, const OrtKernelInfo* info, const char* op
 
 MLstmAttributes::MLstmAttributes(const OrtApi* api, const OrtKernelInfo* info, Form form) {
   const std::string op = OpName(form);
-  if (form == Form::kChunkwise) {
+  if (form != Form::kStep) {  // the chunkwise cell, alone or as the prompt lane
     chunk_size = RequiredInt(api, info, op.c_str(), "chunk_size", "HF's chunk_size", error);
     max_inference_chunksize =
         RequiredInt(api, info, op.c_str(), "max_inference_chunksize", "HF's max_inference_chunksize", error);
@@ -86,27 +86,29 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-std::string CheckShapes(Form form, const std::vector<int64_t>& q, const std::vector<int64_t>& k,
-                        const std::vector<int64_t>& v, const std::vector<int64_t>& i, const std::vector<int64_t>& f,
-                        const std::vector<int64_t>& c, const std::vector<int64_t>& n, const std::vector<int64_t>& m,
-                        MLstmParams& p) {
-  const std::string op = OpName(form);
-  if (q.size() != 4) return op + ": input 'q' has shape " + ShapeString(q) + "; expected rank 4 [B,NH,S,DQK].";
-  if (v.size() != 4) return op + ": input 'v' has shape " + ShapeString(v) + "; expected rank 4 [B,NH,S,DV].";
+std::string CheckShapes(Form form, const char* lane, bool one_token, const std::vector<int64_t>& q,
+                        const std::vector<int64_t>& k, const std::vector<int64_t>& v, const std::vector<int64_t>& i,
+                        const std::vector<int64_t>& f, const std::vector<int64_t>& c, const std::vector<int64_t>& n,
+                        const std::vector<int64_t>& m, MLstmParams& p) {
+  const std::string op = OpName(form), l = lane;
+  if (q.size() != 4) return op + ": input '" + l + "q' has shape " + ShapeString(q) + "; expected rank 4 [B,NH,S,DQK].";
+  if (v.size() != 4) return op + ": input '" + l + "v' has shape " + ShapeString(v) + "; expected rank 4 [B,NH,S,DV].";
   const int64_t B = q[0], NH = q[1], S = q[2], DQK = q[3], DV = v[3];
   std::string error;
-  if (!Expect(form, "v", v, {B, NH, S, DV}, "[B,NH,S,DV] with q's B, NH, S", q, v, error)) return error;
-  if (S < 1) return op + ": input 'q' has shape " + ShapeString(q) + "; the sequence axis S must be at least 1.";
-  if (form == Form::kStep && S != 1) {
-    return op + ": input 'q' has shape " + ShapeString(q) + "; expected S = 1 ([" + std::to_string(B) + "," +
-           std::to_string(NH) + ",1," + std::to_string(DQK) + "]): the step op takes one token (use MLstmChunkwise).";
+  if (!Expect(form, l + "v", v, {B, NH, S, DV}, "[B,NH,S,DV] with q's B, NH, S", q, v, error)) return error;
+  if (S < 1) return op + ": input '" + l + "q' has shape " + ShapeString(q) + "; the sequence axis S must be at least 1.";
+  if (one_token && S != 1) {
+    const std::string why = form == Form::kStep ? "the step op takes one token (use MLstmChunkwise)"
+                                                : "the decode lane takes one token a row";
+    return op + ": input '" + l + "q' has shape " + ShapeString(q) + "; expected S = 1 ([" + std::to_string(B) + "," +
+           std::to_string(NH) + ",1," + std::to_string(DQK) + "]): " + why + ".";
   }
-  if (!Expect(form, "k", k, {B, NH, S, DQK}, "[B,NH,S,DQK], as q", q, v, error) ||
-      !Expect(form, "igate", i, {B, NH, S}, "[B,NH,S]", q, v, error) ||
-      !Expect(form, "fgate", f, {B, NH, S}, "[B,NH,S]", q, v, error) ||
-      !Expect(form, "C", c, {B, NH, DQK, DV}, "[B,NH,DQK,DV]", q, v, error) ||
-      !Expect(form, "n", n, {B, NH, DQK}, "[B,NH,DQK]", q, v, error) ||
-      !Expect(form, "m", m, {B, NH, 1}, "[B,NH,1]", q, v, error)) {
+  if (!Expect(form, l + "k", k, {B, NH, S, DQK}, "[B,NH,S,DQK], as q", q, v, error) ||
+      !Expect(form, l + "igate", i, {B, NH, S}, "[B,NH,S]", q, v, error) ||
+      !Expect(form, l + "fgate", f, {B, NH, S}, "[B,NH,S]", q, v, error) ||
+      !Expect(form, l + "C", c, {B, NH, DQK, DV}, "[B,NH,DQK,DV]", q, v, error) ||
+      !Expect(form, l + "n", n, {B, NH, DQK}, "[B,NH,DQK]", q, v, error) ||
+      !Expect(form, l + "m", m, {B, NH, 1}, "[B,NH,1]", q, v, error)) {
     return error;
   }
   p.batch = B;
@@ -154,5 +156,19 @@ Ort::Status RunCpu(OrtKernelContext* context, const MLstmParams& p, Form form) {
   for (int64_t i = 0; i < nn; ++i) n_out[i] = FromFloat<Bf16>(n[i]);
   return Ort::Status{nullptr};
 }
+
+Ort::Status RunCpuLanes(OrtKernelContext* context, const MLstmParams& decode, const MLstmParams& prompt) {
+  if (decode.batch * decode.heads > 0) {
+    Ort::Status status = RunCpu(context, decode, Form::kStep);
+    if (!status.IsOK()) return status;
+  }
+  if (prompt.batch * prompt.heads == 0) return Ort::Status{nullptr};
+  return RunCpu(context, prompt, Form::kChunkwise);
+}
+
+#ifndef XLSTM_WITH_CUDA
+// CPU-only builds have no LaneStream type and never make one (mlstm_op_cuda.cc defines the CUDA builds' deleter).
+void LaneStreamDeleter::operator()(LaneStream*) const {}
+#endif
 
 }  // namespace xlstm::ops

@@ -4,15 +4,19 @@
 //
 //   ai.xlstm::MLstmChunkwise(q, k, v, igate, fgate, C, n, m) -> (h, C', n', m')   any S ≥ 1 (S = 1: the step)
 //   ai.xlstm::MLstmStep     (q, k, v, igate, fgate, C, n, m) -> (h, C', n', m')   S = 1 only
+//   ai.xlstm::MLstmLanes    (the decode lane's eight inputs, S = 1, then the prompt lane's eight, any S)
+//                           -> (decode h, C', n', m', prompt h, C', n', m')   the mixed graph's two cells in one node;
+//                           on CUDA the prompt's runs beside the step on a second stream (kernels/mlstm_lanes.cuh)
 //     q, k [B,NH,S,DQK], v [B,NH,S,DV], h [B,NH,S,DV]: float, float16 or bfloat16 (one type per node)
 //     igate, fgate [B,NH,S], m [B,NH,1]: float
 //     C [B,NH,DQK,DV], n [B,NH,DQK]: float or bfloat16 (--state-dtype bf16; in and out alike, one type per node)
 //     attributes, all required (no defaults: a missing one is an error naming the op and the attribute):
-//       MLstmChunkwise: chunk_size (int ≥ 1), max_inference_chunksize (int ≥ 1), eps (float ≥ 0)
+//       MLstmChunkwise, MLstmLanes: chunk_size (int ≥ 1), max_inference_chunksize (int ≥ 1), eps (float ≥ 0)
 //       MLstmStep: eps (float ≥ 0)
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,10 +30,14 @@ inline constexpr const char* kDomain = "ai.xlstm";
 inline constexpr int kDomainVersion = 1;
 inline constexpr const char* kChunkwiseName = "MLstmChunkwise";
 inline constexpr const char* kStepName = "MLstmStep";
+inline constexpr const char* kLanesName = "MLstmLanes";
 
-enum class Form { kChunkwise, kStep };
+/// Which op a node is: the cell on HF's schedule, the step, or the mixed graph's two lanes (a step and a chunkwise cell).
+enum class Form { kChunkwise, kStep, kLanes };
 
-inline const char* OpName(Form form) { return form == Form::kChunkwise ? kChunkwiseName : kStepName; }
+inline const char* OpName(Form form) {
+  return form == Form::kChunkwise ? kChunkwiseName : form == Form::kStep ? kStepName : kLanesName;
+}
 
 /// The node's attributes; a bad value is kept as an error that Compute returns (no exception leaves CreateKernel).
 struct MLstmAttributes {
@@ -42,7 +50,8 @@ struct MLstmAttributes {
 };
 
 /// Checks the eight input shapes against q's [B, NH, S, DQK] and v's DV and fills p's sizes; returns "" or the error.
-std::string CheckShapes(Form form, const std::vector<int64_t>& q, const std::vector<int64_t>& k,
+/// `lane` prefixes the input names in errors ("decode_", "prompt_" for MLstmLanes; "" otherwise); one_token requires S = 1.
+std::string CheckShapes(Form form, const char* lane, bool one_token, const std::vector<int64_t>& q, const std::vector<int64_t>& k,
                         const std::vector<int64_t>& v, const std::vector<int64_t>& i, const std::vector<int64_t>& f,
                         const std::vector<int64_t>& c, const std::vector<int64_t>& n, const std::vector<int64_t>& m,
                         MLstmParams& p);
@@ -66,6 +75,31 @@ Ort::Status RunCpu(OrtKernelContext* context, const MLstmParams& p, Form form);
 /// Enqueues the CUDA kernels on the node's compute stream (defined only in CUDA builds).
 Ort::Status RunCuda(OrtKernelContext* context, const MLstmParams& p, Form form);
 
+}  // namespace xlstm::ops
+
+namespace xlstm {
+class LaneStream;  // kernels/mlstm_lanes.cuh (CUDA builds)
+}  // namespace xlstm
+
+namespace xlstm::ops {
+
+/// Deletes a LaneStream (defined beside it in CUDA builds; CPU-only builds never make one).
+struct LaneStreamDeleter {
+  void operator()(LaneStream* s) const;
+};
+
+/// One MLstmLanes node's second stream, made on the first call that is not being captured (kept null until then, and
+/// when it cannot be made: the lanes then run one after the other on the compute stream, with the same results).
+using LaneStreamOwner = std::unique_ptr<LaneStream, LaneStreamDeleter>;
+
+/// The CPU form of MLstmLanes: the decode lane's step, then the prompt lane's cell.
+Ort::Status RunCpuLanes(OrtKernelContext* context, const MLstmParams& decode, const MLstmParams& prompt);
+
+/// The CUDA form of MLstmLanes on the node's compute stream, the prompt lane forked onto `side` (defined only in CUDA
+/// builds). XLSTM_LANES_ONE_STREAM=1 in the environment keeps both lanes on the compute stream (for measuring).
+Ort::Status RunCudaLanes(OrtKernelContext* context, const MLstmParams& decode, const MLstmParams& prompt,
+                         LaneStreamOwner& side);
+
 template <typename T>
 struct DtypeOf;
 template <>
@@ -80,6 +114,45 @@ template <>
 struct DtypeOf<Ort::BFloat16_t> {
   static constexpr Dtype value = Dtype::kBFloat16;
 };
+
+/// Fills p from one cell's tensors (shapes checked, outputs allocated) for `form`; returns "" or the error. `lane`
+/// names the lane's inputs in errors (CheckShapes).
+template <typename T, typename S>
+std::string BindCell(Form form, const char* lane, bool one_token, const MLstmAttributes& attrs,
+                     const Ort::Custom::Tensor<T>& q, const Ort::Custom::Tensor<T>& k, const Ort::Custom::Tensor<T>& v,
+                     const Ort::Custom::Tensor<float>& igate, const Ort::Custom::Tensor<float>& fgate,
+                     const Ort::Custom::Tensor<S>& c0, const Ort::Custom::Tensor<S>& n0, const Ort::Custom::Tensor<float>& m0,
+                     Ort::Custom::Tensor<T>& h, Ort::Custom::Tensor<S>& c, Ort::Custom::Tensor<S>& n,
+                     Ort::Custom::Tensor<float>& m, MLstmParams& p) {
+  std::string error = CheckShapes(form, lane, one_token, q.Shape(), k.Shape(), v.Shape(), igate.Shape(), fgate.Shape(),
+                                  c0.Shape(), n0.Shape(), m0.Shape(), p);
+  if (!error.empty()) return error;
+  p.dtype = DtypeOf<T>::value;
+  p.state_dtype = DtypeOf<S>::value;
+  // the step (and the decode lane) is a segment of one token whatever the schedule settings are
+  p.chunk_size = one_token ? 1 : attrs.chunk_size;
+  p.max_inference_chunksize = one_token ? 1 : attrs.max_inference_chunksize;
+  p.eps = attrs.eps;
+  p.qk_scale = QkScale(p.dqk);
+  p.matQ = q.Data();
+  p.matK = k.Data();
+  p.matV = v.Data();
+  p.vecI = igate.Data();
+  p.vecF = fgate.Data();
+  p.matC0 = c0.Data();
+  p.vecN0 = n0.Data();
+  p.scaM0 = m0.Data();
+  p.matH = h.Allocate({p.batch, p.heads, p.seq, p.dv});
+  p.matC = c.Allocate({p.batch, p.heads, p.dqk, p.dv});
+  p.vecN = n.Allocate({p.batch, p.heads, p.dqk});
+  p.scaM = m.Allocate({p.batch, p.heads, 1});
+  return {};
+}
+
+/// An exception from ONNX Runtime's API or the kernels as a status that names the op.
+inline Ort::Status StatusOf(Form form, const std::exception& e, OrtErrorCode code) {
+  return Ort::Status((std::string(OpName(form)) + ": " + e.what()).c_str(), code);
+}
 
 /// One registration per (element type, state type, form, execution provider); ONNX Runtime picks by the node's types
 /// and EP. S is the stored type of C and n (float or bfloat16); the math is float32 either way.
@@ -96,27 +169,9 @@ struct MLstmKernel {
     try {
       if (!attrs_.error.empty()) return Ort::Status(attrs_.error.c_str(), ORT_INVALID_ARGUMENT);
       MLstmParams p;
-      const std::string shape_error = CheckShapes(kForm, q.Shape(), k.Shape(), v.Shape(), igate.Shape(), fgate.Shape(),
-                                                  c0.Shape(), n0.Shape(), m0.Shape(), p);
-      if (!shape_error.empty()) return Ort::Status(shape_error.c_str(), ORT_INVALID_ARGUMENT);
-      p.dtype = DtypeOf<T>::value;
-      p.state_dtype = DtypeOf<S>::value;
-      p.chunk_size = attrs_.chunk_size;
-      p.max_inference_chunksize = attrs_.max_inference_chunksize;
-      p.eps = attrs_.eps;
-      p.qk_scale = QkScale(p.dqk);
-      p.matQ = q.Data();
-      p.matK = k.Data();
-      p.matV = v.Data();
-      p.vecI = igate.Data();
-      p.vecF = fgate.Data();
-      p.matC0 = c0.Data();
-      p.vecN0 = n0.Data();
-      p.scaM0 = m0.Data();
-      p.matH = h.Allocate({p.batch, p.heads, p.seq, p.dv});
-      p.matC = c.Allocate({p.batch, p.heads, p.dqk, p.dv});
-      p.vecN = n.Allocate({p.batch, p.heads, p.dqk});
-      p.scaM = m.Allocate({p.batch, p.heads, 1});
+      const std::string error =
+          BindCell<T, S>(kForm, "", kForm == Form::kStep, attrs_, q, k, v, igate, fgate, c0, n0, m0, h, c, n, m, p);
+      if (!error.empty()) return Ort::Status(error.c_str(), ORT_INVALID_ARGUMENT);
       if (p.batch * p.heads == 0) return Ort::Status{nullptr};
       if constexpr (kCuda) {
         return RunCuda(context, p, kForm);
@@ -124,14 +179,60 @@ struct MLstmKernel {
         return RunCpu(context, p, kForm);
       }
     } catch (const Ort::Exception& e) {
-      return Ort::Status((std::string(OpName(kForm)) + ": " + e.what()).c_str(), e.GetOrtErrorCode());
+      return StatusOf(kForm, e, e.GetOrtErrorCode());
     } catch (const std::exception& e) {
-      return Ort::Status((std::string(OpName(kForm)) + ": " + e.what()).c_str(), ORT_RUNTIME_EXCEPTION);
+      return StatusOf(kForm, e, ORT_RUNTIME_EXCEPTION);
     }
   }
 
  private:
   MLstmAttributes attrs_;
+};
+
+/// MLstmLanes: the decode lane (the step, S = 1) and the prompt lane (HF's schedule) of the mixed graph in one node.
+template <typename T, typename S, bool kCuda>
+struct MLstmLanesKernel {
+  MLstmLanesKernel(const OrtApi* api, const OrtKernelInfo* info) : attrs_(api, info, Form::kLanes) {}
+
+  Ort::Status Compute(OrtKernelContext* context,
+                      const Ort::Custom::Tensor<T>& decode_q, const Ort::Custom::Tensor<T>& decode_k,
+                      const Ort::Custom::Tensor<T>& decode_v, const Ort::Custom::Tensor<float>& decode_igate,
+                      const Ort::Custom::Tensor<float>& decode_fgate, const Ort::Custom::Tensor<S>& decode_c0,
+                      const Ort::Custom::Tensor<S>& decode_n0, const Ort::Custom::Tensor<float>& decode_m0,
+                      const Ort::Custom::Tensor<T>& prompt_q, const Ort::Custom::Tensor<T>& prompt_k,
+                      const Ort::Custom::Tensor<T>& prompt_v, const Ort::Custom::Tensor<float>& prompt_igate,
+                      const Ort::Custom::Tensor<float>& prompt_fgate, const Ort::Custom::Tensor<S>& prompt_c0,
+                      const Ort::Custom::Tensor<S>& prompt_n0, const Ort::Custom::Tensor<float>& prompt_m0,
+                      Ort::Custom::Tensor<T>& decode_h, Ort::Custom::Tensor<S>& decode_c, Ort::Custom::Tensor<S>& decode_n,
+                      Ort::Custom::Tensor<float>& decode_m, Ort::Custom::Tensor<T>& prompt_h,
+                      Ort::Custom::Tensor<S>& prompt_c, Ort::Custom::Tensor<S>& prompt_n,
+                      Ort::Custom::Tensor<float>& prompt_m) {
+    try {
+      if (!attrs_.error.empty()) return Ort::Status(attrs_.error.c_str(), ORT_INVALID_ARGUMENT);
+      MLstmParams decode, prompt;
+      std::string error = BindCell<T, S>(Form::kLanes, "decode_", true, attrs_, decode_q, decode_k, decode_v, decode_igate,
+                                         decode_fgate, decode_c0, decode_n0, decode_m0, decode_h, decode_c, decode_n,
+                                         decode_m, decode);
+      if (error.empty()) {
+        error = BindCell<T, S>(Form::kLanes, "prompt_", false, attrs_, prompt_q, prompt_k, prompt_v, prompt_igate,
+                               prompt_fgate, prompt_c0, prompt_n0, prompt_m0, prompt_h, prompt_c, prompt_n, prompt_m, prompt);
+      }
+      if (!error.empty()) return Ort::Status(error.c_str(), ORT_INVALID_ARGUMENT);
+      if constexpr (kCuda) {
+        return RunCudaLanes(context, decode, prompt, side_);
+      } else {
+        return RunCpuLanes(context, decode, prompt);
+      }
+    } catch (const Ort::Exception& e) {
+      return StatusOf(Form::kLanes, e, e.GetOrtErrorCode());
+    } catch (const std::exception& e) {
+      return StatusOf(Form::kLanes, e, ORT_RUNTIME_EXCEPTION);
+    }
+  }
+
+ private:
+  MLstmAttributes attrs_;
+  LaneStreamOwner side_;  // CUDA only: this node's second stream
 };
 
 }  // namespace xlstm::ops

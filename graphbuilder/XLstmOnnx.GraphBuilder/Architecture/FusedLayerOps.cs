@@ -55,6 +55,24 @@ internal sealed class FusedLayerOps(GraphContext x) : ILayerOps
         return (o[0], new CellState(o[1], o[2], o[3]));
     }
 
+    /// <summary>
+    /// Two lanes, decode then prompt, as one <c>MLstmLanes</c> node under <c>{layer}/lanes/cell</c>: the decode lane's
+    /// step and the prompt lane's cell on HF's schedule, which on CUDA run side by side on two streams (at batch 1
+    /// the prompt's chunks fill half the SMs for their whole run; docs/serving.md, "Two cells at once"). Other lane
+    /// counts: a node per lane.
+    /// </summary>
+    public (string H, CellState State)[] LaneCells(string layer, IReadOnlyList<LaneCell> lanes)
+    {
+        if (lanes.Count != 2) return [.. lanes.Select(c => Cell(c.Layer, c.Q, c.K, c.V, c.I, c.F, c.Past))];
+        var schedule = x.C.Schedule;
+        var inputs = lanes.SelectMany(c => new[] { c.Q, c.K, c.V, c.I, c.F, c.Past.C, c.Past.N, c.Past.M }).ToArray();
+        var o = G.Node($"{layer}/lanes/cell/{CustomOps.Lanes}", CustomOps.Lanes, inputs, 8, CustomOps.Domain,
+            Attr.Int("chunk_size", schedule.ChunkSize),
+            Attr.Int("max_inference_chunksize", schedule.SegmentLength),
+            Attr.Float("eps", x.C.Eps));
+        return [(o[0], new CellState(o[1], o[2], o[3])), (o[4], new CellState(o[5], o[6], o[7]))];
+    }
+
     /// <summary>σ(o) ⊙ (LayerNorm per head over DV · w + b), read from the cell's [B,NH,S,DV] and written as [B·S, NH·DV].</summary>
     public string HeadNormGate(string layer, string h, string o, IWeightSource weight, IWeightSource? bias)
     {

@@ -12,6 +12,12 @@ internal readonly record struct Residual(string X, string? Update = null, string
 internal readonly record struct CellState(string C, string N, string M);
 
 /// <summary>
+/// One lane's cell inputs in the mixed graph: the lane (its rows, shapes and state names), the path its own cell would
+/// have (<c>/model/blocks.{i}/mlstm/decode</c>), q, k [B,NH,S,DQK], v [B,NH,S,DV], ĩ, f̃ [B,NH,S] and the past state.
+/// </summary>
+internal sealed record LaneCell(Lane Lane, string Layer, string Q, string K, string V, string I, string F, CellState Past);
+
+/// <summary>
 /// The one seam between the portable graph and the ONNX Runtime fast path (<c>--mlstm-kernels custom</c>): the mLSTM
 /// cell and the chains of element-wise ops around the projections. <see cref="StandardLayerOps"/> emits standard
 /// ONNX ops; <see cref="FusedLayerOps"/> emits one of our fused kernels (customops/) for each. Both compute the same
@@ -31,6 +37,12 @@ internal interface ILayerOps
     /// h [B,NH,S,DV] in the model's type and the new state out.
     /// </summary>
     (string H, CellState State) Cell(string layer, string q, string k, string v, string i, string f, CellState past);
+
+    /// <summary>
+    /// The mixed graph's cells, one per lane (decode lane first: S = 1): as <see cref="Cell"/> on each, h and the new
+    /// state per lane, in the lanes' order. <paramref name="layer"/> is the layer's path without a lane segment.
+    /// </summary>
+    (string H, CellState State)[] LaneCells(string layer, IReadOnlyList<LaneCell> lanes);
 
     /// <summary>σ(o) ⊙ (MultiHeadLayerNorm(h)·w + b): h [B,NH,S,DV], o [B·S, NH·DV] → [B·S, NH·DV].</summary>
     string HeadNormGate(string layer, string h, string o, IWeightSource weight, IWeightSource? bias);

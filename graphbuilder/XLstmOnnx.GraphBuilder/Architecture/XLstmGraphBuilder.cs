@@ -235,43 +235,64 @@ public sealed class XLstmGraphBuilder
         string proj = _x.Gemm($"{p}/qkvo_proj", x, _w[WeightRole.QkvoProj, i], _w.Optional(WeightRole.QkvoProjBias, i), quantize: true);
         // gate pre-activations in float32, from a float32 copy of x (the i/f weights, 2·NH rows, are stored float32)
         string preact = _x.Gemm($"{p}/if_gate", _x.ToFloat($"{p}/if_gate/input", x), _w[WeightRole.IfGate, i], _w[WeightRole.IfGateBias, i], DataType.Float);
-        string gated;
-        if (_lanes is null)
-        {
-            gated = MakeCell(i, p, proj, preact);
-        }
-        else
-        {
-            // the cell runs once per lane, on its rows: the step on the decode rows, HF's schedule on the prompt rows
-            var projs = SplitLanes($"{p}/qkvo_proj", proj);
-            var preacts = SplitLanes($"{p}/if_gate", preact);
-            var outs = new string[_lanes.Length];
-            for (int l = 0; l < _lanes.Length; l++)
-            {
-                _x.Lane = _lanes[l];
-                outs[l] = MakeCell(i, p + _lanes[l].Segment, projs[l], preacts[l]);
-            }
-            _x.Lane = _stream;
-            gated = G.Op($"{p}/lanes/Concat", "Concat", outs, Attr.Int("axis", 0));                                    // [B + P·L, NH·DV]
-        }
+        string gated = _lanes is null ? MakeCell(i, p, proj, preact) : MakeLaneCells(i, p, proj, preact);
         return _x.Gemm($"{p}/out_proj", gated, _w[WeightRole.OutProj, i], _w.Optional(WeightRole.OutProjBias, i), quantize: true); // [B·S, H]
     }
 
     /// <summary>
-    /// The cell of layer <paramref name="i"/> on the current lane's rows, from the projections: q, k, v, o = split(proj);
-    /// ĩ, f̃ = gates(preact); h, state = mLSTM(q, k, v, ĩ, f̃; past state); σ(o) ⊙ MultiHeadLayerNorm(h), [B·S, NH·DV].
+    /// The cell of layer <paramref name="i"/> from the projections: q, k, v, o = split(proj); ĩ, f̃ = gates(preact);
+    /// h, state = mLSTM(q, k, v, ĩ, f̃; past state); σ(o) ⊙ MultiHeadLayerNorm(h), [B·S, NH·DV].
     /// </summary>
     private string MakeCell(int i, string p, string proj, string preact)
+    {
+        var (cell, o) = MakeCellInputs(i, p, proj, preact);
+        var (h, state) = _ops.Cell(p, cell.Q, cell.K, cell.V, cell.I, cell.F, cell.Past);                // [B,NH,S,DV]
+        PresentState(i, state);
+        return _ops.HeadNormGate(p, h, o, _w[WeightRole.MultiheadNorm, i], _w.Optional(WeightRole.MultiheadNormBias, i));
+    }
+
+    /// <summary>
+    /// The mixed graph's cell of layer <paramref name="i"/>: the stream's projections split by lane, each lane's
+    /// inputs and gates, the cells of both lanes (the step on the decode rows, HF's schedule on the prompt rows; one
+    /// node on the fast path), each lane's gated output, joined again: [B + P·L, NH·DV].
+    /// </summary>
+    private string MakeLaneCells(int i, string p, string proj, string preact)
+    {
+        var projs = SplitLanes($"{p}/qkvo_proj", proj);
+        var preacts = SplitLanes($"{p}/if_gate", preact);
+        var cells = new LaneCell[_lanes!.Length];
+        var os = new string[_lanes.Length];
+        for (int l = 0; l < _lanes.Length; l++)
+        {
+            _x.Lane = _lanes[l];
+            (cells[l], os[l]) = MakeCellInputs(i, p + _lanes[l].Segment, projs[l], preacts[l]);
+        }
+        _x.Lane = _stream;
+        var results = _ops.LaneCells(p, cells);
+        var outs = new string[_lanes.Length];
+        for (int l = 0; l < _lanes.Length; l++)
+        {
+            _x.Lane = _lanes[l];
+            PresentState(i, results[l].State);
+            outs[l] = _ops.HeadNormGate(p + _lanes[l].Segment, results[l].H, os[l], _w[WeightRole.MultiheadNorm, i],
+                _w.Optional(WeightRole.MultiheadNormBias, i));
+        }
+        _x.Lane = _stream;
+        return G.Op($"{p}/lanes/Concat", "Concat", outs, Attr.Int("axis", 0));                                       // [B + P·L, NH·DV]
+    }
+
+    /// <summary>
+    /// The cell's inputs on the current lane's rows: q, k, v, o = split(proj), heads; ĩ, f̃ = gates(preact); the past
+    /// state. Returns them with o [B·S, NH·DV] for the gated output.
+    /// </summary>
+    private (LaneCell Cell, string O) MakeCellInputs(int i, string p, string proj, string preact)
     {
         var qkvo = G.Node($"{p}/qkvo_proj/Split", "Split", [proj, G.Constant(_c.QkDim, _c.QkDim, _c.VDim, _c.VDim)], 4, "", Attr.Int("axis", 1));
         string q = _x.Heads($"{p}/q_heads", qkvo[0], _c.QkHeadDim);                                        // [B,NH,S,DQK]
         string k = _x.Heads($"{p}/k_heads", qkvo[1], _c.QkHeadDim);
         string v = _x.Heads($"{p}/v_heads", qkvo[2], _c.VHeadDim);                                         // [B,NH,S,DV]
-        string o = qkvo[3];                                                                                 // [B·S, NH·DV]
         var (ig, fg) = _ops.Gates(p, preact);                                                               // [B,NH,S] each
-        var (h, state) = _ops.Cell(p, q, k, v, ig, fg, PastState(i));                                       // [B,NH,S,DV]
-        PresentState(i, state);
-        return _ops.HeadNormGate(p, h, o, _w[WeightRole.MultiheadNorm, i], _w.Optional(WeightRole.MultiheadNormBias, i));
+        return (new LaneCell(_x.Lane, p, q, k, v, ig, fg, PastState(i)), qkvo[3]);                          // o: [B·S, NH·DV]
     }
 
     /// <summary>gate, z = split(x W_upᵀ); y = (silu(gate) ⊙ z) W_downᵀ.</summary>
