@@ -32,10 +32,14 @@
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad2-64     # run 7, second lease: 64 slots, NUnit CUDA serving tests
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh pad3        # run 7, third lease: the defaults at 32 slots, NUnit CUDA serving
 #                                                                                 tests one by one, CUPTI of the load
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes       # run 8: customops (CTest), xlstm_kernel_bench --lanes, the 7B
+#                                                                                 export, the engine, the 32-slot load with the two cells
+#                                                                                 forked and on one stream (XLSTM_LANES_ONE_STREAM=1)
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes-more  # run 8: the other loads, the NUnit CUDA tests one process each
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra, pad3-tests or pad4}
+stage=${1:?stage: lanes, lanes-more, build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra, pad3-tests or pad4}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -192,6 +196,7 @@ state-check)
   for st in float32 bf16; do engine_bench bench-$st /tmp/m7b-$st 1,16,64,128; done
   rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
   for t in $(grep -B3 "public void" tests/XLstmOnnx.Tests/CudaTests.cs | grep "public void" | sed 's/.*public void \([A-Za-z0-9]*\).*/\1/' | grep -v RequireCuda); do
+    (( $(date +%s) - t0 > 500 )) && { say "out of time: CudaTests.$t and the ones after it not run"; break; }
     timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
     say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
   done
@@ -346,6 +351,31 @@ pad3)
     stop
     head -16 "$R/kernels-32.tsv" | cut -c1-140 | tee -a "$R/summary.txt"
   fi
+  ;;
+lanes)
+  # run 8: the mixed graph's two cells in one MLstmLanes node, the prompt's forked beside the step (kernels/mlstm_lanes.cuh)
+  customops
+  /tmp/cb/xlstm_kernel_bench --lanes > "$R/kernels-lanes.json" 2> "$R/kernels-lanes.log"
+  say "xlstm_kernel_bench --lanes rc=$?"; cat "$R/kernels-lanes.log" | tee -a "$R/summary.txt"
+  export_7b $M7 7b-mixed --mixed-graph
+  engine_bench bench $M7 8,32,64
+  load32 forked
+  XLSTM_LANES_ONE_STREAM=1 load32 one-stream
+  load32 forked-2
+  ;;
+lanes-more)
+  # run 8: 64 slots (8 clients, then 64 clients and 1,024 tokens), then the NUnit CUDA tests, one process each
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
+  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
+  stop
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  for t in $(grep -oE '^    public void [A-Za-z0-9_]+' tests/XLstmOnnx.Tests/CudaTests.cs | awk '{print $3}' | grep -v RequireCuda); do
+    (( $(date +%s) - t0 > 500 )) && { say "out of time: CudaTests.$t and the ones after it not run"; break; }
+    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
+    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
+    grep -E "requests served|Exception|Expected|But was" "$R/nunit-$t.log" | head -6 | tee -a "$R/summary.txt"
+  done
   ;;
 pad4)
   # run 7, last lease: HEAD end to end on a fresh machine: customops (CTest), the export, the engine at 32, the 32-slot load
