@@ -376,6 +376,12 @@ lanes-more)
     say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
     grep -E "requests served|Exception|Expected|But was" "$R/nunit-$t.log" | head -6 | tee -a "$R/summary.txt"
   done
+  if (( $(date +%s) - t0 < 480 )); then  # CUPTI of the 32-slot load with the forked cells (compare run 7's c-pad3/kernels-32.tsv)
+    traced_serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
+    lt trace --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+    stop
+    head -16 "$R/kernels-32.tsv" | cut -c1-140 | tee -a "$R/summary.txt"
+  fi
   ;;
 pad4)
   # run 7, last lease: HEAD end to end on a fresh machine: customops (CTest), the export, the engine at 32, the 32-slot load
