@@ -35,11 +35,12 @@
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes       # run 8: customops (CTest), xlstm_kernel_bench --lanes, the 7B
 #                                                                                 export, the engine, the 32-slot load with the two cells
 #                                                                                 forked and on one stream (XLSTM_LANES_ONE_STREAM=1)
-#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes-more  # run 8: the other loads, the NUnit CUDA tests one process each
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes-more  # run 8: CUPTI by step kind, two prompts a step, 64 slots
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes-tests # run 8: the NUnit CUDA tests, one process each
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: lanes, lanes-more, build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra, pad3-tests or pad4}
+stage=${1:?stage: lanes, lanes-more, lanes-tests, build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra, pad3-tests or pad4}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -65,7 +66,7 @@ serve() { # serve LABEL ARGS...: starts a server on $PORT in the background, wai
 traced_serve() { # traced_serve LABEL ARGS...: serve under the CUPTI kernel tracer (tools/profile), kernels in $R/kernels-LABEL.tsv
   local label=$1; shift
   [[ -f /tmp/libkernel_trace.so ]] || bash tools/profile/build.sh /tmp/libkernel_trace.so > "$R/trace-build.log" 2>&1
-  CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-$label.tsv "$@" --port $PORT --model-name x --log-level warning > "$R/serve-$label.log" 2>&1 &
+  CUDA_INJECTION64_PATH=/tmp/libkernel_trace.so KERNEL_TRACE_OUT=$R/kernels-$label.tsv KERNEL_TRACE_STEPS=$R/steps-$label.tsv "$@" --port $PORT --model-name x --log-level warning > "$R/serve-$label.log" 2>&1 &
   server=$!
   up "$label"
 }
@@ -364,24 +365,32 @@ lanes)
   load32 forked-2
   ;;
 lanes-more)
-  # run 8: 64 slots (8 clients, then 64 clients and 1,024 tokens), then the NUnit CUDA tests, one process each
+  # run 8, second lease: customops, export, engine; CUPTI of the 32-slot load by step kind; the 32-slot load with two
+  # prompts a mixed step; 64 slots (8 clients, then 64 clients and 1,024 tokens)
+  customops
+  export_7b $M7 7b-mixed --mixed-graph
+  engine_bench bench $M7 8,32,64
+  traced_serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
+  lt trace --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+  say "$(grep -E '^xlstm_(mixed_step|decode_step_seconds_(sum|count))' "$R/metrics-trace.txt" | sed 's/{.*}//' | tr '\n' ' ')"
+  stop
+  head -12 "$R/kernels-32.tsv" | cut -c1-140 | tee -a "$R/summary.txt"
+  grep -E "/(span|busy)" "$R/steps-32.tsv" | tee -a "$R/summary.txt"
+  load32 rows2 --mixed-prompt-rows 2
   serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
   lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
   lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
   stop
+  ;;
+lanes-tests)
+  # run 8: the NUnit CUDA tests, one process per test method (in one process they crash: tools/serve/README.md, run 7)
   rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
   for t in $(grep -oE '^    public void [A-Za-z0-9_]+' tests/XLstmOnnx.Tests/CudaTests.cs | awk '{print $3}' | grep -v RequireCuda); do
-    (( $(date +%s) - t0 > 500 )) && { say "out of time: CudaTests.$t and the ones after it not run"; break; }
+    (( $(date +%s) - t0 > 540 )) && { say "out of time: CudaTests.$t and the ones after it not run"; break; }
     timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
     say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
     grep -E "requests served|Exception|Expected|But was" "$R/nunit-$t.log" | head -6 | tee -a "$R/summary.txt"
   done
-  if (( $(date +%s) - t0 < 480 )); then  # CUPTI of the 32-slot load with the forked cells (compare run 7's c-pad3/kernels-32.tsv)
-    traced_serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
-    lt trace --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
-    stop
-    head -16 "$R/kernels-32.tsv" | cut -c1-140 | tee -a "$R/summary.txt"
-  fi
   ;;
 pad4)
   # run 7, last lease: HEAD end to end on a fresh machine: customops (CTest), the export, the engine at 32, the 32-slot load
