@@ -226,7 +226,8 @@ struct CellBuffers {
 };
 
 /// The mixed graph's two cells at 7B heads: the step at B 32 and a prompt piece of S tokens at B 1, each alone, then
-/// both one after the other on one stream and forked (LaunchMLstmLanesFw), each as a CUDA graph of `reps` launches.
+/// both one after the other on one stream and forked (LaunchMLstmLanesFw, with the prompt rows' layout copy), each as
+/// a CUDA graph of `reps` launches.
 void BenchLanes(cudaStream_t stream, std::vector<Row>& rows, int reps) {
   const int64_t B = 32;
   const size_t state_bytes = B * NH * DQK * DV * 4;
@@ -241,8 +242,10 @@ void BenchLanes(cudaStream_t stream, std::vector<Row>& rows, int reps) {
     CellBuffers prompt(1, S, 2, 500);
     CHECK_CUDA(cudaDeviceSynchronize());
     const double cell = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmChunkwiseFw(prompt.At(r), stream); });
-    const double one = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), stream, nullptr); });
-    const double two = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), stream, side.get()); });
+    // the lanes read the prompt's q, k, v as token-major rows and copy them into the cell's layout first (timed too)
+    const TokenRows rows{prompt.p.matQ, prompt.p.matK, prompt.p.matV};
+    const double one = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), rows, stream, nullptr); });
+    const double two = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), rows, stream, side.get()); });
     rows.push_back({"lanes", "prompt alone", "bfloat16", 1, S, cell, 0, 0, reps});
     rows.push_back({"lanes", "both, one stream", "bfloat16", B, S, one, 0, 0, reps});
     rows.push_back({"lanes", "both, forked", "bfloat16", B, S, two, 0, 0, reps});

@@ -33,9 +33,11 @@ void AddOps(std::vector<std::unique_ptr<LiteOp>>& ops) {
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<MLstmLanesKernel<T, Ort::BFloat16_t, kOnCuda>>(xlstm::ops::kLanesName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::SwiGluKernel<T, kOnCuda>>(xlstm::ops::kSwiGluName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::HeadNormGateKernel<T, kOnCuda>>(xlstm::ops::kHeadNormGateName, ep));
+  ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::HeadNormGateLanesKernel<T, kOnCuda>>(xlstm::ops::kHeadNormGateLanesName, ep));
   ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::LinearKernel<T, kOnCuda>>(xlstm::ops::kLinearName, ep));
   if constexpr (std::is_same_v<T, float>) {  // the gates are float32 whatever the model type
     ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::MLstmGatesKernel<kOnCuda>>(xlstm::ops::kGatesName, ep));
+    ops.emplace_back(Ort::Custom::CreateLiteCustomOp<xlstm::ops::MLstmGatesLanesKernel<kOnCuda>>(xlstm::ops::kGatesLanesName, ep));
   }
 }
 

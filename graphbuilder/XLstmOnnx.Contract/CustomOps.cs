@@ -14,10 +14,14 @@ public static class CustomOps
     /// <summary>The mLSTM cell for one token (S = 1 only), for graphs that only decode; the exporter does not emit it.</summary>
     public const string Step = "MLstmStep";
     /// <summary>
-    /// The mixed graph's two cells in one node: the decode lane's step and the prompt lane's cell on HF's schedule
-    /// (on CUDA side by side on two streams).
+    /// The mixed graph's two cells in one node, read from the stream's q, k, v rows: the decode lane's step and the
+    /// prompt lane's cell on HF's schedule (on CUDA side by side on two streams).
     /// </summary>
     public const string Lanes = "MLstmLanes";
+    /// <summary>The mixed graph's gates: <see cref="Gates"/> on each lane's rows of the stream's pre-activations.</summary>
+    public const string GatesLanes = "MLstmGatesLanes";
+    /// <summary>The mixed graph's gated output: <see cref="HeadNormGate"/> on each lane, written to its rows of the stream.</summary>
+    public const string HeadNormGateLanes = "MultiHeadNormGateLanes";
     /// <summary>Gate soft cap, attention mask and head layout in one op.</summary>
     public const string Gates = "MLstmGates";
     /// <summary>silu(gate) ⊙ z over the FFN's concatenated gate/up projection.</summary>

@@ -119,15 +119,22 @@ public class MixedGraphTests
         Assert.That(mixed.Graph.Input.Select(i => i.Name), Is.EquivalentTo(lane.Concat(lane.Select(GraphNames.Prompt))));
         Assert.That(mixed.Graph.Output.Select(o => o.Name),
             Is.EquivalentTo(m.State.PresentNames().Concat(m.State.PresentNames().Select(GraphNames.Prompt)).Append(GraphNames.Logits)));
-        Assert.That(mixed.Graph.Node.Select(n => n.Name), Has.Some.StartsWith("/model/blocks.0/mlstm/prompt/")
-            .And.Some.StartsWith("/model/blocks.0/mlstm/decode/"), "each lane's own nodes are named by its lane");
-        // both lanes' cells in one node a layer, decode lane first (docs/exported-graph.md, "The mixed graph")
-        var cells = mixed.Graph.Node.Where(n => n.OpType == CustomOps.Lanes).ToList();
-        Assert.That(cells.Select(n => n.Name), Is.EqualTo(Enumerable.Range(0, cells.Count).Select(i => $"/model/blocks.{i}/mlstm/lanes/cell/{CustomOps.Lanes}")));
-        Assert.That(cells, Has.Count.EqualTo(m.NumLayers).And.All.Property("Domain").EqualTo(CustomOps.Domain));
-        Assert.That(mixed.Graph.Node.Count(n => n.OpType == CustomOps.Chunkwise), Is.Zero, "no cell outside the lanes node");
-        Assert.That(cells[0].Input.Take(8), Has.Some.StartsWith("past_state.0."), "decode lane's inputs first");
-        Assert.That(cells[0].Input.Skip(8), Has.Some.StartsWith(GraphNames.Prompt("past_state.0.")), "then the prompt lane's");
+        // the lanes meet the cell in three nodes a layer that read and write the stream's rows: no node splits the stream
+        // by lane, lays a lane out as heads or joins the lanes again (docs/exported-graph.md, "The mixed graph")
+        foreach (var (op, path) in new[] { (CustomOps.GatesLanes, "lanes/if_gate"), (CustomOps.Lanes, "lanes/cell"), (CustomOps.HeadNormGateLanes, "lanes/multihead_norm") })
+        {
+            var nodes = mixed.Graph.Node.Where(n => n.OpType == op).ToList();
+            Assert.That(nodes.Select(n => n.Name), Is.EqualTo(Enumerable.Range(0, m.NumLayers).Select(i => $"/model/blocks.{i}/mlstm/{path}/{op}")), op);
+            Assert.That(nodes, Has.All.Property("Domain").EqualTo(CustomOps.Domain));
+        }
+        var layer = mixed.Graph.Node.Where(n => n.Name.StartsWith("/model/blocks.0/mlstm/", StringComparison.Ordinal)).ToList();
+        Assert.That(layer.Where(n => n.OpType is "Split" or "Transpose" or "Concat").Select(n => n.Name),
+            Is.EqualTo(new[] { "/model/blocks.0/mlstm/qkvo_proj/Split" }), "one Split of the projections by kind, none by lane");
+        Assert.That(mixed.Graph.Node.Count(n => n.OpType is CustomOps.Chunkwise or CustomOps.Gates or CustomOps.HeadNormGate), Is.Zero,
+            "no per-lane cell, gates or norm beside the lanes nodes");
+        var cell = mixed.Graph.Node.First(n => n.OpType == CustomOps.Lanes);
+        Assert.That(cell.Input.Skip(5).Take(3), Is.EqualTo(m.State.PastNames().Take(3)), "the decode lane's state after q, k, v and its gates");
+        Assert.That(cell.Input.Skip(10).Take(3), Is.EqualTo(m.State.PastNames().Take(3).Select(GraphNames.Prompt)), "then the prompt lane's");
     }
 
     [Test]

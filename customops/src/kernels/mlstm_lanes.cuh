@@ -1,5 +1,7 @@
 // The mixed graph's two cells in one launch call (docs/exported-graph.md, "The mixed graph"): the decode lane's step
-// (B rows, one token each) and the prompt lane's chunkwise form (P rows of L tokens). At batch 1 the prompt's
+// (B rows, one token each) and the prompt lane's chunkwise form (P rows of L tokens), both read from the stream's q, k,
+// v rows. The decode rows [B, NH·D] are the step's [B, NH, 1, D] as they are; the prompt rows are token-major
+// [P·L, NH·D], so one kernel first copies them into the cell's [P, NH, L, D] (stream-ordered scratch). At batch 1 the prompt's
 // chunkwise kernel fills about half of the SMs for its whole run (its chunks go one after another), while the step is
 // bound by the state it streams; run one after the other, a mixed step pays for both. Here the prompt's kernel is
 // forked onto a second stream and joined back, so the two overlap. The fork and join are events, which CUDA-graph
@@ -36,11 +38,17 @@ class LaneStream {
   cudaEvent_t join_ = nullptr;
 };
 
-/// Enqueues the decode lane's step (decode.seq = 1) on `stream` and the prompt lane's chunkwise cell on `side`'s
-/// stream, forked after the work already on `stream` and joined back before this returns: what is enqueued on `stream`
-/// afterwards sees both lanes' outputs. side == nullptr runs both on `stream`, prompt first. A lane with no rows is
-/// skipped. The two lanes' buffers must not overlap (they are separate graph values). Returns the first error; the
-/// join is enqueued whatever happened, so a capture is never left with an unjoined stream.
-cudaError_t LaunchMLstmLanesFw(const MLstmParams& decode, const MLstmParams& prompt, cudaStream_t stream, LaneStream* side);
+/// Enqueues the decode lane's step (decode.seq = 1) on `stream` and the prompt lane's layout copy and chunkwise cell
+/// (prompt's q, k, v taken from `rows`, token-major) on `side`'s stream, forked after the work already on `stream` and
+/// joined back before this returns: what is enqueued on `stream` afterwards sees both lanes' outputs. side == nullptr
+/// runs both on `stream`, prompt first. A lane with no rows is skipped. The lanes' outputs must not overlap each other
+/// or the inputs (they are separate graph values). Returns the first error; the join is enqueued whatever happened, so
+/// a capture is never left with an unjoined stream.
+cudaError_t LaunchMLstmLanesFw(const MLstmParams& decode, const MLstmParams& prompt, const TokenRows& rows,
+                               cudaStream_t stream, LaneStream* side);
+
+/// dst [P, NH, L, D] from token-major src [P·L, NH·D] for q, k (D = dqk) and v (D = dv) of p in one launch, elements of
+/// p.dtype; dst holds q, then k, then v, each contiguous. The layout copy MLstmLanes runs before the prompt's cell.
+cudaError_t LaunchTokenRowsToHeads(const MLstmParams& p, const TokenRows& rows, void* dst, cudaStream_t stream);
 
 }  // namespace xlstm

@@ -79,6 +79,14 @@ struct MLstmParams {
   CudaPath cuda_path = CudaPath::kAuto;
 };
 
+/// A prompt lane's q, k and v where the mixed graph's stream holds them (ai.xlstm::MLstmLanes): token-major rows
+/// [P·L, NH·D] (D = DQK for q and k, DV for v), which the op lays out as the cell's [P, NH, L, D] before the cell runs.
+struct TokenRows {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+};
+
 /// Why the cell cannot run with p (a sequence length, schedule setting or eps that is not set or out of range),
 /// or nullptr. The ops check their attributes first and name them; this is the kernels' own precondition.
 inline const char* MLstmParamsError(const MLstmParams& p) {

@@ -1,5 +1,6 @@
 #include "ops/mlstm_op.h"
 
+#include <cstring>
 #include <functional>
 #include <sstream>
 
@@ -157,13 +158,63 @@ Ort::Status RunCpu(OrtKernelContext* context, const MLstmParams& p, Form form) {
   return Ort::Status{nullptr};
 }
 
-Ort::Status RunCpuLanes(OrtKernelContext* context, const MLstmParams& decode, const MLstmParams& prompt) {
+std::string CheckLaneRows(const std::vector<int64_t>& q, const std::vector<int64_t>& k, const std::vector<int64_t>& v,
+                          const std::vector<int64_t>& decode_igate, const std::vector<int64_t>& prompt_igate,
+                          const std::vector<int64_t>& decode_c, std::vector<int64_t> (&decode_qkv)[3],
+                          std::vector<int64_t> (&prompt_qkv)[3]) {
+  const std::string op = kLanesName;
+  if (decode_igate.size() != 3 || decode_igate[2] != 1) {
+    return op + ": input 'decode_igate' has shape " + ShapeString(decode_igate) + "; expected [B,NH,1] (one token a decode row).";
+  }
+  const int64_t B = decode_igate[0], NH = decode_igate[1];
+  if (prompt_igate.size() != 3 || prompt_igate[1] != NH) {
+    return op + ": input 'prompt_igate' has shape " + ShapeString(prompt_igate) + "; expected [P," + std::to_string(NH) +
+           ",L] = [P,NH,L] with decode_igate " + ShapeString(decode_igate) + "'s NH.";
+  }
+  if (decode_c.size() != 4) return op + ": input 'decode_C' has shape " + ShapeString(decode_c) + "; expected rank 4 [B,NH,DQK,DV].";
+  const int64_t P = prompt_igate[0], L = prompt_igate[2], DQK = decode_c[2], DV = decode_c[3], rows = B + P * L;
+  const std::string from = " (B, NH from decode_igate " + ShapeString(decode_igate) + ", P, L from prompt_igate " +
+                           ShapeString(prompt_igate) + ", DQK, DV from decode_C " + ShapeString(decode_c) + ").";
+  const std::vector<int64_t> qk{rows, NH * DQK}, vv{rows, NH * DV};
+  if (q != qk) return op + ": input 'q' has shape " + ShapeString(q) + "; expected " + ShapeString(qk) + " = [B + P·L, NH·DQK]" + from;
+  if (k != qk) return op + ": input 'k' has shape " + ShapeString(k) + "; expected " + ShapeString(qk) + " = [B + P·L, NH·DQK]" + from;
+  if (v != vv) return op + ": input 'v' has shape " + ShapeString(v) + "; expected " + ShapeString(vv) + " = [B + P·L, NH·DV]" + from;
+  decode_qkv[0] = decode_qkv[1] = {B, NH, 1, DQK};
+  decode_qkv[2] = {B, NH, 1, DV};
+  prompt_qkv[0] = prompt_qkv[1] = {P, NH, L, DQK};
+  prompt_qkv[2] = {P, NH, L, DV};
+  return {};
+}
+
+namespace {
+
+/// dst [P, NH, L, D] from token-major src [P·L, NH·D], elements of `bytes` bytes.
+std::vector<unsigned char> ToHeads(const void* src, int64_t P, int64_t NH, int64_t L, int64_t D, size_t bytes) {
+  std::vector<unsigned char> dst(static_cast<size_t>(P * NH * L * D) * bytes);
+  const auto* s = static_cast<const unsigned char*>(src);
+  const size_t row = static_cast<size_t>(D) * bytes;
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t h = 0; h < NH; ++h)
+      for (int64_t t = 0; t < L; ++t)
+        std::memcpy(dst.data() + static_cast<size_t>((p * NH + h) * L + t) * row, s + static_cast<size_t>((p * L + t) * NH + h) * row, row);
+  return dst;
+}
+
+}  // namespace
+
+Ort::Status RunCpuLanes(OrtKernelContext* context, const MLstmParams& decode, const MLstmParams& prompt, const TokenRows& rows) {
   if (decode.batch * decode.heads > 0) {
     Ort::Status status = RunCpu(context, decode, Form::kStep);
     if (!status.IsOK()) return status;
   }
   if (prompt.batch * prompt.heads == 0) return Ort::Status{nullptr};
-  return RunCpu(context, prompt, Form::kChunkwise);
+  const size_t bytes = prompt.dtype == Dtype::kFloat32 ? 4 : 2;
+  const auto q = ToHeads(rows.q, prompt.batch, prompt.heads, prompt.seq, prompt.dqk, bytes);
+  const auto k = ToHeads(rows.k, prompt.batch, prompt.heads, prompt.seq, prompt.dqk, bytes);
+  const auto v = ToHeads(rows.v, prompt.batch, prompt.heads, prompt.seq, prompt.dv, bytes);
+  MLstmParams p = prompt;
+  p.matQ = q.data(), p.matK = k.data(), p.matV = v.data();
+  return RunCpu(context, p, Form::kChunkwise);
 }
 
 #ifndef XLSTM_WITH_CUDA

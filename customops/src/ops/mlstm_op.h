@@ -4,9 +4,13 @@
 //
 //   ai.xlstm::MLstmChunkwise(q, k, v, igate, fgate, C, n, m) -> (h, C', n', m')   any S ≥ 1 (S = 1: the step)
 //   ai.xlstm::MLstmStep     (q, k, v, igate, fgate, C, n, m) -> (h, C', n', m')   S = 1 only
-//   ai.xlstm::MLstmLanes    (the decode lane's eight inputs, S = 1, then the prompt lane's eight, any S)
-//                           -> (decode h, C', n', m', prompt h, C', n', m')   the mixed graph's two cells in one node;
-//                           on CUDA the prompt's runs beside the step on a second stream (kernels/mlstm_lanes.cuh)
+//   ai.xlstm::MLstmLanes    (q, k [B + P·L, NH·DQK], v [B + P·L, NH·DV]: the stream's rows, B decode rows of one token
+//                            first, then P prompt rows of L tokens, token-major, as the projections leave them;
+//                            decode igate, fgate [B,NH,1], C, n, m; prompt igate, fgate [P,NH,L], C, n, m)
+//                           -> (decode h [B,NH,1,DV], C', n', m', prompt h [P,NH,L,DV], C', n', m')
+//                           the mixed graph's two cells in one node: the step on the decode rows, HF's schedule on the
+//                           prompt rows; on CUDA the prompt's runs beside the step on a second stream
+//                           (kernels/mlstm_lanes.cuh)
 //     q, k [B,NH,S,DQK], v [B,NH,S,DV], h [B,NH,S,DV]: float, float16 or bfloat16 (one type per node)
 //     igate, fgate [B,NH,S], m [B,NH,1]: float
 //     C [B,NH,DQK,DV], n [B,NH,DQK]: float or bfloat16 (--state-dtype bf16; in and out alike, one type per node)
@@ -92,13 +96,13 @@ struct LaneStreamDeleter {
 /// when it cannot be made: the lanes then run one after the other on the compute stream, with the same results).
 using LaneStreamOwner = std::unique_ptr<LaneStream, LaneStreamDeleter>;
 
-/// The CPU form of MLstmLanes: the decode lane's step, then the prompt lane's cell.
-Ort::Status RunCpuLanes(OrtKernelContext* context, const MLstmParams& decode, const MLstmParams& prompt);
+/// The CPU form of MLstmLanes: the decode lane's step, then the prompt lane's cell on a [P, NH, L, D] copy of its rows.
+Ort::Status RunCpuLanes(OrtKernelContext* context, const MLstmParams& decode, const MLstmParams& prompt, const TokenRows& rows);
 
 /// The CUDA form of MLstmLanes on the node's compute stream, the prompt lane forked onto `side` (defined only in CUDA
 /// builds). XLSTM_LANES_ONE_STREAM=1 in the environment keeps both lanes on the compute stream (for measuring).
 Ort::Status RunCudaLanes(OrtKernelContext* context, const MLstmParams& decode, const MLstmParams& prompt,
-                         LaneStreamOwner& side);
+                         const TokenRows& rows, LaneStreamOwner& side);
 
 template <typename T>
 struct DtypeOf;
@@ -115,16 +119,17 @@ struct DtypeOf<Ort::BFloat16_t> {
   static constexpr Dtype value = Dtype::kBFloat16;
 };
 
-/// Fills p from one cell's tensors (shapes checked, outputs allocated) for `form`; returns "" or the error. `lane`
-/// names the lane's inputs in errors (CheckShapes).
+/// Fills p from one cell's inputs (q, k, v by pointer and [B,NH,S,D] shape: a lane's q may be part of a larger tensor)
+/// and tensors (shapes checked, outputs allocated) for `form`; returns "" or the error. `lane` names the lane's inputs
+/// in errors (CheckShapes).
 template <typename T, typename S>
-std::string BindCell(Form form, const char* lane, bool one_token, const MLstmAttributes& attrs,
-                     const Ort::Custom::Tensor<T>& q, const Ort::Custom::Tensor<T>& k, const Ort::Custom::Tensor<T>& v,
-                     const Ort::Custom::Tensor<float>& igate, const Ort::Custom::Tensor<float>& fgate,
-                     const Ort::Custom::Tensor<S>& c0, const Ort::Custom::Tensor<S>& n0, const Ort::Custom::Tensor<float>& m0,
-                     Ort::Custom::Tensor<T>& h, Ort::Custom::Tensor<S>& c, Ort::Custom::Tensor<S>& n,
-                     Ort::Custom::Tensor<float>& m, MLstmParams& p) {
-  std::string error = CheckShapes(form, lane, one_token, q.Shape(), k.Shape(), v.Shape(), igate.Shape(), fgate.Shape(),
+std::string BindLane(Form form, const char* lane, bool one_token, const MLstmAttributes& attrs, const T* q,
+                     const std::vector<int64_t>& q_shape, const T* k, const std::vector<int64_t>& k_shape, const T* v,
+                     const std::vector<int64_t>& v_shape, const Ort::Custom::Tensor<float>& igate,
+                     const Ort::Custom::Tensor<float>& fgate, const Ort::Custom::Tensor<S>& c0,
+                     const Ort::Custom::Tensor<S>& n0, const Ort::Custom::Tensor<float>& m0, Ort::Custom::Tensor<T>& h,
+                     Ort::Custom::Tensor<S>& c, Ort::Custom::Tensor<S>& n, Ort::Custom::Tensor<float>& m, MLstmParams& p) {
+  std::string error = CheckShapes(form, lane, one_token, q_shape, k_shape, v_shape, igate.Shape(), fgate.Shape(),
                                   c0.Shape(), n0.Shape(), m0.Shape(), p);
   if (!error.empty()) return error;
   p.dtype = DtypeOf<T>::value;
@@ -134,9 +139,9 @@ std::string BindCell(Form form, const char* lane, bool one_token, const MLstmAtt
   p.max_inference_chunksize = one_token ? 1 : attrs.max_inference_chunksize;
   p.eps = attrs.eps;
   p.qk_scale = QkScale(p.dqk);
-  p.matQ = q.Data();
-  p.matK = k.Data();
-  p.matV = v.Data();
+  p.matQ = q;
+  p.matK = k;
+  p.matV = v;
   p.vecI = igate.Data();
   p.vecF = fgate.Data();
   p.matC0 = c0.Data();
@@ -169,8 +174,8 @@ struct MLstmKernel {
     try {
       if (!attrs_.error.empty()) return Ort::Status(attrs_.error.c_str(), ORT_INVALID_ARGUMENT);
       MLstmParams p;
-      const std::string error =
-          BindCell<T, S>(kForm, "", kForm == Form::kStep, attrs_, q, k, v, igate, fgate, c0, n0, m0, h, c, n, m, p);
+      const std::string error = BindLane<T, S>(kForm, "", kForm == Form::kStep, attrs_, q.Data(), q.Shape(), k.Data(), k.Shape(),
+                                               v.Data(), v.Shape(), igate, fgate, c0, n0, m0, h, c, n, m, p);
       if (!error.empty()) return Ort::Status(error.c_str(), ORT_INVALID_ARGUMENT);
       if (p.batch * p.heads == 0) return Ort::Status{nullptr};
       if constexpr (kCuda) {
@@ -189,39 +194,57 @@ struct MLstmKernel {
   MLstmAttributes attrs_;
 };
 
-/// MLstmLanes: the decode lane (the step, S = 1) and the prompt lane (HF's schedule) of the mixed graph in one node.
+/// Checks MLstmLanes' stream inputs q, k, v [B + P·L, NH·D] against the lanes' gates (NH, B, P, L) and states (DQK, DV);
+/// fills the lanes' [B,NH,S,D] shapes for CheckShapes. Returns "" or the error.
+std::string CheckLaneRows(const std::vector<int64_t>& q, const std::vector<int64_t>& k, const std::vector<int64_t>& v,
+                          const std::vector<int64_t>& decode_igate, const std::vector<int64_t>& prompt_igate,
+                          const std::vector<int64_t>& decode_c, std::vector<int64_t> (&decode_qkv)[3],
+                          std::vector<int64_t> (&prompt_qkv)[3]);
+
+/// MLstmLanes: the decode lane (the step, S = 1) and the prompt lane (HF's schedule) of the mixed graph in one node,
+/// reading both from the stream's q, k, v.
 template <typename T, typename S, bool kCuda>
 struct MLstmLanesKernel {
   MLstmLanesKernel(const OrtApi* api, const OrtKernelInfo* info) : attrs_(api, info, Form::kLanes) {}
 
-  Ort::Status Compute(OrtKernelContext* context,
-                      const Ort::Custom::Tensor<T>& decode_q, const Ort::Custom::Tensor<T>& decode_k,
-                      const Ort::Custom::Tensor<T>& decode_v, const Ort::Custom::Tensor<float>& decode_igate,
+  Ort::Status Compute(OrtKernelContext* context, const Ort::Custom::Tensor<T>& q, const Ort::Custom::Tensor<T>& k,
+                      const Ort::Custom::Tensor<T>& v, const Ort::Custom::Tensor<float>& decode_igate,
                       const Ort::Custom::Tensor<float>& decode_fgate, const Ort::Custom::Tensor<S>& decode_c0,
                       const Ort::Custom::Tensor<S>& decode_n0, const Ort::Custom::Tensor<float>& decode_m0,
-                      const Ort::Custom::Tensor<T>& prompt_q, const Ort::Custom::Tensor<T>& prompt_k,
-                      const Ort::Custom::Tensor<T>& prompt_v, const Ort::Custom::Tensor<float>& prompt_igate,
-                      const Ort::Custom::Tensor<float>& prompt_fgate, const Ort::Custom::Tensor<S>& prompt_c0,
-                      const Ort::Custom::Tensor<S>& prompt_n0, const Ort::Custom::Tensor<float>& prompt_m0,
-                      Ort::Custom::Tensor<T>& decode_h, Ort::Custom::Tensor<S>& decode_c, Ort::Custom::Tensor<S>& decode_n,
-                      Ort::Custom::Tensor<float>& decode_m, Ort::Custom::Tensor<T>& prompt_h,
-                      Ort::Custom::Tensor<S>& prompt_c, Ort::Custom::Tensor<S>& prompt_n,
+                      const Ort::Custom::Tensor<float>& prompt_igate, const Ort::Custom::Tensor<float>& prompt_fgate,
+                      const Ort::Custom::Tensor<S>& prompt_c0, const Ort::Custom::Tensor<S>& prompt_n0,
+                      const Ort::Custom::Tensor<float>& prompt_m0, Ort::Custom::Tensor<T>& decode_h,
+                      Ort::Custom::Tensor<S>& decode_c, Ort::Custom::Tensor<S>& decode_n, Ort::Custom::Tensor<float>& decode_m,
+                      Ort::Custom::Tensor<T>& prompt_h, Ort::Custom::Tensor<S>& prompt_c, Ort::Custom::Tensor<S>& prompt_n,
                       Ort::Custom::Tensor<float>& prompt_m) {
     try {
       if (!attrs_.error.empty()) return Ort::Status(attrs_.error.c_str(), ORT_INVALID_ARGUMENT);
+      std::vector<int64_t> dqkv[3], pqkv[3];
+      std::string error = CheckLaneRows(q.Shape(), k.Shape(), v.Shape(), decode_igate.Shape(), prompt_igate.Shape(),
+                                        decode_c0.Shape(), dqkv, pqkv);
       MLstmParams decode, prompt;
-      std::string error = BindCell<T, S>(Form::kLanes, "decode_", true, attrs_, decode_q, decode_k, decode_v, decode_igate,
-                                         decode_fgate, decode_c0, decode_n0, decode_m0, decode_h, decode_c, decode_n,
-                                         decode_m, decode);
       if (error.empty()) {
-        error = BindCell<T, S>(Form::kLanes, "prompt_", false, attrs_, prompt_q, prompt_k, prompt_v, prompt_igate,
-                               prompt_fgate, prompt_c0, prompt_n0, prompt_m0, prompt_h, prompt_c, prompt_n, prompt_m, prompt);
+        // the decode rows [B, NH·D] are the [B, NH, 1, D] the step reads: used in place
+        error = BindLane<T, S>(Form::kLanes, "decode_", true, attrs_, q.Data(), dqkv[0], k.Data(), dqkv[1], v.Data(), dqkv[2],
+                               decode_igate, decode_fgate, decode_c0, decode_n0, decode_m0, decode_h, decode_c, decode_n,
+                               decode_m, decode);
+      }
+      TokenRows rows;
+      if (error.empty()) {
+        // the prompt rows follow; token-major, so the cell reads a [P, NH, L, D] copy (RunCpuLanes, RunCudaLanes)
+        const int64_t B = dqkv[0][0];
+        rows.q = q.Data() + B * dqkv[0][1] * dqkv[0][3];
+        rows.k = k.Data() + B * dqkv[1][1] * dqkv[1][3];
+        rows.v = v.Data() + B * dqkv[2][1] * dqkv[2][3];
+        error = BindLane<T, S>(Form::kLanes, "prompt_", false, attrs_, nullptr, pqkv[0], nullptr, pqkv[1], nullptr, pqkv[2],
+                               prompt_igate, prompt_fgate, prompt_c0, prompt_n0, prompt_m0, prompt_h, prompt_c, prompt_n,
+                               prompt_m, prompt);
       }
       if (!error.empty()) return Ort::Status(error.c_str(), ORT_INVALID_ARGUMENT);
       if constexpr (kCuda) {
-        return RunCudaLanes(context, decode, prompt, side_);
+        return RunCudaLanes(context, decode, prompt, rows, side_);
       } else {
-        return RunCpuLanes(context, decode, prompt);
+        return RunCpuLanes(context, decode, prompt, rows);
       }
     } catch (const Ort::Exception& e) {
       return StatusOf(Form::kLanes, e, e.GetOrtErrorCode());

@@ -60,14 +60,14 @@ Ort::Status RunCuda(OrtKernelContext* context, const MLstmParams& p, Form form) 
 }
 
 Ort::Status RunCudaLanes(OrtKernelContext* context, const MLstmParams& decode, const MLstmParams& prompt,
-                         LaneStreamOwner& side) {
+                         const TokenRows& rows, LaneStreamOwner& side) {
   auto stream = static_cast<cudaStream_t>(Ort::KernelContext(context).GetGPUComputeStream());
   (void)cudaGetLastError();  // as in RunCuda
-  const cudaError_t err = LaunchMLstmLanesFw(decode, prompt, stream, SideStream(side, stream));
+  const cudaError_t err = LaunchMLstmLanesFw(decode, prompt, rows, stream, SideStream(side, stream));
   if (err == cudaSuccess) return Ort::Status{nullptr};
   const std::string message = std::string(kLanesName) + ": CUDA launch failed for the decode lane's step (" +
                               Describe(decode) + ") and the prompt lane's '" + MLstmChunkwiseKernelName(prompt) +
-                              "' (" + Describe(prompt) + "): " + cudaGetErrorString(err);
+                              "' after its layout copy (" + Describe(prompt) + "): " + cudaGetErrorString(err);
   return Ort::Status(message.c_str(), ORT_EP_FAIL);
 }
 

@@ -56,21 +56,34 @@ internal sealed class FusedLayerOps(GraphContext x) : ILayerOps
     }
 
     /// <summary>
-    /// Two lanes, decode then prompt, as one <c>MLstmLanes</c> node under <c>{layer}/lanes/cell</c>: the decode lane's
-    /// step and the prompt lane's cell on HF's schedule, which on CUDA run side by side on two streams (at batch 1
-    /// the prompt's chunks fill half the SMs for their whole run; docs/serving.md, "Two cells at once"). Other lane
-    /// counts: a node per lane.
+    /// The two lanes in three nodes under <c>{layer}/lanes/</c>, each reading and writing the stream's rows, so no node
+    /// splits the stream by lane, transposes a lane to heads or joins the lanes again:
+    /// <code>
+    ///   preact [B + P·L, 2NH] ─► MLstmGatesLanes ─► ĩ, f̃ of each lane
+    ///   q, k, v [B + P·L, ·] ─► MLstmLanes ─► h [B,NH,1,DV], h [P,NH,L,DV], each lane's state
+    ///   h, h, o [B + P·L, NH·DV] ─► MultiHeadNormGateLanes ─► [B + P·L, NH·DV]
+    /// </code>
+    /// On CUDA the prompt lane's cell runs beside the decode step on a second stream (docs/serving.md, "Two cells at
+    /// once"). The norm's weights keep the plain graph's names.
     /// </summary>
-    public (string H, CellState State)[] LaneCells(string layer, IReadOnlyList<LaneCell> lanes)
+    public (string Gated, CellState[] States) LaneCells(string layer, StreamQkvo qkvo, string preactivations, IReadOnlyList<LaneCell> lanes,
+        IWeightSource normWeight, IWeightSource? normBias)
     {
-        if (lanes.Count != 2) return [.. lanes.Select(c => Cell(c.Layer, c.Q, c.K, c.V, c.I, c.F, c.Past))];
+        if (lanes.Count != 2) throw new ArgumentException($"{layer}: the mixed graph has two lanes (decode, prompt); found {lanes.Count}.", nameof(lanes));
+        var (d, p) = (lanes[0], lanes[1]);
+        var g = G.Node($"{layer}/lanes/if_gate/{CustomOps.GatesLanes}", CustomOps.GatesLanes, [preactivations, d.Mask, p.Mask], 4, CustomOps.Domain,
+            Attr.Float("soft_cap", x.C.GateSoftCap ?? 0)); // 0: no cap
         var schedule = x.C.Schedule;
-        var inputs = lanes.SelectMany(c => new[] { c.Q, c.K, c.V, c.I, c.F, c.Past.C, c.Past.N, c.Past.M }).ToArray();
-        var o = G.Node($"{layer}/lanes/cell/{CustomOps.Lanes}", CustomOps.Lanes, inputs, 8, CustomOps.Domain,
+        var c = G.Node($"{layer}/lanes/cell/{CustomOps.Lanes}", CustomOps.Lanes,
+            [qkvo.Q, qkvo.K, qkvo.V, g[0], g[1], d.Past.C, d.Past.N, d.Past.M, g[2], g[3], p.Past.C, p.Past.N, p.Past.M], 8, CustomOps.Domain,
             Attr.Int("chunk_size", schedule.ChunkSize),
             Attr.Int("max_inference_chunksize", schedule.SegmentLength),
             Attr.Float("eps", x.C.Eps));
-        return [(o[0], new CellState(o[1], o[2], o[3])), (o[4], new CellState(o[5], o[6], o[7]))];
+        string norm = $"{layer}/multihead_norm";
+        string b = normBias is null ? G.Filled(0f, x.C.VDim, x.T) : x.Weight(norm, "bias", normBias); // the op always takes a bias
+        string y = G.Node($"{layer}/lanes/multihead_norm/{CustomOps.HeadNormGateLanes}", CustomOps.HeadNormGateLanes,
+            [c[0], c[4], qkvo.O, x.Weight(norm, "weight", normWeight), b], 1, CustomOps.Domain, Attr.Float("eps", x.C.NormEps))[0];
+        return (y, [new CellState(c[1], c[2], c[3]), new CellState(c[5], c[6], c[7])]);
     }
 
     /// <summary>σ(o) ⊙ (LayerNorm per head over DV · w + b), read from the cell's [B,NH,S,DV] and written as [B·S, NH·DV].</summary>

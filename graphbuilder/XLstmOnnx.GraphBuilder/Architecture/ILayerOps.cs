@@ -11,11 +11,11 @@ internal readonly record struct Residual(string X, string? Update = null, string
 /// <summary>One layer's mLSTM state, float32: C [B,NH,DQK,DV], n [B,NH,DQK], m [B,NH,1].</summary>
 internal readonly record struct CellState(string C, string N, string M);
 
-/// <summary>
-/// One lane's cell inputs in the mixed graph: the lane (its rows, shapes and state names), the path its own cell would
-/// have (<c>/model/blocks.{i}/mlstm/decode</c>), q, k [B,NH,S,DQK], v [B,NH,S,DV], ĩ, f̃ [B,NH,S] and the past state.
-/// </summary>
-internal sealed record LaneCell(Lane Lane, string Layer, string Q, string K, string V, string I, string F, CellState Past);
+/// <summary>One lane of the mixed graph at a layer's cell: its attention mask input and its past state.</summary>
+internal sealed record LaneCell(string Mask, CellState Past);
+
+/// <summary>The stream's projections split by kind: q, k [B + P·L, NH·DQK], v, o [B + P·L, NH·DV] (decode rows first).</summary>
+internal sealed record StreamQkvo(string Q, string K, string V, string O);
 
 /// <summary>
 /// The one seam between the portable graph and the ONNX Runtime fast path (<c>--mlstm-kernels custom</c>): the mLSTM
@@ -39,10 +39,13 @@ internal interface ILayerOps
     (string H, CellState State) Cell(string layer, string q, string k, string v, string i, string f, CellState past);
 
     /// <summary>
-    /// The mixed graph's cells, one per lane (decode lane first: S = 1): as <see cref="Cell"/> on each, h and the new
-    /// state per lane, in the lanes' order. <paramref name="layer"/> is the layer's path without a lane segment.
+    /// The mixed graph's cell part of a layer over its two lanes (decode, then prompt), from the stream's projections
+    /// and gate pre-activations [B + P·L, 2NH]: each lane's gates and cell (the step on the decode rows, HF's schedule
+    /// on the prompt rows), then σ(o) ⊙ (MultiHeadLayerNorm(h)·w + b) for the whole stream, [B + P·L, NH·DV], and each
+    /// lane's new state. <paramref name="layer"/> is the layer's path.
     /// </summary>
-    (string H, CellState State)[] LaneCells(string layer, IReadOnlyList<LaneCell> lanes);
+    (string Gated, CellState[] States) LaneCells(string layer, StreamQkvo qkvo, string preactivations, IReadOnlyList<LaneCell> lanes,
+        IWeightSource normWeight, IWeightSource? normBias);
 
     /// <summary>σ(o) ⊙ (MultiHeadLayerNorm(h)·w + b): h [B,NH,S,DV], o [B·S, NH·DV] → [B·S, NH·DV].</summary>
     string HeadNormGate(string layer, string h, string o, IWeightSource weight, IWeightSource? bias);

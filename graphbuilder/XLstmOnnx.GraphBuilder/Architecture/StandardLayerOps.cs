@@ -59,20 +59,10 @@ internal sealed class StandardLayerOps(GraphContext x) : ILayerOps
         return (x.ToModelType($"{p}/h", h), new CellState(Out("C", state.C, StatePart.C), Out("n", state.N, StatePart.N), state.M));
     }
 
-    /// <summary>Each lane's own cell, under its lane's path, with the lane's shapes.</summary>
-    public (string H, CellState State)[] LaneCells(string layer, IReadOnlyList<LaneCell> lanes)
-    {
-        var stream = x.Lane;
-        var outs = new (string H, CellState State)[lanes.Count];
-        for (int l = 0; l < lanes.Count; l++)
-        {
-            var c = lanes[l];
-            x.Lane = c.Lane;
-            outs[l] = Cell(c.Layer, c.Q, c.K, c.V, c.I, c.F, c.Past);
-        }
-        x.Lane = stream;
-        return outs;
-    }
+    /// <summary>Not in the portable graph: the mixed graph is written with the custom ops only (<see cref="Export.ExportOptions.MixedGraph"/>).</summary>
+    public (string Gated, CellState[] States) LaneCells(string layer, StreamQkvo qkvo, string preactivations, IReadOnlyList<LaneCell> lanes,
+        IWeightSource normWeight, IWeightSource? normBias) =>
+        throw new NotSupportedException($"{layer}: the mixed graph needs ExportOptions.MLstmKernels custom (its lanes are custom ops); found onnx.");
 
     /// <summary>
     /// h [B,NH,S,DV] ─► [B,S,NH,DV] ─► LayerNorm per head over DV ─► [B·S, NH·DV] ─► ·w (+b) ─► ⊙ σ(o)

@@ -245,54 +245,41 @@ public sealed class XLstmGraphBuilder
     /// </summary>
     private string MakeCell(int i, string p, string proj, string preact)
     {
-        var (cell, o) = MakeCellInputs(i, p, proj, preact);
-        var (h, state) = _ops.Cell(p, cell.Q, cell.K, cell.V, cell.I, cell.F, cell.Past);                // [B,NH,S,DV]
+        var qkvo = G.Node($"{p}/qkvo_proj/Split", "Split", [proj, G.Constant(_c.QkDim, _c.QkDim, _c.VDim, _c.VDim)], 4, "", Attr.Int("axis", 1));
+        string q = _x.Heads($"{p}/q_heads", qkvo[0], _c.QkHeadDim);                                        // [B,NH,S,DQK]
+        string k = _x.Heads($"{p}/k_heads", qkvo[1], _c.QkHeadDim);
+        string v = _x.Heads($"{p}/v_heads", qkvo[2], _c.VHeadDim);                                         // [B,NH,S,DV]
+        string o = qkvo[3];                                                                                 // [B·S, NH·DV]
+        var (ig, fg) = _ops.Gates(p, preact);                                                               // [B,NH,S] each
+        var (h, state) = _ops.Cell(p, q, k, v, ig, fg, PastState(i));                                       // [B,NH,S,DV]
         PresentState(i, state);
         return _ops.HeadNormGate(p, h, o, _w[WeightRole.MultiheadNorm, i], _w.Optional(WeightRole.MultiheadNormBias, i));
     }
 
     /// <summary>
-    /// The mixed graph's cell of layer <paramref name="i"/>: the stream's projections split by lane, each lane's
-    /// inputs and gates, the cells of both lanes (the step on the decode rows, HF's schedule on the prompt rows; one
-    /// node on the fast path), each lane's gated output, joined again: [B + P·L, NH·DV].
+    /// The mixed graph's cell of layer <paramref name="i"/>: the stream's projections split by kind (not by lane), each
+    /// lane's mask and past state, and the lanes' gates, cells and gated output as the layer ops write them (on the fast
+    /// path three nodes that read and write the stream's rows): [B + P·L, NH·DV].
     /// </summary>
     private string MakeLaneCells(int i, string p, string proj, string preact)
     {
-        var projs = SplitLanes($"{p}/qkvo_proj", proj);
-        var preacts = SplitLanes($"{p}/if_gate", preact);
-        var cells = new LaneCell[_lanes!.Length];
-        var os = new string[_lanes.Length];
+        var qkvo = G.Node($"{p}/qkvo_proj/Split", "Split", [proj, G.Constant(_c.QkDim, _c.QkDim, _c.VDim, _c.VDim)], 4, "", Attr.Int("axis", 1)); // [B + P·L, ·]
+        var lanes = new LaneCell[_lanes!.Length];
         for (int l = 0; l < _lanes.Length; l++)
         {
             _x.Lane = _lanes[l];
-            (cells[l], os[l]) = MakeCellInputs(i, p + _lanes[l].Segment, projs[l], preacts[l]);
+            lanes[l] = new LaneCell(_x.MaskInput!, PastState(i));
         }
         _x.Lane = _stream;
-        var results = _ops.LaneCells(p, cells);
-        var outs = new string[_lanes.Length];
+        var (gated, states) = _ops.LaneCells(p, new StreamQkvo(qkvo[0], qkvo[1], qkvo[2], qkvo[3]), preact, lanes,
+            _w[WeightRole.MultiheadNorm, i], _w.Optional(WeightRole.MultiheadNormBias, i));
         for (int l = 0; l < _lanes.Length; l++)
         {
             _x.Lane = _lanes[l];
-            PresentState(i, results[l].State);
-            outs[l] = _ops.HeadNormGate(p + _lanes[l].Segment, results[l].H, os[l], _w[WeightRole.MultiheadNorm, i],
-                _w.Optional(WeightRole.MultiheadNormBias, i));
+            PresentState(i, states[l]);
         }
         _x.Lane = _stream;
-        return G.Op($"{p}/lanes/Concat", "Concat", outs, Attr.Int("axis", 0));                                       // [B + P·L, NH·DV]
-    }
-
-    /// <summary>
-    /// The cell's inputs on the current lane's rows: q, k, v, o = split(proj), heads; ĩ, f̃ = gates(preact); the past
-    /// state. Returns them with o [B·S, NH·DV] for the gated output.
-    /// </summary>
-    private (LaneCell Cell, string O) MakeCellInputs(int i, string p, string proj, string preact)
-    {
-        var qkvo = G.Node($"{p}/qkvo_proj/Split", "Split", [proj, G.Constant(_c.QkDim, _c.QkDim, _c.VDim, _c.VDim)], 4, "", Attr.Int("axis", 1));
-        string q = _x.Heads($"{p}/q_heads", qkvo[0], _c.QkHeadDim);                                        // [B,NH,S,DQK]
-        string k = _x.Heads($"{p}/k_heads", qkvo[1], _c.QkHeadDim);
-        string v = _x.Heads($"{p}/v_heads", qkvo[2], _c.VHeadDim);                                         // [B,NH,S,DV]
-        var (ig, fg) = _ops.Gates(p, preact);                                                               // [B,NH,S] each
-        return (new LaneCell(_x.Lane, p, q, k, v, ig, fg, PastState(i)), qkvo[3]);                          // o: [B·S, NH·DV]
+        return gated;                                                                                   // [B + P·L, NH·DV]
     }
 
     /// <summary>gate, z = split(x W_upᵀ); y = (silu(gate) ⊙ z) W_downᵀ.</summary>
