@@ -37,10 +37,13 @@
 #                                                                                 forked and on one stream (XLSTM_LANES_ONE_STREAM=1)
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes-more  # run 8: CUPTI by step kind, two prompts a step, 64 slots
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes-tests # run 8: the NUnit CUDA tests, one process each
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes2      # run 8: the mixed graph without lane splits: customops,
+#                                                                                 kernel bench, export, engine, the 32-slot load three times
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes2-more # run 8: 64 slots, NUnit CUDA tests, CUPTI by step kind
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: lanes, lanes-more, lanes-tests, build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra, pad3-tests or pad4}
+stage=${1:?stage: lanes, lanes-more, lanes-tests, lanes2, lanes2-more, build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra, pad3-tests or pad4}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -381,6 +384,38 @@ lanes-more)
   lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
   lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
   stop
+  ;;
+lanes2)
+  # run 8, third lease: the mixed graph with one Split a layer (MLstmLanes, MLstmGatesLanes, MultiHeadNormGateLanes)
+  customops
+  /tmp/cb/xlstm_kernel_bench --lanes > "$R/kernels-lanes.json" 2> "$R/kernels-lanes.log"
+  say "xlstm_kernel_bench --lanes rc=$?"; cat "$R/kernels-lanes.log" | tee -a "$R/summary.txt"
+  export_7b $M7 7b-mixed --mixed-graph
+  engine_bench bench $M7 8,32,64
+  load32 a
+  load32 b
+  load32 c
+  ;;
+lanes2-more)
+  # run 8, third lease, second call: 64 slots (8 clients, then 64 clients and 1,024 tokens), the NUnit CUDA tests one
+  # process each, then CUPTI of the 32-slot load by step kind
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
+  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
+  stop
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  for t in $(grep -oE '^    public void [A-Za-z0-9_]+' tests/XLstmOnnx.Tests/CudaTests.cs | awk '{print $3}' | grep -v RequireCuda); do
+    (( $(date +%s) - t0 > 420 )) && { say "out of time: CudaTests.$t and the ones after it not run"; break; }
+    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
+    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
+    grep -E "requests served|Exception|Expected|But was" "$R/nunit-$t.log" | head -6 | tee -a "$R/summary.txt"
+  done
+  if (( $(date +%s) - t0 < 470 )); then
+    traced_serve 32 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512
+    lt trace --clients 32 --seconds 20 --warmup-seconds 4 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 0
+    stop
+    grep -E "/(span|busy)" "$R/steps-32.tsv" | tee -a "$R/summary.txt"
+  fi
   ;;
 lanes-tests)
   # run 8: the NUnit CUDA tests, one process per test method (in one process they crash: tools/serve/README.md, run 7)
