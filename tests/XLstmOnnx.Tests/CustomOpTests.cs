@@ -306,6 +306,64 @@ public class CustomOpTests
         Assert.That(e.Message, Does.Contain("MLstmStep").And.Contain("input 'q'").And.Contain("[1,2,3,4]").And.Contain("S = 1"));
     }
 
+    /// <summary>Runs one ai.xlstm node of <paramref name="op"/> on float inputs (int64 for names ending in "mask") and returns its error.</summary>
+    private static OnnxRuntimeException LanesError(string op, (string Name, long[] Shape)[] inputs, int outputs, params Attr[] attrs)
+    {
+        using var options = OptionsWithLibrary();
+        var g = new OnnxGraph("lanes");
+        foreach (var (name, _) in inputs) g.Input(name, name.EndsWith("mask", StringComparison.Ordinal) ? DataType.Int64 : DataType.Float, null);
+        var outs = g.Node($"/{op}", op, [.. inputs.Select(i => i.Name)], outputs, CustomOps.Domain, attrs);
+        for (int i = 0; i < outs.Length; i++) g.Output($"out_{i}", outs[i], DataType.Float, null);
+        var model = new ModelProto { IrVersion = ExportOptions.IrVersion, Graph = g.Proto };
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = "", Version = ExportOptions.Opset });
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = CustomOps.Domain, Version = CustomOps.DomainVersion });
+        using var session = new InferenceSession(model.ToByteArray(), options);
+        var values = inputs.Select(i => i.Name.EndsWith("mask", StringComparison.Ordinal)
+            ? OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat(1L, (int)i.Shape.Aggregate(1L, (a, b) => a * b)).ToArray(), i.Shape)
+            : OrtValue.CreateTensorValueFromMemory(new float[i.Shape.Aggregate(1L, (a, b) => a * b)], i.Shape)).ToList();
+        try
+        {
+            return Assert.Throws<OnnxRuntimeException>(() => session.Run(new RunOptions(), [.. inputs.Select(i => i.Name)], values, [.. outs.Select((_, i) => $"out_{i}")]).Dispose())!;
+        }
+        finally
+        {
+            foreach (var v in values) v.Dispose();
+        }
+    }
+
+    [Test]
+    public void LaneOpShapeErrorsNameTheOpTheInputAndBothShapes()
+    {
+        // B = 2 decode rows, P = 1 prompt row of L = 3 tokens: 5 stream rows; NH = 2, DQK = 4, DV = 6
+        (string, long[])[] Cell(long rows) =>
+        [
+            ("q", [rows, 8]), ("k", [rows, 8]), ("v", [rows, 12]),
+            ("decode_igate", [2, 2, 1]), ("decode_fgate", [2, 2, 1]), ("decode_C", [2, 2, 4, 6]), ("decode_n", [2, 2, 4]), ("decode_m", [2, 2, 1]),
+            ("prompt_igate", [1, 2, 3]), ("prompt_fgate", [1, 2, 3]), ("prompt_C", [1, 2, 4, 6]), ("prompt_n", [1, 2, 4]), ("prompt_m", [1, 2, 1]),
+        ];
+        Attr[] cellAttrs = [Attr.Int("chunk_size", 4), Attr.Int("max_inference_chunksize", 16384), Attr.Float("eps", 1e-6)];
+        var e = LanesError(CustomOps.Lanes, Cell(6), 8, cellAttrs);
+        Assert.That(e.Message, Does.Contain("MLstmLanes: input 'q' has shape [6,8]").And.Contain("expected [5,8] = [B + P·L, NH·DQK]"));
+        var badState = Cell(5);
+        badState[10] = ("prompt_C", [1, 2, 4, 5]);
+        e = LanesError(CustomOps.Lanes, badState, 8, cellAttrs);
+        Assert.That(e.Message, Does.Contain("MLstmLanes: input 'prompt_C' has shape [1,2,4,5]").And.Contain("[1,2,4,6]"));
+
+        e = LanesError(CustomOps.GatesLanes, [("gates", [6, 4]), ("decode_mask", [2, 1]), ("prompt_mask", [1, 3])], 4, Attr.Float("soft_cap", 15));
+        Assert.That(e.Message, Does.Contain("MLstmGatesLanes: input 'gates' has shape [6,4]").And.Contain("[B + P·L, 2·NH] = [5, 2·NH]"));
+        e = LanesError(CustomOps.GatesLanes, [("gates", [5, 4]), ("decode_mask", [2, 2]), ("prompt_mask", [1, 3])], 4, Attr.Float("soft_cap", 15));
+        Assert.That(e.Message, Does.Contain("MLstmGatesLanes: input 'decode_attention_mask' has shape [2,2]").And.Contain("[B, 1]"));
+
+        e = LanesError(CustomOps.HeadNormGateLanes, [("decode_h", [2, 2, 1, 6]), ("prompt_h", [1, 2, 3, 6]), ("o", [4, 12]), ("weight", [12]), ("bias", [12])], 1,
+            Attr.Float("eps", 1e-5));
+        Assert.That(e.Message, Does.Contain("MultiHeadNormGateLanes: input 'o' has shape [4,12]").And.Contain("[5,12] = [B + P·L, NH·DV]"));
+
+        e = LanesError(CustomOps.Lanes, Cell(5), 8, cellAttrs[1..]);
+        Assert.That(e.Message, Does.Contain("MLstmLanes: attribute 'chunk_size'").And.Contain("is missing"));
+        e = LanesError(CustomOps.GatesLanes, [("gates", [5, 4]), ("decode_mask", [2, 1]), ("prompt_mask", [1, 3])], 4);
+        Assert.That(e.Message, Does.Contain("MLstmGatesLanes: attribute 'soft_cap'").And.Contain("is missing"));
+    }
+
     [TestCase(CustomOps.Chunkwise, "chunk_size")]
     [TestCase(CustomOps.Chunkwise, "max_inference_chunksize")]
     [TestCase(CustomOps.Chunkwise, "eps")]
