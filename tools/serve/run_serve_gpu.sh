@@ -388,6 +388,9 @@ lanes-more)
 lanes2)
   # run 8, third lease: the mixed graph with one Split a layer (MLstmLanes, MLstmGatesLanes, MultiHeadNormGateLanes)
   customops
+  if [[ ! -f /tmp/cb/libxlstm_customops.so ]] || ! grep -q "cases, 0 failed" "$R/customops.log" || grep -q "^FAIL " "$R/customops.log"; then
+    grep -h -E "error|FAIL" "$R/build.log" "$R/customops.log" | head -30 | tee -a "$R/summary.txt"; finish; exit 1
+  fi
   /tmp/cb/xlstm_kernel_bench --lanes > "$R/kernels-lanes.json" 2> "$R/kernels-lanes.log"
   say "xlstm_kernel_bench --lanes rc=$?"; cat "$R/kernels-lanes.log" | tee -a "$R/summary.txt"
   export_7b $M7 7b-mixed --mixed-graph
