@@ -243,9 +243,9 @@ void BenchLanes(cudaStream_t stream, std::vector<Row>& rows, int reps) {
     CHECK_CUDA(cudaDeviceSynchronize());
     const double cell = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmChunkwiseFw(prompt.At(r), stream); });
     // the lanes read the prompt's q, k, v as token-major rows and copy them into the cell's layout first (timed too)
-    const TokenRows rows{prompt.p.matQ, prompt.p.matK, prompt.p.matV};
-    const double one = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), rows, stream, nullptr); });
-    const double two = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), rows, stream, side.get()); });
+    const TokenRows token_rows{prompt.p.matQ, prompt.p.matK, prompt.p.matV};
+    const double one = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), token_rows, stream, nullptr); });
+    const double two = TimeGraph(stream, reps, [&](int r) { return LaunchMLstmLanesFw(decode.At(r), prompt.At(r), token_rows, stream, side.get()); });
     rows.push_back({"lanes", "prompt alone", "bfloat16", 1, S, cell, 0, 0, reps});
     rows.push_back({"lanes", "both, one stream", "bfloat16", B, S, one, 0, 0, reps});
     rows.push_back({"lanes", "both, forked", "bfloat16", B, S, two, 0, 0, reps});
