@@ -39,11 +39,14 @@
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes-tests # run 8: the NUnit CUDA tests, one process each
 #   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes2      # run 8: the mixed graph without lane splits: customops,
 #                                                                                 kernel bench, export, engine, the 32-slot load three times
-#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes2-more # run 8: 64 slots, NUnit CUDA tests, CUPTI by step kind
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes2-more # run 8: NUnit CUDA tests, 64 slots
+#   source /tmp/xlstm/env.sh && bash tools/serve/run_serve_gpu.sh lanes3      # run 8: the prompt's layout copy before the fork: customops,
+#                                                                                 kernel bench, export, engine, two 32-slot loads, the NUnit
+#                                                                                 CUDA mixed-step serving tests
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: lanes, lanes-more, lanes-tests, lanes2, lanes2-more, build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra, pad3-tests or pad4}
+stage=${1:?stage: lanes, lanes-more, lanes-tests, lanes2, lanes2-more, lanes3, build, serve, extra, profile, final, linear, linear-bench, linear-serve, state, state-check, state-bench, state-serve, mixed, tail, mixed-trace, mixed-32, mixed-64, mixed-final, pad, pad-serve, pad-trace, pad-tests, pad2, pad2-64, pad3, pad3-extra, pad3-tests or pad4}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -412,6 +415,26 @@ lanes2-more)
   lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
   lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
   stop
+  ;;
+lanes3)
+  # run 8, last lease: the prompt rows' layout copy on the compute stream before the fork (kernels/mlstm_lanes_fw.cu)
+  customops
+  if [[ ! -f /tmp/cb/libxlstm_customops.so ]] || ! grep -q "cases, 0 failed" "$R/customops.log" || grep -q "^FAIL " "$R/customops.log"; then
+    grep -h -E "error|FAIL" "$R/build.log" "$R/customops.log" | head -30 | tee -a "$R/summary.txt"; finish; exit 1
+  fi
+  /tmp/cb/xlstm_kernel_bench --lanes > "$R/kernels-lanes.json" 2> "$R/kernels-lanes.log"
+  say "xlstm_kernel_bench --lanes rc=$?"; cat "$R/kernels-lanes.log" | tee -a "$R/summary.txt"
+  export_7b $M7 7b-mixed --mixed-graph
+  engine_bench bench $M7 32
+  load32 a
+  load32 b
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  for t in ServingMixedStepsOnCudaEqualsServedAloneAndTheCpu ServingWholeChunkMixedStepsOnCudaEqualsServedAloneAndTheCpu \
+           Bf16StateServingOnCudaEqualsServedAlone; do
+    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
+    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
+    grep -E "requests served|Exception|Expected|But was" "$R/nunit-$t.log" | head -6 | tee -a "$R/summary.txt"
+  done
   ;;
 lanes-tests)
   # run 8: the NUnit CUDA tests, one process per test method (in one process they crash: tools/serve/README.md, run 7)

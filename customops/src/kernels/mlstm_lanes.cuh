@@ -38,8 +38,8 @@ class LaneStream {
   cudaEvent_t join_ = nullptr;
 };
 
-/// Enqueues the decode lane's step (decode.seq = 1) on `stream` and the prompt lane's layout copy and chunkwise cell
-/// (prompt's q, k, v taken from `rows`, token-major) on `side`'s stream, forked after the work already on `stream` and
+/// Enqueues the prompt lane's layout copy (its q, k, v taken from `rows`, token-major) and the decode lane's step
+/// (decode.seq = 1) on `stream`, and the prompt lane's chunkwise cell on `side`'s stream, forked after the copy and
 /// joined back before this returns: what is enqueued on `stream` afterwards sees both lanes' outputs. side == nullptr
 /// runs both on `stream`, prompt first. A lane with no rows is skipped. The lanes' outputs must not overlap each other
 /// or the inputs (they are separate graph values). Returns the first error; the join is enqueued whatever happened, so

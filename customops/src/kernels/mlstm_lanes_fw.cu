@@ -84,23 +84,31 @@ cudaError_t LaunchHeads(const MLstmParams& p, const TokenRows& rows, void* dst, 
   return cudaGetLastError();
 }
 
-/// The prompt lane on `stream`: its rows laid out as [P, NH, L, D] in scratch, the cell, the scratch freed.
-cudaError_t LaunchPromptLane(const MLstmParams& prompt, const TokenRows& rows, cudaStream_t stream) {
-  if (!HasRows(prompt)) return cudaSuccess;
+/// The prompt lane's rows laid out as [P, NH, L, D] in stream-ordered scratch on `stream`; *p gets prompt with q, k, v
+/// there. On an error the scratch is freed and *scratch is null.
+cudaError_t LayOutPrompt(const MLstmParams& prompt, const TokenRows& rows, cudaStream_t stream, MLstmParams* p, void** scratch) {
   const size_t es = ElementBytes(prompt.dtype);
   const size_t bytes = static_cast<size_t>(prompt.batch * prompt.heads * prompt.seq * (2 * prompt.dqk + prompt.dv)) * es;
-  void* scratch = nullptr;
-  cudaError_t err = cudaMallocAsync(&scratch, bytes, stream);
+  *scratch = nullptr;
+  cudaError_t err = cudaMallocAsync(scratch, bytes, stream);
   if (err != cudaSuccess) return err;
-  err = LaunchTokenRowsToHeads(prompt, rows, scratch, stream);
-  if (err == cudaSuccess) {
-    MLstmParams p = prompt;
-    const size_t qk = static_cast<size_t>(prompt.batch * prompt.heads * prompt.seq * prompt.dqk) * es;
-    p.matQ = scratch;
-    p.matK = static_cast<unsigned char*>(scratch) + qk;
-    p.matV = static_cast<unsigned char*>(scratch) + 2 * qk;
-    err = LaunchMLstmChunkwiseFw(p, stream);
+  err = LaunchTokenRowsToHeads(prompt, rows, *scratch, stream);
+  if (err != cudaSuccess) {
+    (void)cudaFreeAsync(*scratch, stream);
+    *scratch = nullptr;
+    return err;
   }
+  const size_t qk = static_cast<size_t>(prompt.batch * prompt.heads * prompt.seq * prompt.dqk) * es;
+  *p = prompt;
+  p->matQ = *scratch;
+  p->matK = static_cast<unsigned char*>(*scratch) + qk;
+  p->matV = static_cast<unsigned char*>(*scratch) + 2 * qk;
+  return cudaSuccess;
+}
+
+/// The prompt lane's cell on `stream` (after LayOutPrompt), then its scratch freed there.
+cudaError_t RunPromptCell(const MLstmParams& p, void* scratch, cudaStream_t stream) {
+  const cudaError_t err = LaunchMLstmChunkwiseFw(p, stream);
   const cudaError_t freed = cudaFreeAsync(scratch, stream);
   return err != cudaSuccess ? err : freed;
 }
@@ -125,17 +133,27 @@ cudaError_t LaunchTokenRowsToHeads(const MLstmParams& p, const TokenRows& rows, 
 cudaError_t LaunchMLstmLanesFw(const MLstmParams& decode, const MLstmParams& prompt, const TokenRows& rows,
                                cudaStream_t stream, LaneStream* side) {
   if (decode.seq != 1) return cudaErrorInvalidValue;
+  // the prompt rows' layout copy first, on `stream`: launched on the side stream it would start the chunkwise kernel
+  // after the step's many CTAs were queued, and the GPU would run the two one after the other
+  MLstmParams cell;
+  void* scratch = nullptr;
+  if (HasRows(prompt)) {
+    const cudaError_t err = LayOutPrompt(prompt, rows, stream, &cell, &scratch);
+    if (err != cudaSuccess) return err;
+  }
   if (side == nullptr || !HasRows(decode) || !HasRows(prompt)) {
-    const cudaError_t err = LaunchPromptLane(prompt, rows, stream);
+    const cudaError_t err = HasRows(prompt) ? RunPromptCell(cell, scratch, stream) : cudaSuccess;
     return err != cudaSuccess ? err : LaunchStepLane(decode, stream);
   }
-  // fork: the side stream waits for everything already on `stream` (the lanes' q, k, v and gates)
+  // fork: the side stream waits for everything already on `stream` (the lanes' gates, the layout copy)
   cudaError_t err = cudaEventRecord(side->fork(), stream);
-  if (err != cudaSuccess) return err;
-  err = cudaStreamWaitEvent(side->stream(), side->fork(), 0);
-  if (err != cudaSuccess) return err;
-  // the prompt first: its CTAs are few and long, the step's many and short
-  const cudaError_t prompt_err = LaunchPromptLane(prompt, rows, side->stream());
+  if (err == cudaSuccess) err = cudaStreamWaitEvent(side->stream(), side->fork(), 0);
+  if (err != cudaSuccess) {
+    (void)cudaFreeAsync(scratch, stream);
+    return err;
+  }
+  // the prompt's cell first: its CTAs are few and long, the step's many and short
+  const cudaError_t prompt_err = RunPromptCell(cell, scratch, side->stream());
   // join, whatever the launch did: a capture must not end with the side stream still forked
   const cudaError_t record_err = cudaEventRecord(side->join(), side->stream());
   const cudaError_t step_err = LaunchStepLane(decode, stream);
