@@ -100,6 +100,32 @@ load32() { # load32 LABEL FLAGS...: 32 slots, 32 clients, 128 new tokens (the is
   say "$(grep -E '^xlstm_(mixed_step|decode_step_seconds_(sum|count))' "$R/metrics-32x128-$label.txt" | sed 's/{.*}//' | tr '\n' ' ')"
   stop
 }
+built_or_stop() { # after customops: ends the stage (results kept) when the library did not build or a CTest case failed
+  if [[ ! -f /tmp/cb/libxlstm_customops.so ]] || ! grep -q "cases, 0 failed" "$R/customops.log" || grep -q "^FAIL " "$R/customops.log"; then
+    grep -h -E "error|FAIL" "$R/build.log" "$R/customops.log" | head -30 | tee -a "$R/summary.txt"; finish; exit 1
+  fi
+}
+lanes_bench() { # the mixed graph's two cells, one layer: alone, one stream, forked (xlstm_kernel_bench --lanes)
+  /tmp/cb/xlstm_kernel_bench --lanes > "$R/kernels-lanes.json" 2> "$R/kernels-lanes.log"
+  say "xlstm_kernel_bench --lanes rc=$?"; cat "$R/kernels-lanes.log" | tee -a "$R/summary.txt"
+}
+loads64() { # 64 slots: 8 clients, then 64 clients, 1,024 new tokens each
+  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
+  lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
+  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
+  stop
+}
+cuda_tests() { # cuda_tests [METHOD...]: NUnit CudaTests methods (all when none named), one process each (in one process
+  # they crash: tools/serve/README.md, run 7), with the library just built
+  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
+  local methods=("$@")
+  (( ${#methods[@]} )) || methods=($(grep -oE '^    public void [A-Za-z0-9_]+' tests/XLstmOnnx.Tests/CudaTests.cs | awk '{print $3}' | grep -v RequireCuda))
+  for t in "${methods[@]}"; do
+    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
+    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
+    grep -E "requests served|Exception|Expected|But was" "$R/nunit-$t.log" | head -6 | tee -a "$R/summary.txt"
+  done
+}
 lt() { # lt NAME ARGS...: a load test against the server on $PORT
   local name=$1; shift
   "$CLI" loadtest --url http://127.0.0.1:$PORT --model-name x --out "$R/lt-$name.json" "$@" > "$R/lt-$name.log" 2>&1
@@ -362,8 +388,7 @@ pad3)
 lanes)
   # run 8: the mixed graph's two cells in one MLstmLanes node, the prompt's forked beside the step (kernels/mlstm_lanes.cuh)
   customops
-  /tmp/cb/xlstm_kernel_bench --lanes > "$R/kernels-lanes.json" 2> "$R/kernels-lanes.log"
-  say "xlstm_kernel_bench --lanes rc=$?"; cat "$R/kernels-lanes.log" | tee -a "$R/summary.txt"
+  lanes_bench
   export_7b $M7 7b-mixed --mixed-graph
   engine_bench bench $M7 8,32,64
   load32 forked
@@ -383,19 +408,13 @@ lanes-more)
   head -12 "$R/kernels-32.tsv" | cut -c1-140 | tee -a "$R/summary.txt"
   grep -E "/(span|busy)" "$R/steps-32.tsv" | tee -a "$R/summary.txt"
   load32 rows2 --mixed-prompt-rows 2
-  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
-  lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
-  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
-  stop
+  loads64
   ;;
 lanes2)
   # run 8, third lease: the mixed graph with one Split a layer (MLstmLanes, MLstmGatesLanes, MultiHeadNormGateLanes)
   customops
-  if [[ ! -f /tmp/cb/libxlstm_customops.so ]] || ! grep -q "cases, 0 failed" "$R/customops.log" || grep -q "^FAIL " "$R/customops.log"; then
-    grep -h -E "error|FAIL" "$R/build.log" "$R/customops.log" | head -30 | tee -a "$R/summary.txt"; finish; exit 1
-  fi
-  /tmp/cb/xlstm_kernel_bench --lanes > "$R/kernels-lanes.json" 2> "$R/kernels-lanes.log"
-  say "xlstm_kernel_bench --lanes rc=$?"; cat "$R/kernels-lanes.log" | tee -a "$R/summary.txt"
+  built_or_stop
+  lanes_bench
   export_7b $M7 7b-mixed --mixed-graph
   engine_bench bench $M7 8,32,64
   load32 a
@@ -405,46 +424,24 @@ lanes2)
 lanes2-more)
   # run 8, third lease, second call: the NUnit CUDA tests one process each, then 64 slots (8 clients, then 64 clients
   # and 1,024 tokens)
-  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
-  for t in $(grep -oE '^    public void [A-Za-z0-9_]+' tests/XLstmOnnx.Tests/CudaTests.cs | awk '{print $3}' | grep -v RequireCuda); do
-    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
-    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
-    grep -E "requests served|Exception|Expected|But was" "$R/nunit-$t.log" | head -6 | tee -a "$R/summary.txt"
-  done
-  serve 64 "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 64 --queue 512
-  lt 8x1024 --clients 8 --seconds 15 --warmup-seconds 4 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
-  lt 64x1024 --clients 64 --seconds 45 --warmup-seconds 15 --max-tokens 1024 --prompt-tokens 64:160 --ignore-eos --check-alone 1
-  stop
+  cuda_tests
+  loads64
   ;;
 lanes3)
   # run 8, last lease: the prompt rows' layout copy on the compute stream before the fork (kernels/mlstm_lanes_fw.cu)
   customops
-  if [[ ! -f /tmp/cb/libxlstm_customops.so ]] || ! grep -q "cases, 0 failed" "$R/customops.log" || grep -q "^FAIL " "$R/customops.log"; then
-    grep -h -E "error|FAIL" "$R/build.log" "$R/customops.log" | head -30 | tee -a "$R/summary.txt"; finish; exit 1
-  fi
-  /tmp/cb/xlstm_kernel_bench --lanes > "$R/kernels-lanes.json" 2> "$R/kernels-lanes.log"
-  say "xlstm_kernel_bench --lanes rc=$?"; cat "$R/kernels-lanes.log" | tee -a "$R/summary.txt"
+  built_or_stop
+  lanes_bench
   export_7b $M7 7b-mixed --mixed-graph
   engine_bench bench $M7 32
   load32 a
   load32 b
-  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
-  for t in ServingMixedStepsOnCudaEqualsServedAloneAndTheCpu ServingWholeChunkMixedStepsOnCudaEqualsServedAloneAndTheCpu \
-           Bf16StateServingOnCudaEqualsServedAlone; do
-    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
-    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
-    grep -E "requests served|Exception|Expected|But was" "$R/nunit-$t.log" | head -6 | tee -a "$R/summary.txt"
-  done
+  cuda_tests ServingMixedStepsOnCudaEqualsServedAloneAndTheCpu ServingWholeChunkMixedStepsOnCudaEqualsServedAloneAndTheCpu \
+             Bf16StateServingOnCudaEqualsServedAlone
   ;;
 lanes-tests)
   # run 8: the NUnit CUDA tests, one process per test method (in one process they crash: tools/serve/README.md, run 7)
-  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
-  for t in $(grep -oE '^    public void [A-Za-z0-9_]+' tests/XLstmOnnx.Tests/CudaTests.cs | awk '{print $3}' | grep -v RequireCuda); do
-    (( $(date +%s) - t0 > 540 )) && { say "out of time: CudaTests.$t and the ones after it not run"; break; }
-    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
-    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
-    grep -E "requests served|Exception|Expected|But was" "$R/nunit-$t.log" | head -6 | tee -a "$R/summary.txt"
-  done
+  cuda_tests
   ;;
 pad4)
   # run 7, last lease: HEAD end to end on a fresh machine: customops (CTest), the export, the engine at 32, the 32-slot load
