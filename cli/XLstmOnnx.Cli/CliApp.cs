@@ -16,6 +16,7 @@ public static class CliApp
         root.Subcommands.Add(ChatCommand.Create());
         root.Subcommands.Add(ScoreCommand.Create());
         root.Subcommands.Add(ServeCommand.Create());
+        root.Subcommands.Add(RouteCommand.Create());
         root.Subcommands.Add(LoadTestCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         return root;

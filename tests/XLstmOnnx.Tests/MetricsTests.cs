@@ -76,15 +76,15 @@ public class MetricsTests
     }
 
     /// <summary>Streams a completion; returns the number of chunks (one per token) and the finish reason.</summary>
-    private async Task<(int Chunks, string Finish)> Stream(object body)
+    private async Task<(int Chunks, string Finish)> Stream(object body, CancellationToken cancel = default)
     {
         using var req = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) };
-        using var r = await _http.SendAsync(req, HttpCompletionOption.ResponseHeadersRead);
+        using var r = await _http.SendAsync(req, HttpCompletionOption.ResponseHeadersRead, cancel);
         Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK));
-        using var reader = new StreamReader(await r.Content.ReadAsStreamAsync());
+        using var reader = new StreamReader(await r.Content.ReadAsStreamAsync(cancel));
         int chunks = 0;
         string finish = "";
-        while (await reader.ReadLineAsync() is { } line)
+        while (await reader.ReadLineAsync(cancel) is { } line)
         {
             if (!line.StartsWith("data: ", StringComparison.Ordinal) || line == "data: [DONE]") continue;
             chunks++;
@@ -151,6 +151,29 @@ public class MetricsTests
     }
 
     [Test]
+    public async Task TheStatePoolUsageIsRunningOverSlots()
+    {
+        // the Gateway API Inference Extension's KV-cache gauge (docs/routing.md): a fraction, running / --max-batch (4 here)
+        using var cancel = new CancellationTokenSource();
+        var stream = Task.Run(async () =>
+        {
+            try
+            {
+                await Stream(new { model = "kjv", prompt = "And the LORD spake unto Moses", max_tokens = 2000, stream = true, temperature = 0, ignore_eos = true }, cancel.Token);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        });
+        Assert.That(await Eventually(async () => (await Scrape()).Value("xlstm_num_requests_running") == 1), "one sequence running");
+        var during = await Scrape();
+        Assert.That(during.Value("xlstm_kv_cache_usage_perc"), Is.EqualTo(during.Value("xlstm_num_requests_running") / 4.0));
+        cancel.Cancel();
+        await stream;
+        Assert.That(await Eventually(async () => (await Scrape()).Value("xlstm_kv_cache_usage_perc") == 0), "no slot in use once it ends");
+    }
+
+    [Test]
     public async Task TheExpositionIsWellFormedPrometheusText()
     {
         await Complete(new { model = "kjv", prompt = "And the LORD said", max_tokens = 6, temperature = 0, ignore_eos = true });
@@ -160,7 +183,7 @@ public class MetricsTests
         {
             Assert.That(m.Types, Does.ContainKey(counter).WithValue("counter"), counter);
         }
-        foreach (string gauge in new[] { "xlstm_num_requests_running", "xlstm_num_requests_waiting", "xlstm_prefix_cache_bytes", "xlstm_prefix_cache_entries" })
+        foreach (string gauge in new[] { "xlstm_num_requests_running", "xlstm_num_requests_waiting", "xlstm_kv_cache_usage_perc", "xlstm_prefix_cache_bytes", "xlstm_prefix_cache_entries" })
         {
             Assert.That(m.Types, Does.ContainKey(gauge).WithValue("gauge"), gauge);
         }

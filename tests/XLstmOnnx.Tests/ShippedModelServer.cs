@@ -14,6 +14,7 @@ internal sealed class ShippedModelServer : IAsyncDisposable
 {
     private readonly TempDir _tmp;
     private WebApplication? _app;
+    private ServerOptions _options = new();
 
     private ShippedModelServer(TempDir tmp, XLstmSession session, ServingEngine engine)
     {
@@ -37,8 +38,24 @@ internal sealed class ShippedModelServer : IAsyncDisposable
         var session = XLstmSession.Load(tmp.Sub("kjv"));
         var s = new ShippedModelServer(tmp, session, new ServingEngine(session, serving));
         (s._app, s.Url) = await OpenAiServer.StartAsync(s.Engine, server with { Port = 0 });
+        s._options = server with { Port = new Uri(s.Url).Port };
         s.Http = new HttpClient { BaseAddress = new Uri(s.Url) };
         return s;
+    }
+
+    /// <summary>Stops answering HTTP (the port closes, as when the process dies); the engine and its caches stay.</summary>
+    public async Task StopHttpAsync()
+    {
+        if (_app is null) return;
+        await _app.DisposeAsync();
+        _app = null;
+    }
+
+    /// <summary>Answers HTTP again on the same port, with the same engine.</summary>
+    public async Task StartHttpAsync()
+    {
+        if (_app is not null) return;
+        (_app, _) = await OpenAiServer.StartAsync(Engine, _options);
     }
 
     public async ValueTask DisposeAsync()

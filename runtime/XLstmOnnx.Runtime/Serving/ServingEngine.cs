@@ -276,6 +276,7 @@ public sealed class ServingEngine : IDisposable
         for (int r = _o.PrefillRows - 1; r >= 0; r--) _freeStaging.Push(r);
         _queue = Channel.CreateBounded<Request>(new BoundedChannelOptions(Math.Max(1, _o.QueueCapacity)) { SingleReader = true });
         Metrics.CacheCapacity = _cache.Capacity;
+        Metrics.Slots = _o.MaxBatch;
         if (_o.WarmUp && session.Options.CudaGraph) WarmUp();
         _loop = new Thread(Loop) { IsBackground = true, Name = "xlstm-serving" };
         _loop.Start();

@@ -84,6 +84,10 @@ public sealed class ServingMetrics : IDisposable
         _mixedSeconds = _meter.CreateCounter<double>("xlstm_mixed_step_seconds", "s", "Time of the decode steps that also read prompt pieces.");
         _meter.CreateObservableGauge("xlstm_num_requests_running", () => Observe(Occupancy), null, "Sequences in the batch.");
         _meter.CreateObservableGauge("xlstm_num_requests_waiting", () => Observe(QueueDepth), null, "Requests waiting for a slot.");
+        // the state pool is what a KV cache is to a transformer server: named after vLLM's kv_cache_usage_perc (a fraction,
+        // 0 to 1, despite the name), the gauge the Gateway API Inference Extension's endpoint picker reads (docs/routing.md)
+        _meter.CreateObservableGauge("xlstm_kv_cache_usage_perc", () => Observe(Slots > 0 ? (double)Occupancy / Slots : 0.0), null,
+            "Fraction of the state pool's slots in use (0 to 1): sequences in the batch over --max-batch.");
         _meter.CreateObservableCounter("xlstm_prefix_cache_queries", () => Observe(CacheHits + CacheMisses), null, "Prompts looked up in the prefix-state cache.");
         _meter.CreateObservableCounter("xlstm_prefix_cache_hits", () => Observe(CacheHits), null, "Prompts that started from a cached prefix state.");
         _meter.CreateObservableGauge("xlstm_prefix_cache_bytes", () => Observe(CacheBytes), null, "Bytes held by cached prefix states.");
@@ -106,6 +110,8 @@ public sealed class ServingMetrics : IDisposable
 
     /// <summary>Sequences in the batch (set by the engine).</summary>
     public int Occupancy { get => Volatile.Read(ref _occupancy); set => Volatile.Write(ref _occupancy, value); }
+    /// <summary>Slots of the state pool, --max-batch (set by the engine).</summary>
+    public int Slots { get => Volatile.Read(ref _slots); set => Volatile.Write(ref _slots, value); }
     /// <summary>Requests waiting for a slot (set by the engine).</summary>
     public int QueueDepth { get => Volatile.Read(ref _queueDepth); set => Volatile.Write(ref _queueDepth, value); }
     /// <summary>Prompts that started from a cached prefix state, since the start (set by the engine).</summary>
@@ -206,6 +212,8 @@ public sealed class ServingMetrics : IDisposable
 
     private Histogram<double> Histogram(string name, string unit, string description, IReadOnlyList<double> buckets) =>
         _meter.CreateHistogram(name, unit, description, tags: null, advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = buckets });
+
+    private int _slots;
 
     private Measurement<T> Observe<T>(T value) where T : struct => new(value, _labels);
 

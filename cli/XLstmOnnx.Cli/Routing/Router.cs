@@ -1,0 +1,193 @@
+using System.Net;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using Yarp.ReverseProxy;
+using Yarp.ReverseProxy.Configuration;
+using Yarp.ReverseProxy.Forwarder;
+using Yarp.ReverseProxy.Health;
+using Yarp.ReverseProxy.LoadBalancing;
+using Yarp.ReverseProxy.Model;
+using XLstmOnnx.Cli.Serving;
+
+namespace XLstmOnnx.Cli.Routing;
+
+/// <summary>
+/// <c>xlstm-onnx route</c>: one OpenAI-compatible front for several <c>serve</c> replicas (docs/routing.md). YARP proxies
+/// every request (streams included) to one replica, asks each replica's <c>/health</c> every
+/// <see cref="RouterOptions.HealthInterval"/> (one failed answer takes a replica out, one good answer puts it back) and
+/// counts transport failures; <see cref="RoutingPolicy"/> picks the replica. The router's own endpoints: <c>/health</c>
+/// (the replicas and their state) and <c>/metrics</c> (<see cref="RouterMetrics"/>). Each answer names the replica that
+/// served it in <see cref="ReplicaHeader"/>. A failed forward is answered in OpenAI's error shape.
+/// </summary>
+public static class Router
+{
+    /// <summary>The response header that names the replica (its id: r0, r1, … in <c>--replicas</c> order).</summary>
+    public const string ReplicaHeader = "X-Xlstm-Replica";
+    /// <summary>The response header that says which rule chose the replica (session, prefix or load).</summary>
+    public const string ReasonHeader = "X-Xlstm-Route";
+    private const string ClusterId = "replicas";
+    private const int MaxBodyBytes = 4 << 20; // as serve's
+
+    private static readonly JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>The id of the replica at <paramref name="index"/> of <see cref="RouterOptions.Replicas"/>.</summary>
+    public static string ReplicaId(int index) => $"r{index}";
+
+    /// <summary>Starts the router; returns the app (dispose it to stop) and its base address.</summary>
+    public static async Task<(WebApplication App, string Url)> StartAsync(RouterOptions options, ILoggerProvider? logs = null)
+    {
+        var (replicas, address) = options.Validate();
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
+        builder.Logging.ClearProviders();
+        if (logs is not null) builder.Logging.AddProvider(logs);
+        else builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
+        builder.Logging.AddFilter("Yarp", LogLevel.Warning); // YARP logs every forward at Information
+        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Limits.MaxRequestBodySize = MaxBodyBytes;
+            if (address is not null) k.Listen(address, options.Port);
+            else if (options.Port != 0) k.ListenLocalhost(options.Port);
+            else k.Listen(IPAddress.Loopback, 0);
+        });
+        var table = new RoutingTable(options.TableEntries);
+        var metrics = new RouterMetrics(() => table.Count);
+        builder.Services.AddSingleton(table);
+        builder.Services.AddSingleton(metrics);
+        builder.Services.AddSingleton<RoutingPolicy>();
+        builder.Services.AddSingleton<ILoadBalancingPolicy>(sp => sp.GetRequiredService<RoutingPolicy>());
+        builder.Services.AddReverseProxy().LoadFromMemory([Route()], [Cluster(replicas, options)]);
+        builder.Services.AddOpenTelemetry()
+            .ConfigureResource(r => r.AddService("xlstm-onnx-route"))
+            .WithMetrics(m => m
+                .AddMeter(RouterMetrics.MeterName)
+                .AddView(i => ReferenceEquals(i.Meter, metrics.Meter) ? null : MetricStreamConfiguration.Drop)
+                .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0));
+        var app = builder.Build();
+        var policy = app.Services.GetRequiredService<RoutingPolicy>();
+
+        // the routing keys come from the body, which YARP then forwards from the buffer
+        app.Use(async (ctx, next) =>
+        {
+            if (HttpMethods.IsPost(ctx.Request.Method))
+            {
+                ctx.Request.EnableBuffering(1 << 20, MaxBodyBytes);
+                using var body = new MemoryStream();
+                try
+                {
+                    await ctx.Request.Body.CopyToAsync(body, ctx.RequestAborted).ConfigureAwait(false);
+                }
+                catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+                {
+                    await Error(ctx, 413, $"Request body exceeds {MaxBodyBytes} bytes.", "request_too_large").ConfigureAwait(false);
+                    return;
+                }
+                ctx.Request.Body.Position = 0;
+                ctx.Items[RouteKeys.Item] = RouteKeys.Read(body.GetBuffer().AsSpan(0, (int)body.Length), ctx.Request.Headers[RouteKeys.SessionHeader], options);
+            }
+            await next(ctx).ConfigureAwait(false);
+        });
+        app.MapGet("/health", (IProxyStateLookup state) => Health(state));
+        app.MapPrometheusScrapingEndpoint("/metrics");
+        app.MapReverseProxy(pipeline =>
+        {
+            pipeline.UseLoadBalancing();
+            pipeline.Use(async (ctx, next) =>
+            {
+                var proxy = ctx.GetReverseProxyFeature();
+                if (proxy.AvailableDestinations is [var chosen])
+                {
+                    ctx.Response.Headers[ReplicaHeader] = chosen.DestinationId;
+                    ctx.Response.Headers[ReasonHeader] = policy.Chosen(ctx, chosen.DestinationId);
+                }
+                await next().ConfigureAwait(false);
+                if (ctx.GetForwarderErrorFeature() is { } error && !ctx.Response.HasStarted)
+                {
+                    int status = ctx.Response.StatusCode is >= 500 ? ctx.Response.StatusCode : 502;
+                    string replica = proxy.ProxiedDestination?.DestinationId ?? "none";
+                    await Error(ctx, status, $"The router could not forward the request to replica {replica}: {error.Error}. Retry: a replica that stopped is taken out within the health interval.", "replica_unavailable").ConfigureAwait(false);
+                }
+            });
+            pipeline.UsePassiveHealthChecks();
+        });
+        try
+        {
+            await app.StartAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException)
+        {
+            await app.DisposeAsync().ConfigureAwait(false);
+            throw new XLstmOnnxException($"option --port {options.Port}: cannot listen on {options.Host}: {(e.InnerException ?? e).Message}", e);
+        }
+        string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        return (app, url);
+    }
+
+    private static RouteConfig Route() => new()
+    {
+        RouteId = "api",
+        ClusterId = ClusterId,
+        Match = new RouteMatch { Path = "{**path}" },
+    };
+
+    private static ClusterConfig Cluster(Uri[] replicas, RouterOptions options) => new()
+    {
+        ClusterId = ClusterId,
+        LoadBalancingPolicy = RoutingPolicy.PolicyName,
+        Destinations = replicas.Select((u, i) => (Id: ReplicaId(i), Uri: u)).ToDictionary(d => d.Id, d => new DestinationConfig { Address = d.Uri.ToString() }),
+        HealthCheck = new HealthCheckConfig
+        {
+            Active = new ActiveHealthCheckConfig
+            {
+                Enabled = true,
+                Interval = options.HealthInterval,
+                // a loaded replica may answer slowly; only no answer within this counts as a failure
+                Timeout = options.HealthTimeout,
+                Policy = HealthCheckConstants.ActivePolicy.ConsecutiveFailures,
+                Path = "/health",
+            },
+            Passive = new PassiveHealthCheckConfig
+            {
+                Enabled = true,
+                Policy = HealthCheckConstants.PassivePolicy.TransportFailureRate,
+                ReactivationPeriod = options.HealthInterval,
+            },
+        },
+        // one failed /health answer takes a replica out (the next good one puts it back)
+        Metadata = new Dictionary<string, string> { ["ConsecutiveFailuresHealthPolicy.Threshold"] = "1" },
+        // streams may be long: no idle timeout shorter than a slow generation's gap between tokens
+        HttpRequest = new ForwarderRequestConfig { ActivityTimeout = TimeSpan.FromMinutes(10) },
+    };
+
+    private static IResult Health(IProxyStateLookup state)
+    {
+        if (!state.TryGetCluster(ClusterId, out var cluster)) return Results.Json(new { status = "unavailable", replicas = Array.Empty<object>() }, statusCode: 503);
+        var replicas = cluster.Destinations.Values.OrderBy(d => d.DestinationId, StringComparer.Ordinal).Select(d => new
+        {
+            id = d.DestinationId,
+            address = d.Model.Config.Address,
+            healthy = IsUp(d),
+            active = d.Health.Active.ToString().ToLowerInvariant(),
+            passive = d.Health.Passive.ToString().ToLowerInvariant(),
+            in_flight = d.ConcurrentRequestCount,
+        }).ToList();
+        bool any = replicas.Any(r => r.healthy);
+        return Results.Json(new { status = any ? "ok" : "unavailable", replicas }, statusCode: any ? 200 : 503);
+    }
+
+    private static bool IsUp(DestinationState d) => d.Health.Active != DestinationHealth.Unhealthy && d.Health.Passive != DestinationHealth.Unhealthy;
+
+    private static Task Error(HttpContext ctx, int status, string message, string code)
+    {
+        ctx.Response.StatusCode = status;
+        return ctx.Response.WriteAsJsonAsync(new ApiError(status, message, type: status >= 500 ? "server_error" : "invalid_request_error", code: code).Body, Json);
+    }
+}

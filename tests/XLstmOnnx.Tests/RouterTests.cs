@@ -1,0 +1,271 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Logging.Abstractions;
+using NUnit.Framework;
+using XLstmOnnx.Cli.Routing;
+using XLstmOnnx.Cli.Serving;
+using XLstmOnnx.Runtime.Serving;
+
+namespace XLstmOnnx.Tests;
+
+/// <summary>
+/// <c>route</c> on loopback in front of three CPU replicas of the shipped model (docs/routing.md): conversations stick to
+/// their replica, a shared prompt prefix goes where it is cached, unrelated prompts spread evenly, and greedy text
+/// through the router equals a replica's answer alone. The failover case is <see cref="RouterFailoverTests"/>.
+/// </summary>
+[TestFixture, NonParallelizable]
+public sealed class RouterTests
+{
+    private List<ShippedModelServer> _replicas = [];
+    private WebApplication _router = null!;
+    private HttpClient _http = null!;
+    private int _vocab;
+
+    [OneTimeSetUp]
+    public async Task Start()
+    {
+        (_replicas, _router, _http) = await RouterRig.StartAsync(3);
+        _vocab = (int)_replicas[0].Session.Manifest.VocabSize;
+    }
+
+    [OneTimeTearDown]
+    public async Task Stop() => await RouterRig.StopAsync(_replicas, _router, _http);
+
+    [Test]
+    public async Task ConversationsStayOnTheirReplica()
+    {
+        var rng = new Random(11);
+        var seen = new Dictionary<string, HashSet<string>>();
+        for (int turn = 0; turn < 3; turn++)
+        {
+            for (int c = 0; c < 6; c++)
+            {
+                // half the conversations name themselves with the header, half with OpenAI's user field
+                string session = $"conversation-{c}";
+                var body = RouterRig.Body(RouterRig.Ids(rng, 12, _vocab), 4, user: c % 2 == 0 ? null : session);
+                var r = await RouterRig.Complete(_http, body, c % 2 == 0 ? session : null);
+                (seen.TryGetValue(session, out var set) ? set : seen[session] = []).Add(r.Replica);
+                if (turn > 0) Assert.That(r.Reason, Is.EqualTo("session"), $"{session}, turn {turn}");
+            }
+        }
+        Assert.That(seen.Values, Has.All.Count.EqualTo(1), "each conversation on one replica: " + string.Join("; ", seen.Select(kv => $"{kv.Key}: {string.Join(",", kv.Value)}")));
+        Assert.That(seen.Values.Select(v => v.Single()).Distinct().Count(), Is.GreaterThan(1), "conversations spread over replicas");
+    }
+
+    [Test]
+    public async Task APromptSharingALongPrefixGoesToTheReplicaThatCachedIt()
+    {
+        var rng = new Random(12);
+        var first = RouterRig.Ids(rng, 64, _vocab);
+        var a = await RouterRig.Complete(_http, RouterRig.Body(first, 4));
+        // other traffic in between, so the load rule alone would move on
+        for (int i = 0; i < 4; i++) await RouterRig.Complete(_http, RouterRig.Body(RouterRig.Ids(rng, 40, _vocab), 2));
+        var cached = _replicas[int.Parse(a.Replica[1..])];
+        double hits = await RouterRig.Metric(cached.Http, "xlstm_prefix_cache_hits");
+        var b = await RouterRig.Complete(_http, RouterRig.Body(first.Concat(RouterRig.Ids(rng, 10, _vocab)).ToArray(), 4));
+        Assert.That(b.Replica, Is.EqualTo(a.Replica), "the replica that served the shared 64 ids");
+        Assert.That(b.Reason, Is.EqualTo("prefix"));
+        Assert.That(await RouterRig.Metric(cached.Http, "xlstm_prefix_cache_hits"), Is.EqualTo(hits + 1), "a prefix-cache hit on that replica");
+    }
+
+    [Test]
+    public async Task UnrelatedPromptsSpreadEvenlyAndGreedyTextEqualsTheReplicaAlone()
+    {
+        // a router of its own: the load rule also evens out what the other tests sent through the shared one
+        var (router, http) = await RouterRig.StartRouterAsync(_replicas);
+        try
+        {
+            await SpreadAndCompare(http);
+        }
+        finally
+        {
+            http.Dispose();
+            await router.DisposeAsync();
+        }
+    }
+
+    private async Task SpreadAndCompare(HttpClient router)
+    {
+        var rng = new Random(13);
+        var prompts = Enumerable.Range(0, 96).Select(_ => RouterRig.Ids(rng, 20 + rng.Next(20), _vocab)).ToArray();
+        var results = new RouterRig.Answer[prompts.Length];
+        int next = -1;
+        await Task.WhenAll(Enumerable.Range(0, 6).Select(async _ =>
+        {
+            for (int i; (i = Interlocked.Increment(ref next)) < prompts.Length;) results[i] = await RouterRig.Complete(router, RouterRig.Body(prompts[i], 6));
+        }));
+        var counts = results.GroupBy(r => r.Replica).ToDictionary(g => g.Key, g => g.Count());
+        Assert.That(counts.Keys, Is.EquivalentTo(new[] { "r0", "r1", "r2" }));
+        // within 15% of each other (the issue's bound)
+        Assert.That(counts.Values.Max() - counts.Values.Min(), Is.LessThanOrEqualTo(0.15 * counts.Values.Max()),
+            string.Join(", ", counts) + "; rules: " + string.Join(", ", results.GroupBy(r => r.Reason).Select(g => $"{g.Key} {g.Count()}")));
+        for (int i = 0; i < 8; i++)
+        {
+            var alone = await RouterRig.Complete(_replicas[0].Http, RouterRig.Body(prompts[i], 6), direct: true);
+            Assert.That(results[i].Ids, Is.EqualTo(alone.Ids), $"prompt {i}: through the router ({results[i].Replica}) and r0 alone");
+        }
+    }
+
+    [Test]
+    public async Task TheRouterReportsItsReplicasAndCountsItsChoices()
+    {
+        using var health = await _http.GetAsync("/health");
+        var doc = JsonDocument.Parse(await health.Content.ReadAsStringAsync()).RootElement;
+        Assert.That(health.StatusCode, Is.EqualTo(HttpStatusCode.OK));
+        Assert.That(doc.GetProperty("replicas").EnumerateArray().Select(r => r.GetProperty("id").GetString()), Is.EqualTo(new[] { "r0", "r1", "r2" }));
+        await RouterRig.Complete(_http, RouterRig.Body(new[] { 1, 2, 3 }, 1));
+        Assert.That(await RouterRig.Metric(_http, "xlstm_router_requests"), Is.GreaterThan(0));
+        // a request the replica refuses comes back as the replica answered it (OpenAI's shape), through the router
+        using var bad = await _http.PostAsJsonAsync("/v1/completions", new { model = "kjv", prompt = "x", max_tokens = -1 });
+        Assert.That(bad.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));
+        Assert.That(await bad.Content.ReadAsStringAsync(), Does.Contain("\"param\":\"max_tokens\""));
+    }
+
+    [Test]
+    public void BadOptionsNameTheOptionAndTheValue()
+    {
+        var e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions().Validate())!;
+        Assert.That(e.Message, Does.Contain("--replicas"));
+        e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1", "ftp://x"] }.Validate())!;
+        Assert.That(e.Message, Does.Contain("--replicas").And.Contain("'ftp://x'").And.Contain("replica 2 of 2"));
+        e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1/", "http://127.0.0.1:1"] }.Validate())!;
+        Assert.That(e.Message, Does.Contain("http://127.0.0.1:1/").And.Contain("2 times"));
+        e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1"], Host = "0.0.0.0" }.Validate())!;
+        Assert.That(e.Message, Does.Contain("--host 0.0.0.0").And.Contain("--allow-remote"));
+        e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1"], HealthInterval = TimeSpan.FromMilliseconds(10) }.Validate())!;
+        Assert.That(e.Message, Does.Contain("--health-interval-ms").And.Contain("found 10"));
+    }
+}
+
+/// <summary>
+/// A replica that stops answering mid-conversation (its port closes): the router takes it out within the health
+/// interval and the conversation goes on on another replica, rebuilt from the transcript the client sends (OpenAI's API
+/// is stateless: every turn carries the whole conversation), with the text of an uninterrupted run; when the replica
+/// answers again, the router puts it back.
+/// </summary>
+[TestFixture, NonParallelizable]
+public sealed class RouterFailoverTests
+{
+    private List<ShippedModelServer> _replicas = [];
+    private WebApplication _router = null!;
+    private HttpClient _http = null!;
+
+    [OneTimeSetUp]
+    public async Task Start() => (_replicas, _router, _http) = await RouterRig.StartAsync(3);
+
+    [OneTimeTearDown]
+    public async Task Stop() => await RouterRig.StopAsync(_replicas, _router, _http);
+
+    [Test]
+    public async Task AConversationContinuesOnAnotherReplicaWhenItsReplicaStops()
+    {
+        const string first = "In the beginning God created the heaven and the earth.\n";
+        const string question = "\nAnd God said,";
+        // uninterrupted
+        var a1 = await RouterRig.Complete(_http, RouterRig.Body(first, 16), "uninterrupted");
+        var a2 = await RouterRig.Complete(_http, RouterRig.Body(first + a1.Text + question, 16), "uninterrupted");
+        Assert.That(a2.Replica, Is.EqualTo(a1.Replica));
+        // the same conversation, its replica stopped after the first turn
+        var b1 = await RouterRig.Complete(_http, RouterRig.Body(first, 16), "interrupted");
+        Assert.That(b1.Text, Is.EqualTo(a1.Text));
+        var stopped = _replicas[int.Parse(b1.Replica[1..])];
+        await stopped.StopHttpAsync();
+        await RouterRig.WaitForHealth(_http, b1.Replica, healthy: false);
+        var b2 = await RouterRig.Complete(_http, RouterRig.Body(first + b1.Text + question, 16), "interrupted");
+        Assert.That(b2.Replica, Is.Not.EqualTo(b1.Replica));
+        Assert.That(b2.Text, Is.EqualTo(a2.Text), "the second turn, rebuilt from the transcript on another replica");
+        // back: the router puts it back; the conversation stays where it moved
+        await stopped.StartHttpAsync();
+        await RouterRig.WaitForHealth(_http, b1.Replica, healthy: true);
+        var b3 = await RouterRig.Complete(_http, RouterRig.Body(first + b1.Text + question + b2.Text, 4), "interrupted");
+        Assert.That(b3.Replica, Is.EqualTo(b2.Replica));
+        Assert.That(b3.Reason, Is.EqualTo("session"));
+    }
+}
+
+/// <summary>Three replicas of the shipped model and a router in front of them, and the requests the router tests send.</summary>
+internal static class RouterRig
+{
+    public sealed record Answer(string Replica, string Reason, string Text, int[] Ids);
+
+    public static async Task<(List<ShippedModelServer>, WebApplication, HttpClient)> StartAsync(int count)
+    {
+        var replicas = new List<ShippedModelServer>();
+        for (int i = 0; i < count; i++)
+        {
+            replicas.Add(await ShippedModelServer.StartAsync(new ServingOptions { MaxBatch = 4, QueueCapacity = 64 },
+                new ServerOptions { ModelId = "kjv", MaxPromptTokens = 512, Logs = NullLoggerProvider.Instance }));
+        }
+        var (router, http) = await StartRouterAsync(replicas);
+        return (replicas, router, http);
+    }
+
+    /// <summary>A router in front of <paramref name="replicas"/> on a free port, and a client of it.</summary>
+    public static async Task<(WebApplication, HttpClient)> StartRouterAsync(IReadOnlyList<ShippedModelServer> replicas)
+    {
+        var (router, url) = await Router.StartAsync(new RouterOptions
+        {
+            Replicas = [.. replicas.Select(r => r.Url)],
+            Port = 0,
+            HealthInterval = TimeSpan.FromMilliseconds(200), // the failover test waits for it
+            PrefixBlockTokens = 8,
+        }, Environment.GetEnvironmentVariable("XLSTM_ROUTER_TEST_LOGS") == "1" ? null : NullLoggerProvider.Instance);
+        return (router, new HttpClient { BaseAddress = new Uri(url) });
+    }
+
+    public static async Task StopAsync(List<ShippedModelServer> replicas, WebApplication router, HttpClient http)
+    {
+        http.Dispose();
+        await router.DisposeAsync();
+        foreach (var r in replicas) await r.DisposeAsync();
+    }
+
+    public static int[] Ids(Random rng, int n, int vocab) => [.. Enumerable.Range(0, n).Select(_ => 1 + rng.Next(vocab - 1))];
+
+    public static Dictionary<string, object?> Body(object prompt, int maxTokens, string? user = null)
+    {
+        var body = new Dictionary<string, object?> { ["model"] = "kjv", ["prompt"] = prompt, ["max_tokens"] = maxTokens, ["temperature"] = 0, ["return_token_ids"] = true };
+        if (user is not null) body["user"] = user;
+        return body;
+    }
+
+    /// <summary>A greedy completion; the replica and the rule from the router's headers (none when <paramref name="direct"/>).</summary>
+    public static async Task<Answer> Complete(HttpClient http, object body, string? session = null, bool direct = false)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(body) };
+        if (session is not null) request.Headers.Add(RouteKeys.SessionHeader, session);
+        using var r = await http.SendAsync(request);
+        string text = await r.Content.ReadAsStringAsync();
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), text);
+        var choice = JsonDocument.Parse(text).RootElement.GetProperty("choices")[0];
+        string replica = direct ? "" : r.Headers.GetValues(Router.ReplicaHeader).Single();
+        string reason = direct ? "" : r.Headers.GetValues(Router.ReasonHeader).Single();
+        return new Answer(replica, reason, choice.GetProperty("text").GetString()!, [.. choice.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32())]);
+    }
+
+    /// <summary>The sum of a Prometheus metric's samples (every label set) at <c>/metrics</c>.</summary>
+    public static async Task<double> Metric(HttpClient http, string name)
+    {
+        string text = await http.GetStringAsync("/metrics");
+        return text.Split('\n').Where(l => l.StartsWith(name + "{", StringComparison.Ordinal) || l.StartsWith(name + " ", StringComparison.Ordinal)
+                || l.StartsWith(name + "_total", StringComparison.Ordinal))
+            .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    /// <summary>Waits (5 s at most) until the router's /health says <paramref name="replica"/> is (un)healthy.</summary>
+    public static async Task WaitForHealth(HttpClient http, string replica, bool healthy)
+    {
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+        while (true)
+        {
+            using var r = await http.GetAsync("/health");
+            var doc = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+            var state = doc.GetProperty("replicas").EnumerateArray().Single(e => e.GetProperty("id").GetString() == replica);
+            if (state.GetProperty("healthy").GetBoolean() == healthy) return;
+            if (DateTime.UtcNow > until) Assert.Fail($"replica {replica} not {(healthy ? "healthy" : "unhealthy")} after 5 s: {state}");
+            await Task.Delay(50);
+        }
+    }
+}
