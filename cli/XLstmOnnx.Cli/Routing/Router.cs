@@ -164,7 +164,13 @@ public static class Router
         // one failed /health answer takes a replica out (the next good one puts it back)
         Metadata = new Dictionary<string, string> { ["ConsecutiveFailuresHealthPolicy.Threshold"] = "1" },
         // streams may be long: no idle timeout shorter than a slow generation's gap between tokens
-        HttpRequest = new ForwarderRequestConfig { ActivityTimeout = TimeSpan.FromMinutes(10) },
+        // HTTP/1.1 to the replicas (serve speaks it on plain http; no HTTP/2 attempt first)
+        HttpRequest = new ForwarderRequestConfig
+        {
+            ActivityTimeout = TimeSpan.FromMinutes(10),
+            Version = HttpVersion.Version11,
+            VersionPolicy = HttpVersionPolicy.RequestVersionOrLower,
+        },
     };
 
     private static IResult Health(IProxyStateLookup state)
