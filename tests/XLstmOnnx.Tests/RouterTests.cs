@@ -71,6 +71,20 @@ public sealed class RouterTests
     }
 
     [Test]
+    public async Task ChatsThatShareASystemPromptGoToTheSameReplica()
+    {
+        // the transcript's blocks: a system prompt of several blocks shared, the user's turn not
+        const string system = "Thou art a scribe of the King James Bible. Answer in its words, verse by verse, and add nothing of thine own.";
+        object Chat(string user) => new { model = "kjv", messages = new object[] { new { role = "system", content = system }, new { role = "user", content = user } }, max_tokens = 4, temperature = 0 };
+        var first = await RouterRig.Chat(_http, Chat("Who begat Enos?"));
+        var rng = new Random(14);
+        for (int i = 0; i < 4; i++) await RouterRig.Complete(_http, RouterRig.Body(RouterRig.Ids(rng, 30, _vocab), 2));
+        var second = await RouterRig.Chat(_http, Chat("What did God create in the beginning?"));
+        Assert.That(second.Replica, Is.EqualTo(first.Replica));
+        Assert.That(second.Reason, Is.EqualTo("prefix"));
+    }
+
+    [Test]
     public async Task UnrelatedPromptsSpreadEvenlyAndGreedyTextEqualsTheReplicaAlone()
     {
         // a router of its own: the load rule also evens out what the other tests sent through the shared one
@@ -243,6 +257,14 @@ internal static class RouterRig
         string replica = direct ? "" : r.Headers.GetValues(Router.ReplicaHeader).Single();
         string reason = direct ? "" : r.Headers.GetValues(Router.ReasonHeader).Single();
         return new Answer(replica, reason, choice.GetProperty("text").GetString()!, [.. choice.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32())]);
+    }
+
+    /// <summary>A chat completion through the router: the replica and the rule from its headers.</summary>
+    public static async Task<(string Replica, string Reason)> Chat(HttpClient http, object body)
+    {
+        using var r = await http.PostAsJsonAsync("/v1/chat/completions", body);
+        Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.OK), await r.Content.ReadAsStringAsync());
+        return (r.Headers.GetValues(Router.ReplicaHeader).Single(), r.Headers.GetValues(Router.ReasonHeader).Single());
     }
 
     /// <summary>The sum of a Prometheus metric's samples (every label set) at <c>/metrics</c>.</summary>
