@@ -129,7 +129,8 @@ public sealed class RouterTests
         var doc = JsonDocument.Parse(await health.Content.ReadAsStringAsync()).RootElement;
         Assert.That(health.StatusCode, Is.EqualTo(HttpStatusCode.OK));
         Assert.That(doc.GetProperty("replicas").EnumerateArray().Select(r => r.GetProperty("id").GetString()), Is.EqualTo(new[] { "r0", "r1", "r2" }));
-        await RouterRig.Complete(_http, RouterRig.Body(new[] { 1, 2, 3 }, 1));
+        var answer = await RouterRig.Complete(_http, RouterRig.Body(new[] { 1, 2, 3 }, 1));
+        Assert.That(RoutingPolicy.Reasons, Does.Contain(answer.Reason));
         Assert.That(await RouterRig.Metric(_http, "xlstm_router_requests"), Is.GreaterThan(0));
         // a request the replica refuses comes back as the replica answered it (OpenAI's shape), through the router
         using var bad = await _http.PostAsJsonAsync("/v1/completions", new { model = "kjv", prompt = "x", max_tokens = -1 });

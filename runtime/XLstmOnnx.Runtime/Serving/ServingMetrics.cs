@@ -87,7 +87,7 @@ public sealed class ServingMetrics : IDisposable
         // the state pool is what a KV cache is to a transformer server: named after vLLM's kv_cache_usage_perc (a fraction,
         // 0 to 1, despite the name), the gauge the Gateway API Inference Extension's endpoint picker reads (docs/routing.md)
         _meter.CreateObservableGauge("xlstm_kv_cache_usage_perc", () => Observe(Slots > 0 ? (double)Occupancy / Slots : 0.0), null,
-            "Fraction of the state pool's slots in use (0 to 1): sequences in the batch over --max-batch.");
+            "Fraction of the state pool's slots in use (0 to 1): sequences in the batch over ServingOptions.MaxBatch.");
         _meter.CreateObservableCounter("xlstm_prefix_cache_queries", () => Observe(CacheHits + CacheMisses), null, "Prompts looked up in the prefix-state cache.");
         _meter.CreateObservableCounter("xlstm_prefix_cache_hits", () => Observe(CacheHits), null, "Prompts that started from a cached prefix state.");
         _meter.CreateObservableGauge("xlstm_prefix_cache_bytes", () => Observe(CacheBytes), null, "Bytes held by cached prefix states.");
@@ -110,7 +110,7 @@ public sealed class ServingMetrics : IDisposable
 
     /// <summary>Sequences in the batch (set by the engine).</summary>
     public int Occupancy { get => Volatile.Read(ref _occupancy); set => Volatile.Write(ref _occupancy, value); }
-    /// <summary>Slots of the state pool, --max-batch (set by the engine).</summary>
+    /// <summary>Slots of the state pool, ServingOptions.MaxBatch (set by the engine).</summary>
     public int Slots { get => Volatile.Read(ref _slots); set => Volatile.Write(ref _slots, value); }
     /// <summary>Requests waiting for a slot (set by the engine).</summary>
     public int QueueDepth { get => Volatile.Read(ref _queueDepth); set => Volatile.Write(ref _queueDepth, value); }
