@@ -198,6 +198,24 @@ public sealed class RouterFailoverTests
         Assert.That(b3.Replica, Is.EqualTo(b2.Replica));
         Assert.That(b3.Reason, Is.EqualTo("session"));
     }
+
+    [Test]
+    public async Task WithNoReplicaInTheRouterAnswers503InOpenAisShapeAndRecovers()
+    {
+        foreach (var r in _replicas) await r.StopHttpAsync();
+        for (int i = 0; i < _replicas.Count; i++) await RouterRig.WaitForHealth(_http, Router.ReplicaId(i), healthy: false);
+        using (var health = await _http.GetAsync("/health")) Assert.That(health.StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
+        using (var r = await _http.PostAsJsonAsync("/v1/completions", RouterRig.Body("In the beginning", 2)))
+        {
+            Assert.That(r.StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
+            var error = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+            Assert.That(error.GetProperty("code").GetString(), Is.EqualTo("replica_unavailable"));
+            Assert.That(error.GetProperty("message").GetString(), Does.Contain("NoAvailableDestinations"));
+        }
+        foreach (var r in _replicas) await r.StartHttpAsync();
+        for (int i = 0; i < _replicas.Count; i++) await RouterRig.WaitForHealth(_http, Router.ReplicaId(i), healthy: true);
+        await RouterRig.Complete(_http, RouterRig.Body("In the beginning", 2));
+    }
 }
 
 /// <summary>Three replicas of the shipped model and a router in front of them, and the requests the router tests send.</summary>

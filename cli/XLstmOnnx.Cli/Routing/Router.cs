@@ -145,6 +145,8 @@ public static class Router
         Destinations = replicas.Select((u, i) => (Id: ReplicaId(i), Uri: u)).ToDictionary(d => d.Id, d => new DestinationConfig { Address = d.Uri.ToString() }),
         HealthCheck = new HealthCheckConfig
         {
+            // with every replica out, answer 503 at once (YARP's default would try the dead ones anyway)
+            AvailableDestinationsPolicy = HealthCheckConstants.AvailableDestinations.HealthyAndUnknown,
             Active = new ActiveHealthCheckConfig
             {
                 Enabled = true,
