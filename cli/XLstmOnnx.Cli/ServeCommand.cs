@@ -12,6 +12,8 @@ internal static class ServeCommand
 {
     /// <summary>The environment variable <c>--api-key</c> defaults to (serve and loadtest).</summary>
     public const string ApiKeyVariable = "XLSTM_API_KEY";
+    /// <summary>The environment variable <c>--internal-token</c> defaults to.</summary>
+    public const string InternalTokenVariable = "XLSTM_INTERNAL_TOKEN";
 
     public static Command Create()
     {
@@ -43,10 +45,11 @@ internal static class ServeCommand
         var mixedRows = new Option<int>("--mixed-prompt-rows") { Description = "Prompts one mixed step reads at most when several wait (with prompts padded to whole chunks; else 1): 2 serves a little more and answers first tokens later.", DefaultValueFactory = _ => 1 };
         var maxPrompt = new Option<int>("--max-prompt-tokens") { Description = "Longest prompt accepted (400 above it).", DefaultValueFactory = _ => 8192 };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "Largest max_tokens accepted (400 above it).", DefaultValueFactory = _ => 2048 };
+        var internalToken = new Option<string?>("--internal-token") { Description = $"Enable the prefix hand-off endpoints (/internal/prefix/export and /import) for requests that carry this token in X-Internal-Token (default: ${InternalTokenVariable}; off when neither is set)." };
         var name = new Option<string?>("--model-name") { Description = "Model id in the API (default: the folder's name)." };
         var logLevel = ChoiceOption.ForEnum("--log-level", "Least level logged to stderr: information writes one line per request; warning only refused and failed ones.", LogLevel.Information);
         var cmd = new Command("serve", "OpenAI-compatible HTTP server with continuous batching and a prefix-state cache.")
-            { host, port, allowRemote, apiKey, origins, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, mixedSteps, padPrompts, mixedRows, maxPrompt, maxTokens, name, logLevel };
+            { host, port, allowRemote, apiKey, origins, maxBatch, queue, cacheMb, prefillRows, prefillChunk, gather, buckets, mixedSteps, padPrompts, mixedRows, maxPrompt, maxTokens, name, internalToken, logLevel };
         model.AddTo(cmd);
         cmd.SetAction(r => CliErrors.Run(() =>
         {
@@ -79,6 +82,7 @@ internal static class ServeCommand
                 MaxPromptTokens = r.GetValue(maxPrompt),
                 MaxTokensLimit = r.GetValue(maxTokens),
                 LogLevel = r.GetValue(logLevel),
+                InternalToken = r.GetValue(internalToken) ?? (Environment.GetEnvironmentVariable(InternalTokenVariable) is { Length: > 0 } it ? it : null),
             };
             var address = options.Validate(); // so is where it listens
             if (address is not null && !System.Net.IPAddress.IsLoopback(address) && options.ApiKey is null)

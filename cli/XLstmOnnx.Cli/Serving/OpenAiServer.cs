@@ -55,6 +55,12 @@ public sealed record ServerOptions
     public LogLevel LogLevel { get; init; } = LogLevel.Information;
     /// <summary>Where the logs go; null: standard error, one line each.</summary>
     public ILoggerProvider? Logs { get; init; }
+    /// <summary>
+    /// When set, the prefix hand-off endpoints (docs/routing.md, "Handing a state over": <c>/internal/prefix/export</c>,
+    /// <c>/internal/prefix/import</c>) answer requests that carry it in <see cref="OpenAiServer.InternalTokenHeader"/>;
+    /// when not, they do not exist.
+    /// </summary>
+    public string? InternalToken { get; init; }
 
     /// <summary>The name errors give a property (<c>ServerOptions.Host</c>); the CLI maps it to its flag.</summary>
     public static string Name(string property) => $"{nameof(ServerOptions)}.{property}";
@@ -169,6 +175,7 @@ public static partial class OpenAiServer
             return new { count = ids.Length, max_model_len = options.MaxPromptTokens, tokens = ids, token_strs = strs ? ids.Select(i => tokens.Of(i).Text).ToArray() : null };
         }));
         app.MapPost("/detokenize", ctx => Answer(ctx, body => new { prompt = OpenAiRequest.Detokenize(body, engine, options) }));
+        if (options.InternalToken is { } token) MapHandOff(app, engine, options, token);
         try
         {
             await app.StartAsync().ConfigureAwait(false);
@@ -293,6 +300,104 @@ public static partial class OpenAiServer
             default:
                 return null;
         }
+    }
+
+    /// <summary>The request header that carries <see cref="ServerOptions.InternalToken"/>.</summary>
+    public const string InternalTokenHeader = "X-Internal-Token";
+
+    /// <summary>Largest prefix state accepted by the import endpoint (a 7B state is 134 MB).</summary>
+    private const long MaxHandOffBytes = 2L << 30;
+
+    /// <summary>
+    /// The prefix hand-off (docs/routing.md, "Handing a state over"): <c>POST /internal/prefix/export</c> with a prompt
+    /// (text or ids, as /tokenize takes it) answers the state of its longest cached prefix as safetensors
+    /// (<see cref="PrefixHandOff"/>), or 404; <c>POST /internal/prefix/import</c> with such a file stores it in this
+    /// server's prefix cache. Both need the internal token; a wrong or missing one gets 401.
+    /// </summary>
+    private static void MapHandOff(WebApplication app, ServingEngine engine, ServerOptions options, string token)
+    {
+        bool Allowed(HttpContext ctx) =>
+            System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(
+                Encoding.UTF8.GetBytes(ctx.Request.Headers[InternalTokenHeader].ToString()), Encoding.UTF8.GetBytes(token));
+        Task Refuse(HttpContext ctx)
+        {
+            ctx.Response.StatusCode = 401;
+            return ctx.Response.WriteAsJsonAsync(new ApiError(401, $"The {InternalTokenHeader} header is missing or wrong.", type: "invalid_request_error", code: "invalid_internal_token").Body, Json);
+        }
+        app.MapPost("/internal/prefix/export", async ctx =>
+        {
+            if (!Allowed(ctx))
+            {
+                await Refuse(ctx).ConfigureAwait(false);
+                return;
+            }
+            int[] ids;
+            try
+            {
+                var body = await ReadBody(ctx).ConfigureAwait(false);
+                // token ids as the completions API takes them, or text as /tokenize takes it
+                ids = body.TryGetProperty("prompt", out var p) && p.ValueKind == JsonValueKind.Array
+                    ? [.. p.EnumerateArray().Select((e, i) => e.TryGetInt32(out int id) && id >= 0 && id < engine.Session.Manifest.VocabSize ? id
+                        : throw new ApiError(400, $"'prompt'[{i}] must be a token id in [0, {engine.Session.Manifest.VocabSize}); found {e.GetRawText()}.", "prompt"))]
+                    : OpenAiRequest.Tokenize(body, engine, options, out _);
+            }
+            catch (ApiError e)
+            {
+                ctx.Response.StatusCode = e.Status;
+                await ctx.Response.WriteAsJsonAsync(e.Body, Json).ConfigureAwait(false);
+                return;
+            }
+            if (await engine.ExportPrefixAsync(ids).ConfigureAwait(false) is not { } entry)
+            {
+                ctx.Response.StatusCode = 404;
+                await ctx.Response.WriteAsJsonAsync(new ApiError(404, $"No prefix of the {ids.Length} prompt tokens is cached here.", "prompt", code: "prefix_not_cached").Body, Json).ConfigureAwait(false);
+                return;
+            }
+            string file = Path.Combine(Path.GetTempPath(), $"xlstm-prefix-{Guid.NewGuid():N}.safetensors");
+            try
+            {
+                entry.Save(file);
+                ctx.Response.ContentType = "application/octet-stream";
+                ctx.Response.Headers["X-Prefix-Tokens"] = entry.Tokens.Length.ToString(CultureInfo.InvariantCulture);
+                await ctx.Response.SendFileAsync(file).ConfigureAwait(false);
+            }
+            finally
+            {
+                File.Delete(file);
+            }
+        });
+        app.MapPost("/internal/prefix/import", async ctx =>
+        {
+            if (!Allowed(ctx))
+            {
+                await Refuse(ctx).ConfigureAwait(false);
+                return;
+            }
+            if (ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit) limit.MaxRequestBodySize = MaxHandOffBytes;
+            string file = Path.Combine(Path.GetTempPath(), $"xlstm-prefix-{Guid.NewGuid():N}.safetensors");
+            try
+            {
+                await using (var f = File.Create(file)) await ctx.Request.Body.CopyToAsync(f, ctx.RequestAborted).ConfigureAwait(false);
+                PrefixHandOff entry;
+                try
+                {
+                    entry = PrefixHandOff.Load(file, engine.Session.Manifest);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    // whatever the file holds is the sender's: a 400 that says why, never a 500
+                    ctx.Response.StatusCode = 400;
+                    await ctx.Response.WriteAsJsonAsync(new ApiError(400, e.Message.Replace(file, "the request body", StringComparison.Ordinal), code: "invalid_prefix_state").Body, Json).ConfigureAwait(false);
+                    return;
+                }
+                bool stored = await engine.ImportPrefixAsync(entry).ConfigureAwait(false);
+                await ctx.Response.WriteAsJsonAsync(new { tokens = entry.Tokens.Length, stored }, Json).ConfigureAwait(false);
+            }
+            finally
+            {
+                File.Delete(file);
+            }
+        });
     }
 
     /// <summary>A small JSON endpoint (/tokenize, /detokenize): the answer, or the error in OpenAI's shape.</summary>

@@ -28,8 +28,8 @@ public sealed class StateSnapshot
     /// <summary>Per row: a sampled token not yet fed to the state, or null.</summary>
     internal int[]?[] Pending { get; }
 
-    /// <summary>Writes the snapshot to <paramref name="path"/> (temporary file, then rename).</summary>
-    public void Save(string path)
+    /// <summary>The state tensors as safetensors entries (<c>state.{layer}.{C,n,m}</c>, float32).</summary>
+    internal List<SafetensorsWriter.Entry> StateEntries()
     {
         var entries = new List<SafetensorsWriter.Entry>();
         var layout = Manifest.State;
@@ -40,6 +40,13 @@ public sealed class StateSnapshot
                 entries.Add(SafetensorsWriter.F32(TensorName(l, part), layout.Shape(part, Batch), Tensors[layout.Index(l, part)]));
             }
         }
+        return entries;
+    }
+
+    /// <summary>Writes the snapshot to <paramref name="path"/> (temporary file, then rename).</summary>
+    public void Save(string path)
+    {
+        var entries = StateEntries();
         long[] pending = Pending.Select(p => p is { Length: > 0 } ? (long)p[0] : -1L).ToArray();
         entries.Add(SafetensorsWriter.I64("pending", [Batch], pending));
         SafetensorsWriter.Write(path, entries, new Dictionary<string, string>
@@ -70,6 +77,30 @@ public sealed class StateSnapshot
             throw new XLstmOnnxException($"{path}: tensor 'pending' has shape {TensorSlice.FormatShape(pendingSlice.Shape)}; expected [batch], batch at least 1.");
         }
         int batch = (int)pendingSlice.Shape[0];
+        var tensors = ReadStateTensors(f, path, manifest, batch);
+        if (pendingSlice.Dtype != SafetensorsDtype.I64 || pendingSlice.Shape.Length != 1)
+        {
+            throw new XLstmOnnxException($"{path}: tensor 'pending' is {pendingSlice.Dtype}{TensorSlice.FormatShape(pendingSlice.Shape)}; expected I64[{batch}].");
+        }
+        var pendingIds = pendingSlice.ToInt64();
+        for (int row = 0; row < pendingIds.Length; row++)
+        {
+            long v = pendingIds[row];
+            if (v < -1 || v >= manifest.VocabSize)
+            {
+                throw new XLstmOnnxException($"{path}: tensor 'pending' row {row} is {v}; expected -1 (none) or a token id in [0, {manifest.VocabSize}).");
+            }
+        }
+        var pending = pendingIds.Select(v => v >= 0 ? new[] { (int)v } : null).ToArray();
+        return new StateSnapshot(manifest, batch, tensors, pending);
+    }
+
+    /// <summary>
+    /// The state tensors of <paramref name="batch"/> rows from an open file, checked against <paramref name="manifest"/>'s
+    /// shapes (float32) and for finite values; errors name <paramref name="path"/>, the tensor and both values.
+    /// </summary>
+    internal static float[][] ReadStateTensors(SafetensorsFile f, string path, ModelManifest manifest, int batch)
+    {
         var layout = manifest.State;
         var tensors = new float[layout.TensorCount][];
         for (int l = 0; l < layout.Layers; l++)
@@ -93,26 +124,12 @@ public sealed class StateSnapshot
                 tensors[layout.Index(l, part)] = values;
             }
         }
-        if (pendingSlice.Dtype != SafetensorsDtype.I64 || pendingSlice.Shape.Length != 1)
-        {
-            throw new XLstmOnnxException($"{path}: tensor 'pending' is {pendingSlice.Dtype}{TensorSlice.FormatShape(pendingSlice.Shape)}; expected I64[{batch}].");
-        }
-        var pendingIds = pendingSlice.ToInt64();
-        for (int row = 0; row < pendingIds.Length; row++)
-        {
-            long v = pendingIds[row];
-            if (v < -1 || v >= manifest.VocabSize)
-            {
-                throw new XLstmOnnxException($"{path}: tensor 'pending' row {row} is {v}; expected -1 (none) or a token id in [0, {manifest.VocabSize}).");
-            }
-        }
-        var pending = pendingIds.Select(v => v >= 0 ? new[] { (int)v } : null).ToArray();
-        return new StateSnapshot(manifest, batch, tensors, pending);
+        return tensors;
     }
 
     /// <summary>The file's name of layer <paramref name="layer"/>'s <paramref name="part"/>: state.L.C, state.L.n, state.L.m.</summary>
     private static string TensorName(int layer, StatePart part) => $"state.{layer}.{StateLayout.Name(part)}";
 
-    private static string Signature(ModelManifest m) =>
+    internal static string Signature(ModelManifest m) =>
         $"layers={m.NumLayers} heads={m.NumHeads} dqk={m.QkHeadDim} dv={m.VHeadDim} hidden={m.HiddenSize} vocab={m.VocabSize}";
 }

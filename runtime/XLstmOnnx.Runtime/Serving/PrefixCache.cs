@@ -66,13 +66,7 @@ internal sealed class PrefixCache : IDisposable
     /// <summary>The longest cached prefix of <paramref name="prompt"/> (the whole prompt included) and its slot, or null; counts a hit or a miss.</summary>
     public (int Length, int Slot)? Lookup(ReadOnlySpan<int> prompt)
     {
-        if (Capacity == 0) return null;
-        LinkedListNode<Entry>? best = null;
-        for (var n = _lru.First; n is not null; n = n.Next)
-        {
-            var t = n.Value.Tokens;
-            if (t.Length <= prompt.Length && (best is null || t.Length > best.Value.Tokens.Length) && prompt[..t.Length].SequenceEqual(t)) best = n;
-        }
+        var best = Longest(prompt);
         if (best is null)
         {
             Misses++;
@@ -82,6 +76,21 @@ internal sealed class PrefixCache : IDisposable
         _lru.Remove(best);
         _lru.AddFirst(best);
         return (best.Value.Tokens.Length, best.Value.Slot);
+    }
+
+    /// <summary>The longest cached prefix of <paramref name="prompt"/> and its slot, or null, without counting or reordering (a hand-off's export).</summary>
+    public (int Length, int Slot)? Peek(ReadOnlySpan<int> prompt) => Longest(prompt) is { } n ? (n.Value.Tokens.Length, n.Value.Slot) : null;
+
+    private LinkedListNode<Entry>? Longest(ReadOnlySpan<int> prompt)
+    {
+        if (Capacity == 0) return null;
+        LinkedListNode<Entry>? best = null;
+        for (var n = _lru.First; n is not null; n = n.Next)
+        {
+            var t = n.Value.Tokens;
+            if (t.Length <= prompt.Length && (best is null || t.Length > best.Value.Tokens.Length) && prompt[..t.Length].SequenceEqual(t)) best = n;
+        }
+        return best;
     }
 
     /// <summary>

@@ -171,6 +171,8 @@ public sealed class ServingEngine : IDisposable
     private readonly ServingOptions _o;
     private readonly HfTokenizer? _tokenizer;
     private readonly Channel<Request> _queue;
+    /// <summary>Work the loop runs between steps for other threads (the prefix hand-off): run, or fail when the loop ends.</summary>
+    private readonly Channel<(Action Run, Action<Exception> Fail)> _control = Channel.CreateUnbounded<(Action, Action<Exception>)>(new UnboundedChannelOptions { SingleReader = true });
     private readonly DeviceMemory _memory;
     private readonly StatePool _pool, _staging;
     private readonly StatePool? _rider;                  // mixed steps: the rows of the prompts read inside them
@@ -419,18 +421,14 @@ public sealed class ServingEngine : IDisposable
         {
             while (!_stop.IsCancellationRequested)
             {
+                while (_control.Reader.TryRead(out var work)) work.Run();
                 DropCancelled();
                 Admit();
                 if (_count == 0 && _jobs.Count == 0)
                 {
-                    try
-                    {
-                        _queue.Reader.WaitToReadAsync(_stop.Token).AsTask().Wait();
-                    }
-                    catch (AggregateException) when (_stop.IsCancellationRequested)
-                    {
-                        break;
-                    }
+                    // a request or a piece of control work wakes the loop (waiting on a channel takes nothing from it)
+                    Task.WaitAny(_queue.Reader.WaitToReadAsync(_stop.Token).AsTask(), _control.Reader.WaitToReadAsync(_stop.Token).AsTask());
+                    if (_stop.IsCancellationRequested) break;
                     continue;
                 }
                 Prefill();
@@ -446,7 +444,67 @@ public sealed class ServingEngine : IDisposable
             foreach (var t in _transit) t.Events.Writer.TryComplete(e);
             while (_queue.Reader.TryRead(out var q)) q.Events.Writer.TryComplete(e);
         }
+        finally
+        {
+            _control.Writer.TryComplete();
+            var ended = _failure ?? new ObjectDisposedException(nameof(ServingEngine), "the serving engine has stopped");
+            while (_control.Reader.TryRead(out var work)) work.Fail(ended);
+        }
     }
+
+    /// <summary>Runs <paramref name="work"/> on the engine's loop, between steps (the loop owns the device state).</summary>
+    private Task<T> OnLoop<T>(Func<T> work)
+    {
+        var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        void Run()
+        {
+            try
+            {
+                done.TrySetResult(work());
+            }
+            catch (Exception e)
+            {
+                done.TrySetException(e);
+            }
+        }
+        if (!_control.Writer.TryWrite((Run, e => done.TrySetException(e))))
+            done.TrySetException(_failure ?? new ObjectDisposedException(nameof(ServingEngine), "the serving engine has stopped"));
+        return done.Task;
+    }
+
+    /// <summary>
+    /// The prefix-cache entry for the longest cached prefix of <paramref name="tokens"/>, copied to host memory for another
+    /// replica (docs/routing.md, "Handing a state over"), or null when none is cached.
+    /// </summary>
+    public Task<PrefixHandOff?> ExportPrefixAsync(int[] tokens) => OnLoop(() =>
+    {
+        if (_cache.Peek(tokens) is not { } hit) return null;
+        var state = _cache.States!.Read(0, hit.Slot, 1);
+        var logits = new float[_runner.Vocab];
+        _memory.Download<float>(_cache.LogitsAt(hit.Slot), logits);
+        var next = new long[1];
+        _memory.Download<long>(_cache.NextAt(hit.Slot), next);
+        return (PrefixHandOff?)new PrefixHandOff(Session.Manifest, tokens[..hit.Length], state, logits, next[0]);
+    });
+
+    /// <summary>
+    /// Stores a prefix state from another replica in this engine's prefix cache, as if it had read those tokens itself.
+    /// False when the cache is off or already holds them. The entry must come from this model (<see cref="PrefixHandOff.Load"/> checks).
+    /// </summary>
+    public Task<bool> ImportPrefixAsync(PrefixHandOff entry) => OnLoop(() =>
+    {
+        if (!ReferenceEquals(entry.Manifest, Session.Manifest) && StateSnapshotSignature(entry.Manifest) != StateSnapshotSignature(Session.Manifest))
+            throw new XLstmOnnxException("the prefix state is for another model.");
+        if (_cache.Reserve(entry.Tokens) is not { } slot) return false;
+        _cache.States!.Write(0, slot, entry.State);
+        _memory.Upload<float>(entry.Logits, _cache.LogitsAt(slot));
+        _memory.Upload<long>([entry.Next], _cache.NextAt(slot));
+        Metrics.CacheBytes = _cache.Bytes;
+        Metrics.CacheEntries = _cache.Count;
+        return true;
+    });
+
+    private static string StateSnapshotSignature(ModelManifest m) => Generation.StateSnapshot.Signature(m);
 
     /// <summary>Waiting requests take staging rows while the pool has room for them; each starts from its longest cached prefix.</summary>
     private void Admit()
