@@ -61,16 +61,7 @@ public sealed class StateSnapshot
     public static StateSnapshot Load(string path, ModelManifest manifest)
     {
         using var f = SafetensorsFile.Open(path);
-        string Meta(string key) => f.Metadata.TryGetValue(key, out var v) ? v : "(missing)";
-        if (Meta("format") != Format) throw new XLstmOnnxException($"{path}: metadata 'format' is {Meta("format")}; expected {Format}.");
-        if (Meta("format_version") != FormatVersion.ToString())
-        {
-            throw new XLstmOnnxException($"{path}: metadata 'format_version' is {Meta("format_version")}; this version reads {FormatVersion}.");
-        }
-        if (Meta("signature") != Signature(manifest))
-        {
-            throw new XLstmOnnxException($"{path}: the state is for a model with {Meta("signature")}; this model has {Signature(manifest)}.");
-        }
+        CheckMetadata(f, path, manifest, Format, FormatVersion);
         var pendingSlice = f.Get("pending");
         if (pendingSlice.Shape.Length != 1 || pendingSlice.Shape[0] is < 1 or > int.MaxValue)
         {
@@ -93,6 +84,24 @@ public sealed class StateSnapshot
         }
         var pending = pendingIds.Select(v => v >= 0 ? new[] { (int)v } : null).ToArray();
         return new StateSnapshot(manifest, batch, tensors, pending);
+    }
+
+    /// <summary>
+    /// Checks a state file's metadata: its format name and version, and that its model signature is
+    /// <paramref name="manifest"/>'s; errors name <paramref name="path"/>, the field and both values.
+    /// </summary>
+    internal static void CheckMetadata(SafetensorsFile f, string path, ModelManifest manifest, string format, int version)
+    {
+        string Meta(string key) => f.Metadata.TryGetValue(key, out var v) ? v : "(missing)";
+        if (Meta("format") != format) throw new XLstmOnnxException($"{path}: metadata 'format' is {Meta("format")}; expected {format}.");
+        if (Meta("format_version") != version.ToString(System.Globalization.CultureInfo.InvariantCulture))
+        {
+            throw new XLstmOnnxException($"{path}: metadata 'format_version' is {Meta("format_version")}; this version reads {version}.");
+        }
+        if (Meta("signature") != Signature(manifest))
+        {
+            throw new XLstmOnnxException($"{path}: the state is for a model with {Meta("signature")}; this model has {Signature(manifest)}.");
+        }
     }
 
     /// <summary>

@@ -50,12 +50,7 @@ public sealed class PrefixHandOff
     public static PrefixHandOff Load(string path, ModelManifest manifest)
     {
         using var f = SafetensorsFile.Open(path);
-        string Meta(string key) => f.Metadata.TryGetValue(key, out var v) ? v : "(missing)";
-        if (Meta("format") != Format) throw new XLstmOnnxException($"{path}: metadata 'format' is {Meta("format")}; expected {Format}.");
-        if (Meta("format_version") != FormatVersion.ToString(System.Globalization.CultureInfo.InvariantCulture))
-            throw new XLstmOnnxException($"{path}: metadata 'format_version' is {Meta("format_version")}; this version reads {FormatVersion}.");
-        if (Meta("signature") != StateSnapshot.Signature(manifest))
-            throw new XLstmOnnxException($"{path}: the state is for a model with {Meta("signature")}; this model has {StateSnapshot.Signature(manifest)}.");
+        StateSnapshot.CheckMetadata(f, path, manifest, Format, FormatVersion);
         var state = StateSnapshot.ReadStateTensors(f, path, manifest, 1);
         var tokens = f.Get("tokens");
         if (tokens.Dtype != SafetensorsDtype.I64 || tokens.Shape.Length != 1 || tokens.Shape[0] < 1)
