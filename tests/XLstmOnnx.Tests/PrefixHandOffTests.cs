@@ -84,6 +84,14 @@ public sealed class PrefixHandOffTests
             Assert.That(none.StatusCode, Is.EqualTo(HttpStatusCode.NotFound));
             Assert.That(await none.Content.ReadAsStringAsync(), Does.Contain("prefix_not_cached").And.Contain("6 prompt tokens"));
         }
+        // a text prompt is read as the completions API reads it: its state is cached after a completion of that text
+        const string light = "And God said, Let there be light: and there was light.";
+        await RouterRig.Complete(_a.Http, RouterRig.Body(light, 2), direct: true);
+        using (var byText = await Post(_a.Http, "/internal/prefix/export", JsonContent.Create(new { model = "kjv", prompt = light })))
+        {
+            Assert.That(byText.StatusCode, Is.EqualTo(HttpStatusCode.OK), await byText.Content.ReadAsStringAsync());
+            Assert.That(int.Parse(byText.Headers.GetValues("X-Prefix-Tokens").Single()), Is.EqualTo(_a.Session.Tokenizer!.Encode(light).Length));
+        }
         using (var bad = await Post(_b.Http, "/internal/prefix/import", new ByteArrayContent([1, 2, 3, 4, 5, 6, 7, 8, 9])))
         {
             Assert.That(bad.StatusCode, Is.EqualTo(HttpStatusCode.BadRequest));

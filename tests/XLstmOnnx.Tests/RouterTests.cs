@@ -151,6 +151,8 @@ public sealed class RouterTests
         Assert.That(e.Message, Does.Contain("--host 0.0.0.0").And.Contain("--allow-remote"));
         e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1"], HealthInterval = TimeSpan.FromMilliseconds(10) }.Validate())!;
         Assert.That(e.Message, Does.Contain("--health-interval-ms").And.Contain("found 10"));
+        e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1"], HealthTimeout = TimeSpan.Zero }.Validate())!;
+        Assert.That(e.Message, Does.Contain("--health-timeout-ms").And.Contain("found 0"));
     }
 }
 

@@ -54,9 +54,7 @@ public static class Router
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Limits.MaxRequestBodySize = MaxBodyBytes;
-            if (address is not null) k.Listen(address, options.Port);
-            else if (options.Port != 0) k.ListenLocalhost(options.Port);
-            else k.Listen(IPAddress.Loopback, 0);
+            ServerAccess.Listen(k, address, options.Port);
         });
         var table = new RoutingTable(options.TableEntries);
         var metrics = new RouterMetrics(() => table.Count);

@@ -42,7 +42,7 @@ internal sealed class RoutingPolicy(RoutingTable table, RouterMetrics metrics) :
         if (pick is null)
         {
             reason = "prefix";
-            pick = Available(table.LongestPrefix(keys.Prefixes, id => Available(id) is not null).Replica);
+            pick = Available(table.LongestPrefix(keys.Prefixes, id => Available(id) is not null));
         }
         if (pick is null)
         {

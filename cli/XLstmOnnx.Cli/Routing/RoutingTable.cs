@@ -20,15 +20,15 @@ internal sealed class RoutingTable(int capacity)
 
     /// <summary>
     /// The replica that served the longest of <paramref name="prefixes"/> (hashes of a prompt's first 1, 2, … blocks)
-    /// among those <paramref name="usable"/> accepts, with the number of blocks matched; (null, 0) when none.
+    /// among those <paramref name="usable"/> accepts, or null.
     /// </summary>
-    public (string? Replica, int Blocks) LongestPrefix(IReadOnlyList<ulong> prefixes, Func<string, bool> usable)
+    public string? LongestPrefix(IReadOnlyList<ulong> prefixes, Func<string, bool> usable)
     {
         for (int k = prefixes.Count - 1; k >= 0; k--)
         {
-            if (_prefixes.Get(prefixes[k]) is { } replica && usable(replica)) return (replica, k + 1);
+            if (_prefixes.Get(prefixes[k]) is { } replica && usable(replica)) return replica;
         }
-        return (null, 0);
+        return null;
     }
 
     public void SetPrefixes(IReadOnlyList<ulong> prefixes, string replica)

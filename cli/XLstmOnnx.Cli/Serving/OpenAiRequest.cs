@@ -363,6 +363,18 @@ internal static class OpenAiRequest
         return bias.Count > 0 ? bias : null;
     }
 
+    /// <summary>
+    /// The ids of one prompt as the completions API reads it (<c>prompt</c>: text or token ids), or of chat
+    /// <c>messages</c> rendered as /tokenize renders them: what the prefix hand-off's export looks up.
+    /// </summary>
+    public static int[] PromptIds(JsonElement b, ServingEngine engine, ServerOptions o)
+    {
+        if (b.TryGetProperty("messages", out _)) return Tokenize(b, engine, o, out _);
+        CheckModel(b, o);
+        var prompts = Prompts(b, engine, engine.Session.Tokenizer, echo: false);
+        return prompts.Count == 1 ? prompts[0].Ids : throw new ApiError(400, $"give one prompt; found {prompts.Count}.", "prompt");
+    }
+
     /// <summary>vLLM's /tokenize body: a prompt (add_special_tokens) or chat messages; returns the ids.</summary>
     public static int[] Tokenize(JsonElement b, ServingEngine engine, ServerOptions o, out bool tokenStrs)
     {

@@ -130,10 +130,7 @@ public static partial class OpenAiServer
         {
             // Kestrel's own limit (30 MB) would end the read with an exception; at ours the read ends with a 413
             k.Limits.MaxRequestBodySize = MaxBodyBytes;
-            // the address given and nothing else (UseUrls listens on every interface for a name it cannot parse)
-            if (address is not null) k.Listen(address, options.Port);
-            else if (options.Port != 0) k.ListenLocalhost(options.Port);
-            else k.Listen(IPAddress.Loopback, 0); // localhost on a free port: one port, so 127.0.0.1 only
+            ServerAccess.Listen(k, address, options.Port);
         });
         ServerAccess.AddCors(builder.Services, options);
         engine.Metrics.ModelName ??= options.ModelId;
@@ -310,7 +307,7 @@ public static partial class OpenAiServer
 
     /// <summary>
     /// The prefix hand-off (docs/routing.md, "Handing a state over"): <c>POST /internal/prefix/export</c> with a prompt
-    /// (text or ids, as /tokenize takes it) answers the state of its longest cached prefix as safetensors
+    /// (<see cref="OpenAiRequest.PromptIds"/>: text or ids as the completions API reads them, or chat messages) answers the state of its longest cached prefix as safetensors
     /// (<see cref="PrefixHandOff"/>), or 404; <c>POST /internal/prefix/import</c> with such a file stores it in this
     /// server's prefix cache. Both need the internal token; a wrong or missing one gets 401.
     /// </summary>
@@ -334,12 +331,7 @@ public static partial class OpenAiServer
             int[] ids;
             try
             {
-                var body = await ReadBody(ctx).ConfigureAwait(false);
-                // token ids as the completions API takes them, or text as /tokenize takes it
-                ids = body.TryGetProperty("prompt", out var p) && p.ValueKind == JsonValueKind.Array
-                    ? [.. p.EnumerateArray().Select((e, i) => e.TryGetInt32(out int id) && id >= 0 && id < engine.Session.Manifest.VocabSize ? id
-                        : throw new ApiError(400, $"'prompt'[{i}] must be a token id in [0, {engine.Session.Manifest.VocabSize}); found {e.GetRawText()}.", "prompt"))]
-                    : OpenAiRequest.Tokenize(body, engine, options, out _);
+                ids = OpenAiRequest.PromptIds(await ReadBody(ctx).ConfigureAwait(false), engine, options);
             }
             catch (ApiError e)
             {

@@ -22,6 +22,18 @@ namespace XLstmOnnx.Cli.Serving;
 internal static class ServerAccess
 {
     /// <summary>
+    /// Listens on <paramref name="address"/> (from <see cref="ParseHost"/>) and nothing else, or on localhost when it is
+    /// null: port 0 picks a free port on 127.0.0.1 only (one port). UseUrls would listen on every interface for a name it
+    /// cannot parse. The one listening rule of <c>serve</c> and <c>route</c>.
+    /// </summary>
+    public static void Listen(Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions k, IPAddress? address, int port)
+    {
+        if (address is not null) k.Listen(address, port);
+        else if (port != 0) k.ListenLocalhost(port);
+        else k.Listen(IPAddress.Loopback, 0);
+    }
+
+    /// <summary>
     /// <paramref name="host"/> as an address: an IP literal in its usual form (<c>127.0.0.1</c>, <c>::1</c>,
     /// <c>[::1]</c>), or null for <c>localhost</c>. Anything else is an error naming <paramref name="parameter"/>: Kestrel
     /// listens on every interface for a name it cannot parse, and .NET also reads <c>127.1</c> or <c>2130706433</c> as

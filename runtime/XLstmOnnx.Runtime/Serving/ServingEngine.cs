@@ -493,8 +493,8 @@ public sealed class ServingEngine : IDisposable
     /// </summary>
     public Task<bool> ImportPrefixAsync(PrefixHandOff entry) => OnLoop(() =>
     {
-        if (!ReferenceEquals(entry.Manifest, Session.Manifest) && StateSnapshotSignature(entry.Manifest) != StateSnapshotSignature(Session.Manifest))
-            throw new XLstmOnnxException("the prefix state is for another model.");
+        if (Generation.StateSnapshot.Signature(entry.Manifest) != Generation.StateSnapshot.Signature(Session.Manifest))
+            throw new XLstmOnnxException($"the prefix state is for a model with {Generation.StateSnapshot.Signature(entry.Manifest)}; this model has {Generation.StateSnapshot.Signature(Session.Manifest)}.");
         if (_cache.Reserve(entry.Tokens) is not { } slot) return false;
         _cache.States!.Write(0, slot, entry.State);
         _memory.Upload<float>(entry.Logits, _cache.LogitsAt(slot));
@@ -503,8 +503,6 @@ public sealed class ServingEngine : IDisposable
         Metrics.CacheEntries = _cache.Count;
         return true;
     });
-
-    private static string StateSnapshotSignature(ModelManifest m) => Generation.StateSnapshot.Signature(m);
 
     /// <summary>Waiting requests take staging rows while the pool has room for them; each starts from its longest cached prefix.</summary>
     private void Admit()
