@@ -21,8 +21,10 @@ internal static class RouteCommand
         var blockChars = new Option<int>("--prefix-block-chars") { Description = "Characters a block of a text prompt or chat transcript: prompts that share whole blocks go to the replica that served them.", DefaultValueFactory = _ => 64 };
         var blockTokens = new Option<int>("--prefix-block-tokens") { Description = "Ids a block of a token-id prompt.", DefaultValueFactory = _ => 16 };
         var entries = new Option<int>("--table-entries") { Description = "Conversations and prefix blocks remembered, each (least recently used go first).", DefaultValueFactory = _ => 1 << 20 };
+        var internalToken = new Option<string?>("--internal-token") { Description = $"The replicas' internal token (default: ${ServeCommand.InternalTokenVariable}): a conversation that moves off a full or draining replica takes its state along (without it, the new replica reads the transcript again)." };
+        var handOffTimeout = new Option<int>("--handoff-timeout-ms") { Description = "How long a state hand-off may take before the turn goes on without it.", DefaultValueFactory = _ => 30000 };
         var cmd = new Command("route", "One OpenAI-compatible front for several serve replicas: by conversation, shared prompt prefix, then load.")
-            { replicas, host, port, allowRemote, health, healthTimeout, blockChars, blockTokens, entries };
+            { replicas, host, port, allowRemote, health, healthTimeout, blockChars, blockTokens, entries, internalToken, handOffTimeout };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new RouterOptions
@@ -36,6 +38,8 @@ internal static class RouteCommand
                 PrefixBlockChars = r.GetValue(blockChars),
                 PrefixBlockTokens = r.GetValue(blockTokens),
                 TableEntries = r.GetValue(entries),
+                InternalToken = r.GetValue(internalToken) ?? (Environment.GetEnvironmentVariable(ServeCommand.InternalTokenVariable) is { Length: > 0 } it ? it : null),
+                HandOffTimeout = TimeSpan.FromMilliseconds(r.GetValue(handOffTimeout)),
             };
             var (app, url) = Router.StartAsync(options).GetAwaiter().GetResult();
             Console.Error.WriteLine($"routing {url} to {options.Replicas.Count} replicas ({string.Join(", ", options.Replicas.Select((u, i) => $"{Router.ReplicaId(i)} {u}"))}); /health, /metrics; Ctrl+C stops");

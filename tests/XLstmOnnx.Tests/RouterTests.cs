@@ -220,25 +220,132 @@ public sealed class RouterFailoverTests
     }
 }
 
+/// <summary>
+/// A conversation moved with its state (docs/routing.md, "Moving a conversation"): two one-slot replicas with the internal
+/// token and a router that has it too. When the conversation's replica drains, or is full while the other has a free
+/// slot, its next turn goes to the other replica, after the router handed over the state of the turn before (a
+/// prefix-cache hit there); the greedy text equals what the first replica gives the same turn.
+/// </summary>
+[TestFixture, NonParallelizable]
+public sealed class RouterHandOffTests
+{
+    private const string Token = "router-hand-off";
+    private List<ShippedModelServer> _replicas = [];
+    private WebApplication _router = null!;
+    private HttpClient _http = null!;
+    private int _vocab;
+
+    [OneTimeSetUp]
+    public async Task Start()
+    {
+        (_replicas, _router, _http) = await RouterRig.StartAsync(2, maxBatch: 1, token: Token);
+        _vocab = (int)_replicas[0].Session.Manifest.VocabSize;
+        for (int i = 0; i < _replicas.Count; i++) await RouterRig.WaitForReplica(_http, Router.ReplicaId(i), r => r.GetProperty("load").ValueKind == JsonValueKind.Object, "reporting its load");
+    }
+
+    [OneTimeTearDown]
+    public async Task Stop() => await RouterRig.StopAsync(_replicas, _router, _http);
+
+    private ShippedModelServer Replica(string id) => _replicas[int.Parse(id[1..], System.Globalization.CultureInfo.InvariantCulture)];
+
+    private static async Task<HttpStatusCode> Drain(ShippedModelServer replica, bool on, string? token = Token)
+    {
+        using var request = new HttpRequestMessage(on ? HttpMethod.Post : HttpMethod.Delete, "/internal/drain");
+        if (token is not null) request.Headers.Add(OpenAiServer.InternalTokenHeader, token);
+        using var r = await replica.Http.SendAsync(request);
+        return r.StatusCode;
+    }
+
+    /// <summary>Checks a moved turn: another replica, the hand-off of <paramref name="tokens"/> tokens, a cache hit there, the home replica's text.</summary>
+    private async Task CheckMoved(RouterRig.Answer turn, string home, int[] prompt, int tokens, double hitsBefore, ShippedModelServer other)
+    {
+        Assert.That(turn.Replica, Is.Not.EqualTo(home), $"{turn}");
+        Assert.That(turn.Reason, Is.EqualTo("moved"));
+        Assert.That(turn.HandOff, Does.StartWith($"{home}; moved; tokens={tokens}; bytes="), "the state of the turn before was handed over");
+        Assert.That(await RouterRig.Metric(other.Http, "xlstm_prefix_cache_hits"), Is.EqualTo(hitsBefore + 1), "the new replica starts from the handed-over state");
+        // as if it had stayed: the home replica still holds the state and answers the same turn (straight, not through the router)
+        var stayed = await RouterRig.Complete(Replica(home).Http, RouterRig.Body(prompt, 12), direct: true);
+        Assert.That(turn.Ids, Is.EqualTo(stayed.Ids), "greedy tokens of the moved turn against the replica it left");
+        Assert.That(await RouterRig.Metric(_http, "xlstm_router_handoffs"), Is.GreaterThanOrEqualTo(1));
+    }
+
+    [Test]
+    public async Task AConversationLeavesADrainingReplicaWithItsState()
+    {
+        var rng = new Random(31);
+        int[] first = RouterRig.Ids(rng, 40, _vocab), question = RouterRig.Ids(rng, 6, _vocab);
+        var t1 = await RouterRig.Complete(_http, RouterRig.Body(first, 12), "draining");
+        var home = Replica(t1.Replica);
+        var other = _replicas.Single(r => r != home);
+
+        Assert.That(await Drain(home, on: true, token: "wrong"), Is.EqualTo(HttpStatusCode.Unauthorized));
+        Assert.That(await Drain(home, on: true), Is.EqualTo(HttpStatusCode.OK));
+        await RouterRig.WaitForReplica(_http, t1.Replica, r => r.GetProperty("draining").GetBoolean() && !r.GetProperty("healthy").GetBoolean(), "draining and out");
+        using (var health = await home.Http.GetAsync("/health"))
+        {
+            Assert.That(health.StatusCode, Is.EqualTo(HttpStatusCode.ServiceUnavailable));
+            Assert.That(health.Headers.GetValues(ReplicaLoad.StateHeader).Single(), Is.EqualTo("draining"));
+        }
+        double hits = await RouterRig.Metric(other.Http, "xlstm_prefix_cache_hits");
+        int[] second = [.. first, .. t1.Ids, .. question];
+        var t2 = await RouterRig.Complete(_http, RouterRig.Body(second, 12), "draining");
+        await CheckMoved(t2, t1.Replica, second, first.Length, hits, other);
+        // the conversation stays where it moved, also once the old replica is back
+        Assert.That(await Drain(home, on: false), Is.EqualTo(HttpStatusCode.OK));
+        await RouterRig.WaitForHealth(_http, t1.Replica, healthy: true);
+        int[] third = [.. second, .. t2.Ids];
+        var t3 = await RouterRig.Complete(_http, RouterRig.Body(third, 2), "draining");
+        Assert.That((t3.Replica, t3.Reason, t3.HandOff), Is.EqualTo((t2.Replica, "session", (string?)null)));
+    }
+
+    [Test]
+    public async Task AConversationLeavesAFullReplicaWithItsState()
+    {
+        var rng = new Random(32);
+        int[] first = RouterRig.Ids(rng, 40, _vocab), question = RouterRig.Ids(rng, 5, _vocab);
+        var t1 = await RouterRig.Complete(_http, RouterRig.Body(first, 12), "full");
+        var home = Replica(t1.Replica);
+        var other = _replicas.Single(r => r != home);
+        // someone else's long stream fills the home replica's only slot (sent straight to it: the router sees it only in the replica's /health)
+        var longBody = RouterRig.Body(RouterRig.Ids(rng, 8, _vocab), 2000);
+        longBody["stream"] = true;
+        longBody["ignore_eos"] = true;
+        using var busy = new CancellationTokenSource();
+        using var longRequest = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = JsonContent.Create(longBody) };
+        using var stream = await home.Http.SendAsync(longRequest, HttpCompletionOption.ResponseHeadersRead, busy.Token);
+        Assert.That(stream.StatusCode, Is.EqualTo(HttpStatusCode.OK));
+        await RouterRig.WaitForReplica(_http, t1.Replica, r => r.GetProperty("load").GetProperty("running").GetInt32() == 1, "running the long stream");
+
+        double hits = await RouterRig.Metric(other.Http, "xlstm_prefix_cache_hits");
+        int[] second = [.. first, .. t1.Ids, .. question];
+        var t2 = await RouterRig.Complete(_http, RouterRig.Body(second, 12), "full");
+        await busy.CancelAsync();
+        stream.Dispose();
+        await CheckMoved(t2, t1.Replica, second, first.Length, hits, other);
+    }
+}
+
 /// <summary>Three replicas of the shipped model and a router in front of them, and the requests the router tests send.</summary>
 internal static class RouterRig
 {
-    public sealed record Answer(string Replica, string Reason, string Text, int[] Ids);
+    /// <summary>A completion's replica and rule (router headers; empty when sent straight to a replica), the hand-off header if any, text and ids.</summary>
+    public sealed record Answer(string Replica, string Reason, string Text, int[] Ids, string? HandOff = null);
 
-    public static async Task<(List<ShippedModelServer>, WebApplication, HttpClient)> StartAsync(int count)
+    /// <summary><paramref name="count"/> replicas of <paramref name="maxBatch"/> slots (with the internal <paramref name="token"/>, if given, on them and the router).</summary>
+    public static async Task<(List<ShippedModelServer>, WebApplication, HttpClient)> StartAsync(int count, int maxBatch = 4, string? token = null)
     {
         var replicas = new List<ShippedModelServer>();
         for (int i = 0; i < count; i++)
         {
-            replicas.Add(await ShippedModelServer.StartAsync(new ServingOptions { MaxBatch = 4, QueueCapacity = 64 },
-                new ServerOptions { ModelId = "kjv", MaxPromptTokens = 512, Logs = NullLoggerProvider.Instance }));
+            replicas.Add(await ShippedModelServer.StartAsync(new ServingOptions { MaxBatch = maxBatch, QueueCapacity = 64 },
+                new ServerOptions { ModelId = "kjv", MaxPromptTokens = 512, Logs = NullLoggerProvider.Instance, InternalToken = token }));
         }
-        var (router, http) = await StartRouterAsync(replicas);
+        var (router, http) = await StartRouterAsync(replicas, token);
         return (replicas, router, http);
     }
 
     /// <summary>A router in front of <paramref name="replicas"/> on a free port, and a client of it.</summary>
-    public static async Task<(WebApplication, HttpClient)> StartRouterAsync(IReadOnlyList<ShippedModelServer> replicas)
+    public static async Task<(WebApplication, HttpClient)> StartRouterAsync(IReadOnlyList<ShippedModelServer> replicas, string? token = null)
     {
         var (router, url) = await Router.StartAsync(new RouterOptions
         {
@@ -246,6 +353,7 @@ internal static class RouterRig
             Port = 0,
             HealthInterval = TimeSpan.FromMilliseconds(200), // the failover test waits for it
             PrefixBlockTokens = 8,
+            InternalToken = token,
         }, Environment.GetEnvironmentVariable("XLSTM_ROUTER_TEST_LOGS") == "1" ? null : NullLoggerProvider.Instance);
         return (router, new HttpClient { BaseAddress = new Uri(url) });
     }
@@ -277,7 +385,8 @@ internal static class RouterRig
         var choice = JsonDocument.Parse(text).RootElement.GetProperty("choices")[0];
         string replica = direct ? "" : r.Headers.GetValues(Router.ReplicaHeader).Single();
         string reason = direct ? "" : r.Headers.GetValues(Router.ReasonHeader).Single();
-        return new Answer(replica, reason, choice.GetProperty("text").GetString()!, [.. choice.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32())]);
+        string? handOff = r.Headers.TryGetValues(StateHandOff.Header, out var h) ? h.Single() : null;
+        return new Answer(replica, reason, choice.GetProperty("text").GetString()!, [.. choice.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32())], handOff);
     }
 
     /// <summary>A chat completion through the router: the replica and the rule from its headers.</summary>
@@ -295,6 +404,21 @@ internal static class RouterRig
         return text.Split('\n').Where(l => l.StartsWith(name + "{", StringComparison.Ordinal) || l.StartsWith(name + " ", StringComparison.Ordinal)
                 || l.StartsWith(name + "_total", StringComparison.Ordinal))
             .Sum(l => double.Parse(l[(l.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    /// <summary>Waits (5 s at most) until the router's /health entry of <paramref name="replica"/> satisfies <paramref name="holds"/>.</summary>
+    public static async Task WaitForReplica(HttpClient http, string replica, Func<JsonElement, bool> holds, string what)
+    {
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+        while (true)
+        {
+            using var r = await http.GetAsync("/health");
+            var doc = JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
+            var state = doc.GetProperty("replicas").EnumerateArray().Single(e => e.GetProperty("id").GetString() == replica);
+            if (holds(state)) return;
+            if (DateTime.UtcNow > until) Assert.Fail($"replica {replica}: not {what} after 5 s: {state}");
+            await Task.Delay(50);
+        }
     }
 
     /// <summary>Waits (5 s at most) until the router's /health says <paramref name="replica"/> is (un)healthy.</summary>

@@ -35,6 +35,8 @@ public static class Router
     public const string ReasonHeader = "X-Xlstm-Route";
     private const string ClusterId = "replicas";
     private const int MaxBodyBytes = 4 << 20; // as serve's
+    /// <summary>Where a POST's body waits for a hand-off (it is the turn's prompt as the replicas read it).</summary>
+    private static readonly object BodyItem = new();
 
     private static readonly JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
@@ -58,8 +60,11 @@ public static class Router
         });
         var table = new RoutingTable(options.TableEntries);
         var metrics = new RouterMetrics(() => table.Count);
+        var reports = new ReplicaReports();
         builder.Services.AddSingleton(table);
         builder.Services.AddSingleton(metrics);
+        builder.Services.AddSingleton(reports);
+        builder.Services.AddSingleton<IActiveHealthCheckPolicy, ReplicaHealthPolicy>();
         builder.Services.AddSingleton<RoutingPolicy>();
         builder.Services.AddSingleton<ILoadBalancingPolicy>(sp => sp.GetRequiredService<RoutingPolicy>());
         builder.Services.AddReverseProxy().LoadFromMemory([Route()], [Cluster(replicas, options)]);
@@ -71,6 +76,9 @@ public static class Router
                 .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0));
         var app = builder.Build();
         var policy = app.Services.GetRequiredService<RoutingPolicy>();
+        var handOff = options.InternalToken is { } token ? new StateHandOff(token, options.HandOffTimeout) : null;
+        if (handOff is not null) app.Lifetime.ApplicationStopped.Register(handOff.Dispose);
+        var handOffLog = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("XLstmOnnx.Routing.HandOff");
 
         // the routing keys come from the body, which YARP then forwards from the buffer
         app.Use(async (ctx, next) =>
@@ -89,11 +97,13 @@ public static class Router
                     return;
                 }
                 ctx.Request.Body.Position = 0;
-                ctx.Items[RouteKeys.Item] = RouteKeys.Read(body.GetBuffer().AsSpan(0, (int)body.Length), ctx.Request.Headers[RouteKeys.SessionHeader], options);
+                var bytes = body.GetBuffer().AsMemory(0, (int)body.Length);
+                ctx.Items[RouteKeys.Item] = RouteKeys.Read(bytes.Span, ctx.Request.Headers[RouteKeys.SessionHeader], options);
+                ctx.Items[BodyItem] = (ReadOnlyMemory<byte>)bytes;
             }
             await next(ctx).ConfigureAwait(false);
         });
-        app.MapGet("/health", (IProxyStateLookup state) => Health(state));
+        app.MapGet("/health", (IProxyStateLookup state) => Health(state, reports));
         app.MapPrometheusScrapingEndpoint("/metrics");
         app.MapReverseProxy(pipeline =>
         {
@@ -105,6 +115,20 @@ public static class Router
                 {
                     ctx.Response.Headers[ReplicaHeader] = chosen.DestinationId;
                     ctx.Response.Headers[ReasonHeader] = policy.Chosen(ctx, chosen.DestinationId);
+                    if (ctx.Items.TryGetValue(RoutingPolicy.HandOffItem, out var f) && f is string from)
+                    {
+                        // the conversation moves off a replica that is still up: its state goes first (docs/routing.md, "Moving a conversation")
+                        string header = "none";
+                        if (handOff is not null && proxy.AllDestinations.FirstOrDefault(d => d.DestinationId == from) is { } source
+                            && ctx.Items.TryGetValue(BodyItem, out var b) && b is ReadOnlyMemory<byte> body)
+                        {
+                            var result = await handOff.MoveAsync(source.Model.Config.Address, chosen.Model.Config.Address, body, ctx.RequestAborted).ConfigureAwait(false);
+                            metrics.HandedOff(result);
+                            if (result.Error is { } why) handOffLog.LogWarning("hand-off {From} -> {To} failed (the new replica reads the whole prompt): {Error}", from, chosen.DestinationId, why);
+                            header = result.HeaderValue;
+                        }
+                        ctx.Response.Headers[StateHandOff.Header] = $"{from}; {header}";
+                    }
                 }
                 await next().ConfigureAwait(false);
                 if (ctx.GetForwarderErrorFeature() is { } error && !ctx.Response.HasStarted)
@@ -151,7 +175,7 @@ public static class Router
                 Interval = options.HealthInterval,
                 // a loaded replica may answer slowly; only no answer within this counts as a failure
                 Timeout = options.HealthTimeout,
-                Policy = HealthCheckConstants.ActivePolicy.ConsecutiveFailures,
+                Policy = ReplicaHealthPolicy.PolicyName,
                 Path = "/health",
             },
             Passive = new PassiveHealthCheckConfig
@@ -161,8 +185,6 @@ public static class Router
                 ReactivationPeriod = options.HealthInterval,
             },
         },
-        // one failed /health answer takes a replica out (the next good one puts it back)
-        Metadata = new Dictionary<string, string> { ["ConsecutiveFailuresHealthPolicy.Threshold"] = "1" },
         // streams may be long: no idle timeout shorter than a slow generation's gap between tokens
         // HTTP/1.1 to the replicas (serve speaks it on plain http; no HTTP/2 attempt first)
         HttpRequest = new ForwarderRequestConfig
@@ -173,7 +195,7 @@ public static class Router
         },
     };
 
-    private static IResult Health(IProxyStateLookup state)
+    private static IResult Health(IProxyStateLookup state, ReplicaReports reports)
     {
         if (!state.TryGetCluster(ClusterId, out var cluster)) return Results.Json(new { status = "unavailable", replicas = Array.Empty<object>() }, statusCode: 503);
         var replicas = cluster.Destinations.Values.OrderBy(d => d.DestinationId, StringComparer.Ordinal).Select(d => new
@@ -184,6 +206,8 @@ public static class Router
             active = d.Health.Active.ToString().ToLowerInvariant(),
             passive = d.Health.Passive.ToString().ToLowerInvariant(),
             in_flight = d.ConcurrentRequestCount,
+            draining = reports.Of(d.DestinationId) is { Draining: true },
+            load = reports.Of(d.DestinationId)?.Load is { } l ? new { running = l.Running, waiting = l.Waiting, slots = l.Slots } : null,
         }).ToList();
         bool any = replicas.Any(r => r.healthy);
         return Results.Json(new { status = any ? "ok" : "unavailable", replicas }, statusCode: any ? 200 : 503);

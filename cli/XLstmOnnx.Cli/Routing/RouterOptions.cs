@@ -23,6 +23,14 @@ public sealed record RouterOptions
     /// <summary>Sessions and prefix hashes the router remembers, each (<c>--table-entries</c>).</summary>
     public int TableEntries { get; init; } = 1 << 20;
 
+    /// <summary>
+    /// The replicas' internal token (<c>--internal-token</c>, as <c>serve</c>'s): with it the router hands a moving
+    /// conversation's state over (docs/routing.md, "Moving a conversation"); without it the new replica rebuilds it.
+    /// </summary>
+    public string? InternalToken { get; init; }
+    /// <summary>How long a state hand-off may take before the turn goes on without it (<c>--handoff-timeout-ms</c>).</summary>
+    public TimeSpan HandOffTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>The replicas' base addresses and the address to listen on (null: localhost); errors name the option and the value.</summary>
     public (Uri[] Replicas, IPAddress? Address) Validate()
     {
@@ -39,6 +47,9 @@ public sealed record RouterOptions
         if (Port is < 0 or > 65535) throw new XLstmOnnxException($"option --port must be 0 (any free port) to 65535; found {Port}.");
         if (HealthInterval < TimeSpan.FromMilliseconds(50)) throw new XLstmOnnxException($"option --health-interval-ms must be at least 50; found {HealthInterval.TotalMilliseconds:0}.");
         if (HealthTimeout < TimeSpan.FromMilliseconds(50)) throw new XLstmOnnxException($"option --health-timeout-ms must be at least 50; found {HealthTimeout.TotalMilliseconds:0}.");
+        if (HandOffTimeout < TimeSpan.FromMilliseconds(50)) throw new XLstmOnnxException($"option --handoff-timeout-ms must be at least 50; found {HandOffTimeout.TotalMilliseconds:0}.");
+        if (InternalToken is { } token && (token.Length == 0 || token.Any(c => c is < '!' or > '~')))
+            throw new XLstmOnnxException($"option --internal-token must be printable ASCII without spaces (an HTTP header carries it); found {(token.Length == 0 ? "an empty token" : $"a token of {token.Length} characters with a space, control or non-ASCII character")}.");
         if (PrefixBlockChars < 1) throw new XLstmOnnxException($"option --prefix-block-chars must be at least 1; found {PrefixBlockChars}.");
         if (PrefixBlockTokens < 1) throw new XLstmOnnxException($"option --prefix-block-tokens must be at least 1; found {PrefixBlockTokens}.");
         if (TableEntries < 1) throw new XLstmOnnxException($"option --table-entries must be at least 1; found {TableEntries}.");

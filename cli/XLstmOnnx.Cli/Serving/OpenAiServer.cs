@@ -157,7 +157,8 @@ public static partial class OpenAiServer
         // OpenAI's model object, plus the vocabulary size (an extension, as vLLM adds max_model_len): token-id prompts
         // (loadtest --prompt-tokens, a client without the tokenizer) need to know the valid ids
         var modelInfo = new { id = options.ModelId, @object = "model", created, owned_by = "xlstm-onnx", vocab_size = engine.Session.Manifest.VocabSize };
-        app.MapGet("/health", () => Results.Json(new { status = "ok" }));
+        var drain = new DrainSwitch();
+        app.MapGet("/health", (HttpContext ctx) => Health(ctx, engine, drain));
         app.MapPrometheusScrapingEndpoint("/metrics");
         app.MapGet("/v1/models", () => Results.Json(new { @object = "list", data = new[] { modelInfo } }));
         app.MapGet("/v1/models/{**id}", (string id) => id == options.ModelId ? Results.Json(modelInfo)
@@ -172,7 +173,7 @@ public static partial class OpenAiServer
             return new { count = ids.Length, max_model_len = options.MaxPromptTokens, tokens = ids, token_strs = strs ? ids.Select(i => tokens.Of(i).Text).ToArray() : null };
         }));
         app.MapPost("/detokenize", ctx => Answer(ctx, body => new { prompt = OpenAiRequest.Detokenize(body, engine, options) }));
-        if (options.InternalToken is { } token) MapHandOff(app, engine, options, token);
+        if (options.InternalToken is { } token) MapInternal(app, engine, options, token, drain);
         try
         {
             await app.StartAsync().ConfigureAwait(false);
@@ -302,6 +303,9 @@ public static partial class OpenAiServer
     /// <summary>The request header that carries <see cref="ServerOptions.InternalToken"/>.</summary>
     public const string InternalTokenHeader = "X-Internal-Token";
 
+    /// <summary>The export's response header that says how many prompt tokens the state covers.</summary>
+    public const string PrefixTokensHeader = "X-Prefix-Tokens";
+
     /// <summary>Largest prefix state accepted by the import endpoint (a 7B state is 134 MB).</summary>
     private const long MaxHandOffBytes = 2L << 30;
 
@@ -309,9 +313,10 @@ public static partial class OpenAiServer
     /// The prefix hand-off (docs/routing.md, "Handing a state over"): <c>POST /internal/prefix/export</c> with a prompt
     /// (<see cref="OpenAiRequest.PromptIds"/>: text or ids as the completions API reads them, or chat messages) answers the state of its longest cached prefix as safetensors
     /// (<see cref="PrefixHandOff"/>), or 404; <c>POST /internal/prefix/import</c> with such a file stores it in this
-    /// server's prefix cache. Both need the internal token; a wrong or missing one gets 401.
+    /// server's prefix cache; <c>POST /internal/drain</c> starts draining (docs/routing.md, "Draining a replica") and
+    /// <c>DELETE /internal/drain</c> ends it. All need the internal token; a wrong or missing one gets 401.
     /// </summary>
-    private static void MapHandOff(WebApplication app, ServingEngine engine, ServerOptions options, string token)
+    private static void MapInternal(WebApplication app, ServingEngine engine, ServerOptions options, string token, DrainSwitch drain)
     {
         bool Allowed(HttpContext ctx) =>
             System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(
@@ -321,6 +326,16 @@ public static partial class OpenAiServer
             ctx.Response.StatusCode = 401;
             return ctx.Response.WriteAsJsonAsync(new ApiError(401, $"The {InternalTokenHeader} header is missing or wrong.", type: "invalid_request_error", code: "invalid_internal_token").Body, Json);
         }
+        app.MapMethods("/internal/drain", [HttpMethods.Post, HttpMethods.Delete], async ctx =>
+        {
+            if (!Allowed(ctx))
+            {
+                await Refuse(ctx).ConfigureAwait(false);
+                return;
+            }
+            drain.Draining = HttpMethods.IsPost(ctx.Request.Method);
+            await ctx.Response.WriteAsJsonAsync(new { draining = drain.Draining }, Json).ConfigureAwait(false);
+        });
         app.MapPost("/internal/prefix/export", async ctx =>
         {
             if (!Allowed(ctx))
@@ -350,7 +365,8 @@ public static partial class OpenAiServer
             {
                 entry.Save(file);
                 ctx.Response.ContentType = "application/octet-stream";
-                ctx.Response.Headers["X-Prefix-Tokens"] = entry.Tokens.Length.ToString(CultureInfo.InvariantCulture);
+                ctx.Response.Headers[PrefixTokensHeader] = entry.Tokens.Length.ToString(CultureInfo.InvariantCulture);
+                ctx.Response.ContentLength = new FileInfo(file).Length;
                 await ctx.Response.SendFileAsync(file).ConfigureAwait(false);
             }
             finally
@@ -390,6 +406,30 @@ public static partial class OpenAiServer
                 File.Delete(file);
             }
         });
+    }
+
+    /// <summary>
+    /// Whether this server asks to be taken out of rotation (docs/routing.md, "Draining a replica"): its <c>/health</c>
+    /// then answers 503. It still serves every request that reaches it, so nothing sent before a router or a load
+    /// balancer notices is lost.
+    /// </summary>
+    private sealed class DrainSwitch
+    {
+        private volatile bool _draining;
+        public bool Draining { get => _draining; set => _draining = value; }
+    }
+
+    /// <summary>
+    /// <c>GET /health</c>: 200 <c>{"status": "ok", ...}</c>, or 503 <c>"draining"</c>; the load (<see cref="ReplicaLoad"/>)
+    /// in the headers and the body.
+    /// </summary>
+    private static IResult Health(HttpContext ctx, ServingEngine engine, DrainSwitch drain)
+    {
+        var m = engine.Metrics;
+        var load = new ReplicaLoad(m.Occupancy, m.QueueDepth, m.Slots, drain.Draining);
+        load.WriteTo(ctx.Response.Headers);
+        return Results.Json(new { status = load.State, running = load.Running, waiting = load.Waiting, slots = load.Slots },
+            statusCode: load.Draining ? StatusCodes.Status503ServiceUnavailable : StatusCodes.Status200OK);
     }
 
     /// <summary>A small JSON endpoint (/tokenize, /detokenize): the answer, or the error in OpenAI's shape.</summary>
