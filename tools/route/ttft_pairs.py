@@ -5,7 +5,7 @@ Each pair sends the same streaming greedy completion (a random token-id prompt) 
 replica, in alternating order, one request at a time, and times the first SSE data line. Interleaving cancels the drift
 of a shared machine's load; the figure is the median of the per-pair differences (tools/route/bench_route.sh).
 
-    ttft_pairs.py ROUTER_URL REPLICA_URL [--pairs 200] [--vocab 1000] [--out FILE]
+    ttft_pairs.py ROUTER_URL REPLICA_URL [--pairs 200] [--vocab 1000] [--model kjv] [--out FILE]
 """
 import argparse
 import http.client
@@ -45,13 +45,14 @@ def main():
     p.add_argument("replica")
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--vocab", type=int, default=1000)
+    p.add_argument("--model", default="kjv")
     p.add_argument("--out")
     a = p.parse_args()
     rng = random.Random(7)
     via, direct, diffs = [], [], []
     for i in range(a.pairs):
         ids = [rng.randrange(1, a.vocab) for _ in range(rng.randrange(16, 64))]
-        body = json.dumps({"model": "kjv", "prompt": ids, "max_tokens": 4, "temperature": 0, "stream": True, "ignore_eos": True})
+        body = json.dumps({"model": a.model, "prompt": ids, "max_tokens": 4, "temperature": 0, "stream": True, "ignore_eos": True})
         order = [(a.router, via), (a.replica, direct)] if i % 2 == 0 else [(a.replica, direct), (a.router, via)]
         got = {}
         for url, sink in order:

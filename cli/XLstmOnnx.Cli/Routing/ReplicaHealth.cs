@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
 using Yarp.ReverseProxy.Health;
 using Yarp.ReverseProxy.Model;
 using XLstmOnnx.Cli.Serving;
@@ -28,8 +29,10 @@ internal sealed class ReplicaReports
 /// good answer puts it back. It also keeps each answer's <see cref="ReplicaLoad"/> headers in <see cref="ReplicaReports"/>, which the
 /// routing policy reads to move conversations off full or draining replicas.
 /// </summary>
-internal sealed class ReplicaHealthPolicy(IDestinationHealthUpdater updater, ReplicaReports reports) : IActiveHealthCheckPolicy
+internal sealed class ReplicaHealthPolicy(IDestinationHealthUpdater updater, ReplicaReports reports, ILoggerFactory logs) : IActiveHealthCheckPolicy
 {
+    private readonly ILogger _log = logs.CreateLogger("XLstmOnnx.Routing.Health");
+
     public const string PolicyName = "xlstm-health";
 
     public string Name => PolicyName;
@@ -40,8 +43,20 @@ internal sealed class ReplicaHealthPolicy(IDestinationHealthUpdater updater, Rep
         foreach (var probe in probingResults)
         {
             var response = probe.Response;
-            reports.Set(probe.Destination.DestinationId, new ReplicaReport(response is not null, response is null ? null : ReplicaLoad.Read(response.Headers)));
+            string id = probe.Destination.DestinationId;
+            var report = new ReplicaReport(response is not null, response is null ? null : ReplicaLoad.Read(response.Headers));
+            var before = reports.Of(id);
+            reports.Set(id, report);
             bool healthy = response is { IsSuccessStatusCode: true };
+            // one line when a replica's state changes (YARP's own probe-failure warnings are turned down: a stack each probe)
+            string state = report.Draining ? "draining" : healthy ? "in" : "out";
+            string previous = before is null ? "unknown" : before.Draining ? "draining" : before.Answered && probe.Destination.Health.Active == DestinationHealth.Healthy ? "in" : "out";
+            if (state != previous)
+            {
+                string why = response is null ? $"no answer to /health ({probe.Exception?.InnerException?.Message ?? probe.Exception?.Message})"
+                    : $"/health answered {(int)response.StatusCode}";
+                _log.Log(state == "in" ? LogLevel.Information : LogLevel.Warning, "replica {Replica} ({Address}) is {State}: {Why}", id, probe.Destination.Model.Config.Address, state, why);
+            }
             states.Add(new NewActiveDestinationHealth(probe.Destination, healthy ? DestinationHealth.Healthy : DestinationHealth.Unhealthy));
         }
         updater.SetActive(cluster, states);

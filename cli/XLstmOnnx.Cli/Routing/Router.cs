@@ -53,6 +53,7 @@ public static class Router
         else builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
         builder.Logging.AddFilter("Yarp", LogLevel.Warning); // YARP logs every forward at Information
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        builder.Logging.AddFilter("Yarp.ReverseProxy.Health", LogLevel.Error); // ReplicaHealthPolicy says when a replica goes out or comes back
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Limits.MaxRequestBodySize = MaxBodyBytes;
