@@ -9,10 +9,14 @@
 #       served throughput (32 clients at one replica, 64 through the router), requests per replica, time to first token
 #       through the router against straight at a replica (interleaved pairs, and unloaded load tests), greedy streams
 #       against their solo runs, and what moving a conversation costs at 7B (tools/route/handoff_bench.py)
+#   source /tmp/xlstm/env.sh && bash tools/route/run_route_gpu.sh overhead  # after build: the router's own cost, three ways
+#       (interleaved pairs on kept-alive connections, with proxy-only requests; pairs on a new connection each, as the
+#       first run measured; unloaded load tests alternating router and replica, 5 rounds), then greedy streams through
+#       the router against their solo runs on a --linear-kernels batch-invariant export (64 clients, two replicas)
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build or scale}
+stage=${1:?stage: build, scale or overhead}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -37,7 +41,50 @@ lt() { # lt NAME URL ARGS...: a load test
   say "loadtest $name rc=$?: $(python3 -c "import json; d=json.load(open('$R/lt-$name.json')); print({k: d.get(k) for k in ['ok', 'failed', 'checked_alone', 'mismatches_vs_alone', 'window_throughput_tokens_per_s']}, 'ttft p50', d['ttft_ms']['p50'], 'unloaded ttft p50', (d.get('unloaded_ttft_ms') or {}).get('p50'))" 2>&1)"
 }
 
+replicas() { # replicas MODEL: one serve a GPU on $P0 and $P1, the router on $ROUTER in front of them
+  for g in 0 1; do
+    CUDA_VISIBLE_DEVICES=$g "$CLI" serve --model "$1" --device cuda --cuda-graph --max-batch 32 --queue 512 --max-prompt-tokens 20000 \
+      --internal-token $TOKEN --port $((P0 + g)) --model-name x --log-level warning > "$R/serve-r$g-$(basename "$1").log" 2>&1 &
+    pids+=($!)
+  done
+  "$CLI" route --replicas http://127.0.0.1:$P0,http://127.0.0.1:$P1 --port $ROUTER --internal-token $TOKEN --health-interval-ms 500 > "$R/route-$(basename "$1").log" 2>&1 &
+  pids+=($!)
+  up $P0 r0; up $P1 r1; up $ROUTER router
+}
+
 case $stage in
+overhead)
+  trap 'cleanup; finish' EXIT
+  replicas $M7
+  python3 tools/route/ttft_pairs.py http://127.0.0.1:$ROUTER http://127.0.0.1:$P0 --pairs 300 --plain 300 --vocab 50304 --model x --out "$R/pairs.json" > "$R/pairs.log" 2>&1
+  say "pairs, kept-alive connections rc=$?: $(cat "$R/pairs.log")"
+  python3 tools/route/ttft_pairs.py http://127.0.0.1:$ROUTER http://127.0.0.1:$P0 --pairs 300 --plain 100 --vocab 50304 --model x --new-connections --out "$R/pairs-new-connections.json" > "$R/pairs-new.log" 2>&1
+  say "pairs, a new connection a request rc=$?: $(cat "$R/pairs-new.log")"
+  for round in 1 2 3 4 5; do
+    for target in router r0; do
+      url=http://127.0.0.1:$ROUTER; [[ $target == r0 ]] && url=http://127.0.0.1:$P0
+      "$CLI" loadtest --url $url --model-name x --clients 1 --seconds 1 --max-tokens 8 --prompt-tokens 64:160 --unloaded 40 --check-alone 0 \
+        --seed $round --out "$R/unloaded-$target-$round.json" > /dev/null 2>&1
+    done
+  done
+  python3 - "$R" <<'PY' | tee -a "$R/summary.txt"
+import json, statistics, sys
+R = sys.argv[1]
+d = []
+for r in range(1, 6):
+    via, direct = (json.load(open(f"{R}/unloaded-{t}-{r}.json"))["unloaded_ttft_ms"]["p50"] for t in ("router", "r0"))
+    d.append(via - direct)
+    print(f"round {r}: unloaded TTFT p50 through the router {via:.2f} ms, straight to r0 {direct:.2f} ms, difference {via - direct:+.2f} ms")
+print(f"median difference {statistics.median(d):+.2f} ms (bound +2 ms)")
+PY
+  cleanup; pids=()
+  # greedy streams under load through the router against their solo runs, on the export whose GEMMs are batch-invariant
+  "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --linear-kernels batch-invariant --output /tmp/m7b-inv > "$R/export-inv.log" 2>&1
+  say "7B export (batch-invariant) rc=$?: $(grep -E '^exported' "$R/export-inv.log")"
+  replicas /tmp/m7b-inv
+  lt router-64-invariant http://127.0.0.1:$ROUTER --clients 64 --seconds 25 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 8
+  curl -s 127.0.0.1:$ROUTER/metrics | grep -E "^xlstm_router_requests" | tee -a "$R/summary.txt"
+  ;;
 build)
   nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$R/gpu.txt"
   nvidia-smi topo -m > "$R/topo.txt" 2>&1; nproc | tee -a "$R/gpu.txt"

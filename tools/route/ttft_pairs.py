@@ -1,31 +1,51 @@
 #!/usr/bin/env python3
-"""Time to first token through the router against straight at a replica, interleaved request by request.
+"""What the router adds to a request, measured against going straight at a replica, interleaved request by request.
 
-Each pair sends the same streaming greedy completion (a random token-id prompt) through the router and straight at a
-replica, in alternating order, one request at a time, and times the first SSE data line. Interleaving cancels the drift
-of a shared machine's load; the figure is the median of the per-pair differences (tools/route/bench_route.sh).
+Each pair sends the same request through the router and straight at a replica, in alternating order, one request at
+a time. Interleaving cancels the drift of a shared machine's load; each figure is the median of the per-pair
+differences (after 10 warm-up pairs). Measured:
+  ttft:  a streaming greedy completion (a random token-id prompt of 16 to 63 ids, 4 tokens): time to the first SSE data line;
+  plain: GET /v1/models and POST /tokenize (no model work: the proxy's own cost), with --plain N pairs each.
+Clients keep one connection per address alive, with TCP_NODELAY, as pooled HTTP clients (the OpenAI SDKs', .NET's
+HttpClient) do. --new-connections opens a connection per request with Python's defaults instead (Nagle's algorithm on,
+headers and body written in two segments), which is how the first version of this script measured.
 
-    ttft_pairs.py ROUTER_URL REPLICA_URL [--pairs 200] [--vocab 1000] [--model kjv] [--out FILE]
+    ttft_pairs.py ROUTER_URL REPLICA_URL [--pairs 200] [--plain 0] [--vocab 1000] [--model kjv] [--new-connections] [--out FILE]
 """
 import argparse
 import http.client
 import json
 import random
+import socket
 import statistics
 import time
 import urllib.parse
 
+_connections = {}
 
-def first_token_ms(url, body):
+
+def connection(url, fresh):
     u = urllib.parse.urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    try:
-        start = time.perf_counter()
-        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise RuntimeError(f"{url}: HTTP {resp.status}: {resp.read()[:200]!r}")
-        first = None
+    if fresh:
+        return http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    if url not in _connections:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _connections[url] = conn
+    return _connections[url]
+
+
+def timed_ms(url, method, path, body, fresh, stream):
+    """Milliseconds to the first SSE data line (stream) or to the whole answer."""
+    conn = connection(url, fresh)
+    start = time.perf_counter()
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"{url}{path}: HTTP {resp.status}: {resp.read()[:200]!r}")
+    first = None
+    if stream:
         while True:
             line = resp.readline()
             if not line:
@@ -34,9 +54,32 @@ def first_token_ms(url, body):
                 first = (time.perf_counter() - start) * 1000
             if line.startswith(b"data: [DONE]"):
                 break
-        return first
-    finally:
+    resp.read()  # the rest (a chunked body's end), so that the connection is reused
+    if first is None:
+        first = (time.perf_counter() - start) * 1000
+    if fresh:
         conn.close()
+    return first
+
+
+def pairs(router, replica, n, request, fresh):
+    via, direct, diffs = [], [], []
+    for i in range(n):
+        method, path, body, stream = request(i)
+        got = {}
+        for url in ((router, replica) if i % 2 == 0 else (replica, router)):
+            got[url] = timed_ms(url, method, path, body, fresh, stream)
+        via.append(got[router])
+        direct.append(got[replica])
+        diffs.append(got[router] - got[replica])
+    warm = slice(10, None)  # the first pairs warm both paths' connections and code
+    return {
+        "pairs": n,
+        "p50_router_ms": statistics.median(via[warm]),
+        "p50_replica_ms": statistics.median(direct[warm]),
+        "difference_median_ms": statistics.median(diffs[warm]),
+        "difference_p90_ms": sorted(diffs[warm])[int(0.9 * len(diffs[warm]))],
+    }
 
 
 def main():
@@ -44,29 +87,27 @@ def main():
     p.add_argument("router")
     p.add_argument("replica")
     p.add_argument("--pairs", type=int, default=200)
+    p.add_argument("--plain", type=int, default=0)
     p.add_argument("--vocab", type=int, default=1000)
     p.add_argument("--model", default="kjv")
+    p.add_argument("--new-connections", action="store_true")
     p.add_argument("--out")
     a = p.parse_args()
     rng = random.Random(7)
-    via, direct, diffs = [], [], []
-    for i in range(a.pairs):
+
+    def completion(_):
         ids = [rng.randrange(1, a.vocab) for _ in range(rng.randrange(16, 64))]
         body = json.dumps({"model": a.model, "prompt": ids, "max_tokens": 4, "temperature": 0, "stream": True, "ignore_eos": True})
-        order = [(a.router, via), (a.replica, direct)] if i % 2 == 0 else [(a.replica, direct), (a.router, via)]
-        got = {}
-        for url, sink in order:
-            got[url] = first_token_ms(url, body)
-            sink.append(got[url])
-        diffs.append(got[a.router] - got[a.replica])
-    warm = slice(10, None)  # the first pairs warm both paths' connections and code
-    result = {
-        "pairs": a.pairs,
-        "ttft_p50_router_ms": statistics.median(via[warm]),
-        "ttft_p50_replica_ms": statistics.median(direct[warm]),
-        "difference_median_ms": statistics.median(diffs[warm]),
-        "difference_p90_ms": sorted(diffs[warm])[int(0.9 * len(diffs[warm]))],
-    }
+        return "POST", "/v1/completions", body, True
+
+    t = pairs(a.router, a.replica, a.pairs, completion, a.new_connections)
+    result = {"connections": "new per request" if a.new_connections else "kept alive, TCP_NODELAY",
+              "pairs": t["pairs"], "ttft_p50_router_ms": t["p50_router_ms"], "ttft_p50_replica_ms": t["p50_replica_ms"],
+              "difference_median_ms": t["difference_median_ms"], "difference_p90_ms": t["difference_p90_ms"]}
+    if a.plain:
+        result["get_models"] = pairs(a.router, a.replica, a.plain, lambda _: ("GET", "/v1/models", None, False), a.new_connections)
+        tokenize = json.dumps({"model": a.model, "prompt": "In the beginning God created the heaven and the earth."})
+        result["post_tokenize"] = pairs(a.router, a.replica, a.plain, lambda _: ("POST", "/tokenize", tokenize, False), a.new_connections)
     print(json.dumps(result))
     if a.out:
         with open(a.out, "w") as f:

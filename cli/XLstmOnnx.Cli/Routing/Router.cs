@@ -79,8 +79,21 @@ public static class Router
         var policy = app.Services.GetRequiredService<RoutingPolicy>();
         var handOff = options.InternalToken is { } token ? new StateHandOff(token, options.HandOffTimeout) : null;
         if (handOff is not null) app.Lifetime.ApplicationStopped.Register(handOff.Dispose);
-        var handOffLog = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("XLstmOnnx.Routing.HandOff");
 
+        // a failure of the router's own code answers in OpenAI's shape too (never an empty 500), and is logged
+        var routerLog = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("XLstmOnnx.Routing");
+        app.Use(async (ctx, next) =>
+        {
+            try
+            {
+                await next(ctx).ConfigureAwait(false);
+            }
+            catch (Exception e) when (!ctx.Response.HasStarted && !ctx.RequestAborted.IsCancellationRequested)
+            {
+                routerLog.LogError(e, "{Method} {Path}: the router failed", ctx.Request.Method, ctx.Request.Path);
+                await Error(ctx, 500, $"The router failed to route the request: {e.Message}", "router_error").ConfigureAwait(false);
+            }
+        });
         // the routing keys come from the body, which YARP then forwards from the buffer
         app.Use(async (ctx, next) =>
         {
@@ -125,7 +138,7 @@ public static class Router
                         {
                             var result = await handOff.MoveAsync(source.Model.Config.Address, chosen.Model.Config.Address, body, ctx.RequestAborted).ConfigureAwait(false);
                             metrics.HandedOff(result);
-                            if (result.Error is { } why) handOffLog.LogWarning("hand-off {From} -> {To} failed (the new replica reads the whole prompt): {Error}", from, chosen.DestinationId, why);
+                            if (result.Error is { } why) routerLog.LogWarning("hand-off {From} -> {To} failed (the new replica reads the whole prompt): {Error}", from, chosen.DestinationId, why);
                             header = result.HeaderValue;
                         }
                         ctx.Response.Headers[StateHandOff.Header] = $"{from}; {header}";

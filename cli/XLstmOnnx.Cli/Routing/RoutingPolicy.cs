@@ -109,14 +109,15 @@ internal sealed class RoutingPolicy(RoutingTable table, RouterMetrics metrics, R
     /// </summary>
     private DestinationState LeastLoaded(IReadOnlyList<DestinationState> destinations)
     {
-        long Sent(DestinationState d) => _sent.TryGetValue(d.DestinationId, out long n) ? n : 0;
-        int least = destinations.Min(d => d.ConcurrentRequestCount);
-        double mean = destinations.Average(d => d.ConcurrentRequestCount);
-        double bound = Math.Max(least + 1, 2 * mean);
-        var idle = destinations.Where(d => d.ConcurrentRequestCount <= bound).ToList();
-        long fewest = idle.Min(Sent);
-        var ties = idle.Where(d => Sent(d) == fewest).ToList();
-        return ties[(int)((uint)Interlocked.Increment(ref _turn) % (uint)ties.Count)];
+        // one reading of each count: other requests change them meanwhile, and two readings that disagree once left no
+        // replica to pick (a 500 in the H200 run; RoutingPolicyTests.PicksStayValidWhileOtherThreadsRoute)
+        var now = destinations.Select(d => (Replica: d, InFlight: d.ConcurrentRequestCount, Sent: _sent.TryGetValue(d.DestinationId, out long n) ? n : 0)).ToList();
+        int least = now.Min(r => r.InFlight);
+        double bound = Math.Max(least + 1, 2 * now.Average(r => r.InFlight));
+        var idle = now.Where(r => r.InFlight <= bound).ToList(); // holds the least busy at least
+        long fewest = idle.Min(r => r.Sent);
+        var ties = idle.Where(r => r.Sent == fewest).ToList(); // holds the one with the fewest at least
+        return ties[(int)((uint)Interlocked.Increment(ref _turn) % (uint)ties.Count)].Replica;
     }
 }
 

@@ -306,8 +306,8 @@ public static partial class OpenAiServer
     /// <summary>The export's response header that says how many prompt tokens the state covers.</summary>
     public const string PrefixTokensHeader = "X-Prefix-Tokens";
 
-    /// <summary>Largest prefix state accepted by the import endpoint (a 7B state is 134 MB).</summary>
-    private const long MaxHandOffBytes = 2L << 30;
+    /// <summary>Largest prefix state accepted by the import endpoint (a 7B state is 134 MB); it is read into one array.</summary>
+    private const long MaxHandOffBytes = 1L << 30;
 
     /// <summary>
     /// The prefix hand-off (docs/routing.md, "Handing a state over"): <c>POST /internal/prefix/export</c> with a prompt
@@ -360,19 +360,12 @@ public static partial class OpenAiServer
                 await ctx.Response.WriteAsJsonAsync(new ApiError(404, $"No prefix of the {ids.Length} prompt tokens is cached here.", "prompt", code: "prefix_not_cached").Body, Json).ConfigureAwait(false);
                 return;
             }
-            string file = Path.Combine(Path.GetTempPath(), $"xlstm-prefix-{Guid.NewGuid():N}.safetensors");
-            try
-            {
-                entry.Save(file);
-                ctx.Response.ContentType = "application/octet-stream";
-                ctx.Response.Headers[PrefixTokensHeader] = entry.Tokens.Length.ToString(CultureInfo.InvariantCulture);
-                ctx.Response.ContentLength = new FileInfo(file).Length;
-                await ctx.Response.SendFileAsync(file).ConfigureAwait(false);
-            }
-            finally
-            {
-                File.Delete(file);
-            }
+            // in memory, not through a file: a 7B state is 134 MB, and a disk write and read of it cost more than the transfer
+            byte[] file = entry.ToBytes();
+            ctx.Response.ContentType = "application/octet-stream";
+            ctx.Response.Headers[PrefixTokensHeader] = entry.Tokens.Length.ToString(CultureInfo.InvariantCulture);
+            ctx.Response.ContentLength = file.Length;
+            await ctx.Response.Body.WriteAsync(file, ctx.RequestAborted).ConfigureAwait(false);
         });
         app.MapPost("/internal/prefix/import", async ctx =>
         {
@@ -382,30 +375,46 @@ public static partial class OpenAiServer
                 return;
             }
             if (ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit) limit.MaxRequestBodySize = MaxHandOffBytes;
-            string file = Path.Combine(Path.GetTempPath(), $"xlstm-prefix-{Guid.NewGuid():N}.safetensors");
+            byte[] file;
             try
             {
-                await using (var f = File.Create(file)) await ctx.Request.Body.CopyToAsync(f, ctx.RequestAborted).ConfigureAwait(false);
-                PrefixHandOff entry;
-                try
-                {
-                    entry = PrefixHandOff.Load(file, engine.Session.Manifest);
-                }
-                catch (Exception e) when (e is not OperationCanceledException)
-                {
-                    // whatever the file holds is the sender's: a 400 that says why, never a 500
-                    ctx.Response.StatusCode = 400;
-                    await ctx.Response.WriteAsJsonAsync(new ApiError(400, e.Message.Replace(file, "the request body", StringComparison.Ordinal), code: "invalid_prefix_state").Body, Json).ConfigureAwait(false);
-                    return;
-                }
-                bool stored = await engine.ImportPrefixAsync(entry).ConfigureAwait(false);
-                await ctx.Response.WriteAsJsonAsync(new { tokens = entry.Tokens.Length, stored }, Json).ConfigureAwait(false);
+                file = await ReadAll(ctx).ConfigureAwait(false);
             }
-            finally
+            catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
             {
-                File.Delete(file);
+                ctx.Response.StatusCode = 413;
+                await ctx.Response.WriteAsJsonAsync(new ApiError(413, $"The prefix state is larger than {MaxHandOffBytes} bytes.", code: "request_too_large").Body, Json).ConfigureAwait(false);
+                return;
             }
+            PrefixHandOff entry;
+            try
+            {
+                entry = PrefixHandOff.FromBytes(file, "the request body", engine.Session.Manifest);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                // whatever the file holds is the sender's: a 400 that says why, never a 500
+                ctx.Response.StatusCode = 400;
+                await ctx.Response.WriteAsJsonAsync(new ApiError(400, e.Message, code: "invalid_prefix_state").Body, Json).ConfigureAwait(false);
+                return;
+            }
+            bool stored = await engine.ImportPrefixAsync(entry).ConfigureAwait(false);
+            await ctx.Response.WriteAsJsonAsync(new { tokens = entry.Tokens.Length, stored }, Json).ConfigureAwait(false);
         });
+    }
+
+    /// <summary>The whole request body in one array (into one of the announced length when there is a Content-Length).</summary>
+    private static async Task<byte[]> ReadAll(HttpContext ctx)
+    {
+        if (ctx.Request.ContentLength is { } n && n <= Array.MaxLength)
+        {
+            var bytes = new byte[n];
+            await ctx.Request.Body.ReadExactlyAsync(bytes, ctx.RequestAborted).ConfigureAwait(false);
+            return bytes;
+        }
+        using var ms = new MemoryStream();
+        await ctx.Request.Body.CopyToAsync(ms, ctx.RequestAborted).ConfigureAwait(false);
+        return ms.ToArray();
     }
 
     /// <summary>

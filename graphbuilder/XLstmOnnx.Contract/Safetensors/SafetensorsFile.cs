@@ -6,7 +6,8 @@ namespace XLstmOnnx.Contract.Safetensors;
 
 /// <summary>
 /// One safetensors file: an 8-byte little-endian header length, a JSON header, then the tensor bytes. The body is
-/// memory-mapped and read in place; nothing is copied until a caller asks for a tensor's values. Owns the mapping.
+/// memory-mapped (or, from <see cref="FromBytes"/>, an array pinned in memory) and read in place; nothing is copied
+/// until a caller asks for a tensor's values. Owns the mapping or the pin.
 /// </summary>
 public sealed unsafe class SafetensorsFile : IDisposable
 {
@@ -19,6 +20,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
     private readonly long _dataStart;
     private readonly Dictionary<string, TensorSlice> _tensors = new(StringComparer.Ordinal);
     private bool _pointerAcquired;
+    private System.Runtime.InteropServices.GCHandle _pin;
     private bool _disposed;
 
     /// <summary>The file's path, as given.</summary>
@@ -37,6 +39,14 @@ public sealed unsafe class SafetensorsFile : IDisposable
         }
     }
 
+    private SafetensorsFile(string name, byte[] bytes)
+    {
+        Path = name;
+        _pin = System.Runtime.InteropServices.GCHandle.Alloc(bytes, System.Runtime.InteropServices.GCHandleType.Pinned);
+        _base = (byte*)_pin.AddrOfPinnedObject();
+        Metadata = ReadHeader(bytes.LongLength, out _dataStart);
+    }
+
     private SafetensorsFile(string path)
     {
         Path = path;
@@ -44,10 +54,6 @@ public sealed unsafe class SafetensorsFile : IDisposable
         var info = new FileInfo(path);
         if (!info.Exists) throw new XLstmOnnxException($"{path}: safetensors file not found.");
         long length = info.Length;
-        if (length < 8)
-        {
-            throw new XLstmOnnxException($"{path}: truncated safetensors file: {length} bytes, expected at least 8 (the header length).");
-        }
         if (length > 8) // an empty map of a 0-byte region is not allowed; 8-byte files have no header anyway
         {
             try
@@ -64,8 +70,19 @@ public sealed unsafe class SafetensorsFile : IDisposable
             _pointerAcquired = true;
             _base = p + _view.PointerOffset;
         }
+        Metadata = ReadHeader(length, out _dataStart);
+    }
+
+    /// <summary>Checks the header length field and parses the header of the <paramref name="length"/> bytes at <see cref="_base"/>; disposes this on failure.</summary>
+    private Dictionary<string, string> ReadHeader(long length, out long dataStart)
+    {
+        string path = Path;
         try
         {
+            if (length < 8)
+            {
+                throw new XLstmOnnxException($"{path}: truncated safetensors file: {length} bytes, expected at least 8 (the header length).");
+            }
             ulong headerLen = length > 8 ? BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(_base, 8)) : 0;
             if (headerLen == 0 || headerLen > MaxHeaderBytes || (long)headerLen > length - 8)
             {
@@ -73,12 +90,12 @@ public sealed unsafe class SafetensorsFile : IDisposable
                     $"{path}: truncated or corrupt safetensors file: the header length field says {headerLen} bytes, "
                     + $"but the file has {length - 8} bytes after it (and headers are at most {MaxHeaderBytes}).");
             }
-            _dataStart = 8 + (long)headerLen;
-            long dataLength = length - _dataStart;
+            dataStart = 8 + (long)headerLen;
+            long dataLength = length - dataStart;
             var header = new ReadOnlySpan<byte>(_base + 8, (int)headerLen);
             try
             {
-                Metadata = ParseHeader(header, dataLength);
+                return ParseHeader(header, dataLength);
             }
             catch (InvalidOperationException e) // a JSON string that cannot be decoded (a lone surrogate, "\ud800")
             {
@@ -90,6 +107,16 @@ public sealed unsafe class SafetensorsFile : IDisposable
             Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Reads and validates a whole safetensors file held in <paramref name="bytes"/> (pinned until disposed; not copied);
+    /// errors name it <paramref name="name"/>. The caller disposes the result.
+    /// </summary>
+    public static SafetensorsFile FromBytes(byte[] bytes, string name)
+    {
+        ArgumentNullException.ThrowIfNull(bytes);
+        return new SafetensorsFile(name, bytes);
     }
 
     /// <summary>Opens and validates <paramref name="path"/>; the caller disposes the result.</summary>
@@ -274,6 +301,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
             _pointerAcquired = false;
         }
         _base = null;
+        if (_pin.IsAllocated) _pin.Free();
         _view?.Dispose();
         _view = null;
         _map?.Dispose();

@@ -54,28 +54,10 @@ public static class SafetensorsWriter
     public static void Write(string path, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null)
     {
         CheckTarget(path);
-        byte[] json = Header(entries, metadata);
-        int padded = (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned
         string tmp = path + $".tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
         try
         {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-            {
-                Span<byte> len = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
-                fs.Write(len);
-                fs.Write(json);
-                for (int i = json.Length; i < padded; i++) fs.WriteByte((byte)' ');
-                foreach (var e in entries)
-                {
-                    long before = fs.Position;
-                    e.WriteBytes(fs);
-                    if (fs.Position - before != e.ByteLength)
-                    {
-                        throw new InvalidOperationException($"tensor '{e.Name}' wrote {fs.Position - before} bytes, declared {e.ByteLength}");
-                    }
-                }
-            }
+            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20)) WriteTo(fs, entries, metadata);
             File.Move(tmp, path, overwrite: true);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -85,6 +67,45 @@ public static class SafetensorsWriter
         finally
         {
             if (File.Exists(tmp)) File.Delete(tmp);
+        }
+    }
+
+    /// <summary>
+    /// The whole file in memory, for sending it without touching a disk (a state handed between replicas): one array of
+    /// exactly the file's length.
+    /// </summary>
+    public static byte[] ToBytes(IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        byte[] json = Header(entries, metadata);
+        long length = 8 + Padded(json) + entries.Sum(e => e.ByteLength);
+        if (length > Array.MaxLength) throw new XLstmOnnxException($"a safetensors file of {length} bytes does not fit in one array (at most {Array.MaxLength} bytes).");
+        var bytes = new byte[length];
+        using (var ms = new MemoryStream(bytes, writable: true)) WriteTo(ms, entries, metadata, json);
+        return bytes;
+    }
+
+    /// <summary>The file's bytes, in order, to <paramref name="stream"/> (which the caller owns).</summary>
+    public static void WriteTo(Stream stream, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null) =>
+        WriteTo(stream, entries, metadata, Header(entries, metadata));
+
+    private static int Padded(byte[] json) => (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned
+
+    private static void WriteTo(Stream stream, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata, byte[] json)
+    {
+        int padded = Padded(json);
+        Span<byte> len = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)padded);
+        stream.Write(len);
+        stream.Write(json);
+        for (int i = json.Length; i < padded; i++) stream.WriteByte((byte)' ');
+        foreach (var e in entries)
+        {
+            long before = stream.Position;
+            e.WriteBytes(stream);
+            if (stream.Position - before != e.ByteLength)
+            {
+                throw new InvalidOperationException($"tensor '{e.Name}' wrote {stream.Position - before} bytes, declared {e.ByteLength}");
+            }
         }
     }
 

@@ -32,24 +32,46 @@ public sealed class PrefixHandOff
     internal long Next { get; }
 
     /// <summary>Writes the entry to <paramref name="path"/> (temporary file, then rename).</summary>
-    public void Save(string path)
+    public void Save(string path) => SafetensorsWriter.Write(path, Entries(), Metadata());
+
+    /// <summary>The entry as a safetensors file in memory (what the hand-off endpoint sends; no disk on the way).</summary>
+    public byte[] ToBytes() => SafetensorsWriter.ToBytes(Entries(), Metadata());
+
+    private List<SafetensorsWriter.Entry> Entries()
     {
         var entries = new StateSnapshot(Manifest, 1, State, [null]).StateEntries();
         entries.Add(SafetensorsWriter.I64("tokens", [Tokens.Length], [.. Tokens.Select(t => (long)t)]));
         entries.Add(SafetensorsWriter.F32("logits", [Logits.Length], Logits));
         entries.Add(SafetensorsWriter.I64("next_token", [1], [Next]));
-        SafetensorsWriter.Write(path, entries, new Dictionary<string, string>
-        {
-            ["format"] = Format,
-            ["format_version"] = FormatVersion.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            ["signature"] = StateSnapshot.Signature(Manifest),
-        });
+        return entries;
     }
+
+    private Dictionary<string, string> Metadata() => new()
+    {
+        ["format"] = Format,
+        ["format_version"] = FormatVersion.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        ["signature"] = StateSnapshot.Signature(Manifest),
+    };
 
     /// <summary>Reads an entry for <paramref name="manifest"/>'s model; throws naming the file, the field and both values on any mismatch.</summary>
     public static PrefixHandOff Load(string path, ModelManifest manifest)
     {
         using var f = SafetensorsFile.Open(path);
+        return Read(f, path, manifest);
+    }
+
+    /// <summary>
+    /// Reads an entry held in memory (a request body), as <see cref="Load"/> reads a file; errors call it
+    /// <paramref name="name"/>.
+    /// </summary>
+    public static PrefixHandOff FromBytes(byte[] bytes, string name, ModelManifest manifest)
+    {
+        using var f = SafetensorsFile.FromBytes(bytes, name);
+        return Read(f, name, manifest);
+    }
+
+    private static PrefixHandOff Read(SafetensorsFile f, string path, ModelManifest manifest)
+    {
         StateSnapshot.CheckMetadata(f, path, manifest, Format, FormatVersion);
         var state = StateSnapshot.ReadStateTensors(f, path, manifest, 1);
         var tokens = f.Get("tokens");
