@@ -12,7 +12,8 @@
 #   source /tmp/xlstm/env.sh && bash tools/route/run_route_gpu.sh overhead  # after build: the router's own cost, three ways
 #       (interleaved pairs on kept-alive connections, with proxy-only requests; pairs on a new connection each, as the
 #       first run measured; unloaded load tests alternating router and replica, 5 rounds), then greedy streams through
-#       the router against their solo runs on a --linear-kernels batch-invariant export (64 clients, two replicas)
+#       the router against their solo runs on a --linear-kernels batch-invariant export (64 clients, two replicas;
+#       INVARIANT=0 leaves that part out)
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
@@ -50,6 +51,8 @@ replicas() { # replicas MODEL: one serve a GPU on $P0 and $P1, the router on $RO
   "$CLI" route --replicas http://127.0.0.1:$P0,http://127.0.0.1:$P1 --port $ROUTER --internal-token $TOKEN --health-interval-ms 500 > "$R/route-$(basename "$1").log" 2>&1 &
   pids+=($!)
   up $P0 r0; up $P1 r1; up $ROUTER router
+  for _ in $(seq 100); do [[ $(curl -s 127.0.0.1:$ROUTER/health | grep -o '"healthy":true' | wc -l) == 2 ]] && break; sleep 0.2; done
+  say "router sees: $(curl -s 127.0.0.1:$ROUTER/health | grep -o '"healthy":[a-z]*' | tr '\n' ' ')"
 }
 
 case $stage in
@@ -63,8 +66,9 @@ overhead)
   for round in 1 2 3 4 5; do
     for target in router r0; do
       url=http://127.0.0.1:$ROUTER; [[ $target == r0 ]] && url=http://127.0.0.1:$P0
+      seed=$((round + 100)); [[ $target == r0 ]] && seed=$((round + 200))  # prompts of their own: none cached by the other run
       "$CLI" loadtest --url $url --model-name x --clients 1 --seconds 1 --max-tokens 8 --prompt-tokens 64:160 --unloaded 40 --check-alone 0 \
-        --seed $round --out "$R/unloaded-$target-$round.json" > /dev/null 2>&1
+        --seed $seed --out "$R/unloaded-$target-$round.json" > /dev/null 2>&1
     done
   done
   python3 - "$R" <<'PY' | tee -a "$R/summary.txt"
@@ -77,6 +81,7 @@ for r in range(1, 6):
     print(f"round {r}: unloaded TTFT p50 through the router {via:.2f} ms, straight to r0 {direct:.2f} ms, difference {via - direct:+.2f} ms")
 print(f"median difference {statistics.median(d):+.2f} ms (bound +2 ms)")
 PY
+  [[ ${INVARIANT:-1} == 1 ]] || exit 0
   cleanup; pids=()
   # greedy streams under load through the router against their solo runs, on the export whose GEMMs are batch-invariant
   "$CLI" export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token --linear-kernels batch-invariant --output /tmp/m7b-inv > "$R/export-inv.log" 2>&1
@@ -99,22 +104,14 @@ build)
 scale)
   trap 'cleanup; finish' EXIT
   # one replica a GPU, 32 slots each (run 8's middle load), the internal token for hand-offs
-  for g in 0 1; do
-    port=$((P0 + g))
-    CUDA_VISIBLE_DEVICES=$g "$CLI" serve --model $M7 --device cuda --cuda-graph --max-batch 32 --queue 512 --max-prompt-tokens 20000 \
-      --internal-token $TOKEN --port $port --model-name x --log-level warning > "$R/serve-r$g.log" 2>&1 &
-    pids+=($!)
-  done
-  "$CLI" route --replicas http://127.0.0.1:$P0,http://127.0.0.1:$P1 --port $ROUTER --internal-token $TOKEN --health-interval-ms 500 > "$R/route.log" 2>&1 &
-  pids+=($!)
-  up $P0 r0; up $P1 r1; up $ROUTER router
+  replicas $M7
   # time to first token, router against straight, one request at a time, interleaved (the router's own cost)
-  python3 tools/route/ttft_pairs.py http://127.0.0.1:$ROUTER http://127.0.0.1:$P0 --pairs 200 --vocab 50304 --model x --out "$R/pairs.json" > "$R/pairs.log" 2>&1
+  python3 tools/route/ttft_pairs.py http://127.0.0.1:$ROUTER http://127.0.0.1:$P0 --pairs 200 --plain 200 --vocab 50304 --model x --out "$R/pairs.json" > "$R/pairs.log" 2>&1
   say "interleaved pairs rc=$?: $(cat "$R/pairs.log")"
   # one replica alone, then both through the router: throughput, per-replica counts, TTFT, greedy against solo
-  lt alone-32 http://127.0.0.1:$P0 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 20
+  lt alone-32 http://127.0.0.1:$P0 --seed 11 --clients 32 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 2 --unloaded 20
   curl -s 127.0.0.1:$ROUTER/metrics > "$R/router-metrics-before.txt"
-  lt router-64 http://127.0.0.1:$ROUTER --clients 64 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 20
+  lt router-64 http://127.0.0.1:$ROUTER --seed 12 --clients 64 --seconds 30 --warmup-seconds 6 --max-tokens 128 --prompt-tokens 64:160 --ignore-eos --check-alone 4 --unloaded 20
   curl -s 127.0.0.1:$ROUTER/metrics > "$R/router-metrics-after.txt"
   for g in 0 1; do curl -s 127.0.0.1:$((P0 + g))/metrics > "$R/metrics-r$g.txt"; done
   python3 - "$R" <<'PY' | tee -a "$R/summary.txt"
@@ -140,6 +137,6 @@ PY
     --contexts 512,4096,16384 --reps 3 --vocab 50304 --model x --out "$R/handoff.json" > "$R/handoff.log" 2>&1
   say "handoff_bench rc=$?"; grep -E "^context|Error|error" "$R/handoff.log" | tee -a "$R/summary.txt"
   curl -s 127.0.0.1:$ROUTER/metrics | grep -E "^xlstm_router_(handoffs|handoff_bytes|handoff_seconds_(sum|count))" | tee -a "$R/summary.txt"
-  grep -iE "warn|fail" "$R/route.log" | head -20 > "$R/route-warnings.txt"
+  grep -E "hand-off" "$R"/route-*.log | sed 's/.*hand-off/hand-off/' | tail -4 | tee -a "$R/summary.txt"
   ;;
 esac

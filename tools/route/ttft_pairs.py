@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """What the router adds to a request, measured against going straight at a replica, interleaved request by request.
 
-Each pair sends the same request through the router and straight at a replica, in alternating order, one request at
-a time. Interleaving cancels the drift of a shared machine's load; each figure is the median of the per-pair
+Each pair sends a request through the router and one like it (a prompt of the same kind, never the same prompt: no
+prefix-cache hits) straight at a replica, in alternating order, one request at a time. Interleaving cancels the drift of a shared machine's load; each figure is the median of the per-pair
 differences (after 10 warm-up pairs). Measured:
   ttft:  a streaming greedy completion (a random token-id prompt of 16 to 63 ids, 4 tokens): time to the first SSE data line;
-  plain: GET /v1/models and POST /tokenize (no model work: the proxy's own cost), with --plain N pairs each.
+  plain: GET /v1/models, and a completion the replica refuses (400, max_tokens -1): no model work, the proxy's own
+         cost; --plain N pairs each.
 Clients keep one connection per address alive, with TCP_NODELAY, as pooled HTTP clients (the OpenAI SDKs', .NET's
 HttpClient) do. --new-connections opens a connection per request with Python's defaults instead (Nagle's algorithm on,
 headers and body written in two segments), which is how the first version of this script measured.
@@ -36,13 +37,13 @@ def connection(url, fresh):
     return _connections[url]
 
 
-def timed_ms(url, method, path, body, fresh, stream):
-    """Milliseconds to the first SSE data line (stream) or to the whole answer."""
+def timed_ms(url, method, path, body, fresh, stream, status=200):
+    """Milliseconds to the first SSE data line (stream) or to the whole answer (of the given status)."""
     conn = connection(url, fresh)
     start = time.perf_counter()
     conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
-    if resp.status != 200:
+    if resp.status != status:
         raise RuntimeError(f"{url}{path}: HTTP {resp.status}: {resp.read()[:200]!r}")
     first = None
     if stream:
@@ -65,10 +66,10 @@ def timed_ms(url, method, path, body, fresh, stream):
 def pairs(router, replica, n, request, fresh):
     via, direct, diffs = [], [], []
     for i in range(n):
-        method, path, body, stream = request(i)
         got = {}
         for url in ((router, replica) if i % 2 == 0 else (replica, router)):
-            got[url] = timed_ms(url, method, path, body, fresh, stream)
+            method, path, body, stream, status = request(i)
+            got[url] = timed_ms(url, method, path, body, fresh, stream, status)
         via.append(got[router])
         direct.append(got[replica])
         diffs.append(got[router] - got[replica])
@@ -96,18 +97,20 @@ def main():
     rng = random.Random(7)
 
     def completion(_):
+        # a prompt of its own for each request: the second of a pair sent the same prompt would find it in a prefix
+        # cache (the replica's own, when it went to the same one), which biased the first version of this script
         ids = [rng.randrange(1, a.vocab) for _ in range(rng.randrange(16, 64))]
         body = json.dumps({"model": a.model, "prompt": ids, "max_tokens": 4, "temperature": 0, "stream": True, "ignore_eos": True})
-        return "POST", "/v1/completions", body, True
+        return "POST", "/v1/completions", body, True, 200
 
     t = pairs(a.router, a.replica, a.pairs, completion, a.new_connections)
     result = {"connections": "new per request" if a.new_connections else "kept alive, TCP_NODELAY",
               "pairs": t["pairs"], "ttft_p50_router_ms": t["p50_router_ms"], "ttft_p50_replica_ms": t["p50_replica_ms"],
               "difference_median_ms": t["difference_median_ms"], "difference_p90_ms": t["difference_p90_ms"]}
     if a.plain:
-        result["get_models"] = pairs(a.router, a.replica, a.plain, lambda _: ("GET", "/v1/models", None, False), a.new_connections)
-        tokenize = json.dumps({"model": a.model, "prompt": "In the beginning God created the heaven and the earth."})
-        result["post_tokenize"] = pairs(a.router, a.replica, a.plain, lambda _: ("POST", "/tokenize", tokenize, False), a.new_connections)
+        result["get_models"] = pairs(a.router, a.replica, a.plain, lambda _: ("GET", "/v1/models", None, False, 200), a.new_connections)
+        refused = json.dumps({"model": a.model, "prompt": [1, 2, 3], "max_tokens": -1})  # the replica's 400, no model work
+        result["post_refused"] = pairs(a.router, a.replica, a.plain, lambda _: ("POST", "/v1/completions", refused, False, 400), a.new_connections)
     print(json.dumps(result))
     if a.out:
         with open(a.out, "w") as f:

@@ -138,6 +138,7 @@ public static class Router
                         {
                             var result = await handOff.MoveAsync(source.Model.Config.Address, chosen.Model.Config.Address, body, ctx.RequestAborted).ConfigureAwait(false);
                             metrics.HandedOff(result);
+                            if (result.Timing is { } timing) routerLog.LogInformation("hand-off {From} -> {To}: {Tokens} tokens, {Bytes} bytes in {Ms:0.0} ms; {Timing}", from, chosen.DestinationId, result.Tokens, result.Bytes, result.Took.TotalMilliseconds, timing);
                             if (result.Error is { } why) routerLog.LogWarning("hand-off {From} -> {To} failed (the new replica reads the whole prompt): {Error}", from, chosen.DestinationId, why);
                             header = result.HeaderValue;
                         }

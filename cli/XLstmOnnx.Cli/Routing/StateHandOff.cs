@@ -25,7 +25,7 @@ internal sealed class StateHandOff(string token, TimeSpan timeout) : IDisposable
     /// <c>not_cached</c> (the old replica held no prefix of the prompt: the new one reads it all) or <c>failed</c> (the
     /// new replica reads the prompt all the same; <see cref="Error"/> says why).
     /// </summary>
-    public sealed record Result(string Outcome, int Tokens, long Bytes, TimeSpan Took, string? Error = null)
+    public sealed record Result(string Outcome, int Tokens, long Bytes, TimeSpan Took, string? Error = null, string? Timing = null)
     {
         public string HeaderValue => Outcome == "moved"
             ? string.Create(CultureInfo.InvariantCulture, $"moved; tokens={Tokens}; bytes={Bytes}; ms={Took.TotalMilliseconds:0.0}")
@@ -35,7 +35,7 @@ internal sealed class StateHandOff(string token, TimeSpan timeout) : IDisposable
     public async Task<Result> MoveAsync(string from, string to, ReadOnlyMemory<byte> body, CancellationToken cancel)
     {
         long started = Stopwatch.GetTimestamp();
-        Result Done(string outcome, int tokens = 0, long bytes = 0, string? error = null) => new(outcome, tokens, bytes, Stopwatch.GetElapsedTime(started), error);
+        Result Done(string outcome, int tokens = 0, long bytes = 0, string? error = null, string? timing = null) => new(outcome, tokens, bytes, Stopwatch.GetElapsedTime(started), error, timing);
         try
         {
             using var export = Request(from, "internal/prefix/export", new ReadOnlyMemoryContent(body));
@@ -46,14 +46,18 @@ internal sealed class StateHandOff(string token, TimeSpan timeout) : IDisposable
                 return Done("failed", error: $"export from {from}: {(int)exported.StatusCode} {await exported.Content.ReadAsStringAsync(cancel).ConfigureAwait(false)}");
             int tokens = exported.Headers.TryGetValues(OpenAiServer.PrefixTokensHeader, out var t) && int.TryParse(t.FirstOrDefault(), CultureInfo.InvariantCulture, out int n) ? n : 0;
             long bytes = exported.Content.Headers.ContentLength ?? 0;
-            var file = new StreamContent(await exported.Content.ReadAsStreamAsync(cancel).ConfigureAwait(false));
+            double exportMs = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+            // a large buffer: StreamContent's default (4 KiB) costs a socket write per 4 KiB of a 134 MB state
+            var file = new StreamContent(await exported.Content.ReadAsStreamAsync(cancel).ConfigureAwait(false), 1 << 20);
             if (exported.Content.Headers.ContentLength is { } length) file.Headers.ContentLength = length;
             file.Headers.ContentType = new MediaTypeHeaderValue("application/octet-stream");
             using var import = Request(to, "internal/prefix/import", file);
             using var imported = await _http.SendAsync(import, cancel).ConfigureAwait(false);
             if (!imported.IsSuccessStatusCode)
                 return Done("failed", error: $"import into {to}: {(int)imported.StatusCode} {await imported.Content.ReadAsStringAsync(cancel).ConfigureAwait(false)}");
-            return Done("moved", tokens, bytes);
+            string Timing(HttpResponseMessage r) => r.Headers.TryGetValues(OpenAiServer.HandOffTimingHeader, out var v) ? v.First() : "?";
+            return Done("moved", tokens, bytes, timing: string.Create(CultureInfo.InvariantCulture,
+                $"export answered after {exportMs:0.0} ms ({Timing(exported)}); transfer and import {Stopwatch.GetElapsedTime(started).TotalMilliseconds - exportMs:0.0} ms (import: {Timing(imported)})"));
         }
         catch (Exception e) when (e is HttpRequestException or IOException || (e is TaskCanceledException && !cancel.IsCancellationRequested))
         {

@@ -303,6 +303,9 @@ public static partial class OpenAiServer
     /// <summary>The request header that carries <see cref="ServerOptions.InternalToken"/>.</summary>
     public const string InternalTokenHeader = "X-Internal-Token";
 
+    /// <summary>Where the export and import answers say what their parts took (device copies, serializing, reading the body), in milliseconds.</summary>
+    public const string HandOffTimingHeader = "X-Prefix-Timing";
+
     /// <summary>The export's response header that says how many prompt tokens the state covers.</summary>
     public const string PrefixTokensHeader = "X-Prefix-Tokens";
 
@@ -354,6 +357,7 @@ public static partial class OpenAiServer
                 await ctx.Response.WriteAsJsonAsync(e.Body, Json).ConfigureAwait(false);
                 return;
             }
+            long started = Stopwatch.GetTimestamp();
             if (await engine.ExportPrefixAsync(ids).ConfigureAwait(false) is not { } entry)
             {
                 ctx.Response.StatusCode = 404;
@@ -361,7 +365,9 @@ public static partial class OpenAiServer
                 return;
             }
             // in memory, not through a file: a 7B state is 134 MB, and a disk write and read of it cost more than the transfer
+            double device = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
             byte[] file = entry.ToBytes();
+            ctx.Response.Headers[HandOffTimingHeader] = string.Create(CultureInfo.InvariantCulture, $"device_ms={device:0.0}; serialize_ms={Stopwatch.GetElapsedTime(started).TotalMilliseconds - device:0.0}");
             ctx.Response.ContentType = "application/octet-stream";
             ctx.Response.Headers[PrefixTokensHeader] = entry.Tokens.Length.ToString(CultureInfo.InvariantCulture);
             ctx.Response.ContentLength = file.Length;
@@ -376,6 +382,7 @@ public static partial class OpenAiServer
             }
             if (ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit) limit.MaxRequestBodySize = MaxHandOffBytes;
             byte[] file;
+            long started = Stopwatch.GetTimestamp();
             try
             {
                 file = await ReadAll(ctx).ConfigureAwait(false);
@@ -386,6 +393,7 @@ public static partial class OpenAiServer
                 await ctx.Response.WriteAsJsonAsync(new ApiError(413, $"The prefix state is larger than {MaxHandOffBytes} bytes.", code: "request_too_large").Body, Json).ConfigureAwait(false);
                 return;
             }
+            double read = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
             PrefixHandOff entry;
             try
             {
@@ -398,7 +406,10 @@ public static partial class OpenAiServer
                 await ctx.Response.WriteAsJsonAsync(new ApiError(400, e.Message, code: "invalid_prefix_state").Body, Json).ConfigureAwait(false);
                 return;
             }
+            double parsed = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
             bool stored = await engine.ImportPrefixAsync(entry).ConfigureAwait(false);
+            double done = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
+            ctx.Response.Headers[HandOffTimingHeader] = string.Create(CultureInfo.InvariantCulture, $"read_ms={read:0.0}; parse_ms={parsed - read:0.0}; device_ms={done - parsed:0.0}");
             await ctx.Response.WriteAsJsonAsync(new { tokens = entry.Tokens.Length, stored }, Json).ConfigureAwait(false);
         });
     }
