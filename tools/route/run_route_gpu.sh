@@ -9,6 +9,7 @@
 #       served throughput (32 clients at one replica, 64 through the router), requests per replica, time to first token
 #       through the router against straight at a replica (interleaved pairs, and unloaded load tests), greedy streams
 #       against their solo runs, and what moving a conversation costs at 7B (tools/route/handoff_bench.py)
+#   source /tmp/xlstm/env.sh && bash tools/route/run_route_gpu.sh handoff   # after build: what moving a conversation costs, alone
 #   source /tmp/xlstm/env.sh && bash tools/route/run_route_gpu.sh overhead  # after build: the router's own cost, three ways
 #       (interleaved pairs on kept-alive connections, with proxy-only requests; pairs on a new connection each, as the
 #       first run measured; unloaded load tests alternating router and replica, 5 rounds), then greedy streams through
@@ -17,7 +18,7 @@
 #
 # Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, scale or overhead}
+stage=${1:?stage: build, scale, overhead or handoff}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -56,6 +57,15 @@ replicas() { # replicas MODEL: one serve a GPU on $P0 and $P1, the router on $RO
 }
 
 case $stage in
+handoff)
+  # after build: moving a conversation alone (tools/route/handoff_bench.py), with each hand-off's parts from the router's log
+  trap 'cleanup; finish' EXIT
+  replicas $M7
+  python3 tools/route/handoff_bench.py http://127.0.0.1:$ROUTER --replicas r0=http://127.0.0.1:$P0,r1=http://127.0.0.1:$P1 --token $TOKEN \
+    --contexts 512,4096,16384 --reps 3 --vocab 50304 --model x --out "$R/handoff.json" > "$R/handoff.log" 2>&1
+  say "handoff_bench rc=$?"; grep -E "^context|Error|error" "$R/handoff.log" | tee -a "$R/summary.txt"
+  grep -E "hand-off" "$R"/route-*.log | sed 's/.*hand-off/hand-off/' | tee -a "$R/summary.txt"
+  ;;
 overhead)
   trap 'cleanup; finish' EXIT
   replicas $M7

@@ -364,10 +364,10 @@ public static partial class OpenAiServer
                 await ctx.Response.WriteAsJsonAsync(new ApiError(404, $"No prefix of the {ids.Length} prompt tokens is cached here.", "prompt", code: "prefix_not_cached").Body, Json).ConfigureAwait(false);
                 return;
             }
-            // in memory, not through a file: a 7B state is 134 MB, and a disk write and read of it cost more than the transfer
-            double device = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
-            byte[] file = entry.ToBytes();
-            ctx.Response.Headers[HandOffTimingHeader] = string.Create(CultureInfo.InvariantCulture, $"device_ms={device:0.0}; serialize_ms={Stopwatch.GetElapsedTime(started).TotalMilliseconds - device:0.0}");
+            // from memory, not through a file: a 7B state is 134 MB, and a disk write and read of it cost more than the transfer
+            double loop = Stopwatch.GetElapsedTime(started).TotalMilliseconds; // on the engine's loop: the device copies into the file's bytes
+            byte[] file = entry.Bytes;
+            ctx.Response.Headers[HandOffTimingHeader] = string.Create(CultureInfo.InvariantCulture, $"loop_ms={loop:0.0}");
             ctx.Response.ContentType = "application/octet-stream";
             ctx.Response.Headers[PrefixTokensHeader] = entry.Tokens.Length.ToString(CultureInfo.InvariantCulture);
             ctx.Response.ContentLength = file.Length;

@@ -26,6 +26,9 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>The file's path, as given.</summary>
     public string Path { get; }
 
+    /// <summary>Where the data section starts: 8 bytes of header length, then the header.</summary>
+    public long DataStart => _dataStart;
+
     /// <summary>The header's <c>__metadata__</c> strings (may be empty).</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
 

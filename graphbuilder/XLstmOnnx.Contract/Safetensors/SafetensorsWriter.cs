@@ -7,8 +7,29 @@ namespace XLstmOnnx.Contract.Safetensors;
 /// <summary>Writes safetensors files (used for random checkpoints, saved states and tests).</summary>
 public static class SafetensorsWriter
 {
-    /// <summary>One tensor to write: its name, dtype, shape and raw little-endian bytes.</summary>
-    public sealed record Entry(string Name, SafetensorsDtype Dtype, long[] Shape, Action<Stream> WriteBytes, long ByteLength);
+    /// <summary>
+    /// One tensor to write: its name, dtype, shape and raw little-endian bytes (<see cref="WriteBytes"/> writes them to a
+    /// stream; <see cref="Fill"/>, when set, writes them in place into the bytes of a file built in memory).
+    /// </summary>
+    public sealed record Entry(string Name, SafetensorsDtype Dtype, long[] Shape, Action<Stream> WriteBytes, long ByteLength)
+    {
+        public SpanAction? Fill { get; init; }
+    }
+
+    /// <summary>Writes a tensor's bytes into the span it is given (exactly its length).</summary>
+    public delegate void SpanAction(Span<byte> bytes);
+
+    /// <summary>
+    /// An entry whose bytes <paramref name="fill"/> writes in place (a device copy straight into the file's bytes, in
+    /// <see cref="ToBytes"/>); to a stream it goes through a buffer of its size.
+    /// </summary>
+    public static Entry Filled(string name, SafetensorsDtype dtype, long[] shape, long byteLength, SpanAction fill) =>
+        new(name, dtype, shape, s =>
+        {
+            var buffer = new byte[byteLength];
+            fill(buffer);
+            s.Write(buffer);
+        }, byteLength) { Fill = fill };
 
     /// <summary>An entry for float32 values.</summary>
     public static Entry F32(string name, long[] shape, float[] values) =>
@@ -80,15 +101,9 @@ public static class SafetensorsWriter
         long length = 8 + Padded(json) + entries.Sum(e => e.ByteLength);
         if (length > Array.MaxLength) throw new XLstmOnnxException($"a safetensors file of {length} bytes does not fit in one array (at most {Array.MaxLength} bytes).");
         var bytes = new byte[length];
-        using (var ms = new MemoryStream(bytes, writable: true)) WriteTo(ms, entries, metadata, json);
+        using (var ms = new MemoryStream(bytes, 0, bytes.Length, writable: true, publiclyVisible: true)) WriteTo(ms, entries, metadata, json);
         return bytes;
     }
-
-    /// <summary>The file's bytes, in order, to <paramref name="stream"/> (which the caller owns).</summary>
-    public static void WriteTo(Stream stream, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null) =>
-        WriteTo(stream, entries, metadata, Header(entries, metadata));
-
-    private static int Padded(byte[] json) => (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned
 
     private static void WriteTo(Stream stream, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata, byte[] json)
     {
@@ -101,13 +116,27 @@ public static class SafetensorsWriter
         foreach (var e in entries)
         {
             long before = stream.Position;
-            e.WriteBytes(stream);
+            if (e.Fill is { } fill && stream is MemoryStream ms && ms.TryGetBuffer(out var buffer))
+            {
+                fill(buffer.AsSpan(checked((int)before), checked((int)e.ByteLength)));
+                stream.Position = before + e.ByteLength;
+            }
+            else
+            {
+                e.WriteBytes(stream);
+            }
             if (stream.Position - before != e.ByteLength)
             {
                 throw new InvalidOperationException($"tensor '{e.Name}' wrote {stream.Position - before} bytes, declared {e.ByteLength}");
             }
         }
     }
+
+    /// <summary>The file's bytes, in order, to <paramref name="stream"/> (which the caller owns).</summary>
+    public static void WriteTo(Stream stream, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null) =>
+        WriteTo(stream, entries, metadata, Header(entries, metadata));
+
+    private static int Padded(byte[] json) => (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned
 
     /// <summary>The JSON header: <c>__metadata__</c> (when given), then each tensor's dtype, shape and data_offsets.</summary>
     private static byte[] Header(IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata)

@@ -28,6 +28,12 @@ public sealed class TensorSlice
     public long ByteLength { get; }
     public long ElementCount => ByteLength / Dtype.Size();
 
+    /// <summary>The tensor's bytes in place (little-endian, no copy), while its file is open.</summary>
+    public ReadOnlySpan<byte> RawBytes => File.Bytes(Offset, checked((int)ByteLength));
+
+    /// <summary>Where the tensor's bytes start in the whole file (its header included).</summary>
+    public long FileOffset => File.DataStart + Offset;
+
     /// <summary>Converts elements [start, start + dest.Length) to float32. Weight dtypes only.</summary>
     public void ReadFloat32(long start, Span<float> dest)
     {

@@ -130,16 +130,7 @@ internal sealed class StatePool : IDisposable
         for (int i = 0; i < tensors.Length; i++)
         {
             tensors[i] = new float[Values(i) * count];
-            if (_bf16[PartOf(i)])
-            {
-                var bits = new ushort[tensors[i].Length];
-                _memory.Download<ushort>(At(set, i, start), bits);
-                BFloat16Bits.ToFloat(bits, tensors[i]);
-            }
-            else
-            {
-                _memory.Download<float>(At(set, i, start), tensors[i]);
-            }
+            ReadTensor(set, i, start, tensors[i]);
         }
         return tensors;
     }
@@ -149,22 +140,59 @@ internal sealed class StatePool : IDisposable
     {
         if (tensors.Count != TensorCount) throw new ArgumentException($"expected {TensorCount} state tensors; got {tensors.Count}", nameof(tensors));
         int count = (int)(tensors[0].LongLength / Values(0));
-        CheckRows(start, count);
         for (int i = 0; i < tensors.Count; i++)
         {
             long expected = Values(i) * count;
             if (tensors[i].LongLength != expected) throw new ArgumentException($"state tensor {i} has {tensors[i].LongLength} values; {count} rows have {expected}", nameof(tensors));
-            if (_bf16[PartOf(i)])
-            {
-                var bits = new ushort[tensors[i].Length];
-                BFloat16Bits.FromFloat(tensors[i], bits);  // rounded to the nearest even: a state read from this pool comes back exact
-                _memory.Upload<ushort>(bits, At(set, i, start));
-            }
-            else
-            {
-                _memory.Upload<float>(tensors[i], At(set, i, start));
-            }
+            WriteTensor(set, i, start, tensors[i]);
         }
+    }
+
+    /// <summary>
+    /// Tensor <paramref name="tensor"/> of rows [start, start + n) of set <paramref name="set"/> into <paramref name="dest"/>
+    /// as float32, n = dest's length over the values of a row (no host array of its own: a state handed between
+    /// replicas lands in place in the file that carries it).
+    /// </summary>
+    public void ReadTensor(int set, int tensor, int start, Span<float> dest)
+    {
+        int count = RowsIn(tensor, dest.Length, nameof(dest));
+        CheckRows(start, count);
+        if (_bf16[PartOf(tensor)])
+        {
+            var bits = new ushort[dest.Length];
+            _memory.Download<ushort>(At(set, tensor, start), bits);
+            BFloat16Bits.ToFloat(bits, dest);
+        }
+        else
+        {
+            _memory.Download(At(set, tensor, start), dest);
+        }
+    }
+
+    /// <summary>Float32 values of tensor <paramref name="tensor"/> (whole rows) into rows starting at <paramref name="start"/> of set <paramref name="set"/>.</summary>
+    public void WriteTensor(int set, int tensor, int start, ReadOnlySpan<float> values)
+    {
+        int count = RowsIn(tensor, values.Length, nameof(values));
+        CheckRows(start, count);
+        if (_bf16[PartOf(tensor)])
+        {
+            var bits = new ushort[values.Length];
+            BFloat16Bits.FromFloat(values, bits);  // rounded to the nearest even: a state read from this pool comes back exact
+            _memory.Upload<ushort>(bits, At(set, tensor, start));
+        }
+        else
+        {
+            _memory.Upload(values, At(set, tensor, start));
+        }
+    }
+
+    /// <summary>Rows that <paramref name="values"/> values of tensor <paramref name="tensor"/> make; throws unless whole rows.</summary>
+    private int RowsIn(int tensor, long values, string name)
+    {
+        if (tensor < 0 || tensor >= TensorCount) throw new ArgumentOutOfRangeException(nameof(tensor), tensor, $"a state tensor index below {TensorCount}");
+        long row = Values(tensor);
+        if (values == 0 || values % row != 0) throw new ArgumentException($"state tensor {tensor}: {values} values are not whole rows of {row}", name);
+        return (int)(values / row);
     }
 
     /// <summary>Values of one row of tensor <paramref name="i"/>.</summary>

@@ -108,10 +108,14 @@ public sealed class StateSnapshot
     /// The state tensors of <paramref name="batch"/> rows from an open file, checked against <paramref name="manifest"/>'s
     /// shapes (float32) and for finite values; errors name <paramref name="path"/>, the tensor and both values.
     /// </summary>
-    internal static float[][] ReadStateTensors(SafetensorsFile f, string path, ModelManifest manifest, int batch)
+    internal static float[][] ReadStateTensors(SafetensorsFile f, string path, ModelManifest manifest, int batch) =>
+        [.. StateTensorSlices(f, path, manifest, batch).Select(t => t.ToFloat32())];
+
+    /// <summary>The state tensors as <see cref="ReadStateTensors"/> checks them, in past_state order, read in place (no copies).</summary>
+    internal static TensorSlice[] StateTensorSlices(SafetensorsFile f, string path, ModelManifest manifest, int batch)
     {
         var layout = manifest.State;
-        var tensors = new float[layout.TensorCount][];
+        var tensors = new TensorSlice[layout.TensorCount];
         for (int l = 0; l < layout.Layers; l++)
         {
             foreach (var part in StateLayout.Parts)
@@ -122,19 +126,26 @@ public sealed class StateSnapshot
                 {
                     throw new XLstmOnnxException($"{path}: tensor '{t.Name}' is {t.Dtype}{TensorSlice.FormatShape(t.Shape)}; expected F32{TensorSlice.FormatShape(expected)}.");
                 }
-                var values = t.ToFloat32();
+                var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(t.RawBytes);
                 // a NaN or an infinity in the state makes every later logit NaN: refuse it here, by name
                 if (!Sampler.AllFinite(values))
                 {
-                    int at = Array.FindIndex(values, v => !float.IsFinite(v));
+                    int at = 0;
+                    while (float.IsFinite(values[at])) at++;
                     throw new XLstmOnnxException($"{path}: tensor '{t.Name}' holds {values[at].ToString(System.Globalization.CultureInfo.InvariantCulture)} at flat index {at}; "
                         + "a state must be finite (it was not saved from a working model, or the file was altered).");
                 }
-                tensors[layout.Index(l, part)] = values;
+                tensors[layout.Index(l, part)] = t;
             }
         }
         return tensors;
     }
+
+    /// <summary>The file's name of state tensor <paramref name="index"/> (past_state order).</summary>
+    internal static string TensorName(ModelManifest manifest, int index) => TensorName(StateLayout.LayerOf(index), StateLayout.PartOf(index));
+
+    /// <summary>The shape of state tensor <paramref name="index"/> for <paramref name="batch"/> rows.</summary>
+    internal static long[] TensorShape(ModelManifest manifest, int index, int batch) => manifest.State.Shape(StateLayout.PartOf(index), batch);
 
     /// <summary>The file's name of layer <paramref name="layer"/>'s <paramref name="part"/>: state.L.C, state.L.n, state.L.m.</summary>
     private static string TensorName(int layer, StatePart part) => $"state.{layer}.{StateLayout.Name(part)}";

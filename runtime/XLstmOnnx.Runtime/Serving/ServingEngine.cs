@@ -479,24 +479,24 @@ public sealed class ServingEngine : IDisposable
     public Task<PrefixHandOff?> ExportPrefixAsync(int[] tokens) => OnLoop(() =>
     {
         if (_cache.Peek(tokens) is not { } hit) return null;
-        var state = _cache.States!.Read(0, hit.Slot, 1);
         var logits = new float[_runner.Vocab];
         _memory.Download<float>(_cache.LogitsAt(hit.Slot), logits);
         var next = new long[1];
         _memory.Download<long>(_cache.NextAt(hit.Slot), next);
-        return (PrefixHandOff?)new PrefixHandOff(Session.Manifest, tokens[..hit.Length], state, logits, next[0]);
+        // the state goes from the device straight into the file's bytes
+        return (PrefixHandOff?)PrefixHandOff.Build(Session.Manifest, tokens[..hit.Length], (i, dest) => _cache.States!.ReadTensor(0, i, hit.Slot, dest), logits, next[0]);
     });
 
     /// <summary>
     /// Stores a prefix state from another replica in this engine's prefix cache, as if it had read those tokens itself.
-    /// False when the cache is off or already holds them. The entry must come from this model (<see cref="PrefixHandOff.Load"/> checks).
+    /// False when the cache is off or already holds them. The entry must come from this model (<see cref="PrefixHandOff.FromBytes"/> checks).
     /// </summary>
     public Task<bool> ImportPrefixAsync(PrefixHandOff entry) => OnLoop(() =>
     {
         if (Generation.StateSnapshot.Signature(entry.Manifest) != Generation.StateSnapshot.Signature(Session.Manifest))
             throw new XLstmOnnxException($"the prefix state is for a model with {Generation.StateSnapshot.Signature(entry.Manifest)}; this model has {Generation.StateSnapshot.Signature(Session.Manifest)}.");
         if (_cache.Reserve(entry.Tokens) is not { } slot) return false;
-        _cache.States!.Write(0, slot, entry.State);
+        for (int i = 0; i < _cache.States!.TensorCount; i++) _cache.States.WriteTensor(0, i, slot, entry.State(i));
         _memory.Upload<float>(entry.Logits, _cache.LogitsAt(slot));
         _memory.Upload<long>([entry.Next], _cache.NextAt(slot));
         Metrics.CacheBytes = _cache.Bytes;
