@@ -22,9 +22,10 @@ internal static class RouteCommand
         var blockTokens = new Option<int>("--prefix-block-tokens") { Description = "Ids a block of a token-id prompt.", DefaultValueFactory = _ => 16 };
         var entries = new Option<int>("--table-entries") { Description = "Conversations and prefix blocks remembered, each (least recently used go first).", DefaultValueFactory = _ => 1 << 20 };
         var internalToken = new Option<string?>("--internal-token") { Description = $"The replicas' internal token (default: ${ServeCommand.InternalTokenVariable}): a conversation that moves off a full or draining replica takes its state along (without it, the new replica reads the transcript again)." };
+        var handOffMin = new Option<int>("--handoff-min-tokens") { Description = "Shortest prompt (tokens; text estimated at 4 characters a token) whose moving conversation takes its state along; shorter ones are read again on the new replica, which is faster (0: always).", DefaultValueFactory = _ => 12288 };
         var handOffTimeout = new Option<int>("--handoff-timeout-ms") { Description = "How long a state hand-off may take before the turn goes on without it.", DefaultValueFactory = _ => 30000 };
         var cmd = new Command("route", "One OpenAI-compatible front for several serve replicas: by conversation, shared prompt prefix, then load.")
-            { replicas, host, port, allowRemote, health, healthTimeout, blockChars, blockTokens, entries, internalToken, handOffTimeout };
+            { replicas, host, port, allowRemote, health, healthTimeout, blockChars, blockTokens, entries, internalToken, handOffMin, handOffTimeout };
         cmd.SetAction(r => CliErrors.Run(() =>
         {
             var options = new RouterOptions
@@ -39,6 +40,7 @@ internal static class RouteCommand
                 PrefixBlockTokens = r.GetValue(blockTokens),
                 TableEntries = r.GetValue(entries),
                 InternalToken = r.GetValue(internalToken) ?? (Environment.GetEnvironmentVariable(ServeCommand.InternalTokenVariable) is { Length: > 0 } it ? it : null),
+                HandOffMinTokens = r.GetValue(handOffMin),
                 HandOffTimeout = TimeSpan.FromMilliseconds(r.GetValue(handOffTimeout)),
             };
             var (app, url) = Router.StartAsync(options).GetAwaiter().GetResult();

@@ -298,6 +298,47 @@ public sealed class RouterHandOffTests
         Assert.That((t3.Replica, t3.Reason, t3.HandOff), Is.EqualTo((t2.Replica, "session", (string?)null)));
     }
 
+    /// <summary>
+    /// Under <see cref="RouterOptions.HandOffMinTokens"/> (its default, 12,288: a 40-token conversation) the moving
+    /// conversation is read again on the new replica instead (no cache hit there), with the same greedy text.
+    /// </summary>
+    [Test]
+    public async Task AShortConversationIsReadAgainInsteadOfHandedOver()
+    {
+        var (router, url) = await Router.StartAsync(new RouterOptions
+        {
+            Replicas = [.. _replicas.Select(r => r.Url)],
+            Port = 0,
+            HealthInterval = TimeSpan.FromMilliseconds(200),
+            InternalToken = Token,
+        }, NullLoggerProvider.Instance);
+        await using var _ = router;
+        using var http = new HttpClient { BaseAddress = new Uri(url) };
+        for (int i = 0; i < _replicas.Count; i++) await RouterRig.WaitForReplica(http, Router.ReplicaId(i), r => r.GetProperty("healthy").GetBoolean(), "in");
+        var rng = new Random(33);
+        int[] first = RouterRig.Ids(rng, 40, _vocab), question = RouterRig.Ids(rng, 6, _vocab);
+        var t1 = await RouterRig.Complete(http, RouterRig.Body(first, 12), "short");
+        var home = Replica(t1.Replica);
+        var other = _replicas.Single(r => r != home);
+        Assert.That(await Drain(home, on: true), Is.EqualTo(HttpStatusCode.OK));
+        try
+        {
+            await RouterRig.WaitForReplica(http, t1.Replica, r => r.GetProperty("draining").GetBoolean(), "draining");
+            double hits = await RouterRig.Metric(other.Http, "xlstm_prefix_cache_hits");
+            int[] second = [.. first, .. t1.Ids, .. question];
+            var t2 = await RouterRig.Complete(http, RouterRig.Body(second, 12), "short");
+            Assert.That((t2.Reason, t2.HandOff), Is.EqualTo(("moved", (string?)$"{t1.Replica}; short")));
+            Assert.That(await RouterRig.Metric(other.Http, "xlstm_prefix_cache_hits"), Is.EqualTo(hits), "read again: no cache hit");
+            var stayed = await RouterRig.Complete(home.Http, RouterRig.Body(second, 12), direct: true);
+            Assert.That(t2.Ids, Is.EqualTo(stayed.Ids));
+        }
+        finally
+        {
+            await Drain(home, on: false);
+            await RouterRig.WaitForHealth(_http, t1.Replica, healthy: true);
+        }
+    }
+
     [Test]
     public async Task AConversationLeavesAFullReplicaWithItsState()
     {
@@ -354,6 +395,7 @@ internal static class RouterRig
             HealthInterval = TimeSpan.FromMilliseconds(200), // the failover test waits for it
             PrefixBlockTokens = 8,
             InternalToken = token,
+            HandOffMinTokens = 0, // the shipped model's state is small: handing it over is always the faster way here
         }, Environment.GetEnvironmentVariable("XLSTM_ROUTER_TEST_LOGS") == "1" ? null : NullLoggerProvider.Instance);
         return (router, new HttpClient { BaseAddress = new Uri(url) });
     }

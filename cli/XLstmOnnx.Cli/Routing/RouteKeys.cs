@@ -10,8 +10,16 @@ namespace XLstmOnnx.Cli.Routing;
 /// <see cref="RouterOptions.PrefixBlockChars"/> characters for text and chat transcripts, each hash covering all the
 /// blocks before it too. Only whole blocks count: two prompts that share k whole blocks share k hashes.
 /// </summary>
-internal sealed record RouteKeys(string? Session, ulong[] Prefixes)
+/// <param name="PromptTokens">
+/// The prompt's length in tokens: exact for token ids, estimated for text and chat transcripts (a token per
+/// <see cref="CharsPerToken"/> characters); the router hands a moving conversation's state over only above
+/// <see cref="RouterOptions.HandOffMinTokens"/>.
+/// </param>
+internal sealed record RouteKeys(string? Session, ulong[] Prefixes, int PromptTokens = 0)
 {
+    /// <summary>Characters a token, for the estimate of a text prompt's length (about 4 for English with GPT-style BPE vocabularies).</summary>
+    public const int CharsPerToken = 4;
+
     /// <summary>The request header that names a conversation (it wins over the body's <c>user</c>).</summary>
     public const string SessionHeader = "X-Session-Id";
 
@@ -30,9 +38,12 @@ internal sealed record RouteKeys(string? Session, ulong[] Prefixes)
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object) return new(session, []);
             if (session is null && root.TryGetProperty("user", out var user) && user.ValueKind == JsonValueKind.String && user.GetString() is { Length: > 0 } u) session = u;
-            ulong[] prefixes = root.TryGetProperty("messages", out var messages) ? TextBlocks(Transcript(messages), options.PrefixBlockChars)
-                : root.TryGetProperty("prompt", out var prompt) ? PromptBlocks(prompt, options) : [];
-            return new(session, prefixes);
+            if (root.TryGetProperty("messages", out var messages))
+            {
+                string transcript = Transcript(messages);
+                return new(session, TextBlocks(transcript, options.PrefixBlockChars), transcript.Length / CharsPerToken);
+            }
+            return root.TryGetProperty("prompt", out var prompt) ? new(session, PromptBlocks(prompt, options), CountTokens(prompt)) : new(session, []);
         }
         catch (JsonException)
         {
@@ -56,6 +67,20 @@ internal sealed record RouteKeys(string? Session, ulong[] Prefixes)
                 return [];
         }
     }
+
+    /// <summary>A completion prompt's tokens: ids counted, text estimated; of a batch, its first prompt.</summary>
+    private static int CountTokens(JsonElement prompt) => prompt.ValueKind switch
+    {
+        JsonValueKind.String => (prompt.GetString() ?? "").Length / CharsPerToken,
+        JsonValueKind.Array when prompt.GetArrayLength() > 0 => prompt[0].ValueKind switch
+        {
+            JsonValueKind.Number => prompt.GetArrayLength(),
+            JsonValueKind.String => (prompt[0].GetString() ?? "").Length / CharsPerToken,
+            JsonValueKind.Array => prompt[0].GetArrayLength(),
+            _ => 0,
+        },
+        _ => 0,
+    };
 
     /// <summary>A chat transcript as one string: each message's role and text, in order, with separators no text holds.</summary>
     private static string Transcript(JsonElement messages)

@@ -133,7 +133,14 @@ public static class Router
                     {
                         // the conversation moves off a replica that is still up: its state goes first (docs/routing.md, "Moving a conversation")
                         string header = "none";
-                        if (handOff is not null && proxy.AllDestinations.FirstOrDefault(d => d.DestinationId == from) is { } source
+                        int promptTokens = ctx.Items.TryGetValue(RouteKeys.Item, out var k) && k is RouteKeys keys ? keys.PromptTokens : 0;
+                        if (handOff is not null && promptTokens < options.HandOffMinTokens)
+                        {
+                            // reading the transcript again is faster than moving the state (docs/routing.md, "What moving costs")
+                            header = "short";
+                            metrics.HandedOff(new StateHandOff.Result("short", 0, 0, TimeSpan.Zero));
+                        }
+                        else if (handOff is not null && proxy.AllDestinations.FirstOrDefault(d => d.DestinationId == from) is { } source
                             && ctx.Items.TryGetValue(BodyItem, out var b) && b is ReadOnlyMemory<byte> body)
                         {
                             var result = await handOff.MoveAsync(source.Model.Config.Address, chosen.Model.Config.Address, body, ctx.RequestAborted).ConfigureAwait(false);

@@ -28,6 +28,12 @@ public sealed record RouterOptions
     /// conversation's state over (docs/routing.md, "Moving a conversation"); without it the new replica rebuilds it.
     /// </summary>
     public string? InternalToken { get; init; }
+    /// <summary>
+    /// The shortest prompt (in tokens; estimated for text) whose conversation takes its state along when it moves
+    /// (<c>--handoff-min-tokens</c>): below it the new replica reads the transcript again, which is faster. The default
+    /// is where the two costs met for xLSTM-7b on two H200s of one host (docs/routing.md, "What moving costs").
+    /// </summary>
+    public int HandOffMinTokens { get; init; } = 12288;
     /// <summary>How long a state hand-off may take before the turn goes on without it (<c>--handoff-timeout-ms</c>).</summary>
     public TimeSpan HandOffTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
@@ -47,6 +53,7 @@ public sealed record RouterOptions
         if (Port is < 0 or > 65535) throw new XLstmOnnxException($"option --port must be 0 (any free port) to 65535; found {Port}.");
         if (HealthInterval < TimeSpan.FromMilliseconds(50)) throw new XLstmOnnxException($"option --health-interval-ms must be at least 50; found {HealthInterval.TotalMilliseconds:0}.");
         if (HealthTimeout < TimeSpan.FromMilliseconds(50)) throw new XLstmOnnxException($"option --health-timeout-ms must be at least 50; found {HealthTimeout.TotalMilliseconds:0}.");
+        if (HandOffMinTokens < 0) throw new XLstmOnnxException($"option --handoff-min-tokens must be 0 (always hand over) or more; found {HandOffMinTokens}.");
         if (HandOffTimeout < TimeSpan.FromMilliseconds(50)) throw new XLstmOnnxException($"option --handoff-timeout-ms must be at least 50; found {HandOffTimeout.TotalMilliseconds:0}.");
         if (InternalToken is { } token && (token.Length == 0 || token.Any(c => c is < '!' or > '~')))
             throw new XLstmOnnxException($"option --internal-token must be printable ASCII without spaces (an HTTP header carries it); found {(token.Length == 0 ? "an empty token" : $"a token of {token.Length} characters with a space, control or non-ASCII character")}.");

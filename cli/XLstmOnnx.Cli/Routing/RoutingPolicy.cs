@@ -132,7 +132,7 @@ internal sealed class RouterMetrics : IDisposable
     public RouterMetrics(Func<(int Sessions, int Prefixes)> table)
     {
         _routed = _meter.CreateCounter<long>("xlstm_router_requests", null, "Requests sent to a replica, by replica and by the rule that chose it (session, prefix, load).");
-        _handOffs = _meter.CreateCounter<long>("xlstm_router_handoffs", null, "State hand-offs before a moved conversation's turn, by result (moved, not_cached, failed).");
+        _handOffs = _meter.CreateCounter<long>("xlstm_router_handoffs", null, "State hand-offs before a moved conversation's turn, by result (moved, not_cached, failed; short: the prompt was under --handoff-min-tokens, read again instead).");
         _handOffBytes = _meter.CreateCounter<long>("xlstm_router_handoff_bytes", "By", "Bytes of state moved between replicas.");
         _handOffSeconds = _meter.CreateHistogram("xlstm_router_handoff_seconds", "s", "Time of a state hand-off (export, transfer and import).",
             tags: null, advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] });
