@@ -269,14 +269,20 @@ public sealed class RouterHandOffTests
         Assert.That(await RouterRig.Metric(_http, "xlstm_router_handoffs"), Is.GreaterThanOrEqualTo(1));
     }
 
+    /// <summary>A conversation's first turn (40 random ids) through <paramref name="http"/>: its prompt, the next turn's new ids, the answer, its replica and the other one.</summary>
+    private async Task<(int[] First, int[] Question, RouterRig.Answer T1, ShippedModelServer Home, ShippedModelServer Other)> FirstTurn(HttpClient http, int seed, string session)
+    {
+        var rng = new Random(seed);
+        int[] first = RouterRig.Ids(rng, 40, _vocab), question = RouterRig.Ids(rng, 6, _vocab);
+        var t1 = await RouterRig.Complete(http, RouterRig.Body(first, 12), session);
+        var home = Replica(t1.Replica);
+        return (first, question, t1, home, _replicas.Single(r => r != home));
+    }
+
     [Test]
     public async Task AConversationLeavesADrainingReplicaWithItsState()
     {
-        var rng = new Random(31);
-        int[] first = RouterRig.Ids(rng, 40, _vocab), question = RouterRig.Ids(rng, 6, _vocab);
-        var t1 = await RouterRig.Complete(_http, RouterRig.Body(first, 12), "draining");
-        var home = Replica(t1.Replica);
-        var other = _replicas.Single(r => r != home);
+        var (first, question, t1, home, other) = await FirstTurn(_http, 31, "draining");
 
         Assert.That(await Drain(home, on: true, token: "wrong"), Is.EqualTo(HttpStatusCode.Unauthorized));
         Assert.That(await Drain(home, on: true), Is.EqualTo(HttpStatusCode.OK));
@@ -315,11 +321,7 @@ public sealed class RouterHandOffTests
         await using var _ = router;
         using var http = new HttpClient { BaseAddress = new Uri(url) };
         for (int i = 0; i < _replicas.Count; i++) await RouterRig.WaitForReplica(http, Router.ReplicaId(i), r => r.GetProperty("healthy").GetBoolean(), "in");
-        var rng = new Random(33);
-        int[] first = RouterRig.Ids(rng, 40, _vocab), question = RouterRig.Ids(rng, 6, _vocab);
-        var t1 = await RouterRig.Complete(http, RouterRig.Body(first, 12), "short");
-        var home = Replica(t1.Replica);
-        var other = _replicas.Single(r => r != home);
+        var (first, question, t1, home, other) = await FirstTurn(http, 33, "short");
         Assert.That(await Drain(home, on: true), Is.EqualTo(HttpStatusCode.OK));
         try
         {
@@ -342,11 +344,8 @@ public sealed class RouterHandOffTests
     [Test]
     public async Task AConversationLeavesAFullReplicaWithItsState()
     {
-        var rng = new Random(32);
-        int[] first = RouterRig.Ids(rng, 40, _vocab), question = RouterRig.Ids(rng, 5, _vocab);
-        var t1 = await RouterRig.Complete(_http, RouterRig.Body(first, 12), "full");
-        var home = Replica(t1.Replica);
-        var other = _replicas.Single(r => r != home);
+        var (first, question, t1, home, other) = await FirstTurn(_http, 32, "full");
+        var rng = new Random(132);
         // someone else's long stream fills the home replica's only slot (sent straight to it: the router sees it only in the replica's /health)
         var longBody = RouterRig.Body(RouterRig.Ids(rng, 8, _vocab), 2000);
         longBody["stream"] = true;
