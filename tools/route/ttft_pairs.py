@@ -2,7 +2,9 @@
 """What the router adds to a request, measured against going straight at a replica, interleaved request by request.
 
 Each pair sends a request through the router and one like it (a prompt of the same kind, never the same prompt: no
-prefix-cache hits) straight at a replica, in alternating order, one request at a time. Interleaving cancels the drift of a shared machine's load; each figure is the median of the per-pair
+prefix-cache hits) straight at a replica, in alternating order, one request at a time. Given several replicas, the
+straight requests go to each in turn, as the router spreads its own: an idle replica wakes more slowly than a busy
+one, and sending every straight request to one replica kept that one the warmest. Interleaving cancels the drift of a shared machine's load; each figure is the median of the per-pair
 differences (after 10 warm-up pairs). Measured:
   ttft:  a streaming greedy completion (a random token-id prompt of 16 to 63 ids, 4 tokens): time to the first SSE data line;
   plain: GET /v1/models, and a completion the replica refuses (400, max_tokens -1): no model work, the proxy's own
@@ -11,7 +13,7 @@ Clients keep one connection per address alive, with TCP_NODELAY, as pooled HTTP 
 HttpClient) do. --new-connections opens a connection per request with Python's defaults instead (Nagle's algorithm on,
 headers and body written in two segments), which is how the first version of this script measured.
 
-    ttft_pairs.py ROUTER_URL REPLICA_URL [--pairs 200] [--plain 0] [--vocab 1000] [--model kjv] [--new-connections] [--out FILE]
+    ttft_pairs.py ROUTER_URL REPLICA_URL[,REPLICA_URL...] [--pairs 200] [--plain 0] [--vocab 1000] [--model kjv] [--new-connections] [--out FILE]
 """
 import argparse
 import http.client
@@ -63,9 +65,10 @@ def timed_ms(url, method, path, body, fresh, stream, status=200):
     return first
 
 
-def pairs(router, replica, n, request, fresh):
+def pairs(router, replicas, n, request, fresh):
     via, direct, diffs = [], [], []
     for i in range(n):
+        replica = replicas[i % len(replicas)]  # in turn, as the router spreads its own requests
         got = {}
         for url in ((router, replica) if i % 2 == 0 else (replica, router)):
             method, path, body, stream, status = request(i)
@@ -86,7 +89,7 @@ def pairs(router, replica, n, request, fresh):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("router")
-    p.add_argument("replica")
+    p.add_argument("replica", help="a replica's base URL, or several, comma-separated: the straight requests go to each in turn")
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--plain", type=int, default=0)
     p.add_argument("--vocab", type=int, default=1000)
@@ -103,14 +106,15 @@ def main():
         body = json.dumps({"model": a.model, "prompt": ids, "max_tokens": 4, "temperature": 0, "stream": True, "ignore_eos": True})
         return "POST", "/v1/completions", body, True, 200
 
-    t = pairs(a.router, a.replica, a.pairs, completion, a.new_connections)
+    replicas = a.replica.split(",")
+    t = pairs(a.router, replicas, a.pairs, completion, a.new_connections)
     result = {"connections": "new per request" if a.new_connections else "kept alive, TCP_NODELAY",
               "pairs": t["pairs"], "ttft_p50_router_ms": t["p50_router_ms"], "ttft_p50_replica_ms": t["p50_replica_ms"],
               "difference_median_ms": t["difference_median_ms"], "difference_p90_ms": t["difference_p90_ms"]}
     if a.plain:
-        result["get_models"] = pairs(a.router, a.replica, a.plain, lambda _: ("GET", "/v1/models", None, False, 200), a.new_connections)
+        result["get_models"] = pairs(a.router, replicas, a.plain, lambda _: ("GET", "/v1/models", None, False, 200), a.new_connections)
         refused = json.dumps({"model": a.model, "prompt": [1, 2, 3], "max_tokens": -1})  # the replica's 400, no model work
-        result["post_refused"] = pairs(a.router, a.replica, a.plain, lambda _: ("POST", "/v1/completions", refused, False, 400), a.new_connections)
+        result["post_refused"] = pairs(a.router, replicas, a.plain, lambda _: ("POST", "/v1/completions", refused, False, 400), a.new_connections)
     print(json.dumps(result))
     if a.out:
         with open(a.out, "w") as f:
