@@ -132,24 +132,8 @@ public static class Router
                     if (ctx.Items.TryGetValue(RoutingPolicy.HandOffItem, out var f) && f is string from)
                     {
                         // the conversation moves off a replica that is still up: its state goes first (docs/routing.md, "Moving a conversation")
-                        string header = "none";
-                        int promptTokens = ctx.Items.TryGetValue(RouteKeys.Item, out var k) && k is RouteKeys keys ? keys.PromptTokens : 0;
-                        if (handOff is not null && promptTokens < options.HandOffMinTokens)
-                        {
-                            // reading the transcript again is faster than moving the state (docs/routing.md, "What moving costs")
-                            header = "short";
-                            metrics.HandedOff(new StateHandOff.Result("short", 0, 0, TimeSpan.Zero));
-                        }
-                        else if (handOff is not null && proxy.AllDestinations.FirstOrDefault(d => d.DestinationId == from) is { } source
-                            && ctx.Items.TryGetValue(BodyItem, out var b) && b is ReadOnlyMemory<byte> body)
-                        {
-                            var result = await handOff.MoveAsync(source.Model.Config.Address, chosen.Model.Config.Address, body, ctx.RequestAborted).ConfigureAwait(false);
-                            metrics.HandedOff(result);
-                            if (result.Timing is { } timing) routerLog.LogInformation("hand-off {From} -> {To}: {Tokens} tokens, {Bytes} bytes in {Ms:0.0} ms; {Timing}", from, chosen.DestinationId, result.Tokens, result.Bytes, result.Took.TotalMilliseconds, timing);
-                            if (result.Error is { } why) routerLog.LogWarning("hand-off {From} -> {To} failed (the new replica reads the whole prompt): {Error}", from, chosen.DestinationId, why);
-                            header = result.HeaderValue;
-                        }
-                        ctx.Response.Headers[StateHandOff.Header] = $"{from}; {header}";
+                        string what = await HandOver(ctx, proxy, from, chosen, handOff, options, metrics, routerLog).ConfigureAwait(false);
+                        ctx.Response.Headers[StateHandOff.Header] = $"{from}; {what}";
                     }
                 }
                 await next().ConfigureAwait(false);
@@ -173,6 +157,31 @@ public static class Router
         }
         string url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
         return (app, url);
+    }
+
+    /// <summary>
+    /// Hands the state of a moving conversation from replica <paramref name="from"/> to <paramref name="to"/> before its
+    /// turn is forwarded, when the router has the token and the prompt is long enough to be worth it; returns what
+    /// happened, for <see cref="StateHandOff.Header"/>.
+    /// </summary>
+    private static async Task<string> HandOver(HttpContext ctx, IReverseProxyFeature proxy, string from, DestinationState to, StateHandOff? handOff,
+        RouterOptions options, RouterMetrics metrics, ILogger log)
+    {
+        if (handOff is null) return "none";
+        int promptTokens = ctx.Items.TryGetValue(RouteKeys.Item, out var k) && k is RouteKeys keys ? keys.PromptTokens : 0;
+        if (promptTokens < options.HandOffMinTokens)
+        {
+            // reading the transcript again is faster than moving the state (docs/routing.md, "What moving costs")
+            metrics.HandedOff(new StateHandOff.Result("short", 0, 0, TimeSpan.Zero));
+            return "short";
+        }
+        if (proxy.AllDestinations.FirstOrDefault(d => d.DestinationId == from) is not { } source
+            || !ctx.Items.TryGetValue(BodyItem, out var b) || b is not ReadOnlyMemory<byte> body) return "none";
+        var result = await handOff.MoveAsync(source.Model.Config.Address, to.Model.Config.Address, body, ctx.RequestAborted).ConfigureAwait(false);
+        metrics.HandedOff(result);
+        if (result.Timing is { } timing) log.LogInformation("hand-off {From} -> {To}: {Tokens} tokens, {Bytes} bytes in {Ms:0.0} ms; {Timing}", from, to.DestinationId, result.Tokens, result.Bytes, result.Took.TotalMilliseconds, timing);
+        if (result.Error is { } why) log.LogWarning("hand-off {From} -> {To} failed (the new replica reads the whole prompt): {Error}", from, to.DestinationId, why);
+        return result.HeaderValue;
     }
 
     private static RouteConfig Route() => new()
