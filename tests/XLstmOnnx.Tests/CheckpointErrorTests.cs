@@ -66,13 +66,14 @@ public class CheckpointErrorTests
         var entries = new List<SafetensorsWriter.Entry> { SafetensorsWriter.F32("w", [2, 3], [1, 2, 3, 4, 5, 6]), SafetensorsWriter.I64("ids", [2], [7, 9]) };
         var meta = new Dictionary<string, string> { ["format"] = "test" };
         SafetensorsWriter.Write(path, entries, meta);
-        byte[] bytes = SafetensorsWriter.ToBytes(entries, meta);
+        byte[] bytes = SafetensorsWriter.ToBytes(entries, meta, out long[] offsets);
         Assert.That(bytes, Is.EqualTo(File.ReadAllBytes(path)));
         using (var f = SafetensorsFile.FromBytes(bytes, "the request body"))
         {
             Assert.That(f.Get("w").ToFloat32(), Is.EqualTo(new float[] { 1, 2, 3, 4, 5, 6 }));
             Assert.That(f.Get("ids").ToInt64(), Is.EqualTo(new long[] { 7, 9 }));
             Assert.That(f.Metadata["format"], Is.EqualTo("test"));
+            Assert.That(offsets, Is.EqualTo(new[] { f.Get("w").FileOffset, f.Get("ids").FileOffset }), "where each entry's bytes start");
         }
         var e = Assert.Throws<XLstmOnnxException>(() => SafetensorsFile.FromBytes(bytes[..40], "the request body").Dispose())!;
         Assert.That(e.Message, Does.StartWith("the request body: truncated or corrupt").And.Contain("32 bytes after it"));

@@ -16,23 +16,8 @@ namespace XLstmOnnx.Tests;
 /// through the router equals a replica's answer alone. The failover case is <see cref="RouterFailoverTests"/>.
 /// </summary>
 [TestFixture, NonParallelizable]
-public sealed class RouterTests
+public sealed class RouterTests() : RouterFixture(3)
 {
-    private List<ShippedModelServer> _replicas = [];
-    private WebApplication _router = null!;
-    private HttpClient _http = null!;
-    private int _vocab;
-
-    [OneTimeSetUp]
-    public async Task Start()
-    {
-        (_replicas, _router, _http) = await RouterRig.StartAsync(3);
-        _vocab = (int)_replicas[0].Session.Manifest.VocabSize;
-    }
-
-    [OneTimeTearDown]
-    public async Task Stop() => await RouterRig.StopAsync(_replicas, _router, _http);
-
     [Test]
     public async Task ConversationsStayOnTheirReplica()
     {
@@ -62,7 +47,7 @@ public sealed class RouterTests
         var a = await RouterRig.Complete(_http, RouterRig.Body(first, 4));
         // other traffic in between, so the load rule alone would move on
         for (int i = 0; i < 4; i++) await RouterRig.Complete(_http, RouterRig.Body(RouterRig.Ids(rng, 40, _vocab), 2));
-        var cached = _replicas[int.Parse(a.Replica[1..])];
+        var cached = Replica(a.Replica);
         double hits = await RouterRig.Metric(cached.Http, "xlstm_prefix_cache_hits");
         var b = await RouterRig.Complete(_http, RouterRig.Body(first.Concat(RouterRig.Ids(rng, 10, _vocab)).ToArray(), 4));
         Assert.That(b.Replica, Is.EqualTo(a.Replica), "the replica that served the shared 64 ids");
@@ -153,6 +138,12 @@ public sealed class RouterTests
         Assert.That(e.Message, Does.Contain("--health-interval-ms").And.Contain("found 10"));
         e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1"], HealthTimeout = TimeSpan.Zero }.Validate())!;
         Assert.That(e.Message, Does.Contain("--health-timeout-ms").And.Contain("found 0"));
+        e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1"], HandOffTimeout = TimeSpan.FromMilliseconds(5) }.Validate())!;
+        Assert.That(e.Message, Does.Contain("--handoff-timeout-ms").And.Contain("found 5"));
+        e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1"], HandOffMinTokens = -1 }.Validate())!;
+        Assert.That(e.Message, Does.Contain("--handoff-min-tokens").And.Contain("found -1"));
+        e = Assert.Throws<XLstmOnnxException>(() => new RouterOptions { Replicas = ["http://127.0.0.1:1"], InternalToken = "two words" }.Validate())!;
+        Assert.That(e.Message, Does.Contain("--internal-token").And.Contain("9 characters").And.Not.Contain("two words"));
     }
 }
 
@@ -163,18 +154,8 @@ public sealed class RouterTests
 /// answers again, the router puts it back.
 /// </summary>
 [TestFixture, NonParallelizable]
-public sealed class RouterFailoverTests
+public sealed class RouterFailoverTests() : RouterFixture(3)
 {
-    private List<ShippedModelServer> _replicas = [];
-    private WebApplication _router = null!;
-    private HttpClient _http = null!;
-
-    [OneTimeSetUp]
-    public async Task Start() => (_replicas, _router, _http) = await RouterRig.StartAsync(3);
-
-    [OneTimeTearDown]
-    public async Task Stop() => await RouterRig.StopAsync(_replicas, _router, _http);
-
     [Test]
     public async Task AConversationContinuesOnAnotherReplicaWhenItsReplicaStops()
     {
@@ -187,7 +168,7 @@ public sealed class RouterFailoverTests
         // the same conversation, its replica stopped after the first turn
         var b1 = await RouterRig.Complete(_http, RouterRig.Body(first, 16), "interrupted");
         Assert.That(b1.Text, Is.EqualTo(a1.Text));
-        var stopped = _replicas[int.Parse(b1.Replica[1..])];
+        var stopped = Replica(b1.Replica);
         await stopped.StopHttpAsync();
         await RouterRig.WaitForHealth(_http, b1.Replica, healthy: false);
         var b2 = await RouterRig.Complete(_http, RouterRig.Body(first + b1.Text + question, 16), "interrupted");
@@ -227,26 +208,15 @@ public sealed class RouterFailoverTests
 /// prefix-cache hit there); the greedy text equals what the first replica gives the same turn.
 /// </summary>
 [TestFixture, NonParallelizable]
-public sealed class RouterHandOffTests
+public sealed class RouterHandOffTests() : RouterFixture(2, maxBatch: 1, token: Token)
 {
     private const string Token = "router-hand-off";
-    private List<ShippedModelServer> _replicas = [];
-    private WebApplication _router = null!;
-    private HttpClient _http = null!;
-    private int _vocab;
 
     [OneTimeSetUp]
-    public async Task Start()
+    public async Task WaitForLoadReports()
     {
-        (_replicas, _router, _http) = await RouterRig.StartAsync(2, maxBatch: 1, token: Token);
-        _vocab = (int)_replicas[0].Session.Manifest.VocabSize;
         for (int i = 0; i < _replicas.Count; i++) await RouterRig.WaitForReplica(_http, Router.ReplicaId(i), r => r.GetProperty("load").ValueKind == JsonValueKind.Object, "reporting its load");
     }
-
-    [OneTimeTearDown]
-    public async Task Stop() => await RouterRig.StopAsync(_replicas, _router, _http);
-
-    private ShippedModelServer Replica(string id) => _replicas[int.Parse(id[1..], System.Globalization.CultureInfo.InvariantCulture)];
 
     private static async Task<HttpStatusCode> Drain(ShippedModelServer replica, bool on, string? token = Token)
     {
@@ -309,28 +279,46 @@ public sealed class RouterHandOffTests
     /// conversation is read again on the new replica instead (no cache hit there), with the same greedy text.
     /// </summary>
     [Test]
-    public async Task AShortConversationIsReadAgainInsteadOfHandedOver()
+    public Task AShortConversationIsReadAgainInsteadOfHandedOver() => MovesWithoutItsState(Token, handOffMinTokens: null, seed: 33, "short");
+
+    /// <summary>
+    /// A hand-off that fails (here: the router's token is not the replicas', so the export answers 401) leaves the turn
+    /// to be read again on the new replica, with the same greedy text; the answer says it failed.
+    /// </summary>
+    [Test]
+    public Task AFailedHandOffLeavesTheTurnToBeReadAgain() => MovesWithoutItsState("not-the-replicas-token", handOffMinTokens: 0, seed: 34, "failed");
+
+    /// <summary>
+    /// A second router in front of the replicas, with <paramref name="token"/> and the threshold (null: the default):
+    /// a conversation's replica drains, and its next turn moves without its state (<paramref name="expected"/> in
+    /// <see cref="StateHandOff.Header"/>): no cache hit on the new replica, the old replica's greedy tokens.
+    /// </summary>
+    private async Task MovesWithoutItsState(string token, int? handOffMinTokens, int seed, string expected)
     {
-        var (router, url) = await Router.StartAsync(new RouterOptions
+        var options = new RouterOptions
         {
             Replicas = [.. _replicas.Select(r => r.Url)],
             Port = 0,
             HealthInterval = TimeSpan.FromMilliseconds(200),
-            InternalToken = Token,
-        }, NullLoggerProvider.Instance);
+            InternalToken = token,
+        };
+        if (handOffMinTokens is { } min) options = options with { HandOffMinTokens = min };
+        var (router, url) = await Router.StartAsync(options, NullLoggerProvider.Instance);
         await using var _ = router;
         using var http = new HttpClient { BaseAddress = new Uri(url) };
         for (int i = 0; i < _replicas.Count; i++) await RouterRig.WaitForReplica(http, Router.ReplicaId(i), r => r.GetProperty("healthy").GetBoolean(), "in");
-        var (first, question, t1, home, other) = await FirstTurn(http, 33, "short");
+        string session = $"without-{expected}";
+        var (first, question, t1, home, other) = await FirstTurn(http, seed, session);
         Assert.That(await Drain(home, on: true), Is.EqualTo(HttpStatusCode.OK));
         try
         {
             await RouterRig.WaitForReplica(http, t1.Replica, r => r.GetProperty("draining").GetBoolean(), "draining");
             double hits = await RouterRig.Metric(other.Http, "xlstm_prefix_cache_hits");
             int[] second = [.. first, .. t1.Ids, .. question];
-            var t2 = await RouterRig.Complete(http, RouterRig.Body(second, 12), "short");
-            Assert.That((t2.Reason, t2.HandOff), Is.EqualTo(("moved", (string?)$"{t1.Replica}; short")));
+            var t2 = await RouterRig.Complete(http, RouterRig.Body(second, 12), session);
+            Assert.That((t2.Reason, t2.HandOff), Is.EqualTo(("moved", (string?)$"{t1.Replica}; {expected}")));
             Assert.That(await RouterRig.Metric(other.Http, "xlstm_prefix_cache_hits"), Is.EqualTo(hits), "read again: no cache hit");
+            Assert.That(await RouterRig.Metric(http, "xlstm_router_handoffs"), Is.EqualTo(1), $"one hand-off counted ({expected})");
             var stayed = await RouterRig.Complete(home.Http, RouterRig.Body(second, 12), direct: true);
             Assert.That(t2.Ids, Is.EqualTo(stayed.Ids));
         }
@@ -365,7 +353,32 @@ public sealed class RouterHandOffTests
     }
 }
 
-/// <summary>Three replicas of the shipped model and a router in front of them, and the requests the router tests send.</summary>
+/// <summary>
+/// What the router fixtures share: <paramref name="replicas"/> replicas of the shipped model and a router in front of
+/// them (<see cref="RouterRig.StartAsync"/>), started once for the fixture and stopped after it.
+/// </summary>
+public abstract class RouterFixture(int replicas, int maxBatch = 4, string? token = null)
+{
+    private protected List<ShippedModelServer> _replicas = [];
+    private protected WebApplication _router = null!;
+    private protected HttpClient _http = null!;
+    private protected int _vocab;
+
+    [OneTimeSetUp]
+    public async Task StartRig()
+    {
+        (_replicas, _router, _http) = await RouterRig.StartAsync(replicas, maxBatch, token);
+        _vocab = (int)_replicas[0].Session.Manifest.VocabSize;
+    }
+
+    [OneTimeTearDown]
+    public async Task StopRig() => await RouterRig.StopAsync(_replicas, _router, _http);
+
+    /// <summary>The replica a router header names (r0, r1, ...).</summary>
+    private protected ShippedModelServer Replica(string id) => _replicas[int.Parse(id[1..], System.Globalization.CultureInfo.InvariantCulture)];
+}
+
+/// <summary>Replicas of the shipped model and a router in front of them, and the requests the router tests send.</summary>
 internal static class RouterRig
 {
     /// <summary>A completion's replica and rule (router headers; empty when sent straight to a replica), the hand-off header if any, text and ids.</summary>

@@ -321,31 +321,25 @@ public static partial class OpenAiServer
     /// </summary>
     private static void MapInternal(WebApplication app, ServingEngine engine, ServerOptions options, string token, DrainSwitch drain)
     {
-        bool Allowed(HttpContext ctx) =>
-            System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(
-                Encoding.UTF8.GetBytes(ctx.Request.Headers[InternalTokenHeader].ToString()), Encoding.UTF8.GetBytes(token));
-        Task Refuse(HttpContext ctx)
+        // one gate for every /internal route
+        byte[] expected = Encoding.UTF8.GetBytes(token);
+        app.UseWhen(ctx => ctx.Request.Path.StartsWithSegments("/internal"), gate => gate.Use(async (ctx, next) =>
         {
-            ctx.Response.StatusCode = 401;
-            return ctx.Response.WriteAsJsonAsync(new ApiError(401, $"The {InternalTokenHeader} header is missing or wrong.", type: "invalid_request_error", code: "invalid_internal_token").Body, Json);
-        }
-        app.MapMethods("/internal/drain", [HttpMethods.Post, HttpMethods.Delete], async ctx =>
-        {
-            if (!Allowed(ctx))
+            if (System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(ctx.Request.Headers[InternalTokenHeader].ToString()), expected))
             {
-                await Refuse(ctx).ConfigureAwait(false);
+                await next(ctx).ConfigureAwait(false);
                 return;
             }
+            ctx.Response.StatusCode = 401;
+            await ctx.Response.WriteAsJsonAsync(new ApiError(401, $"The {InternalTokenHeader} header is missing or wrong.", type: "invalid_request_error", code: "invalid_internal_token").Body, Json).ConfigureAwait(false);
+        }));
+        app.MapMethods("/internal/drain", [HttpMethods.Post, HttpMethods.Delete], async ctx =>
+        {
             drain.Draining = HttpMethods.IsPost(ctx.Request.Method);
             await ctx.Response.WriteAsJsonAsync(new { draining = drain.Draining }, Json).ConfigureAwait(false);
         });
         app.MapPost("/internal/prefix/export", async ctx =>
         {
-            if (!Allowed(ctx))
-            {
-                await Refuse(ctx).ConfigureAwait(false);
-                return;
-            }
             int[] ids;
             try
             {
@@ -375,11 +369,6 @@ public static partial class OpenAiServer
         });
         app.MapPost("/internal/prefix/import", async ctx =>
         {
-            if (!Allowed(ctx))
-            {
-                await Refuse(ctx).ConfigureAwait(false);
-                return;
-            }
             if (ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit) limit.MaxRequestBodySize = MaxHandOffBytes;
             byte[] file;
             long started = Stopwatch.GetTimestamp();

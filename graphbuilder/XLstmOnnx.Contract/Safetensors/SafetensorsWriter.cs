@@ -93,19 +93,44 @@ public static class SafetensorsWriter
 
     /// <summary>
     /// The whole file in memory, for sending it without touching a disk (a state handed between replicas): one array of
-    /// exactly the file's length.
+    /// exactly the file's length, and where each entry's bytes start in it (<paramref name="offsets"/>, in entry order).
+    /// An entry with <see cref="Entry.Fill"/> writes its bytes in place.
     /// </summary>
-    public static byte[] ToBytes(IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null)
+    public static byte[] ToBytes(IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata, out long[] offsets)
     {
         byte[] json = Header(entries, metadata);
         long length = 8 + Padded(json) + entries.Sum(e => e.ByteLength);
         if (length > Array.MaxLength) throw new XLstmOnnxException($"a safetensors file of {length} bytes does not fit in one array (at most {Array.MaxLength} bytes).");
         var bytes = new byte[length];
-        using (var ms = new MemoryStream(bytes, 0, bytes.Length, writable: true, publiclyVisible: true)) WriteTo(ms, entries, metadata, json);
+        using (var head = new MemoryStream(bytes, writable: true)) WriteHeader(head, json);
+        offsets = new long[entries.Count];
+        long at = 8 + Padded(json);
+        for (int i = 0; i < entries.Count; i++)
+        {
+            var e = entries[i];
+            offsets[i] = at;
+            if (e.Fill is { } fill)
+            {
+                fill(bytes.AsSpan(checked((int)at), checked((int)e.ByteLength)));
+            }
+            else
+            {
+                using var slot = new MemoryStream(bytes, checked((int)at), checked((int)e.ByteLength), writable: true);
+                WriteEntry(slot, e);
+            }
+            at += e.ByteLength;
+        }
         return bytes;
     }
 
-    private static void WriteTo(Stream stream, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata, byte[] json)
+    private static void WriteTo(Stream stream, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata)
+    {
+        WriteHeader(stream, Header(entries, metadata));
+        foreach (var e in entries) WriteEntry(stream, e);
+    }
+
+    /// <summary>The 8-byte header length, the JSON header and its padding.</summary>
+    private static void WriteHeader(Stream stream, byte[] json)
     {
         int padded = Padded(json);
         Span<byte> len = stackalloc byte[8];
@@ -113,28 +138,17 @@ public static class SafetensorsWriter
         stream.Write(len);
         stream.Write(json);
         for (int i = json.Length; i < padded; i++) stream.WriteByte((byte)' ');
-        foreach (var e in entries)
-        {
-            long before = stream.Position;
-            if (e.Fill is { } fill && stream is MemoryStream ms && ms.TryGetBuffer(out var buffer))
-            {
-                fill(buffer.AsSpan(checked((int)before), checked((int)e.ByteLength)));
-                stream.Position = before + e.ByteLength;
-            }
-            else
-            {
-                e.WriteBytes(stream);
-            }
-            if (stream.Position - before != e.ByteLength)
-            {
-                throw new InvalidOperationException($"tensor '{e.Name}' wrote {stream.Position - before} bytes, declared {e.ByteLength}");
-            }
-        }
     }
 
-    /// <summary>The file's bytes, in order, to <paramref name="stream"/> (which the caller owns).</summary>
-    public static void WriteTo(Stream stream, IReadOnlyList<Entry> entries, IReadOnlyDictionary<string, string>? metadata = null) =>
-        WriteTo(stream, entries, metadata, Header(entries, metadata));
+    private static void WriteEntry(Stream stream, Entry e)
+    {
+        long before = stream.Position;
+        e.WriteBytes(stream);
+        if (stream.Position - before != e.ByteLength)
+        {
+            throw new InvalidOperationException($"tensor '{e.Name}' wrote {stream.Position - before} bytes, declared {e.ByteLength}");
+        }
+    }
 
     private static int Padded(byte[] json) => (json.Length + 7) / 8 * 8; // the data section starts 8-byte aligned
 

@@ -79,20 +79,26 @@ internal sealed class FusedLayerOps(GraphContext x) : ILayerOps
             Attr.Int("chunk_size", schedule.ChunkSize),
             Attr.Int("max_inference_chunksize", schedule.SegmentLength),
             Attr.Float("eps", x.C.Eps));
-        string norm = $"{layer}/multihead_norm";
-        string b = normBias is null ? G.Filled(0f, x.C.VDim, x.T) : x.Weight(norm, "bias", normBias); // the op always takes a bias
+        var (w, b) = NormWeights(layer, normWeight, normBias);
         string y = G.Node($"{layer}/lanes/multihead_norm/{CustomOps.HeadNormGateLanes}", CustomOps.HeadNormGateLanes,
-            [c[0], c[4], qkvo.O, x.Weight(norm, "weight", normWeight), b], 1, CustomOps.Domain, Attr.Float("eps", x.C.NormEps))[0];
+            [c[0], c[4], qkvo.O, w, b], 1, CustomOps.Domain, Attr.Float("eps", x.C.NormEps))[0];
         return (y, [new CellState(c[1], c[2], c[3]), new CellState(c[5], c[6], c[7])]);
     }
 
     /// <summary>σ(o) ⊙ (LayerNorm per head over DV · w + b), read from the cell's [B,NH,S,DV] and written as [B·S, NH·DV].</summary>
     public string HeadNormGate(string layer, string h, string o, IWeightSource weight, IWeightSource? bias)
     {
-        string p = $"{layer}/multihead_norm";
-        string b = bias is null ? G.Filled(0f, x.C.VDim, x.T) : x.Weight(p, "bias", bias); // the op always takes a bias
-        return G.Node($"{p}/{CustomOps.HeadNormGate}", CustomOps.HeadNormGate, [h, o, x.Weight(p, "weight", weight), b], 1, CustomOps.Domain,
+        var (w, b) = NormWeights(layer, weight, bias);
+        return G.Node($"{layer}/multihead_norm/{CustomOps.HeadNormGate}", CustomOps.HeadNormGate, [h, o, w, b], 1, CustomOps.Domain,
             Attr.Float("eps", x.C.NormEps))[0];
+    }
+
+    /// <summary>The multi-head norm's weight and bias under <c>{layer}/multihead_norm</c> (zeros without a bias: the ops always take one).</summary>
+    private (string Weight, string Bias) NormWeights(string layer, IWeightSource weight, IWeightSource? bias)
+    {
+        string p = $"{layer}/multihead_norm";
+        string b = bias is null ? G.Filled(0f, x.C.VDim, x.T) : x.Weight(p, "bias", bias); // first: the graph keeps its initializers' order
+        return (x.Weight(p, "weight", weight), b);
     }
 
     /// <summary>silu(gate) ⊙ z in one kernel.</summary>

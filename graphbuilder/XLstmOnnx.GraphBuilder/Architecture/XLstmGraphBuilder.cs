@@ -245,7 +245,7 @@ public sealed class XLstmGraphBuilder
     /// </summary>
     private string MakeCell(int i, string p, string proj, string preact)
     {
-        var qkvo = G.Node($"{p}/qkvo_proj/Split", "Split", [proj, G.Constant(_c.QkDim, _c.QkDim, _c.VDim, _c.VDim)], 4, "", Attr.Int("axis", 1));
+        var qkvo = SplitQkvo(p, proj);
         string q = _x.Heads($"{p}/q_heads", qkvo[0], _c.QkHeadDim);                                        // [B,NH,S,DQK]
         string k = _x.Heads($"{p}/k_heads", qkvo[1], _c.QkHeadDim);
         string v = _x.Heads($"{p}/v_heads", qkvo[2], _c.VHeadDim);                                         // [B,NH,S,DV]
@@ -256,6 +256,10 @@ public sealed class XLstmGraphBuilder
         return _ops.HeadNormGate(p, h, o, _w[WeightRole.MultiheadNorm, i], _w.Optional(WeightRole.MultiheadNormBias, i));
     }
 
+    /// <summary>q, k [rows, NH·DQK], v, o [rows, NH·DV] = split(proj) along the features.</summary>
+    private string[] SplitQkvo(string p, string proj) =>
+        G.Node($"{p}/qkvo_proj/Split", "Split", [proj, G.Constant(_c.QkDim, _c.QkDim, _c.VDim, _c.VDim)], 4, "", Attr.Int("axis", 1));
+
     /// <summary>
     /// The mixed graph's cell of layer <paramref name="i"/>: the stream's projections split by kind (not by lane), each
     /// lane's mask and past state, and the lanes' gates, cells and gated output as the layer ops write them (on the fast
@@ -263,7 +267,7 @@ public sealed class XLstmGraphBuilder
     /// </summary>
     private string MakeLaneCells(int i, string p, string proj, string preact)
     {
-        var qkvo = G.Node($"{p}/qkvo_proj/Split", "Split", [proj, G.Constant(_c.QkDim, _c.QkDim, _c.VDim, _c.VDim)], 4, "", Attr.Int("axis", 1)); // [B + P·L, ·]
+        var qkvo = SplitQkvo(p, proj);                                                                    // [B + P·L, ·]
         var lanes = new LaneCell[_lanes!.Length];
         for (int l = 0; l < _lanes.Length; l++)
         {

@@ -28,25 +28,10 @@ public sealed class StateSnapshot
     /// <summary>Per row: a sampled token not yet fed to the state, or null.</summary>
     internal int[]?[] Pending { get; }
 
-    /// <summary>The state tensors as safetensors entries (<c>state.{layer}.{C,n,m}</c>, float32).</summary>
-    internal List<SafetensorsWriter.Entry> StateEntries()
-    {
-        var entries = new List<SafetensorsWriter.Entry>();
-        var layout = Manifest.State;
-        for (int l = 0; l < layout.Layers; l++)
-        {
-            foreach (var part in StateLayout.Parts)
-            {
-                entries.Add(SafetensorsWriter.F32(TensorName(l, part), layout.Shape(part, Batch), Tensors[layout.Index(l, part)]));
-            }
-        }
-        return entries;
-    }
-
     /// <summary>Writes the snapshot to <paramref name="path"/> (temporary file, then rename).</summary>
     public void Save(string path)
     {
-        var entries = StateEntries();
+        var entries = Tensors.Select((t, i) => SafetensorsWriter.F32(TensorName(i), TensorShape(Manifest, i, Batch), t)).ToList();
         long[] pending = Pending.Select(p => p is { Length: > 0 } ? (long)p[0] : -1L).ToArray();
         entries.Add(SafetensorsWriter.I64("pending", [Batch], pending));
         SafetensorsWriter.Write(path, entries, new Dictionary<string, string>
@@ -69,7 +54,7 @@ public sealed class StateSnapshot
         }
         int batch = (int)pendingSlice.Shape[0];
         var tensors = ReadStateTensors(f, path, manifest, batch);
-        if (pendingSlice.Dtype != SafetensorsDtype.I64 || pendingSlice.Shape.Length != 1)
+        if (pendingSlice.Dtype != SafetensorsDtype.I64)
         {
             throw new XLstmOnnxException($"{path}: tensor 'pending' is {pendingSlice.Dtype}{TensorSlice.FormatShape(pendingSlice.Shape)}; expected I64[{batch}].");
         }
@@ -142,7 +127,7 @@ public sealed class StateSnapshot
     }
 
     /// <summary>The file's name of state tensor <paramref name="index"/> (past_state order).</summary>
-    internal static string TensorName(ModelManifest manifest, int index) => TensorName(StateLayout.LayerOf(index), StateLayout.PartOf(index));
+    internal static string TensorName(int index) => TensorName(StateLayout.LayerOf(index), StateLayout.PartOf(index));
 
     /// <summary>The shape of state tensor <paramref name="index"/> for <paramref name="batch"/> rows.</summary>
     internal static long[] TensorShape(ModelManifest manifest, int index, int batch) => manifest.State.Shape(StateLayout.PartOf(index), batch);

@@ -46,12 +46,13 @@ public sealed class PrefixHandOff
     /// </summary>
     internal static PrefixHandOff Build(ModelManifest manifest, int[] tokens, Action<int, Span<float>> readState, float[] logits, long next)
     {
+        int count = manifest.State.TensorCount;
         var entries = new List<SafetensorsWriter.Entry>();
-        for (int i = 0; i < manifest.State.TensorCount; i++)
+        for (int i = 0; i < count; i++)
         {
             int index = i;
             long[] shape = StateSnapshot.TensorShape(manifest, i, 1);
-            entries.Add(SafetensorsWriter.Filled(StateSnapshot.TensorName(manifest, i), SafetensorsDtype.F32, shape,
+            entries.Add(SafetensorsWriter.Filled(StateSnapshot.TensorName(i), SafetensorsDtype.F32, shape,
                 shape.Aggregate(4L, (a, b) => a * b), bytes => readState(index, MemoryMarshal.Cast<byte, float>(bytes))));
         }
         entries.Add(SafetensorsWriter.I64("tokens", [tokens.Length], [.. tokens.Select(t => (long)t)]));
@@ -63,7 +64,10 @@ public sealed class PrefixHandOff
             ["format_version"] = FormatVersion.ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["signature"] = StateSnapshot.Signature(manifest),
         };
-        return FromBytes(SafetensorsWriter.ToBytes(entries, metadata), "the exported prefix state", manifest);
+        // this runs on the engine's loop: the file is not parsed back (its importer checks it)
+        byte[] bytes = SafetensorsWriter.ToBytes(entries, metadata, out long[] offsets);
+        var state = Enumerable.Range(0, count).Select(i => (checked((int)offsets[i]), checked((int)entries[i].ByteLength))).ToArray();
+        return new PrefixHandOff(manifest, bytes, state, tokens, logits, next);
     }
 
     /// <summary>
