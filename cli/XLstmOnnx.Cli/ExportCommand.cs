@@ -45,7 +45,7 @@ internal static class ExportCommand
         var allowNonFinite = new Option<bool>("--allow-non-finite") { Description = "Export weights that hold NaN or Inf (refused by default, naming the tensor and index)." };
         var linear = new Option<string?>("--linear-kernels")
         {
-            Description = "Projections: onnx (Gemm), custom (ai.xlstm::Linear: our kernel for decode steps of up to 16 rows, cuBLAS otherwise) "
+            Description = "Projections: onnx (Gemm), custom (ai.xlstm::Linear: our kernel for the decode steps where it beats cuBLAS, cuBLAS otherwise) "
                 + "or batch-invariant (every decode step on our kernels: a sequence's tokens do not depend on the batch; slower above 16 rows). "
                 + "Needs --mlstm-kernels custom. Default: onnx.",
         };

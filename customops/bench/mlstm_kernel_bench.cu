@@ -149,23 +149,28 @@ Row BenchChunkwise(cudaStream_t stream, Dtype dtype, CudaPath path, int64_t B, i
           Flops(B, S) / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, reps};
 }
 
-Row BenchStep(cudaStream_t stream, Dtype dtype, int64_t B, int reps) {
+/// The decode step; C and n stored as `state` (float32, or bfloat16 as with --state-dtype bf16).
+Row BenchStep(cudaStream_t stream, Dtype dtype, int64_t B, int reps, Dtype state = Dtype::kFloat32) {
   Buffers buf;
   const int64_t H = B * NH;
-  const size_t es = ElementSize(dtype);
-  const size_t state_bytes = H * DQK * DV * 4;
+  const size_t es = ElementSize(dtype), ss = ElementSize(state);
+  const size_t state_bytes = H * DQK * DV * ss;
   // rotate through enough state sets that they do not fit in the L2 (50 MiB): every step reads C from HBM
   const int sets = static_cast<int>(std::clamp<size_t>((256u << 20) / state_bytes + 1, 2, 64));
-  std::vector<float*> states, norms, stabs;
+  std::vector<void*> states, norms;
+  std::vector<float*> stabs;
   for (int s = 0; s < sets; ++s) {
-    states.push_back(static_cast<float*>(buf.Alloc(state_bytes)));
-    norms.push_back(static_cast<float*>(buf.Alloc(H * DQK * 4)));
+    states.push_back(buf.Alloc(state_bytes));
+    norms.push_back(buf.Alloc(H * DQK * ss));
     stabs.push_back(static_cast<float*>(buf.Alloc(H * 4)));
-    Fill<float>(states.back(), H * DQK * DV, 10 + s, 0.0f, 0.5f);
-    Fill<float>(norms.back(), H * DQK, 100 + s, 0.0f, 0.5f);
+    XLSTM_DTYPE_SWITCH(state, [&] {
+      Fill<T>(states.back(), H * DQK * DV, 10 + s, 0.0f, 0.5f);
+      Fill<T>(norms.back(), H * DQK, 100 + s, 0.0f, 0.5f);
+    });
     Fill<float>(stabs.back(), H, 200 + s, -1.0f, 1.0f);
   }
   MLstmParams p;
+  p.state_dtype = state;
   p.dtype = dtype, p.batch = B, p.heads = NH, p.seq = 1, p.dqk = DQK, p.dv = DV, p.chunk_size = L;
   p.max_inference_chunksize = 16384, p.eps = 1e-6f, p.qk_scale = QkScale(DQK);
   void* q = buf.Alloc(H * DQK * es);
@@ -184,8 +189,8 @@ Row BenchStep(cudaStream_t stream, Dtype dtype, int64_t B, int reps) {
     s.matC = states[(r + 1) % sets], s.vecN = norms[(r + 1) % sets], s.scaM = stabs[(r + 1) % sets];
     return LaunchMLstmStepFw(s, stream);
   });
-  const double bytes = double(H) * (2.0 * DQK * DV * 4 + 2.0 * DQK * 4 + 2.0 * 4 + (2.0 * DQK + 2.0 * DV) * es + 8.0);
-  return {"step", "ours_step", DtypeName(dtype), B, 1, ms, Flops(B, 1) / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, reps};
+  const double bytes = double(H) * (2.0 * DQK * DV * ss + 2.0 * DQK * ss + 2.0 * 4 + (2.0 * DQK + 2.0 * DV) * es + 8.0);
+  return {"step", state == Dtype::kFloat32 ? "ours_step" : "ours_step_bf16_state", DtypeName(dtype), B, 1, ms, Flops(B, 1) / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, reps};
 }
 
 /// Device inputs and outputs of one cell call at 7B heads (bfloat16 q, k, v; float32 state), `sets` state sets
@@ -286,6 +291,7 @@ int main(int argc, char** argv) {
     if (lanes) break;
     rows.push_back(BenchStep(stream, Dtype::kFloat32, B, 200));
     rows.push_back(BenchStep(stream, Dtype::kBFloat16, B, 200));
+    rows.push_back(BenchStep(stream, Dtype::kBFloat16, B, 200, Dtype::kBFloat16));
   }
 
   std::printf("{\n  \"device\": \"%s\",\n  \"sm\": \"%d%d\",\n  \"sms\": %d,\n  \"cuda_driver\": %d,\n  \"cuda_runtime\": %d,\n",

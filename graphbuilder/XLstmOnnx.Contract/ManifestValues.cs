@@ -32,8 +32,8 @@ public enum LinearKernels
     /// <summary>ONNX <c>Gemm</c> (cuBLAS on CUDA, MLAS on the CPU).</summary>
     [JsonStringEnumMemberName("onnx")] Onnx,
     /// <summary>
-    /// <c>ai.xlstm::Linear</c>: decode steps of up to 16 rows run our kernel (it streams the weights faster than cuBLAS
-    /// there), larger steps and prompts run cuBLAS. Needs <see cref="MLstmKernels.Custom"/>.
+    /// <c>ai.xlstm::Linear</c>: decode steps run our kernel where it streams the weights faster than cuBLAS (up to 4 rows,
+    /// and up to 16 rows for outputs of at most 4,096), other steps and prompts run cuBLAS. Needs <see cref="MLstmKernels.Custom"/>.
     /// </summary>
     [JsonStringEnumMemberName("custom")] Custom,
     /// <summary>

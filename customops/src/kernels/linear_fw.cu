@@ -522,9 +522,9 @@ std::string LaunchLinearDecode(const LinearParams& p, cudaStream_t stream) {
 }
 
 std::string RunLinearCuda(const LinearParams& p, cudaStream_t stream) {
-  // without batch_invariant our kernels run only where they beat cuBLAS: the tensor-core kernel up to 16 rows
+  // without batch_invariant our kernels run only where they beat cuBLAS (LinearOwnKernelWins: by rows and outputs)
   const bool own = p.decode && (p.batch_invariant ||
-                                (p.rows <= kLinearOwnRows && XLSTM_DTYPE_SWITCH(p.dtype, [&] { return MmaApplies<T>(p); })));
+                                (LinearOwnKernelWins(p.rows, p.out) && XLSTM_DTYPE_SWITCH(p.dtype, [&] { return MmaApplies<T>(p); })));
   if (own) return LaunchLinearDecode(p, stream);
   return XLSTM_DTYPE_SWITCH(p.dtype, [&] { return RunPrompt<T>(p, stream); });
 }

@@ -8,7 +8,8 @@
 // recomputed by every CTA of the head (DQK-long, negligible); the tile-0 CTA writes n' and m'.
 // C and n may be stored in bfloat16 (state_dtype): read into float32, updated in float32, h from the float32 C' and n',
 // then C' and n' rounded once on the way out (the CPU oracle converts, runs its float32 step and rounds: the same).
-// At batch 64 the step streams 64 × 32 × 8 MB of float32 C; bfloat16 halves it.
+// At batch 64 the step streams 64 × 32 × 8 MB of float32 C; bfloat16 halves it. A bfloat16 thread covers 8 columns
+// (16-byte accesses as the float32 thread's 4) and sums h's numerator in float (StateIo below).
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -41,40 +42,60 @@ cudaError_t CurrentDeviceSmCount(int* sm_count) {
   return cudaSuccess;
 }
 
-/// Four consecutive state values at a time (16 bytes of float32, 8 of bfloat16), streamed once (evict-first).
+/// A thread's CW consecutive state values of a row, 16 bytes either way (4 float32, 8 bfloat16), streamed once
+/// (evict-first). Acc is what the thread sums h's numerator in: double for a float32 state (float32 models within 1e-4
+/// of transformers), float for a bfloat16 one (its stored values carry 2^-9 already). So a bfloat16 thread has the
+/// float32 thread's registers, shared tile and bytes in flight. (Measured on the H200 at batch 64: 8-byte loads of 4
+/// columns streamed 2.23 TB/s against the float32 step's 3.89; 8 columns with double sums, 1.8.)
 template <typename S>
 struct StateIo;
 template <>
 struct StateIo<float> {
-  static __device__ __forceinline__ float4 Load4(const float* p) { return __ldcs(reinterpret_cast<const float4*>(p)); }
-  static __device__ __forceinline__ void Store4(float* p, float4 v) { __stcs(reinterpret_cast<float4*>(p), v); }
+  static constexpr int kWidth = 4;
+  using Acc = double;
+  static __device__ __forceinline__ void Load(const float* p, float (&out)[4]) {
+    const float4 v = __ldcs(reinterpret_cast<const float4*>(p));
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  }
+  static __device__ __forceinline__ void Store(float* p, const float (&in)[4]) {
+    __stcs(reinterpret_cast<float4*>(p), make_float4(in[0], in[1], in[2], in[3]));
+  }
 };
 template <>
 struct StateIo<__nv_bfloat16> {
-  static __device__ __forceinline__ float4 Load4(const __nv_bfloat16* p) {
-    const uint2 u = __ldcs(reinterpret_cast<const uint2*>(p));
-    __nv_bfloat162 a, b;
-    memcpy(&a, &u.x, 4);
-    memcpy(&b, &u.y, 4);
-    const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
-    return make_float4(fa.x, fa.y, fb.x, fb.y);
+  static constexpr int kWidth = 8;
+  using Acc = float;
+  static __device__ __forceinline__ void Load(const __nv_bfloat16* p, float (&out)[8]) {
+    const uint4 u = __ldcs(reinterpret_cast<const uint4*>(p));
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      __nv_bfloat162 pair;
+      memcpy(&pair, &w[i], 4);
+      const float2 f = __bfloat1622float2(pair);
+      out[2 * i] = f.x, out[2 * i + 1] = f.y;
+    }
   }
-  static __device__ __forceinline__ void Store4(__nv_bfloat16* p, float4 v) {
-    const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
-    uint2 u;
-    memcpy(&u.x, &a, 4);
-    memcpy(&u.y, &b, 4);
-    __stcs(reinterpret_cast<uint2*>(p), u);
+  static __device__ __forceinline__ void Store(__nv_bfloat16* p, const float (&in)[8]) {
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
+      memcpy(&w[i], &pair, 4);
+    }
+    __stcs(reinterpret_cast<uint4*>(p), make_uint4(w[0], w[1], w[2], w[3]));
   }
 };
 
 template <typename T, typename S, int DVT>
 __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParams p, int num_tiles) {
-  constexpr int TX = DVT / 4;               // column groups of 4 floats
+  using Acc = typename StateIo<S>::Acc;
+  constexpr int CW = StateIo<S>::kWidth;    // columns a thread: 16 bytes of C a row
+  constexpr int TX = DVT / CW;              // column groups
   constexpr int TY = kStepThreads / TX;     // rows of C handled in parallel
   constexpr int U = 4;                      // rows in flight per thread
   extern __shared__ float smem_step[];      // vecQ_scaled [DQK], vecK [DQK]
-  __shared__ double partial[TY][DVT];
+  __shared__ Acc partial[TY][DVT];
   __shared__ double qn_warp[kStepThreads / 32];
 
   const int64_t DK = p.dqk, DV = p.dv;
@@ -112,30 +133,32 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
 #pragma unroll
   for (int w = 0; w < kStepThreads / 32; ++w) qn_all += qn_warp[w];
 
-  const int64_t col0 = static_cast<int64_t>(tile) * DVT + tx * 4;
-  float vv[4];
+  const int64_t col0 = static_cast<int64_t>(tile) * DVT + tx * CW;
+  float vv[CW];
 #pragma unroll
-  for (int c = 0; c < 4; ++c) vv[c] = col0 + c < DV ? ToF(v[col0 + c]) : 0.0f;
-  const bool vec4 = (DV % 4 == 0) && (col0 + 4 <= DV);
+  for (int c = 0; c < CW; ++c) vv[c] = col0 + c < DV ? ToF(v[col0 + c]) : 0.0f;
+  const bool vec = (DV % CW == 0) && (col0 + CW <= DV);
   const S* matC0 = static_cast<const S*>(p.matC0) + bh * DK * DV;
   S* matC1 = static_cast<S*>(p.matC) + bh * DK * DV;
 
-  double acc[4] = {0.0, 0.0, 0.0, 0.0};
+  Acc acc[CW];
+#pragma unroll
+  for (int c = 0; c < CW; ++c) acc[c] = 0;
   for (int64_t d0 = ty; d0 < DK; d0 += static_cast<int64_t>(TY) * U) {
-    float4 c[U];
+    float cu[U][CW];
 #pragma unroll
     for (int u = 0; u < U; ++u) {  // issue all U loads before using any
       const int64_t d = d0 + static_cast<int64_t>(u) * TY;
-      c[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int c = 0; c < CW; ++c) cu[u][c] = 0.0f;
       if (d < DK) {
         const S* src = matC0 + d * DV + col0;
-        if (vec4) {
-          c[u] = StateIo<S>::Load4(src);  // streamed once: evict-first
+        if (vec) {
+          StateIo<S>::Load(src, cu[u]);
         } else {
-          if (col0 + 0 < DV) c[u].x = ToF(src[0]);
-          if (col0 + 1 < DV) c[u].y = ToF(src[1]);
-          if (col0 + 2 < DV) c[u].z = ToF(src[2]);
-          if (col0 + 3 < DV) c[u].w = ToF(src[3]);
+#pragma unroll
+          for (int c = 0; c < CW; ++c)
+            if (col0 + c < DV) cu[u][c] = ToF(src[c]);
         }
       }
     }
@@ -144,29 +167,25 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
       const int64_t d = d0 + static_cast<int64_t>(u) * TY;
       if (d < DK) {
         const float kd = vecK[d], qs = vecQs[d];
-        float4 o;
-        o.x = scaF_act * c[u].x + scaI_act * (kd * vv[0]);
-        o.y = scaF_act * c[u].y + scaI_act * (kd * vv[1]);
-        o.z = scaF_act * c[u].z + scaI_act * (kd * vv[2]);
-        o.w = scaF_act * c[u].w + scaI_act * (kd * vv[3]);
-        acc[0] += static_cast<double>(qs) * o.x;
-        acc[1] += static_cast<double>(qs) * o.y;
-        acc[2] += static_cast<double>(qs) * o.z;
-        acc[3] += static_cast<double>(qs) * o.w;
+        float o[CW];
+#pragma unroll
+        for (int c = 0; c < CW; ++c) {
+          o[c] = scaF_act * cu[u][c] + scaI_act * (kd * vv[c]);
+          acc[c] += static_cast<Acc>(qs) * o[c];
+        }
         S* dst = matC1 + d * DV + col0;
-        if (vec4) {
-          StateIo<S>::Store4(dst, o);
+        if (vec) {
+          StateIo<S>::Store(dst, o);
         } else {
-          if (col0 + 0 < DV) dst[0] = FromF<S>(o.x);
-          if (col0 + 1 < DV) dst[1] = FromF<S>(o.y);
-          if (col0 + 2 < DV) dst[2] = FromF<S>(o.z);
-          if (col0 + 3 < DV) dst[3] = FromF<S>(o.w);
+#pragma unroll
+          for (int c = 0; c < CW; ++c)
+            if (col0 + c < DV) dst[c] = FromF<S>(o[c]);
         }
       }
     }
   }
 #pragma unroll
-  for (int c = 0; c < 4; ++c) partial[ty][tx * 4 + c] = acc[c];
+  for (int c = 0; c < CW; ++c) partial[ty][tx * CW + c] = acc[c];
   __syncthreads();
   if (tid < DVT) {
     const int64_t col = static_cast<int64_t>(tile) * DVT + tid;

@@ -3,7 +3,7 @@
 //   ai.xlstm::Linear(x T [M, K], weight T [N, K], input_ids int64 [B, S], bias T [N] optional) -> y T [M, N]
 //     M = B·S. input_ids is read for its shape only: S = 1 is a decode step.
 //     attribute batch_invariant (int, required): 1 runs every decode step on our batch-invariant kernels (CUDA);
-//     0 only steps of up to 16 rows, and cuBLAS above.
+//     0 only the decode shapes where our kernel beats cuBLAS (kernels/linear_params.h, LinearOwnKernelWins), cuBLAS elsewhere.
 //   T: float, float16 or bfloat16.
 // Shapes are checked here (errors name the op, the input, the expected and the actual shape).
 #pragma once
