@@ -47,7 +47,7 @@ internal static class ExportCommand
         {
             Description = "Projections: onnx (Gemm), custom (ai.xlstm::Linear: our kernel for the decode steps where it beats cuBLAS, cuBLAS otherwise) "
                 + "or batch-invariant (every decode step on our kernels: a sequence's tokens do not depend on the batch; slower above 16 rows). "
-                + "Needs --mlstm-kernels custom. Default: onnx.",
+                + "Needs --mlstm-kernels custom. Default: custom for fp16 and bf16 exports with --mlstm-kernels custom and no --quantize, else onnx.",
         };
         linear.AcceptOnlyFromAmong("onnx", "custom", "batch-invariant");
         var cmd = new Command("export", "Export an HF xLSTM checkpoint (or random weights for a config) to ONNX.")

@@ -96,11 +96,16 @@ public class CustomOpTests
     }
 
     [Test]
-    public void LinearKernelsDefaultToGemmAndNeedTheCustomCell()
+    public void LinearKernelsDefaultToOursForHalfPrecisionCustomExportsAndNeedTheCustomCell()
     {
         Assert.Multiple(() =>
         {
-            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16 }.Linear, Is.EqualTo(LinearKernels.Onnx));
+            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16 }.Linear, Is.EqualTo(LinearKernels.Custom));
+            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Fp16 }.Linear, Is.EqualTo(LinearKernels.Custom));
+            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Fp32 }.Linear, Is.EqualTo(LinearKernels.Onnx), "float32: Gemm");
+            Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16, QuantizeBits = 4 }.Linear, Is.EqualTo(LinearKernels.Onnx),
+                "int4: MatMulNBits and Gemm");
+            Assert.That(new ExportOptions { Dtype = WeightDtype.Bf16 }.Linear, Is.EqualTo(LinearKernels.Onnx), "the standard-op cell: Gemm");
             Assert.That(new ExportOptions().Linear, Is.EqualTo(LinearKernels.Onnx));
             Assert.That(new ExportOptions { MLstmKernels = MLstmKernels.Custom, Dtype = WeightDtype.Bf16, LinearKernels = LinearKernels.BatchInvariant }.Linear,
                 Is.EqualTo(LinearKernels.BatchInvariant));

@@ -10,14 +10,16 @@
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh hf        # transformers native, same config, same GPU
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh fidelity  # bf16 at 7B width vs transformers' bf16 (item 5)
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh int4      # --quantize int4: decode B1, B16, prefill
+#   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh best      # --linear-kernels custom --state-dtype bf16
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh kernels   # the cell kernels and the projections alone
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh tests     # the NUnit CUDA tests, one process each
+#   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh final     # second lease: kernels again, ours with float32 and bf16 state
 #
 # Every model is xLSTM-7b's preset with random bf16 weights, custom cell ops, last logits only, device argmax
 # (`export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token`),
 # run with CUDA graphs. Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, bench, profile, variants, hf, fidelity, int4, kernels or tests}
+stage=${1:?stage: build, bench, profile, variants, hf, fidelity, int4, best, kernels, tests or final}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -38,6 +40,15 @@ bench() { # bench LABEL MODEL BATCHES PROMPT NEW: `bench` with CUDA graphs, medi
   local label=$1 model=$2 batches=$3 prompt=$4 new=$5
   "$CLI" bench --model "$model" --device cuda --cuda-graph --batch "$batches" --prompt-tokens "$prompt" --new-tokens "$new" --reps 3 --out "$R/$label.json" > "$R/$label.log" 2>&1
   say "bench $label rc=$?"; grep -A20 -E '^batch' "$R/$label.log" | tee -a "$R/summary.txt"
+}
+cuda_tests() { # cuda_tests PATTERN: the NUnit CudaTests methods whose names match PATTERN, one process each
+  local app=$PWD/.gpu-app
+  rm -rf "$app"; cp -a /tmp/xlstm/.gpu/app "$app"; cp /tmp/cb/libxlstm_customops.so "$app/"
+  for t in $(grep -oE '^    public void [A-Za-z0-9_]+' tests/XLstmOnnx.Tests/CudaTests.cs | awk '{print $3}' | grep -v RequireCuda | grep -E "$1"); do
+    (( $(date +%s) - t0 > ${TESTS_SECONDS:-540} )) && { say "out of time: CudaTests.$t and the ones after it not run"; break; }
+    timeout 100 "$app/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
+    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
+  done
 }
 trace() { # trace LABEL MODEL BENCH-ARGS...: CUPTI kernel time by kernel (tools/profile/kernel_trace.cc) of one bench run
   local label=$1 model=$2; shift 2
@@ -93,6 +104,12 @@ int4)
   trace decode-b16-int4 /tmp/m7b-v --cuda-graph --batch 16 --prompt-tokens 16 --new-tokens 129
   rm -rf /tmp/m7b-v
   ;;
+best)
+  export_7b /tmp/m7b-v 7b-custom-bf16-state --linear-kernels custom --state-dtype bf16
+  bench custom-bf16-state /tmp/m7b-v 1,16,64,128 2048 256
+  trace decode-b16-custom-bf16-state /tmp/m7b-v --cuda-graph --batch 16 --prompt-tokens 16 --new-tokens 129
+  rm -rf /tmp/m7b-v
+  ;;
 kernels)
   OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh > "$R/kernels.log" 2>&1
   say "kernel tests + benchmark rc=$?"; tail -3 "$R/kernels.log" | tee -a "$R/summary.txt"
@@ -100,13 +117,21 @@ kernels)
   say "linear bench rc=$?"; grep -E "^step" "$R/linear-bench.log" | tee -a "$R/summary.txt"
   ;;
 tests)
-  APP=$PWD/.gpu-app
-  rm -rf "$APP"; cp -a /tmp/xlstm/.gpu/app "$APP"; cp /tmp/cb/libxlstm_customops.so "$APP/"
-  for t in $(grep -oE '^    public void [A-Za-z0-9_]+' tests/XLstmOnnx.Tests/CudaTests.cs | awk '{print $3}' | grep -v RequireCuda); do
-    (( $(date +%s) - t0 > 540 )) && { say "out of time: CudaTests.$t and the ones after it not run"; break; }
-    timeout 100 "$APP/XLstmOnnx.Tests" --filter "FullyQualifiedName~CudaTests.$t" > "$R/nunit-$t.log" 2>&1
-    say "NUnit $t rc=$? $(grep -E '^  (total|failed|succeeded|skipped):' "$R/nunit-$t.log" | tr -s ' \n' ' ')"
+  cuda_tests "${TESTS_MATCH:-.}"
+  ;;
+final)
+  # the second lease: the step kernel after the change (4 blocks an SM; bf16 state in 128-column tiles) on a fresh
+  # machine: customops, CTest and the kernel bench; the 7B export with our projections, float32 and bf16 state; the
+  # NUnit CUDA tests of the bf16 state
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh > "$R/kernels.log" 2>&1
+  say "customops build, CTest, kernel bench rc=$?: $(grep -h -E 'cases, ' "$R/cuda_tests.log" | tr '\n' ' ')"
+  cuda_tests Bf16State
+  for st in float32 bf16; do
+    export_7b /tmp/m7b-v 7b-custom-$st --linear-kernels custom --state-dtype $st
+    bench custom-$st /tmp/m7b-v 1,16,64,128 2048 256
   done
+  rm -rf /tmp/m7b-v
   ;;
 *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/mlstm_cuda_common.cuh"
 #include "kernels/mlstm_fw.cuh"
@@ -21,6 +22,9 @@ namespace xlstm {
 namespace {
 
 constexpr int kStepThreads = 256;
+/// Blocks an SM must hold (at most 64 registers a thread): 4 blocks' loads in flight stream the state at full bandwidth.
+/// The float32 state fits anyway; the bfloat16 state's widening took 77 registers, so 3 blocks (StateIo below).
+constexpr int kStepMinBlocks = 4;
 
 /// The current device's number of streaming multiprocessors, asked once per device and then cached, so a warm
 /// launch (as under CUDA-graph capture) makes no attribute query; cudaGetDevice only reads the thread's current
@@ -44,17 +48,20 @@ cudaError_t CurrentDeviceSmCount(int* sm_count) {
 
 /// A thread's CW consecutive state values of a row, 16 bytes either way (4 float32, 8 bfloat16), streamed once
 /// (evict-first). Acc is what the thread sums h's numerator in: double for a float32 state (float32 models within 1e-4
-/// of transformers), float for a bfloat16 one (its stored values carry 2^-9 already). So a bfloat16 thread has the
-/// float32 thread's registers, shared tile and bytes in flight. (Measured on the H200 at batch 64: 8-byte loads of 4
-/// columns streamed 2.23 TB/s against the float32 step's 3.89; 8 columns with double sums, 1.8.)
+/// of transformers), float for a bfloat16 one (its stored values carry 2^-9 already). A row's 16 bytes stay one raw
+/// word (Raw) while the U rows' loads are in flight and are widened to float only when used, so a bfloat16 thread keeps
+/// about the float32 thread's registers (and blocks an SM, hence bytes in flight). Measured on the H200 at batch 64
+/// (tools/bench/results/roofline-h200-2026-11-30): 8-byte loads of 4 columns streamed 2.23 TB/s against the float32
+/// step's 3.90; 16-byte loads of 8 columns widened on load (77 registers, 3 blocks an SM) 2.47, with 128-column tiles 2.70.
 template <typename S>
 struct StateIo;
 template <>
 struct StateIo<float> {
   static constexpr int kWidth = 4;
   using Acc = double;
-  static __device__ __forceinline__ void Load(const float* p, float (&out)[4]) {
-    const float4 v = __ldcs(reinterpret_cast<const float4*>(p));
+  using Raw = float4;
+  static __device__ __forceinline__ Raw LoadRaw(const float* p) { return __ldcs(reinterpret_cast<const float4*>(p)); }
+  static __device__ __forceinline__ void Widen(const Raw& v, float (&out)[4]) {
     out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
   }
   static __device__ __forceinline__ void Store(float* p, const float (&in)[4]) {
@@ -65,8 +72,9 @@ template <>
 struct StateIo<__nv_bfloat16> {
   static constexpr int kWidth = 8;
   using Acc = float;
-  static __device__ __forceinline__ void Load(const __nv_bfloat16* p, float (&out)[8]) {
-    const uint4 u = __ldcs(reinterpret_cast<const uint4*>(p));
+  using Raw = uint4;
+  static __device__ __forceinline__ Raw LoadRaw(const __nv_bfloat16* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
+  static __device__ __forceinline__ void Widen(const Raw& u, float (&out)[8]) {
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -88,7 +96,7 @@ struct StateIo<__nv_bfloat16> {
 };
 
 template <typename T, typename S, int DVT>
-__global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParams p, int num_tiles) {
+__global__ void __launch_bounds__(kStepThreads, kStepMinBlocks) MLstmStepKernel(const MLstmParams p, int num_tiles) {
   using Acc = typename StateIo<S>::Acc;
   constexpr int CW = StateIo<S>::kWidth;    // columns a thread: 16 bytes of C a row
   constexpr int TX = DVT / CW;              // column groups
@@ -145,32 +153,30 @@ __global__ void __launch_bounds__(kStepThreads) MLstmStepKernel(const MLstmParam
 #pragma unroll
   for (int c = 0; c < CW; ++c) acc[c] = 0;
   for (int64_t d0 = ty; d0 < DK; d0 += static_cast<int64_t>(TY) * U) {
-    float cu[U][CW];
+    typename StateIo<S>::Raw raw[U];  // the U rows' loads, all issued before any is used
 #pragma unroll
-    for (int u = 0; u < U; ++u) {  // issue all U loads before using any
+    for (int u = 0; u < U; ++u) {
       const int64_t d = d0 + static_cast<int64_t>(u) * TY;
-#pragma unroll
-      for (int c = 0; c < CW; ++c) cu[u][c] = 0.0f;
-      if (d < DK) {
-        const S* src = matC0 + d * DV + col0;
-        if (vec) {
-          StateIo<S>::Load(src, cu[u]);
-        } else {
-#pragma unroll
-          for (int c = 0; c < CW; ++c)
-            if (col0 + c < DV) cu[u][c] = ToF(src[c]);
-        }
-      }
+      raw[u] = {};
+      if (d < DK && vec) raw[u] = StateIo<S>::LoadRaw(matC0 + d * DV + col0);
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t d = d0 + static_cast<int64_t>(u) * TY;
       if (d < DK) {
+        float cu[CW];
+        if (vec) {
+          StateIo<S>::Widen(raw[u], cu);
+        } else {  // a tile's last columns past DV, or DV not a multiple of CW
+          const S* src = matC0 + d * DV + col0;
+#pragma unroll
+          for (int c = 0; c < CW; ++c) cu[c] = col0 + c < DV ? ToF(src[c]) : 0.0f;
+        }
         const float kd = vecK[d], qs = vecQs[d];
         float o[CW];
 #pragma unroll
         for (int c = 0; c < CW; ++c) {
-          o[c] = scaF_act * cu[u][c] + scaI_act * (kd * vv[c]);
+          o[c] = scaF_act * cu[c] + scaI_act * (kd * vv[c]);
           acc[c] += static_cast<Acc>(qs) * o[c];
         }
         S* dst = matC1 + d * DV + col0;
@@ -215,6 +221,9 @@ cudaError_t LaunchStep(const MLstmParams& p, cudaStream_t stream) {
 
 template <typename T, typename S>
 cudaError_t LaunchStepTiles(const MLstmParams& p, cudaStream_t stream, bool wide) {
+  // a bfloat16 thread covers twice the columns of a float32 one: twice the tile width gives its CTA the float32 CTA's
+  // rows a thread, bytes in flight and work per fixed cost (q, k, n to shared memory, the q·n and h reductions)
+  if constexpr (std::is_same_v<S, __nv_bfloat16>) return wide ? LaunchStep<T, S, 128>(p, stream) : LaunchStep<T, S, 32>(p, stream);
   return wide ? LaunchStep<T, S, 64>(p, stream) : LaunchStep<T, S, 16>(p, stream);
 }
 

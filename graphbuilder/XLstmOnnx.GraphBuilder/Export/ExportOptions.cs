@@ -61,11 +61,19 @@ public sealed record ExportOptions
     public static readonly IReadOnlyList<int> QuantizeBlockSizes = [16, 32, 64, 128, 256];
 
     /// <summary>
-    /// The projections' op; null is <see cref="LinearKernels.Onnx"/>. On the H200 at xLSTM-7b, <see cref="LinearKernels.Custom"/>
-    /// decoded 4% slower at batch 1 and 1% at 8–64, and <see cref="LinearKernels.BatchInvariant"/> 12% slower at 32 and 24% at 64
-    /// (tools/serve/results/run4): the batch-invariant mode is for those who need a sequence's tokens not to depend on its batch.
+    /// The projections' op; null is <see cref="DefaultLinear"/>. <see cref="LinearKernels.BatchInvariant"/> decodes 12% slower
+    /// at batch 32 and 24% at 64 (tools/serve/results/run4): it is for those who need a sequence's tokens not to depend on its batch.
     /// </summary>
     public LinearKernels? LinearKernels { get; init; }
+
+    /// <summary>
+    /// The projections' op when none is asked for: <see cref="LinearKernels.Custom"/> for a float16 or bfloat16 export with the
+    /// custom cell and no quantization, <see cref="LinearKernels.Onnx"/> (Gemm) otherwise. On the H200 at xLSTM-7b the custom
+    /// export decodes 2.5% faster than Gemm at batch 1 and 3.1% at 16 and the same above (our kernel streams the weights faster
+    /// where cuBLAS splits K or leaves SMs idle; tools/bench/results/roofline-h200-2026-11-30).
+    /// </summary>
+    public LinearKernels DefaultLinear =>
+        MLstmKernels == MLstmKernels.Custom && Dtype != WeightDtype.Fp32 && QuantizeBits is null ? Contract.LinearKernels.Custom : Contract.LinearKernels.Onnx;
 
     /// <summary>
     /// The stored type of the state's C and n (graph inputs and outputs, pools, caches); m stays float32 and the cell
@@ -82,7 +90,7 @@ public sealed record ExportOptions
     public bool MixedGraph { get; init; }
 
     /// <summary>What <see cref="LinearKernels"/> resolves to for these options.</summary>
-    public LinearKernels Linear => LinearKernels ?? Contract.LinearKernels.Onnx;
+    public LinearKernels Linear => LinearKernels ?? DefaultLinear;
 
     /// <summary>The ai.onnx opset we emit (23: RMSNormalization). ONNX Runtime 1.31 loads up to 26.</summary>
     public const int Opset = 23;
