@@ -31,6 +31,7 @@ public class GraphSignatureTests
         ("custom fp16", new ExportOptions { Dtype = WeightDtype.Fp16, MLstmKernels = MLstmKernels.Custom }),
         ("onnx bf16", new ExportOptions { Dtype = WeightDtype.Bf16 }),
         ("custom bf16", new ExportOptions { Dtype = WeightDtype.Bf16, MLstmKernels = MLstmKernels.Custom }),
+        ("custom bf16 gemm", new ExportOptions { Dtype = WeightDtype.Bf16, MLstmKernels = MLstmKernels.Custom, LinearKernels = LinearKernels.Onnx }),
         ("onnx last next hidden", new ExportOptions { LastLogitsOnly = true, NextToken = true, HiddenStates = true }),
         ("custom last next hidden", new ExportOptions { LastLogitsOnly = true, NextToken = true, HiddenStates = true, MLstmKernels = MLstmKernels.Custom }),
         ("onnx embeds no-mask", new ExportOptions { InputsEmbeds = true, AttentionMask = false }),
