@@ -117,13 +117,15 @@ double TimeGraph(cudaStream_t stream, int reps, Launch launch) {
   return ms / reps;
 }
 
-Row BenchChunkwise(cudaStream_t stream, Dtype dtype, CudaPath path, int64_t B, int64_t S, int reps) {
+/// seq_parallel: MLstmParams::seq_parallel (0 the launcher's choice: sequence segments at small B·NH; 1 one pass).
+Row BenchChunkwise(cudaStream_t stream, Dtype dtype, CudaPath path, int64_t B, int64_t S, int reps, int seq_parallel = 0) {
   Buffers buf;
   const int64_t H = B * NH;
   const size_t es = ElementSize(dtype);
   MLstmParams p;
   p.dtype = dtype, p.batch = B, p.heads = NH, p.seq = S, p.dqk = DQK, p.dv = DV, p.chunk_size = L;
   p.max_inference_chunksize = 16384, p.eps = 1e-6f, p.qk_scale = QkScale(DQK), p.cuda_path = path;
+  p.seq_parallel = seq_parallel;
   void* q = buf.Alloc(H * S * DQK * es);
   void* k = buf.Alloc(H * S * DQK * es);
   void* v = buf.Alloc(H * S * DV * es);
@@ -145,7 +147,9 @@ Row BenchChunkwise(cudaStream_t stream, Dtype dtype, CudaPath path, int64_t B, i
   CHECK_CUDA(cudaDeviceSynchronize());
   const double ms = TimeGraph(stream, reps, [&](int) { return LaunchMLstmChunkwiseFw(p, stream); });
   const double bytes = double(H) * (S * (2.0 * DQK + 2.0 * DV) * es + S * 8.0 + 2.0 * (DQK * DV + DQK + 1) * 4.0);
-  return {"chunkwise", std::string("ours_") + MLstmChunkwiseKernelName(p), DtypeName(dtype), B, S, ms,
+  const int segments = p.cuda_path == CudaPath::kSimt ? 1 : MLstmSequenceParallelSegments(p);
+  const std::string impl = std::string("ours_") + MLstmChunkwiseKernelName(p) + (segments > 1 ? "_segments" + std::to_string(segments) : "");
+  return {"chunkwise", impl, DtypeName(dtype), B, S, ms,
           Flops(B, S) / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, reps};
 }
 
@@ -282,6 +286,8 @@ int main(int argc, char** argv) {
       if (lanes) break;
       const int reps = S * B >= 65536 ? 5 : 20;
       rows.push_back(BenchChunkwise(stream, Dtype::kBFloat16, CudaPath::kTensorCore, B, S, reps));
+      if (B == 1)  // the one-pass kernel beside the launcher's choice (segments at batch 1)
+        rows.push_back(BenchChunkwise(stream, Dtype::kBFloat16, CudaPath::kTensorCore, B, S, reps, 1));
       rows.push_back(BenchChunkwise(stream, Dtype::kFloat16, CudaPath::kTensorCore, B, S, reps));
       rows.push_back(BenchChunkwise(stream, Dtype::kFloat32, CudaPath::kSimt, B, S, std::max(2, reps / 4)));
       std::fprintf(stderr, "chunkwise B%lld S%lld done\n", static_cast<long long>(B), static_cast<long long>(S));

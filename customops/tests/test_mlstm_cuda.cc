@@ -51,7 +51,7 @@ class DeviceBuffer {
 };
 
 template <typename H>
-Result RunCudaTyped(const Problem& p, Dtype dtype, CudaPath path, bool step_op) {
+Result RunCudaTyped(const Problem& p, Dtype dtype, CudaPath path, bool step_op, int seq_parallel) {
   std::unique_ptr<DeviceBuffer> q(DeviceBuffer::From(Encode<H>(p.q))), k(DeviceBuffer::From(Encode<H>(p.k))),
       v(DeviceBuffer::From(Encode<H>(p.v))), i(DeviceBuffer::From(p.i)), f(DeviceBuffer::From(p.f)),
       c0(DeviceBuffer::From(p.c0)), n0(DeviceBuffer::From(p.n0)), m0(DeviceBuffer::From(p.m0));
@@ -59,6 +59,7 @@ Result RunCudaTyped(const Problem& p, Dtype dtype, CudaPath path, bool step_op) 
   DeviceBuffer h(nh * sizeof(H)), c(p.c0.size() * 4), n(p.n0.size() * 4), m(p.m0.size() * 4);
   MLstmParams prm = ParamsFor(p, dtype);
   prm.cuda_path = path;
+  prm.seq_parallel = seq_parallel;
   prm.matQ = q->As<void>(), prm.matK = k->As<void>(), prm.matV = v->As<void>();
   prm.vecI = i->As<float>(), prm.vecF = f->As<float>();
   prm.matC0 = c0->As<float>(), prm.vecN0 = n0->As<float>(), prm.scaM0 = m0->As<float>();
@@ -75,11 +76,11 @@ Result RunCudaTyped(const Problem& p, Dtype dtype, CudaPath path, bool step_op) 
   return r;
 }
 
-Result RunCuda(const Problem& p, Dtype dtype, CudaPath path, bool step_op) {
+Result RunCuda(const Problem& p, Dtype dtype, CudaPath path, bool step_op, int seq_parallel = 0) {
   switch (dtype) {
-    case Dtype::kFloat16: return RunCudaTyped<Fp16>(p, dtype, path, step_op);
-    case Dtype::kBFloat16: return RunCudaTyped<Bf16>(p, dtype, path, step_op);
-    default: return RunCudaTyped<float>(p, dtype, path, step_op);
+    case Dtype::kFloat16: return RunCudaTyped<Fp16>(p, dtype, path, step_op, seq_parallel);
+    case Dtype::kBFloat16: return RunCudaTyped<Bf16>(p, dtype, path, step_op, seq_parallel);
+    default: return RunCudaTyped<float>(p, dtype, path, step_op, seq_parallel);
   }
 }
 
@@ -89,6 +90,7 @@ struct Case {
   Dtype dtype;
   CudaPath path;
   bool step_op = false;
+  int seq_parallel = 0;  // MLstmParams::seq_parallel: 0 the launcher's choice, 1 one pass, P ≥ 2 P segments
 };
 
 int failures = 0;
@@ -97,8 +99,10 @@ void Run(const Case& cs) {
   const Problem p = RoundedTo(cs.p, cs.dtype);  // both sides see exactly the stored values
   MLstmParams prm = ParamsFor(p, cs.dtype);
   prm.cuda_path = cs.path;
-  const std::string kernel = cs.step_op ? "step" : MLstmChunkwiseKernelName(prm);
-  const Result gpu = RunCuda(p, cs.dtype, cs.path, cs.step_op);
+  prm.seq_parallel = cs.seq_parallel;
+  std::string kernel = cs.step_op ? "step" : MLstmChunkwiseKernelName(prm);
+  const int segments = kernel == "tensor_core" ? MLstmSequenceParallelSegments(prm) : 1;
+  const Result gpu = RunCuda(p, cs.dtype, cs.path, cs.step_op, cs.seq_parallel);
   const Result cpu = RunCpu(p, cs.dtype, ThreadedFor());
   const Error eh = Compare(gpu.h, cpu.h), ec = Compare(gpu.c, cpu.c), en = Compare(gpu.n, cpu.n), em = Compare(gpu.m, cpu.m);
   const bool half = cs.dtype != Dtype::kFloat32, f16 = cs.dtype == Dtype::kFloat16;
@@ -112,7 +116,8 @@ void Run(const Case& cs) {
     ok = ok && eh.scaled_max <= 5e-5 && ec.scaled_max <= 5e-5 && en.scaled_max <= 5e-5 && em.scaled_max <= 5e-5;
   }
   std::printf("%-4s %-34s %-9s %-12s B%-3lld NH%-2lld S%-5lld DQK%-4lld DV%-4lld L%-4lld | h max %.2e l2 %.2e | C max %.2e l2 %.2e | n %.2e | m %.2e\n",
-              ok ? "PASS" : "FAIL", cs.name.c_str(), DtypeName(cs.dtype), kernel.c_str(), static_cast<long long>(p.B),
+              ok ? "PASS" : "FAIL", cs.name.c_str(), DtypeName(cs.dtype),
+              (segments > 1 ? kernel + " P" + std::to_string(segments) : kernel).c_str(), static_cast<long long>(p.B),
               static_cast<long long>(p.NH), static_cast<long long>(p.S), static_cast<long long>(p.DK),
               static_cast<long long>(p.DV), static_cast<long long>(p.L), eh.scaled_max, eh.rel_l2, ec.scaled_max, ec.rel_l2,
               en.scaled_max, em.scaled_max);
@@ -332,6 +337,17 @@ int main() {
   // a recurrent tail of 63 tokens after a chunk, and a prompt shorter than a chunk (all recurrent): the run of
   // one-token pieces the tensor-core kernel steps through in registers
   cases.push_back({"7b dims S 127 (tail 63)", MakeProblem(1, 8, 127, 256, 512, 64, 33u), BF16, TC});
+  // sequence-parallel prompts (mlstm_chunkwise_tc_fw.cu): segments from the empty state, their start states combined,
+  // then every segment from its start; from a random state and from HF's zero start (m = 0), chunk 64 and 128
+  for (int P : {2, 4}) {
+    cases.push_back({"7b dims S 1024 segments", MakeProblem(1, 2, 1024, 256, 512, 64, 36u), BF16, TC, false, P});
+    cases.push_back({"7b dims S 1024 segments", MakeProblem(1, 2, 1024, 256, 512, 64, 36u), F16, TC, false, P});
+  }
+  cases.push_back({"7b dims S 512 segments, zero state", MakeProblem(1, 8, 512, 256, 512, 64, 37u, false), BF16, TC, false, 2});
+  cases.push_back({"7b dims S 1024 segments, chunk 128", MakeProblem(1, 2, 1024, 256, 512, 128, 38u), BF16, TC, false, 2});
+  cases.push_back({"DQK 128 S 512 segments (B2)", MakeProblem(2, 3, 512, 128, 96, 64, 39u), BF16, TC, false, 2});
+  // the launcher's own choice at the 7B layer of a batch-1 prompt (2 segments on the H200)
+  cases.push_back({"7b layer S 2048 (auto)", MakeProblem(1, 8, 2048, 256, 512, 64, 40u), BF16, TC});
   cases.push_back({"7b dims S 40 (all recurrent)", MakeProblem(2, 2, 40, 256, 512, 64, 34u), BF16, TC});
   cases.push_back({"DQK 128 S 100 (tail 36)", MakeProblem(1, 2, 100, 128, 96, 64, 35u), F16, TC});
   cases.push_back({"7b dims zero state", MakeProblem(2, 1, 256, 256, 512, 64, 31u, false), BF16, TC});

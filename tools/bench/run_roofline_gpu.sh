@@ -14,12 +14,13 @@
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh kernels   # the cell kernels and the projections alone
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh tests     # the NUnit CUDA tests, one process each
 #   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh final     # second lease: kernels again, ours with float32 and bf16 state
+#   source /tmp/xlstm/env.sh && bash tools/bench/run_roofline_gpu.sh segments  # third lease: sequence-parallel prompts, NUnit CUDA tests
 #
 # Every model is xLSTM-7b's preset with random bf16 weights, custom cell ops, last logits only, device argmax
 # (`export --random-weights --preset xlstm-7b --dtype bf16 --mlstm-kernels custom --last-logits-only --next-token`),
 # run with CUDA graphs. Each stage leaves its logs and JSON in $OUT/<stage>.tgz and prints a summary.
 set -uo pipefail
-stage=${1:?stage: build, bench, profile, variants, hf, fidelity, int4, best, kernels, tests or final}
+stage=${1:?stage: build, bench, profile, variants, hf, fidelity, int4, best, kernels, tests, final or segments}
 OUT=${OUT:-artifacts/gpu}
 R=/tmp/res/$stage
 mkdir -p "$R" "$OUT"
@@ -131,6 +132,24 @@ final)
     export_7b /tmp/m7b-v 7b-custom-$st --linear-kernels custom --state-dtype $st
     bench custom-$st /tmp/m7b-v 1,16,64,128 2048 256
   done
+  rm -rf /tmp/m7b-v
+  ;;
+segments)
+  # the third lease: sequence-parallel prompts (mlstm_chunkwise_tc_fw.cu) on a fresh machine: customops, CTest and the
+  # kernel bench (batch-1 rows with and without segments), every NUnit CUDA test, then the 7B engine at batch 1
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh > "$R/kernels.log" 2>&1
+  say "customops build, CTest, kernel bench rc=$?: $(grep -h -E 'cases, ' "$R/cuda_tests.log" | tr '\n' ' ')"
+  grep -h -E "segments|FAIL" "$R/cuda_tests.log" | cut -c1-160 | tee -a "$R/summary.txt"
+  python3 -c "
+import json
+for r in json.load(open('$R/kernels-h200.json'))['results']:
+    if r['kernel'] == 'chunkwise' and r['impl'].startswith('ours_tensor'): print(r['impl'], r['dtype'], 'B', r['B'], 'S', r['S'], round(r['ms'], 3), 'ms', r['tflops'], 'TFLOP/s')
+" | tee -a "$R/summary.txt"
+  TESTS_SECONDS=${TESTS_SECONDS:-200} cuda_tests .
+  export_7b /tmp/m7b-v 7b-custom --linear-kernels custom
+  bench segments /tmp/m7b-v 1 2048 256
+  trace prefill-b1-segments /tmp/m7b-v --batch 1 --prompt-tokens 2048 --new-tokens 2
   rm -rf /tmp/m7b-v
   ;;
 *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -8,6 +8,9 @@ import re
 import sys
 from collections import defaultdict
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "profile"))
+from kernel_categories import category  # noqa: E402
+
 res, out_path = sys.argv[1], sys.argv[2]
 
 
@@ -18,20 +21,6 @@ def load(*p):
 
 def rows(run):
     return {r["batch"]: r for r in run["results"]} if run else {}
-
-
-def category(name):
-    if any(s in name for s in ("nvjet", "splitK", "cutlass", "dot_kernel", "reduce_1Block", "transpose_readWrite", "xmma_gemm")):
-        return "GEMM (cuBLAS, ORT Gemm)"
-    if "MLstmStep" in name or "MLstmChunkwise" in name:
-        return "mLSTM cell (ours)"
-    if "fused_fw" in name:
-        return "gates / SwiGLU / head norm (ours, fused)"
-    if "LayerNorm" in name:
-        return "residual + RMSNorm (ORT SkipSimplifiedLayerNorm)"
-    if "Split" in name:
-        return "Split (ORT)"
-    return "other element-wise (ORT)"
 
 
 def trace(file, steps):

@@ -35,7 +35,7 @@ using namespace nvcuda;
 constexpr int kTcWarps = 16;
 constexpr int kTcThreads = kTcWarps * 32;
 constexpr int LT = 64;   // tokens per piece
-constexpr int DVT = 64;  // DV columns per CTA
+constexpr int DVT = kTcTileColumns;  // DV columns per CTA
 
 constexpr size_t AlignUp(size_t x) { return (x + 127) / 128 * 128; }
 
@@ -127,7 +127,7 @@ __device__ __forceinline__ void LoadTileAsync(T* dst, int ld_dst, const T* src, 
 }
 
 template <typename T, int KD>
-__global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const MLstmParams p, int num_tiles) {
+__global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const MLstmParams p, int num_tiles, TcPass pass) {
   using L = TcLayout<T, KD>;
   constexpr int LDQ = L::LDQ, LDV = L::LDV, LDS = L::LDS;
   constexpr int kColBlocks = DVT / 16;                      // 4
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
     const int d0 = (rb0 + r / kWarpCols) * 16, c0 = (cb0 + r % kWarpCols) * 16;
     for (int x = lane; x < 256; x += 32) {
       const int64_t d = d0 + x / 16, e = c0 + x % 16;
-      const float val = (d < DK && e < nE) ? p.C0f()[(bh * DK + d) * DV + e0 + e] : 0.0f;
+      const float val = (d < DK && e < nE && !pass.states_only) ? p.C0f()[(bh * DK + d) * DV + e0 + e] : 0.0f;
       stage[x] = val;
       sCT[d * LDV + e] = FromF<T>(val);
     }
@@ -183,11 +183,12 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
     wmma::load_matrix_sync(cfrag[r], stage, 16, wmma::mem_row_major);
     __syncwarp();
   }
-  for (int d = tid; d < KD; d += kTcThreads) sN[d] = d < DK ? p.N0f()[bh * DK + d] : 0.0f;
-  float scaM = p.scaM0[bh];  // uniform over the CTA
+  for (int d = tid; d < KD; d += kTcThreads) sN[d] = d < DK && !pass.states_only ? p.N0f()[bh * DK + d] : 0.0f;
+  float scaM = pass.states_only ? kTcEmptyM : p.scaM0[bh];  // uniform over the CTA
+  float gate_sum = 0.0f;  // Σ log σ(f̃) over the sequence (thread 0, states_only)
 
   int len = static_cast<int>(SchedulePiece(0, S, p.chunk_size, p.max_inference_chunksize, LT));
-  LoadTileAsync<T, LT, KD>(sQ, LDQ, Qg, DK, len, DK);  // the first piece's q (later ones are prefetched)
+  if (!pass.states_only) LoadTileAsync<T, LT, KD>(sQ, LDQ, Qg, DK, len, DK);  // the first piece's q (later ones are prefetched)
   __syncthreads();
 
   for (int64_t t0 = 0; t0 < S;) {
@@ -366,12 +367,15 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
       if (lane == 0) {
         scalars[0] = m_next;
         scalars[1] = expf(g + scaM - m_next);
+        gate_sum += g;
       }
     }
     CpAsyncWaitAll();
     __syncthreads();
     const float scaM_next = scalars[0], scaG_bar = scalars[1];
 
+    // (3)-(5) the piece's outputs; a states-only pass (sequence-parallel prompts) skips them
+    if (!pass.states_only) {
     // (3) Sc = Q Kᵀ [LT × LT]: 16 blocks, one per warp; blocks above the diagonal stay zero
     {
       const int jb = warp / 4, sb = warp % 4;
@@ -453,16 +457,17 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
       wmma::store_matrix_sync(sAcc + jb * 16 * LDS + cb * 16, acc, LDS, wmma::mem_row_major);
     }
     __syncthreads();
+    }  // outputs
 
     // prefetch the next piece's q into sQ (free now) while this piece finishes
     const int64_t t_next = t0 + len;
     const int len_next = t_next < S ? static_cast<int>(SchedulePiece(t_next, S, p.chunk_size, p.max_inference_chunksize, LT)) : 0;
-    if (len_next > 0) LoadTileAsync<T, LT, KD>(sQ, LDQ, Qg + t_next * DK, DK, len_next, DK);
+    if (len_next > 0 && !pass.states_only) LoadTileAsync<T, LT, KD>(sQ, LDQ, Qg + t_next * DK, DK, len_next, DK);
 
     // (5b) h = H / den, 8 columns per thread (16-byte stores)  |  (6) n ← ḡ n + Σ_j ā_j k_j;  V ← ā ⊙ V
     {
       const int j = tid / 8, part = tid % 8;
-      if (j < len && part * 8 < nE) {
+      if (!pass.states_only && j < len && part * 8 < nE) {
         const float den = vecDen[j];
         float hv[8];
 #pragma unroll
@@ -540,6 +545,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) MLstmChunkwiseTcKernel(const ML
   if (e0 == 0) {
     for (int64_t d = tid; d < DK; d += kTcThreads) p.Nf()[bh * DK + d] = sN[d];
     if (tid == 0) p.scaM[bh] = scaM;
+    if (tid == 0 && pass.gate_sum != nullptr) pass.gate_sum[bh] = gate_sum;
   }
 }
 
@@ -547,13 +553,13 @@ template <typename T, int KD>
 struct TcTag {};
 
 template <typename T, int KD>
-cudaError_t LaunchTc(const MLstmParams& p, cudaStream_t stream) {
+cudaError_t LaunchTc(const MLstmParams& p, cudaStream_t stream, TcPass pass) {
   const int num_tiles = static_cast<int>(CeilDiv(p.dv, DVT));
   const int64_t blocks = p.batch * p.heads * num_tiles;
   constexpr size_t smem = TcLayout<T, KD>::kBytes;
   cudaError_t err = AllowSharedMemory<TcTag<T, KD>>(MLstmChunkwiseTcKernel<T, KD>, smem);
   if (err != cudaSuccess) return err;
-  MLstmChunkwiseTcKernel<T, KD><<<static_cast<unsigned>(blocks), kTcThreads, smem, stream>>>(p, num_tiles);
+  MLstmChunkwiseTcKernel<T, KD><<<static_cast<unsigned>(blocks), kTcThreads, smem, stream>>>(p, num_tiles, pass);
   return cudaGetLastError();
 }
 

@@ -22,6 +22,14 @@ cudaError_t LaunchMLstmStepFw(const MLstmParams& p, cudaStream_t stream);
 cudaError_t LaunchMLstmWithFloatState(const MLstmParams& p, cudaStream_t stream,
                                       cudaError_t (*launch)(const MLstmParams&, cudaStream_t));
 
+/// How many sequence segments the tensor-core kernel reads p's prompt in at once (1: one pass over the whole prompt).
+/// Segments need a whole-chunk prompt inside one of HF's segments and a float32 state that is not rounded between
+/// pieces; the launcher picks them when B·NH·tiles leave SMs idle (mlstm_chunkwise_tc_fw.cu). Needs the current device.
+int MLstmSequenceParallelSegments(const MLstmParams& p);
+
+/// The current device's number of streaming multiprocessors (asked once per device, then cached).
+cudaError_t CurrentDeviceSmCount(int* sm_count);
+
 /// Which kernel LaunchMLstmChunkwiseFw would run for p: "step", "simt" or "tensor_core".
 const char* MLstmChunkwiseKernelName(const MLstmParams& p);
 

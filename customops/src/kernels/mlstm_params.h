@@ -77,6 +77,10 @@ struct MLstmParams {
   float eps = -1.0f;                    // ≥ 0, added to the denominator after the max (docs/numerics.md, "The denominator")
   float qk_scale = 0.0f;                // DQK^-0.5, applied to q only (docs/numerics.md, "Only q is scaled")
   CudaPath cuda_path = CudaPath::kAuto;
+  // Sequence-parallel prompts on the tensor-core kernel (mlstm_chunkwise_tc_fw.cu): 0, the launcher's choice (segments
+  // when one CTA per (row, head, tile) leaves SMs idle); 1, never; P ≥ 2, P segments where the prompt allows them
+  // (tests and benchmarks pin it).
+  int seq_parallel = 0;
 };
 
 /// A prompt lane's q, k and v where the mixed graph's stream holds them (ai.xlstm::MLstmLanes): token-major rows

@@ -26,26 +26,6 @@ constexpr int kStepThreads = 256;
 /// The float32 state fits anyway; the bfloat16 state's widening took 77 registers, so 3 blocks (StateIo below).
 constexpr int kStepMinBlocks = 4;
 
-/// The current device's number of streaming multiprocessors, asked once per device and then cached, so a warm
-/// launch (as under CUDA-graph capture) makes no attribute query; cudaGetDevice only reads the thread's current
-/// device, which ONNX Runtime's CUDA provider sets to the session's device before it runs a kernel.
-cudaError_t CurrentDeviceSmCount(int* sm_count) {
-  constexpr int kCachedDevices = 64;
-  static std::atomic<int> cache[kCachedDevices];  // 0: not asked yet (static storage starts zeroed)
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  const bool cacheable = device >= 0 && device < kCachedDevices;
-  int count = cacheable ? cache[device].load(std::memory_order_relaxed) : 0;
-  if (count <= 0) {
-    err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    if (err != cudaSuccess) return err;
-    if (cacheable) cache[device].store(count, std::memory_order_relaxed);
-  }
-  *sm_count = count;
-  return cudaSuccess;
-}
-
 /// A thread's CW consecutive state values of a row, 16 bytes either way (4 float32, 8 bfloat16), streamed once
 /// (evict-first). Acc is what the thread sums h's numerator in: double for a float32 state (float32 models within 1e-4
 /// of transformers), float for a bfloat16 one (its stored values carry 2^-9 already). A row's 16 bytes stay one raw
@@ -243,6 +223,26 @@ cudaError_t Convert(const void* src, void* dst, int64_t count, cudaStream_t stre
 }
 
 }  // namespace
+
+/// Asked once per device and then cached, so a warm launch (as under CUDA-graph capture) makes no attribute query;
+/// cudaGetDevice only reads the thread's current device, which ONNX Runtime's CUDA provider sets to the session's
+/// device before it runs a kernel.
+cudaError_t CurrentDeviceSmCount(int* sm_count) {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cache[kCachedDevices];  // 0: not asked yet (static storage starts zeroed)
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const bool cacheable = device >= 0 && device < kCachedDevices;
+  int count = cacheable ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (count <= 0) {
+    err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    if (cacheable) cache[device].store(count, std::memory_order_relaxed);
+  }
+  *sm_count = count;
+  return cudaSuccess;
+}
 
 cudaError_t LaunchMLstmStepFw(const MLstmParams& p, cudaStream_t stream) {
   if (p.seq != 1) return cudaErrorInvalidValue;

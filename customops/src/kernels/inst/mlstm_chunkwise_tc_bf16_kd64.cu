@@ -3,6 +3,6 @@
 
 namespace xlstm {
 namespace tc {
-template cudaError_t LaunchTc<__nv_bfloat16, 64>(const MLstmParams&, cudaStream_t);
+template cudaError_t LaunchTc<__nv_bfloat16, 64>(const MLstmParams&, cudaStream_t, TcPass);
 }  // namespace tc
 }  // namespace xlstm
