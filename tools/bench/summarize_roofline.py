@@ -46,7 +46,6 @@ def fmt(x, digits=0):
 ours = load("lease1", "bench", "ours.json")
 b32 = load("lease1", "bench", "prefill-b32.json")
 custom1 = load("lease1", "variants", "linear-custom.json")
-bf16_1 = load("lease1", "variants", "bf16-state.json")
 best1 = load("lease1", "best", "custom-bf16-state.json")
 int4 = load("lease1", "int4", "int4.json")
 hf = load("lease1", "hf", "hf.json")
