@@ -10,7 +10,6 @@
 namespace xlstm {
 namespace {
 
-//
 // Sequence-parallel prompts. The kernel walks a sequence's chunks in order, one CTA per (row, head, tile of DV), so
 // at batch 1 a 7B layer runs 64 CTAs on the H200's 132 SMs and a long prompt costs its chunk count times one chunk's
 // latency. With P segments of S/P tokens each (whole chunks, inside one of HF's segments) the prompt runs in three steps
