@@ -42,6 +42,9 @@ bench() { # bench LABEL MODEL BATCHES PROMPT NEW: `bench` with CUDA graphs, medi
   "$CLI" bench --model "$model" --device cuda --cuda-graph --batch "$batches" --prompt-tokens "$prompt" --new-tokens "$new" --reps 3 --out "$R/$label.json" > "$R/$label.log" 2>&1
   say "bench $label rc=$?"; grep -A20 -E '^batch' "$R/$label.log" | tee -a "$R/summary.txt"
 }
+ort_headers() { # ONNX Runtime's headers where run_gpu.sh looks for them, so that it builds the op library too
+  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+}
 cuda_tests() { # cuda_tests PATTERN: the NUnit CudaTests methods whose names match PATTERN, one process each
   local app=$PWD/.gpu-app
   rm -rf "$app"; cp -a /tmp/xlstm/.gpu/app "$app"; cp /tmp/cb/libxlstm_customops.so "$app/"
@@ -61,7 +64,7 @@ trace() { # trace LABEL MODEL BENCH-ARGS...: CUPTI kernel time by kernel (tools/
 case $stage in
 build)
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$R/gpu.txt"
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  ort_headers
   OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh --tests-only > "$R/customops.log" 2>&1
   say "customops build + CUDA CTest: rc=$? $(grep -h -E 'cases, ' "$R/customops.log" | tr '\n' ' ')"
   grep -h -E "FAIL|error" "$R/customops.log" | head -20 | tee -a "$R/summary.txt"
@@ -124,7 +127,7 @@ final)
   # the second lease: the step kernel after the change (4 blocks an SM; bf16 state in 128-column tiles) on a fresh
   # machine: customops, CTest and the kernel bench; the 7B export with our projections, float32 and bf16 state; the
   # NUnit CUDA tests of the bf16 state
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  ort_headers
   OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh > "$R/kernels.log" 2>&1
   say "customops build, CTest, kernel bench rc=$?: $(grep -h -E 'cases, ' "$R/cuda_tests.log" | tr '\n' ' ')"
   cuda_tests Bf16State
@@ -137,7 +140,7 @@ final)
 segments)
   # the third lease: sequence-parallel prompts (mlstm_chunkwise_tc_fw.cu) on a fresh machine: customops, CTest and the
   # kernel bench (batch-1 rows with and without segments), every NUnit CUDA test, then the 7B engine at batch 1
-  mkdir -p customops/build && rm -rf customops/build/ort-include && cp -a /tmp/xlstm/.gpu/ort-include customops/build/ort-include
+  ort_headers
   OUT=$R BUILD_DIR=/tmp/cb bash tools/bench/run_gpu.sh > "$R/kernels.log" 2>&1
   say "customops build, CTest, kernel bench rc=$?: $(grep -h -E 'cases, ' "$R/cuda_tests.log" | tr '\n' ' ')"
   grep -h -E "segments|FAIL" "$R/cuda_tests.log" | cut -c1-160 | tee -a "$R/summary.txt"

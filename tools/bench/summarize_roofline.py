@@ -137,50 +137,45 @@ def profile_table(title, traces):
     print("| **GPU time** | " + " | ".join(f"**{sum(v[1] for v in rows.values()):,.0f}**" for _, rows in traces) + " |")
 
 
-def trace(stage, name, calls, lease="lease1"):
+def trace_rows(stage, name, lease="lease1"):
+    """A CUPTI trace's rows (count, ns, kernel), or [] where the run left none."""
     path = os.path.join(res, lease, stage, f"kernels-{name}.tsv")
-    return by_category(read(path), calls) if os.path.exists(path) else {}
-
-
-def minus(a, b, scale):
-    out = {}
-    for k in set(a) | set(b):
-        x, y = a.get(k, (0.0, 0.0)), b.get(k, (0.0, 0.0))
-        out[k] = (max(0.0, x[0] - scale * y[0]), max(0.0, x[1] - scale * y[1]))
-    return out
+    return read(path) if os.path.exists(path) else []
 
 
 def decode_trace(stage, name):
     """Per decode step: the steps are the step kernel's launches over the 32 layers; kernels launched fewer times than
     there are steps belong to the trace's two 16-token prompts and are left out (a prompt GEMM launched more often,
     at B64 the 256x128 tile's 3 a layer, stays in: about 0.25 ms a step there)."""
-    path = os.path.join(res, "lease1", stage, f"kernels-{name}.tsv")
-    if not os.path.exists(path):
-        return {}
-    rows = read(path)
+    rows = trace_rows(stage, name)
     steps = sum(c for c, _, n in rows if "MLstmStep" in n) / 32
-    return by_category([r for r in rows if r[0] >= steps], steps)
+    return by_category([r for r in rows if r[0] >= steps], steps) if steps else {}
+
+
+def prompt_call(stage, name, decode_step, lease="lease1"):
+    """Per prompt call: a prefill trace holds 2 prompt calls and 6 uncaptured decode steps (the bench's warm-up and its
+    one timed step); decode_step is a step's categories at the same batch, subtracted 6 times."""
+    total = by_category(trace_rows(stage, name, lease))
+    return {k: (max(0.0, (total.get(k, (0.0, 0.0))[0] - 6 * decode_step.get(k, (0.0, 0.0))[0]) / 2),
+                max(0.0, (total.get(k, (0.0, 0.0))[1] - 6 * decode_step.get(k, (0.0, 0.0))[1]) / 2))
+            for k in set(total) | set(decode_step)}
 
 
 print("\n## Kernel profile (CUPTI, `tools/profile/kernel_trace.cc`, lease 1)")
+d1, d16, d64 = decode_trace("profile", "decode-b1"), decode_trace("profile", "decode-b16"), decode_trace("profile", "decode-b64")
+d1_custom = decode_trace("variants", "decode-b1-linear-custom")
 profile_table("Decode, per step (CUDA graphs)", [
-    ("B1 Gemm", decode_trace("profile", "decode-b1")),
-    ("B1 custom Linear", decode_trace("variants", "decode-b1-linear-custom")),
-    ("B16 Gemm", decode_trace("profile", "decode-b16")),
+    ("B1 Gemm", d1),
+    ("B1 custom Linear", d1_custom),
+    ("B16 Gemm", d16),
     ("B16 custom + bf16 state", decode_trace("best", "decode-b16-custom-bf16-state")),
-    ("B64 Gemm", decode_trace("profile", "decode-b64")),
+    ("B64 Gemm", d64),
     ("B64 bf16 state (old step)", decode_trace("variants", "decode-b64-bf16-state")),
 ])
-# a prefill trace holds 2 prompt calls and 6 uncaptured decode steps (the bench's warm-up and its one timed step)
-d1 = decode_trace("profile", "decode-b1")
-d16, d64 = decode_trace("profile", "decode-b16"), decode_trace("profile", "decode-b64")
-d32 = {k: ((d16.get(k, (0, 0))[0] + d64.get(k, (0, 0))[0]) / 2, (d16.get(k, (0, 0))[1] + d64.get(k, (0, 0))[1]) / 2) for k in set(d16) | set(d64)}
-p1 = minus(trace("profile", "prefill-b1", 1), d1, 6)
-p32 = minus(trace("profile", "prefill-b32", 1), d32, 6)
-p1s = minus(trace("segments", "prefill-b1-segments", 1, "lease3"), decode_trace("variants", "decode-b1-linear-custom"), 6)
+d32 = {k: tuple((d16.get(k, (0.0, 0.0))[i] + d64.get(k, (0.0, 0.0))[i]) / 2 for i in (0, 1)) for k in set(d16) | set(d64)}
 profile_table("A prompt call (Gemm export, no CUDA graph): the trace's two calls less its 6 decode steps (B32: the mean of the B16 and B64 steps)",
-              [("B1 × 2048", {k: (v[0] / 2, v[1] / 2) for k, v in p1.items()}), ("B32 × 256", {k: (v[0] / 2, v[1] / 2) for k, v in p32.items()}),
-               ("B1 × 2048, custom + segments (lease 3)", {k: (v[0] / 2, v[1] / 2) for k, v in p1s.items()})])
+              [("B1 × 2048", prompt_call("profile", "prefill-b1", d1)), ("B32 × 256", prompt_call("profile", "prefill-b32", d32)),
+               ("B1 × 2048, custom + segments (lease 3)", prompt_call("segments", "prefill-b1-segments", d1_custom, "lease3"))])
 
 fid = os.path.join(res, "lease1", "fidelity", "fid", "bf16-fidelity.txt")
 if os.path.exists(fid):
