@@ -32,7 +32,6 @@
 
 #include "kernels/linear_fw.cuh"
 #include "kernels/mlstm_cuda_common.cuh"
-#include "kernels/mlstm_fw.cuh"
 
 namespace xlstm {
 
@@ -323,10 +322,13 @@ class StreamResources {
 struct SplitMmaTag {};
 constexpr int kMaxThreadsPerSm = 2048;
 
-/// The current device's SM count (mlstm_fw.cuh: asked once per device, cached), or the H200's 132 if it cannot be asked.
 int SmCount() {
-  int sms = 0;
-  return CurrentDeviceSmCount(&sms) == cudaSuccess && sms > 0 ? sms : 132;
+  static const int count = [] {
+    int device = 0, sms = 0;
+    cudaGetDevice(&device);
+    return cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess && sms > 0 ? sms : 132;
+  }();
+  return count;
 }
 
 template <typename T>
